@@ -1,0 +1,98 @@
+//! The one error type of the crate.
+//!
+//! Every fallible public function returns [`Result<T>`]. Variants are meant to be matched on:
+//! [`Error::Conflict`] is the only retryable one (abort, then redo the transaction).
+
+use std::path::PathBuf;
+
+use crate::storage::{Key, Tid};
+
+/// Everything that can go wrong in outcore.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Another transaction committed a newer version of `key` after this transaction's snapshot
+    /// (`base`). First committer wins; abort and retry the transaction.
+    #[error("conflict on {key}: committed at {committed} after this transaction's snapshot {base}; abort and retry")]
+    Conflict {
+        /// The first conflicting key found.
+        key: Key,
+        /// The snapshot the losing transaction read from.
+        base: Tid,
+        /// The tid of the winning version.
+        committed: Tid,
+    },
+    /// Stored bytes do not match their checksum (or cannot be decoded).
+    #[error("corrupt data for {key} at {tid}: {reason}")]
+    Corrupt {
+        /// The damaged key.
+        key: Key,
+        /// The version that is damaged.
+        tid: Tid,
+        /// What check failed.
+        reason: String,
+    },
+    /// A named thing (array, store, version) does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// History at or before `packed` was removed by `pack`; the requested tid is older.
+    #[error("history before {packed} was packed away; {requested} is no longer readable")]
+    HistoryPacked {
+        /// The pack horizon.
+        packed: Tid,
+        /// The tid that was asked for.
+        requested: Tid,
+    },
+    /// A shape, dtype, order or size that cannot be used.
+    #[error("invalid shape: {0}")]
+    InvalidShape(String),
+    /// An index or slice outside the array.
+    #[error("index out of bounds: {0}")]
+    IndexOutOfBounds(String),
+    /// An argument that makes no sense (bad url, bad option...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A write was attempted through a read-only handle (read-only open or historical view).
+    #[error("read-only: {0}")]
+    ReadOnly(String),
+    /// The object was used after `close()`.
+    #[error("closed: {0}")]
+    Closed(String),
+    /// The store directory holds something this version cannot read.
+    #[error("unsupported store format at {path}: {reason}")]
+    Format {
+        /// The store location.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An error from the LMDB index.
+    #[error("index error: {0}")]
+    Lmdb(#[from] heed::Error),
+    /// An operating-system error, with what we were doing.
+    #[error("{context}: {source}")]
+    Io {
+        /// What outcore was doing.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// True for errors that a retry of the whole transaction may cure.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Conflict { .. })
+    }
+
+    /// Wraps an I/O error with a description of what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Shorthand for `std::result::Result<T, outcore::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

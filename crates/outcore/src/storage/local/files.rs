@@ -1,0 +1,108 @@
+//! The segment files of a local store: naming, creation, and a cache of open descriptors.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::{Error, Result};
+
+/// The `segments/` directory of a store and the descriptors this process has open in it.
+#[derive(Debug)]
+pub(super) struct SegmentDir {
+    dir: PathBuf,
+    cache: Mutex<Cache>,
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    /// The pack epoch the cached descriptors belong to: after a pack, cached descriptors of
+    /// deleted segments are dropped so their disk space can be freed.
+    epoch: u64,
+    files: HashMap<u32, Arc<File>>,
+}
+
+impl SegmentDir {
+    /// Uses (creating if needed) `dir` for segments.
+    pub fn open(dir: PathBuf) -> Result<Self> {
+        super::create_private_dir(&dir)?;
+        Ok(SegmentDir {
+            dir,
+            cache: Mutex::new(Cache::default()),
+        })
+    }
+
+    /// The path of segment `seg`.
+    pub fn path(&self, seg: u32) -> PathBuf {
+        self.dir.join(format!("{seg:08}.seg"))
+    }
+
+    /// A read-only descriptor of segment `seg`, cached. `epoch` is the store's pack epoch as
+    /// read in the same index transaction that named the segment.
+    pub fn reader(&self, seg: u32, epoch: u64) -> Result<Arc<File>> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.epoch != epoch {
+            cache.files.clear();
+            cache.epoch = epoch;
+        }
+        if let Some(f) = cache.files.get(&seg) {
+            return Ok(f.clone());
+        }
+        let path = self.path(seg);
+        let file = File::open(&path)
+            .map_err(|e| Error::io(format!("opening segment {}", path.display()), e))?;
+        let file = Arc::new(file);
+        cache.files.insert(seg, file.clone());
+        Ok(file)
+    }
+
+    /// Opens segment `seg` for appending; `fresh` truncates it first (a new segment may hold
+    /// unreferenced bytes left by a crash).
+    pub fn writer(&self, seg: u32, fresh: bool) -> Result<File> {
+        let path = self.path(seg);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(fresh)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Error::io(format!("opening segment {}", path.display()), e))?;
+        if fresh {
+            // Make the new directory entry durable along with the data written into it.
+            sync_dir(&self.dir)?;
+        }
+        Ok(file)
+    }
+
+    /// Deletes every segment file with an id below `first_live`. Processes that still map or
+    /// hold them keep reading valid data; the space is freed when the last one lets go.
+    pub fn delete_below(&self, first_live: u32) -> Result<u64> {
+        let mut deleted = 0;
+        let entries =
+            fs::read_dir(&self.dir).map_err(|e| Error::io("listing segments".to_string(), e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let id = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| n.parse::<u32>().ok());
+            if id.is_some_and(|id| id < first_live) {
+                fs::remove_file(entry.path())
+                    .map_err(|e| Error::io(format!("deleting {}", entry.path().display()), e))?;
+                deleted += 1;
+            }
+        }
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.files.retain(|&id, _| id >= first_live);
+        Ok(deleted)
+    }
+}
+
+/// fsyncs a directory, so that entries created in it survive a crash.
+pub(super) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
+}

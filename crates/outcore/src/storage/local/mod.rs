@@ -1,0 +1,584 @@
+//! [`LocalStorage`]: the embedded default store — a directory, zero set-up.
+//!
+//! ```text
+//! <dir>/index/       LMDB environment: version index, commit log, head, settings
+//! <dir>/segments/    append-only segment files holding block bodies, each body 4 KiB-aligned
+//! <dir>/leases/      one small file per live reader snapshot (see `leases.rs`)
+//! ```
+//!
+//! **Commit protocol.** Inside one LMDB write transaction — LMDB's writer lock serialises
+//! writers of every process — the commit checks conflicts, picks the tid, appends the block
+//! bodies at the segment tail, `fdatasync`s the segment, then writes index records, log entry,
+//! head and new tail and commits (LMDB fsyncs). A crash before the index commit leaves only
+//! bytes past the recorded tail, which no snapshot references and the next commit overwrites.
+//! The byte-level format is documented in `docs/FORMAT.md`.
+//!
+//! **Processes.** Any number of processes may open the same directory. Within a process one
+//! LMDB environment per store is shared by every `LocalStorage` handle (a registry), as LMDB
+//! requires.
+
+mod files;
+mod leases;
+
+use std::collections::HashMap;
+use std::fs::{DirBuilder, File};
+use std::ops::Range;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+
+use heed::types::{Bytes, Str};
+use heed::{Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
+
+use super::codec::{self, Compression};
+use super::lease::pack_removals;
+use super::record::{decode_log, encode_log, Body, VersionRecord};
+use super::{
+    segment, CommitRequest, Key, Located, PackStats, Storage, Tid, TxnInfo, VerifyReport,
+    Version, Write,
+};
+use crate::{Error, Result};
+use files::{sync_dir, SegmentDir};
+use leases::LeaseDir;
+
+/// The on-disk format version this code writes and reads.
+const FORMAT_VERSION: u64 = 1;
+
+/// How to open a [`LocalStorage`].
+#[derive(Clone, Debug)]
+pub struct LocalOptions {
+    /// Block compression for a *new* store (an existing store keeps its own setting).
+    pub compression: Compression,
+    /// Create the store if the directory holds none (default true).
+    pub create: bool,
+    /// A commit starts a new segment file once the current one is this big (default 1 GiB).
+    pub segment_bytes: u64,
+    /// The LMDB map size: the largest the index may grow (default 1 TiB of address space;
+    /// the file only takes what it uses).
+    pub map_size: usize,
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        LocalOptions {
+            compression: Compression::None,
+            create: true,
+            segment_bytes: 1 << 30,
+            map_size: 1 << 40,
+        }
+    }
+}
+
+/// The embedded store: an LMDB index plus page-aligned segment files in one directory.
+/// Cheap to clone; clones share one environment.
+#[derive(Clone, Debug)]
+pub struct LocalStorage {
+    shared: Arc<Shared>,
+}
+
+/// Everything one process holds open for one store directory.
+struct Shared {
+    dir: PathBuf,
+    env: Env<WithoutTls>,
+    /// (key ‖ tid big-endian) → encoded `VersionRecord`.
+    versions: Database<Bytes, Bytes>,
+    /// tid big-endian → encoded log entry.
+    log: Database<Bytes, Bytes>,
+    /// Named settings and counters (see the `META_*` constants).
+    meta: Database<Str, Bytes>,
+    compression: Compression,
+    segment_bytes: u64,
+    segments: SegmentDir,
+    leases: LeaseDir,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalStorage")
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+const META_FORMAT: &str = "format";
+const META_COMPRESSION: &str = "compression";
+const META_HEAD: &str = "head";
+const META_NEXT_OID: &str = "next_oid";
+const META_SEGMENT: &str = "segment";
+const META_TAIL: &str = "tail";
+const META_EPOCH: &str = "pack_epoch";
+const META_HORIZON: &str = "pack_horizon";
+
+/// The stores this process has open, by canonical directory: LMDB forbids opening one
+/// environment twice in a process.
+static REGISTRY: Mutex<Option<HashMap<PathBuf, Weak<Shared>>>> = Mutex::new(None);
+
+/// Creates `dir` (and parents) with mode 0700 if missing.
+pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io(format!("creating directory {}", dir.display()), e))
+}
+
+fn version_key(key: Key, tid: Tid) -> [u8; Key::ENCODED_LEN + 8] {
+    let mut out = [0u8; Key::ENCODED_LEN + 8];
+    out[..Key::ENCODED_LEN].copy_from_slice(&key.encode());
+    out[Key::ENCODED_LEN..].copy_from_slice(&tid.0.to_be_bytes());
+    out
+}
+
+fn split_version_key(bytes: &[u8]) -> Option<(Key, Tid)> {
+    if bytes.len() != Key::ENCODED_LEN + 8 {
+        return None;
+    }
+    let key = Key::decode(&bytes[..Key::ENCODED_LEN])?;
+    let tid = u64::from_be_bytes(bytes[Key::ENCODED_LEN..].try_into().ok()?);
+    Some((key, Tid(tid)))
+}
+
+impl LocalStorage {
+    /// Opens (creating with default options if missing) the store in `dir`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(dir, LocalOptions::default())
+    }
+
+    /// Opens the store in `dir` with `options`.
+    pub fn open_with(dir: impl AsRef<Path>, options: LocalOptions) -> Result<Self> {
+        let dir = dir.as_ref();
+        if !dir.join("index").exists() {
+            if !options.create {
+                return Err(Error::NotFound(format!("no outcore store at {}", dir.display())));
+            }
+            if dir.exists() && dir.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) {
+                return Err(Error::Format {
+                    path: dir.to_path_buf(),
+                    reason: "directory exists, is not empty and holds no outcore store".into(),
+                });
+            }
+        }
+        create_private_dir(&dir.join("index"))?;
+        let canonical = dir
+            .canonicalize()
+            .map_err(|e| Error::io(format!("resolving {}", dir.display()), e))?;
+        let mut registry = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+        let registry = registry.get_or_insert_with(HashMap::new);
+        if let Some(shared) = registry.get(&canonical).and_then(Weak::upgrade) {
+            return Ok(LocalStorage { shared });
+        }
+        let shared = Arc::new(Shared::open(canonical.clone(), &options)?);
+        registry.retain(|_, w| w.strong_count() > 0);
+        registry.insert(canonical, Arc::downgrade(&shared));
+        Ok(LocalStorage { shared })
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// The block compression of this store.
+    pub fn compression(&self) -> Compression {
+        self.shared.compression
+    }
+}
+
+fn get_u64(meta: &Database<Str, Bytes>, txn: &RoTxn, name: &str) -> Result<u64> {
+    Ok(meta
+        .get(txn, name)?
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .unwrap_or(0))
+}
+
+fn put_u64(meta: &Database<Str, Bytes>, txn: &mut RwTxn, name: &str, v: u64) -> Result<()> {
+    meta.put(txn, name, &v.to_le_bytes())?;
+    Ok(())
+}
+
+impl Shared {
+    fn open(dir: PathBuf, options: &LocalOptions) -> Result<Self> {
+        let mut env_options = EnvOpenOptions::new().read_txn_without_tls();
+        env_options.map_size(options.map_size).max_dbs(8);
+        // SAFETY: the registry guarantees this process opens the environment once, and no
+        // code of ours truncates or writes the LMDB files other than through LMDB.
+        let env = unsafe { env_options.open(dir.join("index")) }?;
+        // Readers left behind by killed processes would otherwise pin pages forever.
+        env.clear_stale_readers()?;
+        let mut wtxn = env.write_txn()?;
+        let versions = env.create_database(&mut wtxn, Some("versions"))?;
+        let log = env.create_database(&mut wtxn, Some("log"))?;
+        let meta: Database<Str, Bytes> = env.create_database(&mut wtxn, Some("meta"))?;
+        let format = get_u64(&meta, &wtxn, META_FORMAT)?;
+        let compression = if format == 0 {
+            put_u64(&meta, &mut wtxn, META_FORMAT, FORMAT_VERSION)?;
+            put_u64(&meta, &mut wtxn, META_NEXT_OID, 1)?;
+            meta.put(&mut wtxn, META_COMPRESSION, &[options.compression.code()])?;
+            options.compression
+        } else if format != FORMAT_VERSION {
+            return Err(Error::Format {
+                path: dir,
+                reason: format!("format version {format}, this build reads {FORMAT_VERSION}"),
+            });
+        } else {
+            let code = meta
+                .get(&wtxn, META_COMPRESSION)?
+                .and_then(|b| b.first().copied());
+            code.and_then(Compression::from_code)
+                .ok_or_else(|| Error::Format {
+                    path: dir.clone(),
+                    reason: "unknown compression setting".into(),
+                })?
+        };
+        wtxn.commit()?;
+        Ok(Shared {
+            segments: SegmentDir::open(dir.join("segments"))?,
+            leases: LeaseDir::open(dir.join("leases"))?,
+            dir,
+            env,
+            versions,
+            log,
+            meta,
+            compression,
+            segment_bytes: options.segment_bytes.max(segment::PAGE),
+        })
+    }
+
+    /// The newest version of `key` at or before `at`, as seen by `txn`.
+    fn newest(&self, txn: &RoTxn, key: Key, at: Tid) -> Result<Option<(Tid, VersionRecord)>> {
+        let probe = version_key(key, at);
+        let Some((k, v)) = self.versions.get_lower_than_or_equal_to(txn, &probe[..])? else {
+            return Ok(None);
+        };
+        match split_version_key(k) {
+            Some((found, tid)) if found == key => {
+                Ok(Some((tid, VersionRecord::decode(v, key, tid)?)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Runs a read against a fresh index snapshot, retrying once if a concurrent pack deleted
+    /// the segment the snapshot named between the index read and the file open.
+    fn read_segment_retrying<T>(
+        &self,
+        key: Key,
+        at: Tid,
+        f: impl Fn(&VersionRecord, Tid, &dyn Fn(u32) -> Result<Arc<File>>) -> Result<T>,
+        absent: impl Fn() -> T,
+    ) -> Result<T> {
+        let mut attempt = 0;
+        loop {
+            let txn = self.env.read_txn()?;
+            let epoch = get_u64(&self.meta, &txn, META_EPOCH)?;
+            let found = self.newest(&txn, key, at)?;
+            drop(txn);
+            let Some((tid, rec)) = found else {
+                return Ok(absent());
+            };
+            let open = |seg: u32| self.segments.reader(seg, epoch);
+            match f(&rec, tid, &open) {
+                Err(Error::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound && attempt < 2 =>
+                {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Encodes one write into a record, appending block bodies to `seg` at `tail`.
+    fn prepare(
+        &self,
+        key: Key,
+        write: &Write,
+        out: &mut Option<(File, u32)>,
+        seg_state: &mut (u32, u64),
+    ) -> Result<VersionRecord> {
+        let raw = match write {
+            Write::Delete => return Ok(VersionRecord::tombstone()),
+            Write::Store(raw) => raw,
+        };
+        let codec = if key.is_block() {
+            self.compression
+        } else {
+            Compression::None
+        };
+        let e = codec::encode(raw, codec);
+        let body = if key.is_block() {
+            if out.is_none() {
+                let (seg, tail) = seg_state;
+                let fresh = *tail >= self.segment_bytes;
+                if fresh {
+                    *seg += 1;
+                    *tail = 0;
+                }
+                *out = Some((self.segments.writer(*seg, fresh || *tail == 0)?, *seg));
+            }
+            let (file, seg) = out.as_ref().expect("segment opened above");
+            let offset = segment::append(file, seg_state.1, &e.stored, &key.to_string())?;
+            seg_state.1 = offset + e.stored.len() as u64;
+            Body::Segment {
+                seg: *seg,
+                offset,
+                stored_len: e.stored.len() as u64,
+            }
+        } else {
+            Body::Inline(e.stored.into_owned())
+        };
+        Ok(VersionRecord {
+            codec: e.codec,
+            checksum: e.checksum,
+            raw_len: e.raw_len,
+            body,
+        })
+    }
+}
+
+impl Storage for LocalStorage {
+    fn describe(&self) -> String {
+        self.shared.dir.display().to_string()
+    }
+
+    fn head(&self) -> Result<Tid> {
+        let s = &self.shared;
+        let txn = s.env.read_txn()?;
+        Ok(Tid(get_u64(&s.meta, &txn, META_HEAD)?))
+    }
+
+    fn new_oids(&self, n: u64) -> Result<Range<u64>> {
+        let s = &self.shared;
+        let mut txn = s.env.write_txn()?;
+        let start = get_u64(&s.meta, &txn, META_NEXT_OID)?.max(1);
+        put_u64(&s.meta, &mut txn, META_NEXT_OID, start + n)?;
+        txn.commit()?;
+        Ok(start..start + n)
+    }
+
+    fn load(&self, key: Key, at: Tid) -> Result<Option<Version>> {
+        self.shared
+            .read_segment_retrying(key, at, |rec, tid, open| rec.load(key, tid, open), || None)
+    }
+
+    fn locate(&self, key: Key, at: Tid) -> Result<Located> {
+        self.shared.read_segment_retrying(
+            key,
+            at,
+            |rec, tid, open| rec.locate(tid, open),
+            || Located::Absent,
+        )
+    }
+
+    fn commit(&self, req: CommitRequest) -> Result<Tid> {
+        let s = &self.shared;
+        let mut txn = s.env.write_txn()?;
+        for (key, _) in &req.writes {
+            if let Some((committed, _)) = s.newest(&txn, *key, Tid::MAX)? {
+                if committed > req.base {
+                    return Err(Error::Conflict {
+                        key: *key,
+                        base: req.base,
+                        committed,
+                    });
+                }
+            }
+        }
+        let tid = Tid::next_after(Tid(get_u64(&s.meta, &txn, META_HEAD)?));
+        let mut seg_state = (
+            get_u64(&s.meta, &txn, META_SEGMENT)? as u32,
+            get_u64(&s.meta, &txn, META_TAIL)?,
+        );
+        let mut segment_file = None;
+        let mut records = Vec::with_capacity(req.writes.len());
+        for (key, write) in &req.writes {
+            records.push((*key, s.prepare(*key, write, &mut segment_file, &mut seg_state)?));
+        }
+        if let Some((file, _)) = &segment_file {
+            file.sync_data()
+                .map_err(|e| Error::io("syncing segment", e))?;
+        }
+        let mut keys: Vec<Key> = Vec::with_capacity(records.len());
+        for (key, record) in &records {
+            s.versions
+                .put(&mut txn, &version_key(*key, tid)[..], &record.encode())?;
+            keys.push(*key);
+        }
+        keys.sort();
+        let entry = encode_log(&req.meta.user, &req.meta.description, &keys);
+        s.log.put(&mut txn, &tid.0.to_be_bytes()[..], &entry)?;
+        put_u64(&s.meta, &mut txn, META_HEAD, tid.0)?;
+        put_u64(&s.meta, &mut txn, META_SEGMENT, u64::from(seg_state.0))?;
+        put_u64(&s.meta, &mut txn, META_TAIL, seg_state.1)?;
+        txn.commit()?;
+        Ok(tid)
+    }
+
+    fn log(&self, after: Tid, upto: Tid) -> Result<Vec<TxnInfo>> {
+        let s = &self.shared;
+        let txn = s.env.read_txn()?;
+        let packed = Tid(get_u64(&s.meta, &txn, META_HORIZON)?);
+        if after < packed {
+            return Err(Error::HistoryPacked {
+                packed,
+                requested: after,
+            });
+        }
+        if upto <= after {
+            return Ok(Vec::new());
+        }
+        let lo = (after.0 + 1).to_be_bytes();
+        let hi = upto.0.to_be_bytes();
+        let range = (
+            std::ops::Bound::Included(&lo[..]),
+            std::ops::Bound::Included(&hi[..]),
+        );
+        let mut out = Vec::new();
+        for item in s.log.range(&txn, &range)? {
+            let (k, v) = item?;
+            let tid = Tid(u64::from_be_bytes(k.try_into().map_err(|_| Error::Corrupt {
+                key: Key::Meta(super::Oid(0)),
+                tid: Tid::ZERO,
+                reason: "bad commit-log key".into(),
+            })?));
+            out.push(decode_log(v, tid)?);
+        }
+        Ok(out)
+    }
+
+    fn acquire_lease(&self, at: Tid) -> Result<u64> {
+        self.shared.leases.acquire(at)
+    }
+
+    fn renew_lease(&self, id: u64, at: Tid) -> Result<()> {
+        self.shared.leases.renew(id, at)
+    }
+
+    fn release_lease(&self, id: u64) {
+        self.shared.leases.release(id)
+    }
+
+    fn pack_horizon(&self) -> Result<Tid> {
+        let s = &self.shared;
+        let txn = s.env.read_txn()?;
+        Ok(Tid(get_u64(&s.meta, &txn, META_HORIZON)?))
+    }
+
+    fn pack(&self, upto: Tid) -> Result<PackStats> {
+        let s = &self.shared;
+        let mut txn = s.env.write_txn()?;
+        let head = Tid(get_u64(&s.meta, &txn, META_HEAD)?);
+        let old_horizon = Tid(get_u64(&s.meta, &txn, META_HORIZON)?);
+        let oldest_lease = s.leases.oldest_live()?.unwrap_or(Tid::MAX);
+        let horizon = upto.min(head).min(oldest_lease).max(old_horizon);
+
+        let mut all: Vec<(Key, Tid, VersionRecord)> = Vec::new();
+        for item in s.versions.iter(&txn)? {
+            let (k, v) = item?;
+            let (key, tid) = split_version_key(k).ok_or_else(|| Error::Corrupt {
+                key: Key::Meta(super::Oid(0)),
+                tid: Tid::ZERO,
+                reason: "bad version-index key".into(),
+            })?;
+            all.push((key, tid, VersionRecord::decode(v, key, tid)?));
+        }
+        let mut stats = PackStats {
+            horizon,
+            body_bytes_before: all.iter().map(|(_, _, r)| r.segment_bytes()).sum(),
+            ..PackStats::default()
+        };
+        let removals = pack_removals(
+            all.iter()
+                .map(|(k, t, r)| (*k, *t, r.body == Body::Tombstone)),
+            horizon,
+        );
+        for (key, tid) in &removals {
+            s.versions.delete(&mut txn, &version_key(*key, *tid)[..])?;
+        }
+        stats.versions_removed = removals.len() as u64;
+        let removed: std::collections::HashSet<(Key, Tid)> = removals.into_iter().collect();
+
+        // Copy live bodies, in key order, into fresh segments after the current one.
+        let epoch = get_u64(&s.meta, &txn, META_EPOCH)?;
+        let first_new = get_u64(&s.meta, &txn, META_SEGMENT)? as u32 + 1;
+        let mut seg_state = (first_new, 0u64);
+        let mut out: Option<(File, u32)> = None;
+        for (key, tid, mut rec) in all {
+            if removed.contains(&(key, tid)) {
+                continue;
+            }
+            stats.versions_kept += 1;
+            let Body::Segment {
+                seg,
+                offset,
+                stored_len,
+            } = rec.body
+            else {
+                continue;
+            };
+            let bytes = segment::read(&*s.segments.reader(seg, epoch)?, offset, stored_len, &key.to_string())?;
+            if seg_state.1 >= s.segment_bytes {
+                if let Some((f, _)) = out.take() {
+                    f.sync_data().map_err(|e| Error::io("syncing segment", e))?;
+                }
+                seg_state = (seg_state.0 + 1, 0);
+            }
+            if out.is_none() {
+                out = Some((s.segments.writer(seg_state.0, true)?, seg_state.0));
+            }
+            let (file, _) = out.as_ref().expect("opened above");
+            let new_offset = segment::append(file, seg_state.1, &bytes, &key.to_string())?;
+            seg_state.1 = new_offset + stored_len;
+            rec.body = Body::Segment {
+                seg: seg_state.0,
+                offset: new_offset,
+                stored_len,
+            };
+            stats.body_bytes_after += stored_len;
+            s.versions
+                .put(&mut txn, &version_key(key, tid)[..], &rec.encode())?;
+        }
+        if let Some((f, _)) = out {
+            f.sync_data().map_err(|e| Error::io("syncing segment", e))?;
+        }
+        sync_dir(&s.dir.join("segments"))?;
+        let hi = horizon.0.to_be_bytes();
+        s.log
+            .delete_range(&mut txn, &(std::ops::Bound::Unbounded, std::ops::Bound::Included(&hi[..])))?;
+        put_u64(&s.meta, &mut txn, META_SEGMENT, u64::from(seg_state.0))?;
+        put_u64(&s.meta, &mut txn, META_TAIL, seg_state.1)?;
+        put_u64(&s.meta, &mut txn, META_EPOCH, epoch + 1)?;
+        put_u64(&s.meta, &mut txn, META_HORIZON, horizon.0)?;
+        txn.commit()?;
+        s.segments.delete_below(first_new)?;
+        Ok(stats)
+    }
+
+    fn verify(&self) -> Result<VerifyReport> {
+        let s = &self.shared;
+        let txn = s.env.read_txn()?;
+        let epoch = get_u64(&s.meta, &txn, META_EPOCH)?;
+        let mut report = VerifyReport::default();
+        for item in s.versions.iter(&txn)? {
+            let (k, v) = item?;
+            report.versions_checked += 1;
+            let Some((key, tid)) = split_version_key(k) else {
+                report.problems.push(Error::Corrupt {
+                    key: Key::Meta(super::Oid(0)),
+                    tid: Tid::ZERO,
+                    reason: "bad version-index key".into(),
+                });
+                continue;
+            };
+            let checked = VersionRecord::decode(v, key, tid).and_then(|rec| {
+                report.bytes_checked += rec.raw_len;
+                rec.load(key, tid, |seg| s.segments.reader(seg, epoch))
+            });
+            if let Err(e) = checked {
+                report.problems.push(e);
+            }
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,311 @@
+//! [`MemStorage`]: the whole store in process memory, for tests and scratch work.
+//!
+//! Block bodies live in an anonymous memory file (`memfd`) at page-aligned offsets, exactly like
+//! the segment files of [`LocalStorage`](super::LocalStorage), so arrays on a `mem:` store are
+//! mapped zero-copy by the same code path.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::ops::Range;
+use std::os::fd::FromRawFd;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::codec::{self, Compression};
+use super::lease::pack_removals;
+use super::record::{Body, VersionRecord};
+use super::{
+    segment, CommitRequest, Key, Located, PackStats, Storage, Tid, TxnInfo, VerifyReport,
+    Version, Write,
+};
+use crate::{Error, Result};
+
+/// An in-process store. Cloning is not offered: share it as `Arc<MemStorage>`.
+#[derive(Debug)]
+pub struct MemStorage {
+    compression: Compression,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    versions: BTreeMap<(Key, Tid), VersionRecord>,
+    log: BTreeMap<Tid, TxnInfo>,
+    head: Tid,
+    horizon: Tid,
+    next_oid: u64,
+    segments: HashMap<u32, Arc<File>>,
+    current_segment: u32,
+    tail: u64,
+    leases: HashMap<u64, Tid>,
+    next_lease: u64,
+}
+
+impl Default for MemStorage {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemStorage {
+    /// An empty store with uncompressed blocks.
+    pub fn new() -> Self {
+        Self::with_compression(Compression::None)
+    }
+
+    /// An empty store compressing block payloads with `compression`.
+    pub fn with_compression(compression: Compression) -> Self {
+        MemStorage {
+            compression,
+            inner: Mutex::new(Inner {
+                next_oid: 1,
+                ..Inner::default()
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-applied commit (commits mutate
+        // only after every check), so the data behind a poisoned lock is still consistent.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A fresh anonymous memory file.
+fn memfd() -> Result<File> {
+    // SAFETY: memfd_create takes a NUL-terminated name and flags; it returns a new descriptor
+    // or -1, and touches no memory of ours besides the name.
+    let fd = unsafe { libc::memfd_create(c"outcore-mem".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(Error::io("memfd_create", std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+impl Inner {
+    fn newest(&self, key: Key, at: Tid) -> Option<(Tid, &VersionRecord)> {
+        self.versions
+            .range((key, Tid::ZERO)..=(key, at))
+            .next_back()
+            .map(|((_, t), r)| (*t, r))
+    }
+
+    fn segment(&self, seg: u32) -> Result<Arc<File>> {
+        self.segments
+            .get(&seg)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("memory segment {seg}")))
+    }
+
+    /// Appends a body to the current segment (creating it if needed).
+    fn append(&mut self, stored: &[u8], what: &str) -> Result<(u32, u64)> {
+        if !self.segments.contains_key(&self.current_segment) {
+            self.segments
+                .insert(self.current_segment, Arc::new(memfd()?));
+            self.tail = 0;
+        }
+        let file = self.segment(self.current_segment)?;
+        let offset = segment::append(&file, self.tail, stored, what)?;
+        self.tail = offset + stored.len() as u64;
+        Ok((self.current_segment, offset))
+    }
+}
+
+impl Storage for MemStorage {
+    fn describe(&self) -> String {
+        "mem:".into()
+    }
+
+    fn head(&self) -> Result<Tid> {
+        Ok(self.lock().head)
+    }
+
+    fn new_oids(&self, n: u64) -> Result<Range<u64>> {
+        let mut g = self.lock();
+        let start = g.next_oid;
+        g.next_oid += n;
+        Ok(start..start + n)
+    }
+
+    fn load(&self, key: Key, at: Tid) -> Result<Option<Version>> {
+        let g = self.lock();
+        match g.newest(key, at) {
+            None => Ok(None),
+            Some((tid, rec)) => rec.load(key, tid, |s| g.segment(s)),
+        }
+    }
+
+    fn locate(&self, key: Key, at: Tid) -> Result<Located> {
+        let g = self.lock();
+        match g.newest(key, at) {
+            None => Ok(Located::Absent),
+            Some((tid, rec)) => rec.locate(tid, |s| g.segment(s)),
+        }
+    }
+
+    fn commit(&self, req: CommitRequest) -> Result<Tid> {
+        let mut g = self.lock();
+        for (key, _) in &req.writes {
+            if let Some((committed, _)) = g.newest(*key, Tid::MAX) {
+                if committed > req.base {
+                    return Err(Error::Conflict {
+                        key: *key,
+                        base: req.base,
+                        committed,
+                    });
+                }
+            }
+        }
+        let tid = Tid::next_after(g.head);
+        let mut records = Vec::with_capacity(req.writes.len());
+        for (key, write) in &req.writes {
+            let record = match write {
+                Write::Delete => VersionRecord::tombstone(),
+                Write::Store(raw) if !key.is_block() => {
+                    let e = codec::encode(raw, Compression::None);
+                    VersionRecord {
+                        codec: e.codec,
+                        checksum: e.checksum,
+                        raw_len: e.raw_len,
+                        body: Body::Inline(e.stored.into_owned()),
+                    }
+                }
+                Write::Store(raw) => {
+                    let e = codec::encode(raw, self.compression);
+                    let (seg, offset) = g.append(&e.stored, &key.to_string())?;
+                    VersionRecord {
+                        codec: e.codec,
+                        checksum: e.checksum,
+                        raw_len: e.raw_len,
+                        body: Body::Segment {
+                            seg,
+                            offset,
+                            stored_len: e.stored.len() as u64,
+                        },
+                    }
+                }
+            };
+            records.push((*key, record));
+        }
+        let mut keys: Vec<Key> = records.iter().map(|(k, _)| *k).collect();
+        keys.sort();
+        for (key, record) in records {
+            g.versions.insert((key, tid), record);
+        }
+        g.log.insert(
+            tid,
+            TxnInfo {
+                tid,
+                user: req.meta.user,
+                description: req.meta.description,
+                keys,
+            },
+        );
+        g.head = tid;
+        Ok(tid)
+    }
+
+    fn log(&self, after: Tid, upto: Tid) -> Result<Vec<TxnInfo>> {
+        let g = self.lock();
+        if after < g.horizon {
+            return Err(Error::HistoryPacked {
+                packed: g.horizon,
+                requested: after,
+            });
+        }
+        if upto <= after {
+            return Ok(Vec::new());
+        }
+        Ok(g.log
+            .range(Tid(after.0 + 1)..=upto)
+            .map(|(_, t)| t.clone())
+            .collect())
+    }
+
+    fn acquire_lease(&self, at: Tid) -> Result<u64> {
+        let mut g = self.lock();
+        g.next_lease += 1;
+        let id = g.next_lease;
+        g.leases.insert(id, at);
+        Ok(id)
+    }
+
+    fn renew_lease(&self, id: u64, at: Tid) -> Result<()> {
+        self.lock().leases.insert(id, at);
+        Ok(())
+    }
+
+    fn release_lease(&self, id: u64) {
+        self.lock().leases.remove(&id);
+    }
+
+    fn pack_horizon(&self) -> Result<Tid> {
+        Ok(self.lock().horizon)
+    }
+
+    fn pack(&self, upto: Tid) -> Result<PackStats> {
+        let mut g = self.lock();
+        let oldest_lease = g.leases.values().copied().min().unwrap_or(Tid::MAX);
+        let horizon = upto.min(g.head).min(oldest_lease).max(g.horizon);
+        let mut stats = PackStats {
+            horizon,
+            body_bytes_before: g.versions.values().map(|r| r.segment_bytes()).sum(),
+            ..PackStats::default()
+        };
+        let removals = pack_removals(
+            g.versions
+                .iter()
+                .map(|((k, t), r)| (*k, *t, r.body == Body::Tombstone)),
+            horizon,
+        );
+        for k in &removals {
+            g.versions.remove(k);
+        }
+        stats.versions_removed = removals.len() as u64;
+        // Rewrite the live bodies contiguously, in key order, into a fresh memory file.
+        let old = std::mem::take(&mut g.segments);
+        g.current_segment += 1;
+        g.tail = 0;
+        let keys: Vec<(Key, Tid)> = g.versions.keys().copied().collect();
+        for (key, tid) in keys {
+            let Some(Body::Segment {
+                seg,
+                offset,
+                stored_len,
+            }) = g.versions.get(&(key, tid)).map(|r| r.body.clone())
+            else {
+                continue;
+            };
+            let file = old
+                .get(&seg)
+                .ok_or_else(|| Error::NotFound(format!("memory segment {seg}")))?;
+            let bytes = segment::read(file, offset, stored_len, &key.to_string())?;
+            let (new_seg, new_offset) = g.append(&bytes, &key.to_string())?;
+            if let Some(r) = g.versions.get_mut(&(key, tid)) {
+                r.body = Body::Segment {
+                    seg: new_seg,
+                    offset: new_offset,
+                    stored_len,
+                };
+            }
+        }
+        g.log = g.log.split_off(&Tid(horizon.0.saturating_add(1)));
+        g.horizon = horizon;
+        stats.versions_kept = g.versions.len() as u64;
+        stats.body_bytes_after = g.versions.values().map(|r| r.segment_bytes()).sum();
+        Ok(stats)
+    }
+
+    fn verify(&self) -> Result<VerifyReport> {
+        let g = self.lock();
+        let mut report = VerifyReport::default();
+        for ((key, tid), rec) in &g.versions {
+            report.versions_checked += 1;
+            report.bytes_checked += rec.raw_len;
+            if let Err(e) = rec.load(*key, *tid, |s| g.segment(s)) {
+                report.problems.push(e);
+            }
+        }
+        Ok(report)
+    }
+}

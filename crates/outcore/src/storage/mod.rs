@@ -1,0 +1,115 @@
+//! The storage layer: an MVCC, transactional store of small metadata records and array blocks.
+//!
+//! Semantics every backend provides (the conformance suite in `tests/storage_conformance.rs`
+//! checks them all):
+//!
+//! * **Tids** ([`Tid`]) are u64 nanoseconds since the Unix epoch, strictly increasing:
+//!   a commit gets `max(now, head + 1)`. Commit order is tid order; a tid is also a timestamp.
+//! * **Keys** ([`Key`]) name either a small metadata record ([`Key::Meta`]) or one block of a
+//!   block file ([`Key::Block`], keyed by file object id and block index). There is no per-file
+//!   block table: appending to a file writes only the new blocks.
+//! * **Reads** take an explicit snapshot: [`Storage::load`] returns the newest version with
+//!   `tid <= at`, or `None` when the key has no version there (for a block: a hole, read zeros).
+//!   No engine transaction stays open between calls.
+//! * **Commits** ([`Storage::commit`]) are atomic and durable when they return. First committer
+//!   wins: if any written key has a version newer than the request's `base`, the commit fails
+//!   with [`Error::Conflict`](crate::Error::Conflict) naming that key and writes nothing.
+//! * **The commit log** ([`Storage::log`], [`Storage::changes`]) lists every commit with the keys
+//!   it changed; it is written atomically with the data and is the source of truth for
+//!   invalidating caches of other clients.
+//! * **History** stays readable until [`Storage::pack`], which removes versions shadowed at or
+//!   before its horizon and never passes the snapshot of a live [`ReaderLease`].
+//! * **Integrity**: every stored payload carries an xxh3-64 checksum of its bytes, checked
+//!   whenever bytes are copied out; [`Storage::verify`] checks the whole store. Blocks may be
+//!   compressed (lz4 or zstd, a store setting); compressed blocks cannot be mapped.
+//! * **Mapping**: [`Storage::locate`] tells where an uncompressed block version lies in a file
+//!   (page-aligned, immutable while referenced), so the memory layer can `mmap` it directly.
+
+mod codec;
+mod lease;
+pub mod local;
+mod mem;
+mod record;
+mod segment;
+mod types;
+
+pub use codec::Compression;
+pub use lease::ReaderLease;
+pub use local::{LocalOptions, LocalStorage};
+pub use mem::MemStorage;
+pub use types::{
+    CommitRequest, Extent, Key, Located, Oid, PackStats, Tid, TxnInfo, TxnMeta, VerifyReport,
+    Version, Write,
+};
+
+use std::fmt::Debug;
+use std::ops::Range;
+
+use crate::Result;
+
+/// A transactional, multi-version store of metadata records and array blocks.
+///
+/// All methods may be called from any thread; implementations synchronise internally.
+/// See the [module documentation](self) for the guarantees.
+pub trait Storage: Send + Sync + Debug {
+    /// A short human-readable description (path or url) for messages.
+    fn describe(&self) -> String;
+
+    /// The newest committed tid ([`Tid::ZERO`] for an empty store). Every commit `<= head` is
+    /// completely visible.
+    fn head(&self) -> Result<Tid>;
+
+    /// Allocates `n` fresh object ids, unique for the life of the store. Keys under a fresh
+    /// id never conflict.
+    fn new_oids(&self, n: u64) -> Result<Range<u64>>;
+
+    /// The newest version of `key` with `tid <= at`, its bytes copied out and checksum-verified
+    /// (decompressed if needed). `None` if the key has no version there or it was deleted.
+    fn load(&self, key: Key, at: Tid) -> Result<Option<Version>>;
+
+    /// Where the newest version of `key` with `tid <= at` lies, without reading it.
+    /// [`Located::Mapped`] is returned only for uncompressed block versions stored in a file
+    /// at a page-aligned offset; such an extent is never overwritten while it is referenced.
+    fn locate(&self, key: Key, at: Tid) -> Result<Located>;
+
+    /// Commits `req` atomically and durably, returning its tid. Fails with
+    /// [`Error::Conflict`](crate::Error::Conflict) (nothing written) if a written key has a
+    /// version newer than `req.base`.
+    fn commit(&self, req: CommitRequest) -> Result<Tid>;
+
+    /// The commit log for `after < tid <= upto`, oldest first: tid, user, description and keys.
+    /// Fails with [`Error::HistoryPacked`](crate::Error::HistoryPacked) if `after` is older than
+    /// what pack kept of the log.
+    fn log(&self, after: Tid, upto: Tid) -> Result<Vec<TxnInfo>>;
+
+    /// Registers a reader at snapshot `at`; pack will not remove what it can see.
+    /// Prefer [`ReaderLease`], which calls this and releases on drop.
+    fn acquire_lease(&self, at: Tid) -> Result<u64>;
+
+    /// Moves lease `id` to snapshot `at`.
+    fn renew_lease(&self, id: u64, at: Tid) -> Result<()>;
+
+    /// Releases lease `id`. Never fails: an unknown id is ignored.
+    fn release_lease(&self, id: u64);
+
+    /// The pack horizon: versions shadowed at or before it may have been removed, so snapshots
+    /// older than it are not readable consistently. [`Tid::ZERO`] if never packed.
+    fn pack_horizon(&self) -> Result<Tid>;
+
+    /// Removes versions shadowed at or before `min(upto, head, oldest live lease)` (and
+    /// deleted keys whose deletion is that old), drops the log up to there, and rewrites the
+    /// live block bodies contiguously in key order.
+    fn pack(&self, upto: Tid) -> Result<PackStats>;
+
+    /// Reads every stored version and checks its checksum.
+    fn verify(&self) -> Result<VerifyReport>;
+
+    /// The keys changed by each commit with `after < tid <= upto`, oldest first.
+    fn changes(&self, after: Tid, upto: Tid) -> Result<Vec<(Tid, Vec<Key>)>> {
+        Ok(self
+            .log(after, upto)?
+            .into_iter()
+            .map(|t| (t.tid, t.keys))
+            .collect())
+    }
+}

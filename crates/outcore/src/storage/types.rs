@@ -1,0 +1,243 @@
+//! The plain data types of the storage contract.
+
+use std::fmt;
+use std::fs::File;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A transaction id: nanoseconds since the Unix epoch, strictly increasing per store.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Tid(pub u64);
+
+impl Tid {
+    /// Before every commit: the head of an empty store.
+    pub const ZERO: Tid = Tid(0);
+    /// After every commit: "the newest version, whatever it is".
+    pub const MAX: Tid = Tid(u64::MAX);
+
+    /// The current time as a tid.
+    pub fn now() -> Tid {
+        let ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        Tid(u64::try_from(ns).unwrap_or(u64::MAX - 1))
+    }
+
+    /// The tid for a commit following `last`: `max(now, last + 1)`.
+    pub fn next_after(last: Tid) -> Tid {
+        Tid::now().max(Tid(last.0.saturating_add(1)))
+    }
+
+    /// The wall-clock time this tid stands for.
+    pub fn time(self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_nanos(self.0)
+    }
+}
+
+impl fmt::Display for Tid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tid {:016x}", self.0)
+    }
+}
+
+/// An object id, allocated by [`Storage::new_oids`](super::Storage::new_oids).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Oid(pub u64);
+
+impl fmt::Display for Oid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "oid {}", self.0)
+    }
+}
+
+/// What a stored version belongs to.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Key {
+    /// A small metadata record (root namespace, array metadata).
+    Meta(Oid),
+    /// Block `index` of the block file `file`.
+    Block {
+        /// The block file's object id.
+        file: Oid,
+        /// The block's position in the file.
+        index: u64,
+    },
+}
+
+impl Key {
+    /// Length of [`Key::encode`]'s output.
+    pub const ENCODED_LEN: usize = 17;
+
+    /// A fixed-size encoding whose byte order is the key order: tag, oid, index (big-endian).
+    pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
+        let (tag, oid, index) = match *self {
+            Key::Meta(oid) => (0u8, oid.0, 0u64),
+            Key::Block { file, index } => (1u8, file.0, index),
+        };
+        let mut out = [0u8; Self::ENCODED_LEN];
+        out[0] = tag;
+        out[1..9].copy_from_slice(&oid.to_be_bytes());
+        out[9..17].copy_from_slice(&index.to_be_bytes());
+        out
+    }
+
+    /// Inverse of [`Key::encode`]; `None` for bytes no key encodes to.
+    pub fn decode(bytes: &[u8]) -> Option<Key> {
+        if bytes.len() != Self::ENCODED_LEN {
+            return None;
+        }
+        let oid = u64::from_be_bytes(bytes[1..9].try_into().ok()?);
+        let index = u64::from_be_bytes(bytes[9..17].try_into().ok()?);
+        match bytes[0] {
+            0 if index == 0 => Some(Key::Meta(Oid(oid))),
+            1 => Some(Key::Block {
+                file: Oid(oid),
+                index,
+            }),
+            _ => None,
+        }
+    }
+
+    /// True for [`Key::Block`].
+    pub fn is_block(&self) -> bool {
+        matches!(self, Key::Block { .. })
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Key::Meta(oid) => write!(f, "metadata record {}", oid.0),
+            Key::Block { file, index } => write!(f, "block {index} of file {}", file.0),
+        }
+    }
+}
+
+/// One change in a commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// A new version with these bytes.
+    Store(Vec<u8>),
+    /// A deletion marker: from this tid on the key reads as absent (a hole for blocks).
+    Delete,
+}
+
+/// Who made a transaction and why, stored in the commit log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TxnMeta {
+    /// User name.
+    pub user: String,
+    /// Free-form description.
+    pub description: String,
+}
+
+impl TxnMeta {
+    /// Transaction metadata with a user and a description.
+    pub fn new(user: impl Into<String>, description: impl Into<String>) -> Self {
+        TxnMeta {
+            user: user.into(),
+            description: description.into(),
+        }
+    }
+}
+
+/// Everything one commit writes.
+#[derive(Clone, Debug, Default)]
+pub struct CommitRequest {
+    /// The snapshot the writer read from; a written key with a newer version is a conflict.
+    pub base: Tid,
+    /// The new versions and deletions. A key may appear at most once.
+    pub writes: Vec<(Key, Write)>,
+    /// User and description for the log.
+    pub meta: TxnMeta,
+}
+
+/// One commit-log entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxnInfo {
+    /// The commit's tid (also its time, see [`Tid::time`]).
+    pub tid: Tid,
+    /// Who committed.
+    pub user: String,
+    /// Why.
+    pub description: String,
+    /// Every key the commit wrote or deleted, in key order.
+    pub keys: Vec<Key>,
+}
+
+/// A version's bytes, copied out of the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Version {
+    /// The tid that wrote this version.
+    pub tid: Tid,
+    /// The (decompressed, checksum-verified) bytes.
+    pub data: Vec<u8>,
+}
+
+/// Where a block version lies in a file: `len` bytes from page-aligned `offset`.
+///
+/// The bytes never change while any snapshot can see this version. The file may be unlinked
+/// by a later pack; an open descriptor (and any mapping made from it) stays valid.
+#[derive(Clone, Debug)]
+pub struct Extent {
+    /// The file holding the bytes (open for reading).
+    pub file: Arc<File>,
+    /// Byte offset, a multiple of 4096.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// The version's tid.
+    pub tid: Tid,
+    /// The xxh3-64 checksum of the bytes.
+    pub checksum: u64,
+}
+
+/// The answer of [`Storage::locate`](super::Storage::locate).
+#[derive(Clone, Debug)]
+pub enum Located {
+    /// No version at that snapshot (or deleted): a hole.
+    Absent,
+    /// An uncompressed version lying in a file; map it.
+    Mapped(Extent),
+    /// A version that exists but can only be copied out with `load` (compressed, inline or
+    /// remote); the tid tells which version.
+    CopyOnly(Tid),
+}
+
+impl Located {
+    /// The tid of the located version, `None` for a hole.
+    pub fn tid(&self) -> Option<Tid> {
+        match self {
+            Located::Absent => None,
+            Located::Mapped(e) => Some(e.tid),
+            Located::CopyOnly(t) => Some(*t),
+        }
+    }
+}
+
+/// What [`Storage::pack`](super::Storage::pack) did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PackStats {
+    /// The horizon actually used: `min(upto, head, oldest live lease)`.
+    pub horizon: Tid,
+    /// Versions removed.
+    pub versions_removed: u64,
+    /// Versions kept.
+    pub versions_kept: u64,
+    /// Bytes of block bodies before and after.
+    pub body_bytes_before: u64,
+    /// Bytes of block bodies after.
+    pub body_bytes_after: u64,
+}
+
+/// What [`Storage::verify`](super::Storage::verify) found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    /// Versions read.
+    pub versions_checked: u64,
+    /// Payload bytes read.
+    pub bytes_checked: u64,
+    /// Every damaged version, as a [`Corrupt`](crate::Error::Corrupt) error.
+    pub problems: Vec<crate::Error>,
+}
