@@ -6,7 +6,9 @@ use std::time::Instant;
 use outcore::storage::{CommitRequest, Key, LocalStorage, Oid, Storage, TxnMeta, Write};
 
 fn main() -> outcore::Result<()> {
-    let dir = std::env::args().nth(1).unwrap_or_else(|| "demo-data".into());
+    let dir = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "demo-data".into());
     let store = LocalStorage::open(&dir)?;
     let file = Oid(store.new_oids(1)?.start);
     let block = 2 << 20;
@@ -30,7 +32,9 @@ fn main() -> outcore::Result<()> {
     let first = first.expect("two rounds ran");
     let head = store.head()?;
     for (at, want) in [(first, 1u8), (head, 2u8)] {
-        let v = store.load(Key::Block { file, index: 3 }, at)?.expect("written");
+        let v = store
+            .load(Key::Block { file, index: 3 }, at)?
+            .expect("written");
         assert!(v.data.iter().all(|&b| b == want));
         println!("block 3 at {at} holds {want}s, as committed");
     }

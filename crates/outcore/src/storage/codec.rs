@@ -117,8 +117,9 @@ pub(crate) fn decode(
         Compression::None => stored.to_vec(),
         Compression::Lz4 => lz4_flex::block::decompress(stored, raw_len)
             .map_err(|e| corrupt(format!("lz4: {e}")))?,
-        Compression::Zstd => zstd::bulk::decompress(stored, raw_len)
-            .map_err(|e| corrupt(format!("zstd: {e}")))?,
+        Compression::Zstd => {
+            zstd::bulk::decompress(stored, raw_len).map_err(|e| corrupt(format!("zstd: {e}")))?
+        }
     };
     verify(&raw, raw_len, expected, key, tid)?;
     Ok(raw)

@@ -115,9 +115,6 @@ mod tests {
             (4, Tid(6), false),
         ];
         let r = pack_removals(v, Tid(4));
-        assert_eq!(
-            r,
-            vec![(1, Tid(1)), (2, Tid(1)), (2, Tid(3)), (4, Tid(2))]
-        );
+        assert_eq!(r, vec![(1, Tid(1)), (2, Tid(1)), (2, Tid(3)), (4, Tid(2))]);
     }
 }

@@ -14,8 +14,8 @@ use super::codec::{self, Compression};
 use super::lease::pack_removals;
 use super::record::{Body, VersionRecord};
 use super::{
-    segment, CommitRequest, Key, Located, PackStats, Storage, Tid, TxnInfo, VerifyReport,
-    Version, Write,
+    segment, CommitRequest, Key, Located, PackStats, Storage, Tid, TxnInfo, VerifyReport, Version,
+    Write,
 };
 use crate::{Error, Result};
 

@@ -34,8 +34,8 @@ use super::codec::{self, Compression};
 use super::lease::pack_removals;
 use super::record::{decode_log, encode_log, Body, VersionRecord};
 use super::{
-    segment, CommitRequest, Key, Located, PackStats, Storage, Tid, TxnInfo, VerifyReport,
-    Version, Write,
+    segment, CommitRequest, Key, Located, PackStats, Storage, Tid, TxnInfo, VerifyReport, Version,
+    Write,
 };
 use crate::{Error, Result};
 use files::{sync_dir, SegmentDir};
@@ -149,9 +149,17 @@ impl LocalStorage {
         let dir = dir.as_ref();
         if !dir.join("index").exists() {
             if !options.create {
-                return Err(Error::NotFound(format!("no outcore store at {}", dir.display())));
+                return Err(Error::NotFound(format!(
+                    "no outcore store at {}",
+                    dir.display()
+                )));
             }
-            if dir.exists() && dir.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) {
+            if dir.exists()
+                && dir
+                    .read_dir()
+                    .map(|mut d| d.next().is_some())
+                    .unwrap_or(true)
+            {
                 return Err(Error::Format {
                     path: dir.to_path_buf(),
                     reason: "directory exists, is not empty and holds no outcore store".into(),
@@ -358,8 +366,12 @@ impl Storage for LocalStorage {
     }
 
     fn load(&self, key: Key, at: Tid) -> Result<Option<Version>> {
-        self.shared
-            .read_segment_retrying(key, at, |rec, tid, open| rec.load(key, tid, open), || None)
+        self.shared.read_segment_retrying(
+            key,
+            at,
+            |rec, tid, open| rec.load(key, tid, open),
+            || None,
+        )
     }
 
     fn locate(&self, key: Key, at: Tid) -> Result<Located> {
@@ -393,7 +405,10 @@ impl Storage for LocalStorage {
         let mut segment_file = None;
         let mut records = Vec::with_capacity(req.writes.len());
         for (key, write) in &req.writes {
-            records.push((*key, s.prepare(*key, write, &mut segment_file, &mut seg_state)?));
+            records.push((
+                *key,
+                s.prepare(*key, write, &mut segment_file, &mut seg_state)?,
+            ));
         }
         if let Some((file, _)) = &segment_file {
             file.sync_data()
@@ -437,10 +452,12 @@ impl Storage for LocalStorage {
         let mut out = Vec::new();
         for item in s.log.range(&txn, &range)? {
             let (k, v) = item?;
-            let tid = Tid(u64::from_be_bytes(k.try_into().map_err(|_| Error::Corrupt {
-                key: Key::Meta(super::Oid(0)),
-                tid: Tid::ZERO,
-                reason: "bad commit-log key".into(),
+            let tid = Tid(u64::from_be_bytes(k.try_into().map_err(|_| {
+                Error::Corrupt {
+                    key: Key::Meta(super::Oid(0)),
+                    tid: Tid::ZERO,
+                    reason: "bad commit-log key".into(),
+                }
             })?));
             out.push(decode_log(v, tid)?);
         }
@@ -517,7 +534,12 @@ impl Storage for LocalStorage {
             else {
                 continue;
             };
-            let bytes = segment::read(&*s.segments.reader(seg, epoch)?, offset, stored_len, &key.to_string())?;
+            let bytes = segment::read(
+                &*s.segments.reader(seg, epoch)?,
+                offset,
+                stored_len,
+                &key.to_string(),
+            )?;
             if seg_state.1 >= s.segment_bytes {
                 if let Some((f, _)) = out.take() {
                     f.sync_data().map_err(|e| Error::io("syncing segment", e))?;
@@ -544,8 +566,13 @@ impl Storage for LocalStorage {
         }
         sync_dir(&s.dir.join("segments"))?;
         let hi = horizon.0.to_be_bytes();
-        s.log
-            .delete_range(&mut txn, &(std::ops::Bound::Unbounded, std::ops::Bound::Included(&hi[..])))?;
+        s.log.delete_range(
+            &mut txn,
+            &(
+                std::ops::Bound::Unbounded,
+                std::ops::Bound::Included(&hi[..]),
+            ),
+        )?;
         put_u64(&s.meta, &mut txn, META_SEGMENT, u64::from(seg_state.0))?;
         put_u64(&s.meta, &mut txn, META_TAIL, seg_state.1)?;
         put_u64(&s.meta, &mut txn, META_EPOCH, epoch + 1)?;
