@@ -1,0 +1,484 @@
+//! The storage conformance suite: every backend must pass every test here.
+//!
+//! Generic tests take a fresh store from a fixture; the `conformance!` macro instantiates them
+//! per backend. Multi-process and crash tests (local store only) re-run this test binary as a
+//! child process (see `child_entry`).
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use outcore::storage::{
+    CommitRequest, Compression, Key, LocalOptions, LocalStorage, Located, MemStorage, Oid,
+    ReaderLease, Storage, Tid, TxnMeta, Write,
+};
+use outcore::Error;
+
+/// A fresh store plus whatever keeps it alive (a temp dir).
+struct Fixture {
+    store: Arc<dyn Storage>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn mem() -> Fixture {
+    Fixture {
+        store: Arc::new(MemStorage::new()),
+        _dir: None,
+    }
+}
+
+fn mem_lz4() -> Fixture {
+    Fixture {
+        store: Arc::new(MemStorage::with_compression(Compression::Lz4)),
+        _dir: None,
+    }
+}
+
+fn local_with(compression: Compression) -> Fixture {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = LocalOptions {
+        compression,
+        segment_bytes: 1 << 20, // small, so tests cross segment boundaries
+        ..LocalOptions::default()
+    };
+    let store = LocalStorage::open_with(dir.path().join("store"), options).expect("open");
+    Fixture {
+        store: Arc::new(store),
+        _dir: Some(dir),
+    }
+}
+
+fn local() -> Fixture {
+    local_with(Compression::None)
+}
+
+fn local_zstd() -> Fixture {
+    local_with(Compression::Zstd)
+}
+
+fn block(file: Oid, index: u64) -> Key {
+    Key::Block { file, index }
+}
+
+fn store_one(s: &dyn Storage, base: Tid, key: Key, data: Vec<u8>) -> outcore::Result<Tid> {
+    s.commit(CommitRequest {
+        base,
+        writes: vec![(key, Write::Store(data))],
+        meta: TxnMeta::new("tester", format!("store {key}")),
+    })
+}
+
+fn fresh_file(s: &dyn Storage) -> Oid {
+    Oid(s.new_oids(1).unwrap().start)
+}
+
+/// Incompressible bytes (xorshift), different per `seed`.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Bytes that compress well but differ per `seed`.
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| seed.wrapping_add((i / 512) as u8))
+        .collect()
+}
+
+// ---------------------------------------------------------------- generic tests
+
+fn empty_store(s: &dyn Storage) {
+    assert_eq!(s.head().unwrap(), Tid::ZERO);
+    let f = fresh_file(s);
+    assert!(s.load(block(f, 0), Tid::MAX).unwrap().is_none());
+    assert!(matches!(
+        s.locate(block(f, 0), Tid::MAX).unwrap(),
+        Located::Absent
+    ));
+    assert!(s.log(Tid::ZERO, Tid::MAX).unwrap().is_empty());
+}
+
+fn snapshot_reads(s: &dyn Storage) {
+    let f = fresh_file(s);
+    let k = block(f, 3);
+    let t1 = store_one(s, s.head().unwrap(), k, pattern(1, 8192)).unwrap();
+    let t2 = store_one(s, t1, k, pattern(2, 8192)).unwrap();
+    assert!(t2 > t1);
+    assert_eq!(s.load(k, t1).unwrap().unwrap().data, pattern(1, 8192));
+    assert_eq!(s.load(k, Tid(t2.0 - 1)).unwrap().unwrap().tid, t1);
+    let v2 = s.load(k, t2).unwrap().unwrap();
+    assert_eq!((v2.tid, v2.data), (t2, pattern(2, 8192)));
+    assert_eq!(s.load(k, Tid::MAX).unwrap().unwrap().tid, t2);
+    assert!(
+        s.load(k, Tid(t1.0 - 1)).unwrap().is_none(),
+        "before the first commit"
+    );
+    // Metadata records are versioned the same way.
+    let m = Key::Meta(fresh_file(s));
+    let t3 = store_one(s, t2, m, b"meta v1".to_vec()).unwrap();
+    assert_eq!(s.load(m, t3).unwrap().unwrap().data, b"meta v1");
+    assert!(s.load(m, t2).unwrap().is_none());
+}
+
+fn holes_and_deletes(s: &dyn Storage) {
+    let f = fresh_file(s);
+    let t1 = store_one(s, Tid::ZERO, block(f, 5), pattern(5, 4096)).unwrap();
+    for i in [0, 4, 6, u64::MAX] {
+        assert!(
+            s.load(block(f, i), t1).unwrap().is_none(),
+            "block {i} is a hole"
+        );
+    }
+    let t2 = s
+        .commit(CommitRequest {
+            base: t1,
+            writes: vec![(block(f, 5), Write::Delete)],
+            meta: TxnMeta::default(),
+        })
+        .unwrap();
+    assert!(s.load(block(f, 5), t2).unwrap().is_none());
+    assert!(matches!(
+        s.locate(block(f, 5), t2).unwrap(),
+        Located::Absent
+    ));
+    assert_eq!(
+        s.load(block(f, 5), t1).unwrap().unwrap().data,
+        pattern(5, 4096)
+    );
+    // A deleted key can be written again.
+    let t3 = store_one(s, t2, block(f, 5), pattern(6, 100)).unwrap();
+    assert_eq!(
+        s.load(block(f, 5), t3).unwrap().unwrap().data,
+        pattern(6, 100)
+    );
+}
+
+fn conflict_on_same_key(s: &dyn Storage) {
+    let f = fresh_file(s);
+    let base = store_one(s, Tid::ZERO, block(f, 0), pattern(0, 4096)).unwrap();
+    let winner = store_one(s, base, block(f, 0), pattern(1, 4096)).unwrap();
+    let log_before = s.log(Tid::ZERO, Tid::MAX).unwrap().len();
+    let other = block(f, 1);
+    let err = s
+        .commit(CommitRequest {
+            base,
+            writes: vec![
+                (other, Write::Store(pattern(9, 4096))),
+                (block(f, 0), Write::Store(pattern(2, 4096))),
+            ],
+            meta: TxnMeta::default(),
+        })
+        .unwrap_err();
+    match err {
+        Error::Conflict {
+            key,
+            base: b,
+            committed,
+        } => {
+            assert_eq!((key, b, committed), (block(f, 0), base, winner));
+        }
+        e => panic!("expected a conflict, got {e}"),
+    }
+    assert!(Error::Conflict {
+        key: other,
+        base,
+        committed: winner
+    }
+    .is_retryable());
+    // Nothing of the losing commit is visible.
+    assert_eq!(s.head().unwrap(), winner);
+    assert!(s.load(other, Tid::MAX).unwrap().is_none());
+    assert_eq!(s.log(Tid::ZERO, Tid::MAX).unwrap().len(), log_before);
+    assert_eq!(
+        s.load(block(f, 0), Tid::MAX).unwrap().unwrap().data,
+        pattern(1, 4096)
+    );
+    // Deleting counts as writing.
+    let err = s
+        .commit(CommitRequest {
+            base,
+            writes: vec![(block(f, 0), Write::Delete)],
+            meta: TxnMeta::default(),
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }));
+    // Retrying from the new head succeeds.
+    store_one(s, winner, block(f, 0), pattern(3, 4096)).unwrap();
+}
+
+fn disjoint_keys_never_conflict(s: &dyn Storage) {
+    let f = fresh_file(s);
+    let base = s.head().unwrap();
+    for i in 0..20 {
+        store_one(s, base, block(f, i), pattern(i as u8, 4096)).unwrap();
+    }
+    let g = fresh_file(s);
+    store_one(s, base, Key::Meta(g), b"x".to_vec()).unwrap();
+}
+
+fn tids_increase_and_track_time(s: &dyn Storage) {
+    let f = fresh_file(s);
+    let mut last = s.head().unwrap();
+    let start = Tid::now();
+    for i in 0..50 {
+        let t = store_one(s, last, block(f, i % 3), vec![i as u8; 10]).unwrap();
+        assert!(t > last, "tid {t} after {last}");
+        assert_eq!(s.head().unwrap(), t);
+        last = t;
+    }
+    assert!(last >= start);
+    let age = Tid::now()
+        .time()
+        .duration_since(last.time())
+        .unwrap_or_default();
+    assert!(age < Duration::from_secs(60), "tids are timestamps");
+}
+
+fn commit_log_is_complete(s: &dyn Storage) {
+    let f = fresh_file(s);
+    let mut tids = Vec::new();
+    let mut base = s.head().unwrap();
+    for i in 0..10u64 {
+        let keys: Vec<Key> = (0..=i % 3).map(|j| block(f, i * 10 + j)).collect();
+        let t = s
+            .commit(CommitRequest {
+                base,
+                writes: keys
+                    .iter()
+                    .rev()
+                    .map(|k| (*k, Write::Store(vec![1; 64])))
+                    .collect(),
+                meta: TxnMeta::new(format!("user{i}"), format!("commit {i}")),
+            })
+            .unwrap();
+        tids.push((t, keys));
+        base = t;
+    }
+    let log = s.log(Tid::ZERO, Tid::MAX).unwrap();
+    assert_eq!(log.len(), 10);
+    for (i, (entry, (tid, keys))) in log.iter().zip(&tids).enumerate() {
+        assert_eq!(entry.tid, *tid);
+        assert_eq!(&entry.keys, keys, "keys of commit {i}, in key order");
+        assert_eq!(entry.user, format!("user{i}"));
+        assert_eq!(entry.description, format!("commit {i}"));
+    }
+    let changes = s.changes(tids[2].0, tids[5].0).unwrap();
+    let got: Vec<Tid> = changes.iter().map(|c| c.0).collect();
+    assert_eq!(got, vec![tids[3].0, tids[4].0, tids[5].0]);
+    assert!(s.changes(tids[5].0, tids[5].0).unwrap().is_empty());
+}
+
+fn new_oids_are_unique(s: &dyn Storage) {
+    let a = s.new_oids(10).unwrap();
+    let b = s.new_oids(1).unwrap();
+    let c = s.new_oids(5).unwrap();
+    assert_eq!(a.end - a.start, 10);
+    assert!(a.end <= b.start && b.end <= c.start);
+    assert!(a.start > 0, "oid 0 is reserved");
+}
+
+fn located_extents_hold_the_bytes(s: &dyn Storage) {
+    let f = fresh_file(s);
+    let data = noise(3, 3 * 4096 + 123);
+    let t = store_one(s, Tid::ZERO, block(f, 0), data.clone()).unwrap();
+    store_one(s, t, block(f, 1), vec![9; 5000]).unwrap();
+    match s.locate(block(f, 0), t).unwrap() {
+        Located::Mapped(e) => {
+            assert_eq!(e.offset % 4096, 0, "page aligned");
+            assert_eq!(e.len, data.len() as u64);
+            assert_eq!(e.tid, t);
+            let mut buf = vec![0u8; data.len()];
+            e.file.read_exact_at(&mut buf, e.offset).unwrap();
+            assert_eq!(buf, data);
+        }
+        // Incompressible data is stored raw even in compressed stores.
+        other => panic!("expected a mappable extent, got {other:?}"),
+    }
+}
+
+fn compressible_blocks(s: &dyn Storage, compressed: bool) {
+    let f = fresh_file(s);
+    let data = vec![42u8; 1 << 20];
+    let t = store_one(s, Tid::ZERO, block(f, 0), data.clone()).unwrap();
+    assert_eq!(s.load(block(f, 0), t).unwrap().unwrap().data, data);
+    let located = s.locate(block(f, 0), t).unwrap();
+    if compressed {
+        assert!(
+            matches!(located, Located::CopyOnly(x) if x == t),
+            "{located:?}"
+        );
+    } else {
+        assert!(matches!(located, Located::Mapped(_)), "{located:?}");
+    }
+}
+
+fn pack_respects_leases(s: Arc<dyn Storage>) {
+    let f = fresh_file(&*s);
+    let k = block(f, 0);
+    let gone = block(f, 1);
+    let t1 = store_one(&*s, Tid::ZERO, k, pattern(1, 4096)).unwrap();
+    let t1b = store_one(&*s, t1, gone, pattern(7, 4096)).unwrap();
+    let reader = ReaderLease::at_head(s.clone()).unwrap();
+    assert_eq!(reader.tid(), t1b);
+    let t2 = store_one(&*s, t1b, k, pattern(2, 4096)).unwrap();
+    let t3 = s
+        .commit(CommitRequest {
+            base: t2,
+            writes: vec![(gone, Write::Delete)],
+            meta: TxnMeta::default(),
+        })
+        .unwrap();
+    let stats = s.pack(t3).unwrap();
+    assert_eq!(stats.horizon, t1b, "the live reader holds the horizon back");
+    assert_eq!(s.load(k, t1b).unwrap().unwrap().data, pattern(1, 4096));
+    assert_eq!(s.load(gone, t1b).unwrap().unwrap().data, pattern(7, 4096));
+    drop(reader);
+    let stats = s.pack(t3).unwrap();
+    assert_eq!(stats.horizon, t3);
+    assert!(stats.versions_removed >= 3, "{stats:?}");
+    assert!(stats.body_bytes_after < stats.body_bytes_before);
+    assert_eq!(s.load(k, t3).unwrap().unwrap().data, pattern(2, 4096));
+    assert!(s.load(k, t1).unwrap().is_none(), "shadowed version removed");
+    assert!(s.load(gone, t1b).unwrap().is_none(), "deleted key removed");
+    assert_eq!(s.pack_horizon().unwrap(), t3);
+    assert!(matches!(
+        ReaderLease::at(s.clone(), t1),
+        Err(Error::HistoryPacked { .. })
+    ));
+    assert!(matches!(s.log(t1, t3), Err(Error::HistoryPacked { .. })));
+    // The store keeps working after pack: commits, reads, conflicts.
+    let t4 = store_one(&*s, t3, k, pattern(4, 4096)).unwrap();
+    assert_eq!(s.load(k, t4).unwrap().unwrap().data, pattern(4, 4096));
+    assert!(store_one(&*s, t3, k, pattern(5, 4096)).is_err());
+    assert_eq!(s.log(t3, t4).unwrap().len(), 1);
+    assert!(s.verify().unwrap().problems.is_empty());
+}
+
+fn checksum_mismatch_detected(s: &dyn Storage) {
+    let f = fresh_file(s);
+    let data = noise(4, 8192);
+    let t = store_one(s, Tid::ZERO, block(f, 2), data).unwrap();
+    let Located::Mapped(extent) = s.locate(block(f, 2), t).unwrap() else {
+        panic!("raw block must be mappable");
+    };
+    // Flip one byte behind the store's back, through a second descriptor.
+    let path = format!("/proc/self/fd/{}", extent.file.as_raw_fd());
+    let rw = OpenOptions::new().write(true).open(path).unwrap();
+    let mut b = [0u8];
+    extent
+        .file
+        .read_exact_at(&mut b, extent.offset + 100)
+        .unwrap();
+    rw.write_all_at(&[b[0] ^ 0x20], extent.offset + 100)
+        .unwrap();
+    match s.load(block(f, 2), t) {
+        Err(Error::Corrupt { key, tid, .. }) => assert_eq!((key, tid), (block(f, 2), t)),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    let report = s.verify().unwrap();
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert!(report.problems[0].to_string().contains("block 2 of file"));
+}
+
+fn concurrent_threads_commit(s: Arc<dyn Storage>) {
+    let f = fresh_file(&*s);
+    let base = s.head().unwrap();
+    let results: Vec<bool> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let s = s.clone();
+                // Pairs of threads race for one key each.
+                scope.spawn(move || {
+                    store_one(&*s, base, block(f, i / 2), vec![i as u8; 4096]).is_ok()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for pair in results.chunks(2) {
+        assert_eq!(
+            pair.iter().filter(|ok| **ok).count(),
+            1,
+            "exactly one winner per key"
+        );
+    }
+}
+
+macro_rules! conformance {
+    ($backend:ident, $fixture:expr, compressed = $compressed:expr) => {
+        mod $backend {
+            use super::*;
+            #[test]
+            fn empty_store() {
+                super::empty_store(&*$fixture.store)
+            }
+            #[test]
+            fn snapshot_reads() {
+                super::snapshot_reads(&*$fixture.store)
+            }
+            #[test]
+            fn holes_and_deletes() {
+                super::holes_and_deletes(&*$fixture.store)
+            }
+            #[test]
+            fn conflict_on_same_key() {
+                super::conflict_on_same_key(&*$fixture.store)
+            }
+            #[test]
+            fn disjoint_keys_never_conflict() {
+                super::disjoint_keys_never_conflict(&*$fixture.store)
+            }
+            #[test]
+            fn tids_increase_and_track_time() {
+                super::tids_increase_and_track_time(&*$fixture.store)
+            }
+            #[test]
+            fn commit_log_is_complete() {
+                super::commit_log_is_complete(&*$fixture.store)
+            }
+            #[test]
+            fn new_oids_are_unique() {
+                super::new_oids_are_unique(&*$fixture.store)
+            }
+            #[test]
+            fn located_extents_hold_the_bytes() {
+                super::located_extents_hold_the_bytes(&*$fixture.store)
+            }
+            #[test]
+            fn compressible_blocks() {
+                super::compressible_blocks(&*$fixture.store, $compressed)
+            }
+            #[test]
+            fn pack_respects_leases() {
+                let fx = $fixture;
+                super::pack_respects_leases(fx.store.clone())
+            }
+            #[test]
+            fn checksum_mismatch_detected() {
+                super::checksum_mismatch_detected(&*$fixture.store)
+            }
+            #[test]
+            fn concurrent_threads_commit() {
+                let fx = $fixture;
+                super::concurrent_threads_commit(fx.store.clone())
+            }
+        }
+    };
+}
+
+conformance!(mem_store, mem(), compressed = false);
+conformance!(mem_store_lz4, mem_lz4(), compressed = true);
+conformance!(local_store, local(), compressed = false);
+conformance!(local_store_zstd, local_zstd(), compressed = true);
