@@ -1,17 +1,13 @@
 //! The storage conformance suite: every backend must pass every test here.
 //!
 //! Generic tests take a fresh store from a fixture; the `conformance!` macro instantiates them
-//! per backend. Multi-process and crash tests (local store only) re-run this test binary as a
-//! child process (see `child_entry`).
+//! per backend. Multi-process and crash tests of the local store are in `storage_processes.rs`.
 
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use outcore::storage::{
     CommitRequest, Compression, Key, LocalOptions, LocalStorage, Located, MemStorage, Oid,
