@@ -12,3 +12,5 @@ rustup component add clippy rustfmt >/dev/null 2>&1 || true
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked --release
+# The dirty-page scan's fallback for kernels without PAGEMAP_SCAN (< 6.7), forced.
+OUTCORE_NO_PAGEMAP_SCAN=1 cargo test --locked --release -p outcore --test vm_mapped

@@ -26,5 +26,6 @@
 
 pub mod error;
 pub mod storage;
+pub mod vm;
 
 pub use error::{Error, Result};

@@ -1,0 +1,573 @@
+//! [`BlockMemory`]: one array's memory, block by block mapped straight from the store.
+//!
+//! # Block states
+//!
+//! ```text
+//!              ensure_mapped                     user writes a page
+//!  Unmapped ────────────────► Mapped clean ───────────────────────────► Dirty
+//!  (PROT_NONE,                (file pages: page cache, zero copy;       (written 4 KiB pages
+//!   in the reservation)        hole: anonymous zeros;                    are private copies,
+//!                              decoded: a private memfd copy)            found by `written_pages`)
+//!                                 ▲        ▲                               │        │
+//!                                 │        └──── discard (MADV_DONTNEED) ──┘        │
+//!                                 └────────────── install (new version) ────────────┘
+//! ```
+//!
+//! * **Unmapped**: reserved address space, nothing behind it. Blocks are mapped when a view
+//!   spanning them is created ([`BlockMemory::ensure_mapped`]); nothing is read then.
+//! * **Mapped clean**: `MAP_PRIVATE|MAP_FIXED` of the block's stored version (a page-aligned
+//!   extent of an immutable segment file). Reads fault pages in from the kernel's page cache,
+//!   shared by every process. A hole is anonymous memory (zeros). A version that cannot be
+//!   mapped (compressed) is decoded once into a private memory file and mapped from there, so
+//!   all three kinds behave alike.
+//! * **Dirty**: a write makes the kernel copy the touched page into private memory. The
+//!   written pages are found by scanning page tables ([`super::dirty`]); no fault handler, no
+//!   signal, and syscalls that write into the memory (`read(fd, view)`) just work.
+//! * **discard** drops the private pages: the clean version shows again.
+//! * **install** maps another version (after a commit, or when another transaction's commit
+//!   changed the block), dropping private pages.
+//!
+//! The reservation is never unmapped while the [`BlockMemory`] or any view holding its
+//! [`Arc<Reservation>`] lives, so a view can never point at unmapped memory.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::ops::Range;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::dirty::{self, PAGE};
+use super::reservation::Reservation;
+use crate::{Error, Result};
+
+/// What lies behind one block, as the layer above tells it.
+#[derive(Clone, Debug)]
+pub enum Backing {
+    /// No stored data: the block reads as zeros.
+    Hole,
+    /// `len` bytes at page-aligned `offset` of `file` (immutable while mapped); the rest of
+    /// the block reads as zeros.
+    File {
+        /// The file (a segment), open for reading.
+        file: Arc<File>,
+        /// Byte offset, a multiple of 4096.
+        offset: u64,
+        /// Bytes of the block stored there (at most the block size).
+        len: u64,
+    },
+    /// Bytes that cannot be mapped (compressed or remote), decoded by the caller.
+    Bytes(Vec<u8>),
+}
+
+/// Supplies the backing of blocks at the caller's current snapshot.
+pub trait BlockSource {
+    /// The backing of `block`.
+    fn backing(&self, block: u64) -> Result<Backing>;
+}
+
+/// How a mapped block is backed (kept to merge mappings and count fragmentation).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Mapped {
+    Hole,
+    /// Identified by the file's inode and the offset of the block.
+    File {
+        inode: (u64, u64),
+        offset: u64,
+    },
+    Decoded,
+}
+
+/// The memory of one open array: a reservation of `capacity` blocks of `blksize` bytes.
+/// All methods may be called from any thread.
+#[derive(Debug)]
+pub struct BlockMemory {
+    blksize: usize,
+    writable: bool,
+    reservation: Arc<Reservation>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    mapped: BTreeMap<u64, Mapped>,
+    /// Holds decoded copies of unmappable blocks at `block * blksize`; created on first use.
+    decoded: Option<File>,
+}
+
+impl BlockMemory {
+    /// Reserves address space for `capacity_blocks` blocks of `blksize` bytes (a positive
+    /// multiple of 4096). `writable` false maps everything read-only.
+    pub fn new(blksize: usize, capacity_blocks: u64, writable: bool) -> Result<Self> {
+        if blksize == 0 || blksize % PAGE != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "block size {blksize} is not a positive multiple of {PAGE}"
+            )));
+        }
+        let len = usize::try_from(capacity_blocks)
+            .ok()
+            .and_then(|n| n.checked_mul(blksize))
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("{capacity_blocks} blocks do not fit in memory"))
+            })?;
+        Ok(BlockMemory {
+            blksize,
+            writable,
+            reservation: Arc::new(Reservation::new(len.max(blksize))?),
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// The block size in bytes.
+    pub fn blksize(&self) -> usize {
+        self.blksize
+    }
+
+    /// How many blocks the reservation holds.
+    pub fn capacity_blocks(&self) -> u64 {
+        (self.reservation.len() / self.blksize) as u64
+    }
+
+    /// The reservation; views hold a clone so the memory outlives them.
+    pub fn reservation(&self) -> &Arc<Reservation> {
+        &self.reservation
+    }
+
+    /// The address of the first byte of `block`.
+    pub fn block_ptr(&self, block: u64) -> *mut u8 {
+        debug_assert!(block < self.capacity_blocks());
+        // The offset stays inside the reservation for block < capacity.
+        self.reservation
+            .base()
+            .wrapping_add(block as usize * self.blksize)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check_range(&self, blocks: &Range<u64>) -> Result<()> {
+        if blocks.end > self.capacity_blocks() {
+            return Err(Error::IndexOutOfBounds(format!(
+                "blocks {blocks:?} exceed the reservation of {} blocks",
+                self.capacity_blocks()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Maps every not yet mapped block in `blocks`, asking `source` for its backing. Reads
+    /// nothing: pages come in when touched.
+    pub fn ensure_mapped(&self, blocks: Range<u64>, source: &dyn BlockSource) -> Result<()> {
+        self.check_range(&blocks)?;
+        let mut state = self.lock();
+        let mut run: Vec<(u64, Backing)> = Vec::new();
+        for b in blocks {
+            if state.mapped.contains_key(&b) {
+                continue;
+            }
+            let backing = source.backing(b)?;
+            if !run.is_empty() && !self.extends_run(&run, b, &backing) {
+                self.map_run(&mut state, std::mem::take(&mut run))?;
+            }
+            run.push((b, backing));
+        }
+        if !run.is_empty() {
+            self.map_run(&mut state, run)?;
+        }
+        Ok(())
+    }
+
+    /// True if `backing` of block `b` continues `run` in the same file, so one `mmap` can
+    /// cover both (and the kernel keeps a single mapping).
+    fn extends_run(&self, run: &[(u64, Backing)], b: u64, backing: &Backing) -> bool {
+        let Some((
+            last_b,
+            Backing::File {
+                file: last_file,
+                offset: last_off,
+                len: last_len,
+            },
+        )) = run.last()
+        else {
+            return false;
+        };
+        match backing {
+            Backing::File { file, offset, len } => {
+                *last_b + 1 == b
+                    && Arc::ptr_eq(file, last_file)
+                    && *last_len == self.blksize as u64
+                    && *len == self.blksize as u64
+                    && *offset == last_off + self.blksize as u64
+            }
+            _ => false,
+        }
+    }
+
+    /// Maps a run of consecutive blocks (a single file run, or one block of any kind).
+    fn map_run(&self, state: &mut State, run: Vec<(u64, Backing)>) -> Result<()> {
+        let first = run[0].0;
+        if let (Backing::File { file, offset, len }, true) = (&run[0].1, run.len() > 1) {
+            debug_assert_eq!(*len, self.blksize as u64);
+            let inode = inode_of(file)?;
+            self.map_file(first, run.len(), file, *offset, run.len() * self.blksize)?;
+            for (i, (b, _)) in run.iter().enumerate() {
+                let offset = offset + (i * self.blksize) as u64;
+                state.mapped.insert(*b, Mapped::File { inode, offset });
+            }
+            return Ok(());
+        }
+        for (b, backing) in run {
+            self.install_locked(state, b, backing)?;
+        }
+        Ok(())
+    }
+
+    /// Maps `backing` at block `block`, replacing whatever was there (private pages included).
+    pub fn install(&self, block: u64, backing: Backing) -> Result<()> {
+        self.check_range(&(block..block + 1))?;
+        let mut state = self.lock();
+        self.install_locked(&mut state, block, backing)
+    }
+
+    fn install_locked(&self, state: &mut State, block: u64, backing: Backing) -> Result<()> {
+        let mapped = match backing {
+            Backing::Hole => {
+                self.map_anonymous(block, 0, self.blksize)?;
+                Mapped::Hole
+            }
+            Backing::File { file, offset, len } => {
+                let len = (len as usize).min(self.blksize);
+                let file_part = len.div_ceil(PAGE) * PAGE;
+                if file_part > 0 {
+                    self.map_file(block, 1, &file, offset, file_part)?;
+                }
+                if file_part < self.blksize {
+                    self.map_anonymous(block, file_part, self.blksize - file_part)?;
+                }
+                Mapped::File {
+                    inode: inode_of(&file)?,
+                    offset,
+                }
+            }
+            Backing::Bytes(bytes) => {
+                let len = bytes.len().min(self.blksize);
+                let at = block * self.blksize as u64;
+                if state.decoded.is_none() {
+                    state.decoded = Some(memfd()?);
+                }
+                let decoded = state.decoded.as_ref().expect("created above");
+                // Drop any older decoded copy, then store this one.
+                punch_hole(decoded, at, self.blksize as u64)?;
+                decoded
+                    .write_all_at(&bytes[..len], at)
+                    .map_err(|e| Error::io("writing decoded block", e))?;
+                let decoded = Arc::new(
+                    decoded
+                        .try_clone()
+                        .map_err(|e| Error::io("duplicating descriptor", e))?,
+                );
+                self.map_file(block, 1, &decoded, at, self.blksize)?;
+                Mapped::Decoded
+            }
+        };
+        if let Some(Mapped::Decoded) = state.mapped.insert(block, mapped.clone()) {
+            if mapped != Mapped::Decoded {
+                if let Some(d) = &state.decoded {
+                    punch_hole(d, block * self.blksize as u64, self.blksize as u64)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn prot(&self) -> libc::c_int {
+        if self.writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        }
+    }
+
+    fn map_file(
+        &self,
+        block: u64,
+        nblocks: usize,
+        file: &File,
+        offset: u64,
+        len: usize,
+    ) -> Result<()> {
+        debug_assert!(len <= nblocks * self.blksize);
+        let addr = self.block_ptr(block);
+        // SAFETY: `addr..addr+len` lies inside our reservation (callers checked the block
+        // range), which only this object maps into; MAP_FIXED replaces exactly that range.
+        let r = unsafe {
+            libc::mmap(
+                addr.cast(),
+                len,
+                self.prot(),
+                libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                file.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if r == libc::MAP_FAILED {
+            return Err(Error::io(
+                format!("mapping block {block} (+{nblocks}) from a segment at offset {offset}"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn map_anonymous(&self, block: u64, from: usize, len: usize) -> Result<()> {
+        let addr = self.block_ptr(block).wrapping_add(from);
+        // SAFETY: inside our reservation, as in `map_file`.
+        let r = unsafe {
+            libc::mmap(
+                addr.cast(),
+                len,
+                self.prot(),
+                libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if r == libc::MAP_FAILED {
+            return Err(Error::io(
+                format!("mapping zeros for block {block}"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // 4 KiB pages in holes: a small write then dirties one page, not a whole 2 MiB.
+        // SAFETY: advice on our own mapping; it cannot change its contents.
+        unsafe { libc::madvise(addr.cast(), len, libc::MADV_NOHUGEPAGE) };
+        Ok(())
+    }
+
+    /// True if `block` is mapped.
+    pub fn is_mapped(&self, block: u64) -> bool {
+        self.lock().mapped.contains_key(&block)
+    }
+
+    /// The mapped blocks, ascending.
+    pub fn mapped_blocks(&self) -> Vec<u64> {
+        self.lock().mapped.keys().copied().collect()
+    }
+
+    /// Written pages of every mapped block: block → byte ranges within the block, sorted.
+    pub fn written_pages(&self) -> Result<BTreeMap<u64, Vec<Range<usize>>>> {
+        let state = self.lock();
+        let base = self.reservation.base() as usize;
+        let mut out: BTreeMap<u64, Vec<Range<usize>>> = BTreeMap::new();
+        // Scan only the span of mapped blocks (one call for the whole span).
+        let (Some(first), Some(last)) = (
+            state.mapped.keys().next().copied(),
+            state.mapped.keys().next_back().copied(),
+        ) else {
+            return Ok(out);
+        };
+        let span = base + first as usize * self.blksize..base + (last as usize + 1) * self.blksize;
+        for r in dirty::written_pages(span)? {
+            // Split address ranges at block boundaries.
+            let mut at = r.start - base;
+            let end = r.end - base;
+            while at < end {
+                let block = (at / self.blksize) as u64;
+                let block_start = block as usize * self.blksize;
+                let stop = end.min(block_start + self.blksize);
+                let pages = out.entry(block).or_default();
+                pages.push(at - block_start..stop - block_start);
+                at = stop;
+            }
+        }
+        if dirty::method() == dirty::ScanMethod::PagemapRead {
+            // That scan cannot tell the shared zero page from a written page: drop all-zero
+            // pages of holes (a hole page written with zeros is unchanged anyway).
+            for (block, ranges) in out.iter_mut() {
+                if state.mapped.get(block) == Some(&Mapped::Hole) {
+                    *ranges = self.nonzero_pages(*block, ranges);
+                }
+            }
+            out.retain(|_, ranges| !ranges.is_empty());
+        }
+        Ok(out)
+    }
+
+    /// The pages of `ranges` (within `block`) holding a non-zero byte.
+    fn nonzero_pages(&self, block: u64, ranges: &[Range<usize>]) -> Vec<Range<usize>> {
+        let mut page = vec![0u8; PAGE];
+        let mut out: Vec<Range<usize>> = Vec::new();
+        for r in ranges {
+            for start in (r.start..r.end).step_by(PAGE) {
+                self.read_into(block, start, &mut page);
+                if page.iter().any(|&b| b != 0) {
+                    match out.last_mut() {
+                        Some(last) if last.end == start => last.end = start + PAGE,
+                        _ => out.push(start..start + PAGE),
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The blocks with at least one written page.
+    pub fn dirty_blocks(&self) -> Result<Vec<u64>> {
+        Ok(self.written_pages()?.into_keys().collect())
+    }
+
+    /// A copy of the current bytes of `block` (including uncommitted writes).
+    pub fn read_block(&self, block: u64) -> Vec<u8> {
+        let mut out = vec![0u8; self.blksize];
+        self.read_into(block, 0, &mut out);
+        out
+    }
+
+    /// Copies bytes of `block` starting at `from` into `out`.
+    pub fn read_into(&self, block: u64, from: usize, out: &mut [u8]) {
+        assert!(from + out.len() <= self.blksize && block < self.capacity_blocks());
+        debug_assert!(
+            self.is_mapped(block),
+            "block {block} read before being mapped"
+        );
+        // SAFETY: the range lies inside a mapped block of our reservation (readable). Other
+        // threads may write it concurrently; like any memcpy of shared memory the copy then
+        // holds a mix, which is the documented behaviour of commit during writes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.block_ptr(block).add(from),
+                out.as_mut_ptr(),
+                out.len(),
+            )
+        };
+    }
+
+    /// Writes `bytes` into `block` at `from` (used to restore savepoints).
+    pub fn write_into(&self, block: u64, from: usize, bytes: &[u8]) -> Result<()> {
+        if !self.writable {
+            return Err(Error::ReadOnly("this memory is mapped read-only".into()));
+        }
+        assert!(from + bytes.len() <= self.blksize && block < self.capacity_blocks());
+        if !self.is_mapped(block) {
+            return Err(Error::InvalidArgument(format!(
+                "block {block} is not mapped"
+            )));
+        }
+        // SAFETY: inside a mapped, writable block of our reservation.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.block_ptr(block).add(from),
+                bytes.len(),
+            )
+        };
+        Ok(())
+    }
+
+    /// Drops the private (written) pages of `ranges` within `block`: they show the mapped
+    /// version again.
+    pub fn discard_pages(&self, block: u64, ranges: &[Range<usize>]) -> Result<()> {
+        for r in ranges {
+            let addr = self.block_ptr(block).wrapping_add(r.start);
+            // SAFETY: inside our reservation; DONTNEED on a private mapping only drops
+            // private pages, which re-fault from the file (or as zeros).
+            let rc = unsafe { libc::madvise(addr.cast(), r.end - r.start, libc::MADV_DONTNEED) };
+            if rc != 0 {
+                return Err(Error::io(
+                    format!("discarding pages of block {block}"),
+                    std::io::Error::last_os_error(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops every written page of the given blocks.
+    pub fn discard(&self, blocks: &[u64]) -> Result<()> {
+        let whole = [0..self.blksize];
+        for &b in blocks {
+            self.discard_pages(b, &whole)?;
+        }
+        Ok(())
+    }
+
+    /// Re-maps those of `blocks` that are mapped, with their current backing from `source`
+    /// (used when other transactions changed them). Unmapped blocks are left alone.
+    pub fn remap(&self, blocks: &[u64], source: &dyn BlockSource) -> Result<()> {
+        let mut state = self.lock();
+        for &b in blocks {
+            if state.mapped.contains_key(&b) {
+                let backing = source.backing(b)?;
+                self.install_locked(&mut state, b, backing)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// How many separate kernel mappings the mapped blocks need at least (runs of blocks at
+    /// consecutive offsets of one file count once). Compare with `vm.max_map_count`.
+    pub fn mapping_runs(&self) -> usize {
+        let state = self.lock();
+        let mut runs = 0;
+        let mut prev: Option<(u64, &Mapped)> = None;
+        for (&b, m) in &state.mapped {
+            let continues = match (prev, m) {
+                (
+                    Some((
+                        pb,
+                        Mapped::File {
+                            inode: pi,
+                            offset: po,
+                        },
+                    )),
+                    Mapped::File { inode, offset },
+                ) => pb + 1 == b && pi == inode && po + self.blksize as u64 == *offset,
+                (Some((pb, Mapped::Hole)), Mapped::Hole) => pb + 1 == b,
+                _ => false,
+            };
+            if !continues {
+                runs += 1;
+            }
+            prev = Some((b, m));
+        }
+        runs
+    }
+}
+
+fn inode_of(file: &File) -> Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = file
+        .metadata()
+        .map_err(|e| Error::io("reading segment metadata", e))?;
+    Ok((m.dev(), m.ino()))
+}
+
+fn memfd() -> Result<File> {
+    // SAFETY: memfd_create reads only the NUL-terminated name.
+    let fd = unsafe { libc::memfd_create(c"outcore-decoded".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(Error::io("memfd_create", std::io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+fn punch_hole(file: &File, offset: u64, len: u64) -> Result<()> {
+    // SAFETY: fallocate on our own memfd; it frees the pages of that range.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc != 0 {
+        return Err(Error::io(
+            "freeing a decoded block",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
