@@ -485,9 +485,9 @@ impl BlockMemory {
 
     /// Drops every written page of the given blocks.
     pub fn discard(&self, blocks: &[u64]) -> Result<()> {
-        let whole = [0..self.blksize];
+        let whole = 0..self.blksize;
         for &b in blocks {
-            self.discard_pages(b, &whole)?;
+            self.discard_pages(b, std::slice::from_ref(&whole))?;
         }
         Ok(())
     }
