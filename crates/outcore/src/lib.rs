@@ -24,6 +24,8 @@
 //! # Ok::<(), outcore::Error>(())
 //! ```
 
+pub mod array;
+pub mod db;
 pub mod error;
 pub mod storage;
 pub mod vm;

@@ -1,0 +1,273 @@
+//! [`BigArray`]: a persistent N-d array whose views point straight into managed memory.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use ndarray::{ArrayView, ArrayViewD, ArrayViewMut, IxDyn, ShapeBuilder, SliceArg};
+
+use super::connection::ConnShared;
+use super::handle::ArrayHandle;
+use crate::array::slicing::touched_ranges;
+use crate::array::{ArrayMeta, Element, Order};
+use crate::vm::Reservation;
+use crate::{Error, Result};
+
+/// A persistent array in a connection. Cheap to clone (clones share the array).
+///
+/// Views ([`view`](BigArray::view), [`slice`](BigArray::slice) and their `_mut` forms) are
+/// `ndarray` views of the array's memory: no copy, blocks load when touched, writes are
+/// plain stores that the next [`Connection::commit`](super::Connection::commit) saves.
+#[derive(Clone, Debug)]
+pub struct BigArray {
+    pub(crate) conn: Arc<ConnShared>,
+    pub(crate) handle: Arc<ArrayHandle>,
+}
+
+/// A raw description of mapped array memory, for building views in other languages.
+#[derive(Clone, Debug)]
+pub struct RawView {
+    /// Address of element `[0, 0, ...]` of the whole array.
+    pub ptr: *mut u8,
+    /// Shape of the whole array.
+    pub shape: Vec<usize>,
+    /// Byte strides.
+    pub strides: Vec<isize>,
+    /// False if writes are not allowed (read-only or historical connection).
+    pub writable: bool,
+    /// Keeps the memory mapped while held.
+    pub keepalive: Arc<Reservation>,
+}
+
+// SAFETY: `ptr` points into the reservation kept alive by `keepalive`; the struct carries no
+// thread-bound state.
+unsafe impl Send for RawView {}
+// SAFETY: as above; shared access only reads the fields.
+unsafe impl Sync for RawView {}
+
+impl BigArray {
+    /// The current metadata (shape, dtype, order, block size).
+    pub fn meta(&self) -> Result<ArrayMeta> {
+        self.handle.meta()
+    }
+
+    /// The current shape.
+    pub fn shape(&self) -> Result<Vec<u64>> {
+        Ok(self.meta()?.shape)
+    }
+
+    /// Length of the major axis (0 for a 0-d array).
+    pub fn len(&self) -> Result<u64> {
+        let m = self.meta()?;
+        Ok(m.shape.get(m.major_axis()).copied().unwrap_or(0))
+    }
+
+    /// True if the array holds no element.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.meta()?.nbytes() == 0)
+    }
+
+    fn typed_meta<T: Element>(&self) -> Result<ArrayMeta> {
+        let m = self.meta()?;
+        if m.dtype != T::dtype() || m.itemsize != std::mem::size_of::<T>() {
+            return Err(Error::InvalidArgument(format!(
+                "the array holds {} ({} bytes), not {} ({} bytes)",
+                m.dtype,
+                m.itemsize,
+                T::dtype(),
+                std::mem::size_of::<T>()
+            )));
+        }
+        Ok(m)
+    }
+
+    /// Maps the blocks under major-axis indices `major` and returns the raw whole-array view.
+    pub fn raw_view(&self, major: Range<u64>) -> Result<RawView> {
+        let m = self.meta()?;
+        let stride = m.major_stride_bytes();
+        let len = m.shape.get(m.major_axis()).copied().unwrap_or(1);
+        let (lo, hi) = (major.start.min(len), major.end.min(len));
+        let bytes = if m.shape.is_empty() {
+            0..m.nbytes()
+        } else {
+            lo * stride..hi.max(lo) * stride
+        };
+        let at = self.conn.snapshot()?;
+        self.handle.map_bytes(&*self.conn.storage, at, bytes)?;
+        let to_usize = |d: u64| {
+            usize::try_from(d).map_err(|_| Error::InvalidShape(format!("dimension {d} too large")))
+        };
+        Ok(RawView {
+            ptr: self.handle.memory.block_ptr(0),
+            shape: m
+                .shape
+                .iter()
+                .map(|&d| to_usize(d))
+                .collect::<Result<_>>()?,
+            strides: m.strides_bytes(),
+            writable: self.conn.writable,
+            keepalive: self.handle.memory.reservation().clone(),
+        })
+    }
+
+    /// The major-axis range `elems` touches, after checking every index against the shape.
+    fn major_range(&self, m: &ArrayMeta, elems: &[ndarray::SliceInfoElem]) -> Result<Range<u64>> {
+        let ranges = touched_ranges(&m.shape, elems)?;
+        Ok(ranges.get(m.major_axis()).cloned().unwrap_or(0..1))
+    }
+
+    /// A view of the whole array.
+    pub fn view<T: Element>(&self) -> Result<ArrayViewD<'_, T>> {
+        let m = self.typed_meta::<T>()?;
+        let raw = self.raw_view(0..u64::MAX)?;
+        let strides: Vec<usize> = raw
+            .strides
+            .iter()
+            .map(|&s| s as usize / m.itemsize)
+            .collect();
+        // SAFETY: the whole array's bytes lie in mapped memory of the reservation, which
+        // `self` keeps alive for the view's lifetime; strides describe the array's layout
+        // (non-negative, in elements); T is plain bytes of the array's element size.
+        Ok(unsafe {
+            ArrayView::from_shape_ptr(
+                IxDyn(&raw.shape).strides(IxDyn(&strides)),
+                raw.ptr.cast::<T>().cast_const(),
+            )
+        })
+    }
+
+    /// A view of `info` (an `ndarray::s![...]` slice). Only the blocks under the selected
+    /// part of the major axis are mapped. Out-of-range indices are an error, not a panic.
+    pub fn slice<T: Element, I: SliceArg<IxDyn>>(
+        &self,
+        info: I,
+    ) -> Result<ArrayView<'_, T, I::OutDim>> {
+        let m = self.typed_meta::<T>()?;
+        let major = self.major_range(&m, info.as_ref())?;
+        let raw = self.raw_view(major)?;
+        let strides: Vec<usize> = raw
+            .strides
+            .iter()
+            .map(|&s| s as usize / m.itemsize)
+            .collect();
+        // SAFETY: as in `view`; the parts of the whole-array view outside the mapped blocks
+        // are never dereferenced because the slice below (checked above) excludes them.
+        let whole: ArrayViewD<'_, T> = unsafe {
+            ArrayView::from_shape_ptr(
+                IxDyn(&raw.shape).strides(IxDyn(&strides)),
+                raw.ptr.cast::<T>().cast_const(),
+            )
+        };
+        Ok(whole.slice_move(info))
+    }
+
+    /// A writable view of the whole array.
+    pub fn view_mut<T: Element>(&mut self) -> Result<ndarray::ArrayViewMutD<'_, T>> {
+        self.conn.check_writable()?;
+        let m = self.typed_meta::<T>()?;
+        let raw = self.raw_view(0..u64::MAX)?;
+        let strides: Vec<usize> = raw
+            .strides
+            .iter()
+            .map(|&s| s as usize / m.itemsize)
+            .collect();
+        // SAFETY: as in `view`; the memory is mapped writable (writable connection) and
+        // `&mut self` makes this the only Rust view derived from this handle.
+        Ok(unsafe {
+            ArrayViewMut::from_shape_ptr(
+                IxDyn(&raw.shape).strides(IxDyn(&strides)),
+                raw.ptr.cast::<T>(),
+            )
+        })
+    }
+
+    /// A writable view of `info`; see [`slice`](BigArray::slice).
+    pub fn slice_mut<T: Element, I: SliceArg<IxDyn>>(
+        &mut self,
+        info: I,
+    ) -> Result<ArrayViewMut<'_, T, I::OutDim>> {
+        self.conn.check_writable()?;
+        let m = self.typed_meta::<T>()?;
+        let major = self.major_range(&m, info.as_ref())?;
+        let raw = self.raw_view(major)?;
+        let strides: Vec<usize> = raw
+            .strides
+            .iter()
+            .map(|&s| s as usize / m.itemsize)
+            .collect();
+        // SAFETY: as in `slice` and `view_mut`.
+        let whole: ndarray::ArrayViewMutD<'_, T> = unsafe {
+            ArrayViewMut::from_shape_ptr(
+                IxDyn(&raw.shape).strides(IxDyn(&strides)),
+                raw.ptr.cast::<T>(),
+            )
+        };
+        Ok(whole.slice_move(info))
+    }
+
+    /// Changes the shape in O(1); only the major axis (0 for C order, the last for F) may
+    /// change. Shrinking then growing shows zeros in the regrown part.
+    pub fn resize(&self, shape: &[u64]) -> Result<()> {
+        self.conn.check_writable()?;
+        let at = self.conn.snapshot()?;
+        self.handle.resize(&*self.conn.storage, at, shape)
+    }
+
+    /// Appends `data` along the major axis: O(len(data)) in data and metadata written.
+    /// `data` must match the array's shape on every other axis; on error nothing changes.
+    pub fn append<T: Element>(&self, data: ndarray::ArrayViewD<'_, T>) -> Result<()> {
+        let m = self.typed_meta::<T>()?;
+        // Bytes in the array's memory order: F order is C order of the reversed axes.
+        let ordered = match m.order {
+            Order::C => data.as_standard_layout().into_owned(),
+            Order::F => data.reversed_axes().as_standard_layout().into_owned(),
+        };
+        let shape: Vec<u64> = match m.order {
+            Order::C => ordered.shape().iter().map(|&d| d as u64).collect(),
+            Order::F => ordered.shape().iter().rev().map(|&d| d as u64).collect(),
+        };
+        let bytes: &[u8] = bytemuck::cast_slice(
+            ordered
+                .as_slice()
+                .ok_or_else(|| Error::InvalidArgument("data is not contiguous".into()))?,
+        );
+        self.append_bytes(bytes, &shape)
+    }
+
+    /// Appends raw bytes laid out in the array's order, of shape `shape` (the Python layer's
+    /// entry point); see [`append`](BigArray::append).
+    pub fn append_bytes(&self, bytes: &[u8], shape: &[u64]) -> Result<()> {
+        self.conn.check_writable()?;
+        let m = self.meta()?;
+        let major = m.major_axis();
+        if shape.len() != m.shape.len()
+            || (0..shape.len()).any(|a| a != major && shape[a] != m.shape[a])
+        {
+            return Err(Error::InvalidShape(format!(
+                "cannot append data of shape {shape:?} to an array of shape {:?} ({} order): \
+                 all axes but the major one must match",
+                m.shape, m.order
+            )));
+        }
+        let expected = shape.iter().product::<u64>() * m.itemsize as u64;
+        if bytes.len() as u64 != expected {
+            return Err(Error::InvalidShape(format!(
+                "{} bytes given for shape {shape:?}, {expected} expected",
+                bytes.len()
+            )));
+        }
+        if m.shape.is_empty() {
+            return Err(Error::InvalidShape("cannot append to a 0-d array".into()));
+        }
+        let mut new_shape = m.shape.clone();
+        new_shape[major] += shape[major];
+        let at = self.conn.snapshot()?;
+        let storage = &*self.conn.storage;
+        self.handle.resize(storage, at, &new_shape)?;
+        if let Err(e) = self.handle.write_bytes(storage, at, m.nbytes(), bytes) {
+            // Leave the array as it was.
+            self.handle.resize(storage, at, &m.shape)?;
+            return Err(e);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,398 @@
+//! [`Connection`]: one snapshot of the database, one transaction at a time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::bigarray::BigArray;
+use super::handle::{ArrayHandle, ArraySavepoint};
+use super::root::{self, ROOT_KEY};
+use crate::array::{ArrayMeta, Element, Order, DEFAULT_BLKSIZE};
+use crate::storage::{CommitRequest, Key, Oid, ReaderLease, Storage, Tid, TxnMeta, Write};
+use crate::{Error, Result};
+
+/// A view of the database at one snapshot, with one transaction in progress.
+///
+/// The snapshot moves to the newest commit at every transaction boundary ([`commit`],
+/// [`abort`], [`begin`]); other connections' commits become visible then, never in between.
+/// Arrays opened through a connection share its transaction. A connection may be used from
+/// any thread, but one transaction is one unit: do not commit from one thread while another
+/// writes into views.
+///
+/// [`commit`]: Connection::commit
+/// [`abort`]: Connection::abort
+/// [`begin`]: Connection::begin
+#[derive(Debug)]
+pub struct Connection {
+    pub(crate) shared: Arc<ConnShared>,
+}
+
+#[derive(Debug)]
+pub(crate) struct ConnShared {
+    pub storage: Arc<dyn Storage>,
+    /// False for read-only and historical connections.
+    pub writable: bool,
+    /// True for a connection pinned at an old tid.
+    historical: bool,
+    state: Mutex<ConnState>,
+}
+
+#[derive(Debug)]
+struct ConnState {
+    lease: ReaderLease,
+    closed: bool,
+    root_committed: BTreeMap<String, Oid>,
+    root: BTreeMap<String, Oid>,
+    /// Open arrays by metadata oid.
+    arrays: BTreeMap<Oid, Arc<ArrayHandle>>,
+    /// Arrays created in this transaction.
+    created: BTreeSet<Oid>,
+    /// Incremented at every transaction boundary; savepoints of older transactions are void.
+    serial: u64,
+}
+
+/// A point inside a transaction to roll back to ([`Connection::rollback`]).
+#[derive(Debug)]
+pub struct Savepoint {
+    serial: u64,
+    root: BTreeMap<String, Oid>,
+    created: BTreeSet<Oid>,
+    arrays: Vec<(Arc<ArrayHandle>, ArraySavepoint)>,
+}
+
+impl ConnShared {
+    fn lock(&self) -> Result<MutexGuard<'_, ConnState>> {
+        let g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if g.closed {
+            return Err(Error::Closed("the connection is closed".into()));
+        }
+        Ok(g)
+    }
+
+    /// The snapshot tid (for mapping blocks).
+    pub fn snapshot(&self) -> Result<Tid> {
+        Ok(self.lock()?.lease.tid())
+    }
+
+    pub fn check_writable(&self) -> Result<()> {
+        if self.writable {
+            Ok(())
+        } else if self.historical {
+            Err(Error::ReadOnly(
+                "a historical connection cannot change data".into(),
+            ))
+        } else {
+            Err(Error::ReadOnly("the database was opened read-only".into()))
+        }
+    }
+}
+
+impl Connection {
+    pub(crate) fn open(storage: Arc<dyn Storage>, writable: bool, at: Option<Tid>) -> Result<Self> {
+        let lease = match at {
+            Some(tid) => ReaderLease::at(storage.clone(), tid)?,
+            None => ReaderLease::at_head(storage.clone())?,
+        };
+        let root_committed = match storage.load(ROOT_KEY, lease.tid())? {
+            Some(v) => root::decode(&v.data)?,
+            None => BTreeMap::new(),
+        };
+        Ok(Connection {
+            shared: Arc::new(ConnShared {
+                storage,
+                writable: writable && at.is_none(),
+                historical: at.is_some(),
+                state: Mutex::new(ConnState {
+                    lease,
+                    closed: false,
+                    root: root_committed.clone(),
+                    root_committed,
+                    arrays: BTreeMap::new(),
+                    created: BTreeSet::new(),
+                    serial: 0,
+                }),
+            }),
+        })
+    }
+
+    /// The snapshot this connection reads.
+    pub fn tid(&self) -> Result<Tid> {
+        self.shared.snapshot()
+    }
+
+    /// The names in the root namespace, sorted.
+    pub fn names(&self) -> Result<Vec<String>> {
+        Ok(self.shared.lock()?.root.keys().cloned().collect())
+    }
+
+    /// True if the root namespace has `name`.
+    pub fn contains(&self, name: &str) -> Result<bool> {
+        Ok(self.shared.lock()?.root.contains_key(name))
+    }
+
+    /// Creates an array of element type `T` under `name` (replacing any array of that name),
+    /// filled with zeros, with the default block size.
+    pub fn create<T: Element>(&self, name: &str, shape: &[u64], order: Order) -> Result<BigArray> {
+        self.create_raw(
+            name,
+            &T::dtype(),
+            std::mem::size_of::<T>(),
+            shape,
+            order,
+            DEFAULT_BLKSIZE,
+        )
+    }
+
+    /// Creates an array with a runtime dtype descriptor and element size (the Python layer's
+    /// entry point); see [`Connection::create`].
+    pub fn create_raw(
+        &self,
+        name: &str,
+        dtype: &str,
+        itemsize: usize,
+        shape: &[u64],
+        order: Order,
+        blksize: usize,
+    ) -> Result<BigArray> {
+        root::check_name(name)?;
+        self.shared.check_writable()?;
+        let mut st = self.shared.lock()?;
+        let ids = self.shared.storage.new_oids(2)?;
+        let (oid, file) = (Oid(ids.start), Oid(ids.start + 1));
+        let meta = ArrayMeta::new(dtype, itemsize, shape, order, blksize, file)?;
+        let handle = Arc::new(ArrayHandle::new(oid, meta, None, true)?);
+        st.arrays.insert(oid, handle.clone());
+        st.created.insert(oid);
+        st.root.insert(name.to_string(), oid);
+        Ok(BigArray {
+            conn: self.shared.clone(),
+            handle,
+        })
+    }
+
+    /// The array stored under `name`.
+    pub fn array(&self, name: &str) -> Result<BigArray> {
+        let mut st = self.shared.lock()?;
+        let oid = *st
+            .root
+            .get(name)
+            .ok_or_else(|| Error::NotFound(format!("no array named {name:?}")))?;
+        if let Some(h) = st.arrays.get(&oid) {
+            if !h.is_detached() {
+                return Ok(BigArray {
+                    conn: self.shared.clone(),
+                    handle: h.clone(),
+                });
+            }
+        }
+        let at = st.lease.tid();
+        let v = self
+            .shared
+            .storage
+            .load(Key::Meta(oid), at)?
+            .ok_or_else(|| Error::NotFound(format!("array {name:?} has no metadata at {at}")))?;
+        let meta = ArrayMeta::decode(&v.data)?;
+        let handle = Arc::new(ArrayHandle::new(
+            oid,
+            meta.clone(),
+            Some(meta),
+            self.shared.writable,
+        )?);
+        st.arrays.insert(oid, handle.clone());
+        Ok(BigArray {
+            conn: self.shared.clone(),
+            handle,
+        })
+    }
+
+    /// Removes `name` from the root namespace (the data stays in history until pack).
+    pub fn remove(&self, name: &str) -> Result<()> {
+        self.shared.check_writable()?;
+        let mut st = self.shared.lock()?;
+        st.root
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| Error::NotFound(format!("no array named {name:?}")))
+    }
+
+    /// True if this transaction changed anything.
+    pub fn is_dirty(&self) -> Result<bool> {
+        let st = self.shared.lock()?;
+        if st.root != st.root_committed {
+            return Ok(true);
+        }
+        for h in st.arrays.values().filter(|h| !h.is_detached()) {
+            if h.is_dirty()? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Commits every change of the transaction atomically and durably, then moves to the
+    /// newest snapshot. On [`Error::Conflict`] nothing is written and the changes are kept:
+    /// call [`abort`](Connection::abort) and redo the transaction.
+    pub fn commit(&self) -> Result<Tid> {
+        self.commit_with(TxnMeta::default())
+    }
+
+    /// [`commit`](Connection::commit) with a user and description for the log.
+    pub fn commit_with(&self, meta: TxnMeta) -> Result<Tid> {
+        let mut st = self.shared.lock()?;
+        let mut writes: Vec<(Key, Write)> = Vec::new();
+        for h in st.arrays.values().filter(|h| !h.is_detached()) {
+            h.collect_writes(&mut writes)?;
+        }
+        if st.root != st.root_committed {
+            writes.push((ROOT_KEY, Write::Store(root::encode(&st.root))));
+        }
+        if writes.is_empty() {
+            self.sync(&mut st)?;
+            return Ok(st.lease.tid());
+        }
+        self.shared.check_writable()?;
+        let tid = self.shared.storage.commit(CommitRequest {
+            base: st.lease.tid(),
+            writes,
+            meta,
+        })?;
+        for h in st.arrays.values().filter(|h| !h.is_detached()) {
+            h.committed()?;
+        }
+        st.root_committed = st.root.clone();
+        st.created.clear();
+        self.sync(&mut st)?;
+        Ok(tid)
+    }
+
+    /// Discards every change of the transaction, then moves to the newest snapshot.
+    pub fn abort(&self) -> Result<()> {
+        let mut st = self.shared.lock()?;
+        let at = st.lease.tid();
+        let created = std::mem::take(&mut st.created);
+        for oid in created {
+            if let Some(h) = st.arrays.remove(&oid) {
+                h.detach()?;
+            }
+        }
+        for h in st.arrays.values().filter(|h| !h.is_detached()) {
+            h.abort(&*self.shared.storage, at)?;
+        }
+        st.root = st.root_committed.clone();
+        self.sync(&mut st)
+    }
+
+    /// Starts a new transaction at the newest snapshot, discarding uncommitted changes (as
+    /// [`abort`](Connection::abort) does).
+    pub fn begin(&self) -> Result<()> {
+        self.abort()
+    }
+
+    /// Moves to the newest snapshot, applying other transactions' commits from the log.
+    /// Called with no uncommitted changes. Historical connections stay where they are.
+    fn sync(&self, st: &mut ConnState) -> Result<()> {
+        st.serial += 1;
+        if self.shared.historical {
+            return Ok(());
+        }
+        let old = st.lease.tid();
+        let head = st.lease.advance_to_head()?;
+        if head == old {
+            return Ok(());
+        }
+        let storage = &*self.shared.storage;
+        let changes = storage.changes(old, head)?;
+        let mut blocks: BTreeMap<Oid, Vec<u64>> = BTreeMap::new();
+        let mut metas: BTreeSet<Oid> = BTreeSet::new();
+        let mut root_changed = false;
+        for (_, keys) in changes {
+            for key in keys {
+                match key {
+                    ROOT_KEY => root_changed = true,
+                    Key::Meta(oid) => {
+                        metas.insert(oid);
+                    }
+                    Key::Block { file, index } => blocks.entry(file).or_default().push(index),
+                }
+            }
+        }
+        if root_changed {
+            st.root_committed = match storage.load(ROOT_KEY, head)? {
+                Some(v) => root::decode(&v.data)?,
+                None => BTreeMap::new(),
+            };
+            st.root = st.root_committed.clone();
+        }
+        for h in st.arrays.values().filter(|h| !h.is_detached()) {
+            let meta_changed = metas.contains(&h.oid);
+            let file = h.meta()?.file;
+            let changed = blocks.get(&file).map_or(&[][..], Vec::as_slice);
+            if meta_changed || !changed.is_empty() {
+                h.invalidate(storage, head, changed, meta_changed)?;
+            }
+        }
+        st.arrays.retain(|_, h| !h.is_detached());
+        Ok(())
+    }
+
+    /// Remembers the current state of the transaction.
+    pub fn savepoint(&self) -> Result<Savepoint> {
+        let st = self.shared.lock()?;
+        let mut arrays = Vec::new();
+        for h in st.arrays.values().filter(|h| !h.is_detached()) {
+            arrays.push((h.clone(), h.savepoint()?));
+        }
+        Ok(Savepoint {
+            serial: st.serial,
+            root: st.root.clone(),
+            created: st.created.clone(),
+            arrays,
+        })
+    }
+
+    /// Restores the transaction to `savepoint` (data, shapes, names). The savepoint stays
+    /// usable for further rollbacks within the same transaction.
+    pub fn rollback(&self, savepoint: &Savepoint) -> Result<()> {
+        let mut st = self.shared.lock()?;
+        if savepoint.serial != st.serial {
+            return Err(Error::InvalidArgument(
+                "the savepoint belongs to an earlier transaction".into(),
+            ));
+        }
+        let at = st.lease.tid();
+        let later: Vec<Oid> = st.created.difference(&savepoint.created).copied().collect();
+        for oid in later {
+            if let Some(h) = st.arrays.remove(&oid) {
+                h.detach()?;
+            }
+        }
+        for (h, sp) in &savepoint.arrays {
+            h.rollback(sp, &*self.shared.storage, at)?;
+        }
+        st.created = savepoint.created.clone();
+        st.root = savepoint.root.clone();
+        Ok(())
+    }
+
+    /// Closes the connection: uncommitted changes are discarded, later calls fail with
+    /// [`Error::Closed`]. Views stay valid memory (they show the last snapshot).
+    pub fn close(&self) -> Result<()> {
+        let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.closed {
+            return Ok(());
+        }
+        for h in st.arrays.values() {
+            if !h.is_detached() {
+                h.memory.discard(&h.memory.dirty_blocks()?)?;
+            }
+        }
+        st.closed = true;
+        st.arrays.clear();
+        Ok(())
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}

@@ -1,0 +1,395 @@
+//! The state of one open array inside one connection: its memory and what the current
+//! transaction changed (metadata, shrunk blocks).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::sync::{Mutex, MutexGuard};
+
+use super::source::SnapshotSource;
+use crate::array::ArrayMeta;
+use crate::storage::{Key, Oid, Storage, Tid, Write};
+use crate::vm::BlockMemory;
+use crate::{Error, Result};
+
+/// Address space reserved per array: room to append without moving views.
+fn reservation_bytes(nbytes: u64) -> u64 {
+    const MIN: u64 = 64 << 30;
+    const MAX: u64 = 1 << 40;
+    nbytes
+        .saturating_mul(16)
+        .clamp(MIN, MAX)
+        .max(nbytes.saturating_mul(2))
+}
+
+/// One open array of a connection.
+#[derive(Debug)]
+pub(crate) struct ArrayHandle {
+    /// The oid of the array's metadata record.
+    pub oid: Oid,
+    pub memory: BlockMemory,
+    txn: Mutex<ArrayTxn>,
+}
+
+#[derive(Debug)]
+struct ArrayTxn {
+    /// The metadata at the connection's snapshot; `None` if created in this transaction.
+    committed: Option<ArrayMeta>,
+    /// The metadata as changed by this transaction.
+    meta: ArrayMeta,
+    /// Blocks at or beyond `cut` were dropped by a shrink in this transaction.
+    cut: Option<u64>,
+    /// Blocks this transaction re-mapped as holes (shrink); abort maps them back.
+    holed: BTreeSet<u64>,
+    /// The array was deleted, or its creation rolled back: unusable.
+    detached: bool,
+}
+
+/// What a savepoint remembers of one array.
+#[derive(Debug)]
+pub(crate) struct ArraySavepoint {
+    meta: ArrayMeta,
+    cut: Option<u64>,
+    holed: BTreeSet<u64>,
+    /// Written pages at savepoint time and their bytes.
+    pages: BTreeMap<u64, Vec<(Range<usize>, Vec<u8>)>>,
+}
+
+impl ArrayHandle {
+    /// A handle for an array whose metadata at the snapshot is `committed` (or a new one).
+    pub fn new(
+        oid: Oid,
+        meta: ArrayMeta,
+        committed: Option<ArrayMeta>,
+        writable: bool,
+    ) -> Result<Self> {
+        let blocks = reservation_bytes(meta.nbytes()).div_ceil(meta.blksize as u64);
+        Ok(ArrayHandle {
+            oid,
+            memory: BlockMemory::new(meta.blksize, blocks, writable)?,
+            txn: Mutex::new(ArrayTxn {
+                committed,
+                meta,
+                cut: None,
+                holed: BTreeSet::new(),
+                detached: false,
+            }),
+        })
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, ArrayTxn>> {
+        let g = self.txn.lock().unwrap_or_else(|p| p.into_inner());
+        if g.detached {
+            return Err(Error::NotFound(
+                "this array was deleted (or its creation rolled back)".into(),
+            ));
+        }
+        Ok(g)
+    }
+
+    /// The current metadata.
+    pub fn meta(&self) -> Result<ArrayMeta> {
+        Ok(self.lock()?.meta.clone())
+    }
+
+    /// True once the array is unusable.
+    pub fn is_detached(&self) -> bool {
+        self.txn.lock().unwrap_or_else(|p| p.into_inner()).detached
+    }
+
+    /// Marks the array unusable (deleted or creation rolled back); drops its private pages.
+    pub fn detach(&self) -> Result<()> {
+        let mut g = self.txn.lock().unwrap_or_else(|p| p.into_inner());
+        g.detached = true;
+        self.memory.discard(&self.memory.dirty_blocks()?)
+    }
+
+    /// Maps the blocks holding bytes `bytes` of the array, as of snapshot `at`.
+    pub fn map_bytes(&self, storage: &dyn Storage, at: Tid, bytes: Range<u64>) -> Result<()> {
+        let g = self.lock()?;
+        self.map_locked(&g, storage, at, bytes)
+    }
+
+    fn map_locked(
+        &self,
+        g: &ArrayTxn,
+        storage: &dyn Storage,
+        at: Tid,
+        bytes: Range<u64>,
+    ) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let blk = g.meta.blksize as u64;
+        let blocks = bytes.start / blk..bytes.end.div_ceil(blk);
+        if blocks.end > self.memory.capacity_blocks() {
+            return Err(Error::InvalidShape(format!(
+                "the array outgrew this connection's address-space reservation of {} bytes; \
+                 commit, then reopen the connection to map it",
+                self.memory.capacity_blocks() * blk
+            )));
+        }
+        let source = SnapshotSource {
+            storage,
+            file: g.meta.file,
+            at,
+            cut: g.cut,
+        };
+        self.memory.ensure_mapped(blocks, &source)
+    }
+
+    /// Adds this array's changes to a commit: written blocks (all-zero ones as holes),
+    /// blocks dropped by a shrink, and the metadata if it changed. True if anything changed.
+    pub fn collect_writes(&self, writes: &mut Vec<(Key, Write)>) -> Result<bool> {
+        let g = self.lock()?;
+        let before = writes.len();
+        let nblocks = g.meta.nblocks();
+        let written = self.memory.dirty_blocks()?;
+        for &b in written.iter().filter(|&&b| b < nblocks) {
+            let bytes = self.memory.read_block(b);
+            let key = Key::Block {
+                file: g.meta.file,
+                index: b,
+            };
+            if bytes.iter().all(|&x| x == 0) {
+                writes.push((key, Write::Delete));
+            } else {
+                writes.push((key, Write::Store(bytes)));
+            }
+        }
+        if let Some(cut) = g.cut {
+            let stored = g.committed.as_ref().map_or(0, ArrayMeta::nblocks);
+            let written: BTreeSet<u64> = written.into_iter().collect();
+            for b in (cut..stored).filter(|b| !written.contains(b) || *b >= nblocks) {
+                let key = Key::Block {
+                    file: g.meta.file,
+                    index: b,
+                };
+                writes.push((key, Write::Delete));
+            }
+        }
+        if g.committed.as_ref() != Some(&g.meta) {
+            writes.push((Key::Meta(self.oid), Write::Store(g.meta.encode())));
+        }
+        Ok(writes.len() > before)
+    }
+
+    /// After a successful commit: the current state is the committed one. Written pages of
+    /// blocks past the end are dropped (the committed blocks are re-mapped by the
+    /// invalidation that follows).
+    pub fn committed(&self) -> Result<()> {
+        let mut g = self.lock()?;
+        g.committed = Some(g.meta.clone());
+        g.cut = None;
+        g.holed.clear();
+        let nblocks = g.meta.nblocks();
+        let beyond: Vec<u64> = self
+            .memory
+            .dirty_blocks()?
+            .into_iter()
+            .filter(|&b| b >= nblocks)
+            .collect();
+        self.memory.discard(&beyond)
+    }
+
+    /// Discards every change of the transaction: written pages, shrink holes, metadata.
+    pub fn abort(&self, storage: &dyn Storage, at: Tid) -> Result<()> {
+        let mut g = self.lock()?;
+        self.memory.discard(&self.memory.dirty_blocks()?)?;
+        if let Some(committed) = g.committed.clone() {
+            g.meta = committed;
+        }
+        g.cut = None;
+        let holed: Vec<u64> = std::mem::take(&mut g.holed).into_iter().collect();
+        let source = SnapshotSource {
+            storage,
+            file: g.meta.file,
+            at,
+            cut: None,
+        };
+        self.memory.remap(&holed, &source)
+    }
+
+    /// Applies other transactions' commits: new metadata (or deletion) and changed blocks,
+    /// as of the new snapshot `at`. Called with no uncommitted changes.
+    pub fn invalidate(
+        &self,
+        storage: &dyn Storage,
+        at: Tid,
+        blocks: &[u64],
+        meta_changed: bool,
+    ) -> Result<()> {
+        let mut g = self.lock()?;
+        if meta_changed {
+            match storage.load(Key::Meta(self.oid), at)? {
+                Some(v) => {
+                    let meta = ArrayMeta::decode(&v.data)?;
+                    g.committed = Some(meta.clone());
+                    g.meta = meta;
+                }
+                None => {
+                    drop(g);
+                    return self.detach();
+                }
+            }
+        }
+        let source = SnapshotSource {
+            storage,
+            file: g.meta.file,
+            at,
+            cut: None,
+        };
+        self.memory.remap(blocks, &source)
+    }
+
+    /// Changes the shape; only the major axis may change. Shrinking drops the blocks past the
+    /// new end (and zeroes the tail of the last block) so that growing again shows zeros.
+    pub fn resize(&self, storage: &dyn Storage, at: Tid, shape: &[u64]) -> Result<()> {
+        let mut g = self.lock()?;
+        let old = g.meta.clone();
+        if shape.len() != old.shape.len() {
+            return Err(Error::InvalidShape(format!(
+                "cannot resize a {}-d array to shape {shape:?}",
+                old.shape.len()
+            )));
+        }
+        let major = old.major_axis();
+        if let Some(axis) = (0..shape.len()).find(|&a| a != major && shape[a] != old.shape[a]) {
+            return Err(Error::InvalidShape(format!(
+                "only the major axis ({major} for {} order) may change; axis {axis} differs: \
+                 {:?} -> {shape:?}",
+                old.order, old.shape
+            )));
+        }
+        let mut meta = old.clone();
+        meta.shape = shape.to_vec();
+        let meta = ArrayMeta::new(
+            meta.dtype,
+            meta.itemsize,
+            &meta.shape,
+            meta.order,
+            meta.blksize,
+            meta.file,
+        )?;
+        let (old_bytes, new_bytes) = (old.nbytes(), meta.nbytes());
+        let blk = meta.blksize as u64;
+        if meta.nblocks() > self.memory.capacity_blocks() {
+            return Err(Error::InvalidShape(format!(
+                "shape {shape:?} needs {} bytes, more than this connection's address-space \
+                 reservation of {} bytes; commit, then reopen the connection to grow further",
+                new_bytes,
+                self.memory.capacity_blocks() * blk
+            )));
+        }
+        if new_bytes < old_bytes {
+            let keep = meta.nblocks();
+            let tail = new_bytes % blk;
+            if tail != 0 {
+                // Zero the dropped part of the last kept block.
+                self.map_locked(&g, storage, at, new_bytes..new_bytes + 1)?;
+                let zeros = vec![0u8; (blk - tail) as usize];
+                self.memory.write_into(keep - 1, tail as usize, &zeros)?;
+            }
+            let doomed: Vec<u64> = self
+                .memory
+                .mapped_blocks()
+                .into_iter()
+                .filter(|&b| b >= keep)
+                .collect();
+            for &b in &doomed {
+                self.memory.install(b, crate::vm::Backing::Hole)?;
+            }
+            g.holed.extend(doomed);
+            g.cut = Some(g.cut.map_or(keep, |c| c.min(keep)));
+        }
+        g.meta = meta;
+        Ok(())
+    }
+
+    /// Writes `bytes` at byte offset `at_byte` of the array's data (mapping as needed).
+    pub fn write_bytes(
+        &self,
+        storage: &dyn Storage,
+        at: Tid,
+        at_byte: u64,
+        bytes: &[u8],
+    ) -> Result<()> {
+        let g = self.lock()?;
+        let end = at_byte + bytes.len() as u64;
+        if end > g.meta.nbytes() {
+            return Err(Error::IndexOutOfBounds(format!(
+                "write of {} bytes at {at_byte} past the end ({} bytes)",
+                bytes.len(),
+                g.meta.nbytes()
+            )));
+        }
+        self.map_locked(&g, storage, at, at_byte..end)?;
+        let blk = g.meta.blksize as u64;
+        let mut pos = at_byte;
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let block = pos / blk;
+            let within = (pos % blk) as usize;
+            let n = rest.len().min(blk as usize - within);
+            self.memory.write_into(block, within, &rest[..n])?;
+            rest = &rest[n..];
+            pos += n as u64;
+        }
+        Ok(())
+    }
+
+    /// True if the transaction changed this array.
+    pub fn is_dirty(&self) -> Result<bool> {
+        let g = self.lock()?;
+        Ok(g.committed.as_ref() != Some(&g.meta)
+            || g.cut.is_some()
+            || !self.memory.dirty_blocks()?.is_empty())
+    }
+
+    /// Remembers the current changes.
+    pub fn savepoint(&self) -> Result<ArraySavepoint> {
+        let g = self.lock()?;
+        let mut pages: BTreeMap<u64, Vec<(Range<usize>, Vec<u8>)>> = BTreeMap::new();
+        for (block, ranges) in self.memory.written_pages()? {
+            let saved = ranges
+                .into_iter()
+                .map(|r| {
+                    let mut bytes = vec![0u8; r.end - r.start];
+                    self.memory.read_into(block, r.start, &mut bytes);
+                    (r, bytes)
+                })
+                .collect();
+            pages.insert(block, saved);
+        }
+        Ok(ArraySavepoint {
+            meta: g.meta.clone(),
+            cut: g.cut,
+            holed: g.holed.clone(),
+            pages,
+        })
+    }
+
+    /// Restores the state remembered by `sp`.
+    pub fn rollback(&self, sp: &ArraySavepoint, storage: &dyn Storage, at: Tid) -> Result<()> {
+        let mut g = self.lock()?;
+        // Blocks holed after the savepoint show their snapshot data again...
+        let newly_holed: Vec<u64> = g.holed.difference(&sp.holed).copied().collect();
+        let source = SnapshotSource {
+            storage,
+            file: g.meta.file,
+            at,
+            cut: sp.cut,
+        };
+        self.memory.remap(&newly_holed, &source)?;
+        // ...then every written page is dropped and the saved ones written back.
+        self.memory.discard(&self.memory.dirty_blocks()?)?;
+        for (&block, saved) in &sp.pages {
+            for (r, bytes) in saved {
+                self.memory.write_into(block, r.start, bytes)?;
+            }
+        }
+        g.meta = sp.meta.clone();
+        g.cut = sp.cut;
+        g.holed = sp.holed.clone();
+        Ok(())
+    }
+}

@@ -1,0 +1,113 @@
+//! The database: named persistent arrays, connections and transactions.
+//!
+//! ```
+//! use outcore::db::Database;
+//! use outcore::array::Order;
+//!
+//! let db = Database::open("mem:")?;
+//! let conn = db.connect()?;
+//! let mut a = conn.create::<f64>("signal", &[1000], Order::C)?;
+//! a.view_mut::<f64>()?.fill(1.5);
+//! conn.commit()?;
+//! a.append(ndarray::arr1(&[2.0, 3.0]).into_dyn().view())?;
+//! assert_eq!(a.shape()?, vec![1002]);
+//! conn.abort()?;                                   // the append is undone
+//! assert_eq!(a.shape()?, vec![1000]);
+//! assert_eq!(a.view::<f64>()?.sum(), 1500.0);
+//! # Ok::<(), outcore::Error>(())
+//! ```
+
+mod bigarray;
+mod connection;
+mod handle;
+mod root;
+mod source;
+
+use std::sync::Arc;
+
+pub use bigarray::{BigArray, RawView};
+pub use connection::{Connection, Savepoint};
+
+use crate::storage::{Compression, LocalOptions, LocalStorage, MemStorage, Storage, Tid, TxnInfo};
+use crate::{Error, Result};
+
+/// How to open a [`Database`].
+#[derive(Clone, Debug, Default)]
+pub struct DbOptions {
+    /// Refuse every change.
+    pub readonly: bool,
+    /// Block compression when the store is created (ignored for existing stores).
+    pub compression: Compression,
+}
+
+/// A database: a store plus the means to open connections to it.
+#[derive(Clone, Debug)]
+pub struct Database {
+    storage: Arc<dyn Storage>,
+    options: DbOptions,
+}
+
+impl Database {
+    /// Opens `url`: `mem:` for a fresh in-memory store, a filesystem path for the embedded
+    /// store (created if missing). `postgresql://` urls are not supported yet.
+    pub fn open(url: &str) -> Result<Self> {
+        Self::open_with(url, DbOptions::default())
+    }
+
+    /// Opens `url` with `options`.
+    pub fn open_with(url: &str, options: DbOptions) -> Result<Self> {
+        let storage: Arc<dyn Storage> = if url == "mem:" {
+            Arc::new(MemStorage::with_compression(options.compression))
+        } else if url.starts_with("postgresql://") || url.starts_with("postgres://") {
+            return Err(Error::InvalidArgument(
+                "PostgreSQL stores are not supported by this build yet".into(),
+            ));
+        } else if url.is_empty() || url.contains("://") {
+            return Err(Error::InvalidArgument(format!(
+                "cannot open {url:?}: use a directory path, \"mem:\" or a postgresql:// url"
+            )));
+        } else {
+            Arc::new(LocalStorage::open_with(
+                url,
+                LocalOptions {
+                    compression: options.compression,
+                    create: !options.readonly,
+                    ..LocalOptions::default()
+                },
+            )?)
+        };
+        Ok(Database { storage, options })
+    }
+
+    /// Wraps an existing store.
+    pub fn from_storage(storage: Arc<dyn Storage>) -> Self {
+        Database {
+            storage,
+            options: DbOptions::default(),
+        }
+    }
+
+    /// A new connection at the newest snapshot.
+    pub fn connect(&self) -> Result<Connection> {
+        Connection::open(self.storage.clone(), !self.options.readonly, None)
+    }
+
+    /// A read-only connection at the historical snapshot `at` (time travel).
+    pub fn connect_at(&self, at: Tid) -> Result<Connection> {
+        Connection::open(self.storage.clone(), false, Some(at))
+    }
+
+    /// The most recent `limit` transactions, newest first.
+    pub fn history(&self, limit: usize) -> Result<Vec<TxnInfo>> {
+        let horizon = self.storage.pack_horizon()?;
+        let mut log = self.storage.log(horizon, Tid::MAX)?;
+        log.reverse();
+        log.truncate(limit);
+        Ok(log)
+    }
+
+    /// The underlying store.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+}

@@ -1,0 +1,40 @@
+//! Telling the memory layer what lies behind a block at a snapshot.
+
+use crate::storage::{Key, Located, Oid, Storage, Tid};
+use crate::vm::{Backing, BlockSource};
+use crate::{Error, Result};
+
+/// The blocks of one block file as of snapshot `at`. Blocks at or beyond `cut` were dropped by
+/// a shrink in the current transaction and read as holes whatever the store holds.
+pub(crate) struct SnapshotSource<'a> {
+    pub storage: &'a dyn Storage,
+    pub file: Oid,
+    pub at: Tid,
+    pub cut: Option<u64>,
+}
+
+impl BlockSource for SnapshotSource<'_> {
+    fn backing(&self, block: u64) -> Result<Backing> {
+        if self.cut.is_some_and(|c| block >= c) {
+            return Ok(Backing::Hole);
+        }
+        let key = Key::Block {
+            file: self.file,
+            index: block,
+        };
+        Ok(match self.storage.locate(key, self.at)? {
+            Located::Absent => Backing::Hole,
+            Located::Mapped(e) => Backing::File {
+                file: e.file,
+                offset: e.offset,
+                len: e.len,
+            },
+            Located::CopyOnly(_) => {
+                let v = self.storage.load(key, self.at)?.ok_or_else(|| {
+                    Error::NotFound(format!("{key} vanished between locate and load"))
+                })?;
+                Backing::Bytes(v.data)
+            }
+        })
+    }
+}

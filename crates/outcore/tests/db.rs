@@ -1,0 +1,299 @@
+//! Database, transactions and BigArray, on the in-memory and the embedded store.
+
+use ndarray::{arr1, s, Array2};
+use outcore::array::Order;
+use outcore::db::Database;
+use outcore::Error;
+
+/// A fresh database of each kind plus what keeps it alive.
+fn databases() -> Vec<(Database, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let local = Database::open(dir.path().join("db").to_str().unwrap()).unwrap();
+    vec![(Database::open("mem:").unwrap(), None), (local, Some(dir))]
+}
+
+const BLK: u64 = 2 << 20;
+
+#[test]
+fn persistence_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let db = Database::open(path.to_str().unwrap()).unwrap();
+        let conn = db.connect().unwrap();
+        let mut a = conn.create::<f64>("a", &[3, 1_000_000], Order::C).unwrap();
+        a.slice_mut::<f64, _>(s![1, ..]).unwrap().fill(2.5);
+        a.view_mut::<f64>().unwrap()[[2, 999_999]] = 7.0;
+        conn.commit().unwrap();
+    }
+    let db = Database::open(path.to_str().unwrap()).unwrap();
+    let conn = db.connect().unwrap();
+    assert_eq!(conn.names().unwrap(), vec!["a".to_string()]);
+    let a = conn.array("a").unwrap();
+    let v = a.view::<f64>().unwrap();
+    assert_eq!(v.shape(), &[3, 1_000_000]);
+    assert_eq!(v.slice(s![1, ..]).sum(), 2.5e6);
+    assert_eq!(v[[2, 999_999]], 7.0);
+    assert_eq!(v[[0, 5]], 0.0);
+    // Wrong element type is an error, not a reinterpretation.
+    assert!(matches!(a.view::<f32>(), Err(Error::InvalidArgument(_))));
+}
+
+#[test]
+fn abort_reverts_data_and_shape() {
+    for (db, _keep) in databases() {
+        let conn = db.connect().unwrap();
+        let mut a = conn.create::<i64>("a", &[1000], Order::C).unwrap();
+        a.view_mut::<i64>().unwrap().fill(1);
+        conn.commit().unwrap();
+        a.view_mut::<i64>().unwrap()[10] = 99;
+        a.resize(&[5]).unwrap();
+        assert!(conn.is_dirty().unwrap());
+        conn.abort().unwrap();
+        assert_eq!(a.shape().unwrap(), vec![1000]);
+        let v = a.view::<i64>().unwrap();
+        assert_eq!(v[10], 1);
+        assert_eq!(v.sum(), 1000);
+        assert!(!conn.is_dirty().unwrap());
+        // An array created in an aborted transaction is gone.
+        conn.create::<u8>("tmp", &[10], Order::C).unwrap();
+        conn.abort().unwrap();
+        assert!(!conn.contains("tmp").unwrap());
+    }
+}
+
+#[test]
+fn savepoint_rollback() {
+    for (db, _keep) in databases() {
+        let conn = db.connect().unwrap();
+        let mut a = conn.create::<u32>("a", &[4 * BLK / 4], Order::C).unwrap();
+        a.view_mut::<u32>().unwrap().fill(1);
+        conn.commit().unwrap();
+        a.view_mut::<u32>().unwrap()[0] = 10;
+        let sp = conn.savepoint().unwrap();
+        a.view_mut::<u32>().unwrap()[0] = 20;
+        a.view_mut::<u32>().unwrap()[3 * BLK as usize / 4] = 30;
+        a.resize(&[100]).unwrap();
+        conn.create::<u8>("later", &[1], Order::C).unwrap();
+        conn.rollback(&sp).unwrap();
+        assert!(!conn.contains("later").unwrap());
+        assert_eq!(a.shape().unwrap(), vec![BLK]);
+        let v = a.view::<u32>().unwrap();
+        assert_eq!((v[0], v[3 * BLK as usize / 4], v[1]), (10, 1, 1));
+        conn.commit().unwrap();
+        let other = db.connect().unwrap();
+        assert_eq!(other.array("a").unwrap().view::<u32>().unwrap()[0], 10);
+        conn.begin().unwrap();
+        assert!(
+            conn.rollback(&sp).is_err(),
+            "savepoint of a finished transaction"
+        );
+    }
+}
+
+#[test]
+fn isolation_and_visibility_between_connections() {
+    for (db, _keep) in databases() {
+        let c1 = db.connect().unwrap();
+        let mut a1 = c1.create::<f64>("a", &[100], Order::C).unwrap();
+        c1.commit().unwrap();
+        let c2 = db.connect().unwrap();
+        let a2 = c2.array("a").unwrap();
+        let v2 = a2.view::<f64>().unwrap();
+        a1.view_mut::<f64>().unwrap()[5] = 1.0;
+        assert_eq!(v2[5], 0.0, "uncommitted changes are invisible");
+        c1.commit().unwrap();
+        assert_eq!(
+            v2[5], 0.0,
+            "committed changes appear only at the next transaction"
+        );
+        c2.begin().unwrap();
+        assert_eq!(
+            v2[5], 1.0,
+            "a view from the earlier transaction shows the new snapshot"
+        );
+    }
+}
+
+#[test]
+fn same_block_written_twice_conflicts() {
+    for (db, _keep) in databases() {
+        let c1 = db.connect().unwrap();
+        c1.create::<f64>("a", &[100], Order::C).unwrap();
+        c1.commit().unwrap();
+        let c2 = db.connect().unwrap();
+        let mut a1 = c1.array("a").unwrap();
+        let mut a2 = c2.array("a").unwrap();
+        a1.view_mut::<f64>().unwrap()[1] = 1.0;
+        a2.view_mut::<f64>().unwrap()[1] = 2.0;
+        c1.commit().unwrap();
+        let err = c2.commit().unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        assert_eq!(
+            a2.view::<f64>().unwrap()[1],
+            2.0,
+            "changes kept until abort"
+        );
+        c2.abort().unwrap();
+        assert_eq!(
+            a2.view::<f64>().unwrap()[1],
+            1.0,
+            "after abort: the winner's data"
+        );
+        // Two resizes conflict too.
+        a1.resize(&[200]).unwrap();
+        a2.resize(&[300]).unwrap();
+        c1.commit().unwrap();
+        assert!(matches!(c2.commit(), Err(Error::Conflict { .. })));
+        c2.abort().unwrap();
+        assert_eq!(a2.shape().unwrap(), vec![200]);
+    }
+}
+
+#[test]
+fn append_is_seen_by_others() {
+    for (db, _keep) in databases() {
+        let c1 = db.connect().unwrap();
+        let a = c1.create::<i32>("a", &[0, 3], Order::C).unwrap();
+        c1.commit().unwrap();
+        let c2 = db.connect().unwrap();
+        let b = c2.array("a").unwrap();
+        let rows = Array2::from_shape_fn((1000, 3), |(i, j)| (i * 3 + j) as i32);
+        a.append(rows.view().into_dyn()).unwrap();
+        a.append(rows.view().into_dyn()).unwrap();
+        // Bad shape: clear error, nothing changes.
+        let bad = Array2::<i32>::zeros((2, 4));
+        assert!(matches!(
+            a.append(bad.view().into_dyn()),
+            Err(Error::InvalidShape(_))
+        ));
+        assert_eq!(a.shape().unwrap(), vec![2000, 3]);
+        c1.commit().unwrap();
+        c2.begin().unwrap();
+        assert_eq!(b.shape().unwrap(), vec![2000, 3]);
+        let v = b.view::<i32>().unwrap();
+        assert_eq!(v[[1999, 2]], 2999);
+        assert_eq!(v.slice(s![1000..1002, ..]), rows.slice(s![0..2, ..]));
+    }
+}
+
+#[test]
+fn fortran_order_grows_on_the_last_axis() {
+    for (db, _keep) in databases() {
+        let c = db.connect().unwrap();
+        let a = c.create::<f32>("f", &[4, 2], Order::F).unwrap();
+        assert!(matches!(a.resize(&[5, 2]), Err(Error::InvalidShape(_))));
+        let cols = Array2::from_shape_fn((4, 3), |(i, j)| (10 * i + j) as f32);
+        a.append(cols.view().into_dyn()).unwrap();
+        assert_eq!(a.shape().unwrap(), vec![4, 5]);
+        let v = a.view::<f32>().unwrap();
+        assert_eq!(v.slice(s![.., 2..]), cols);
+        assert_eq!(v.strides(), &[1, 4]);
+        c.commit().unwrap();
+    }
+}
+
+#[test]
+fn shrink_then_grow_shows_zeros() {
+    for (db, _keep) in databases() {
+        let c = db.connect().unwrap();
+        let n = 3 * BLK / 8 + 100;
+        let mut a = c.create::<u64>("a", &[n], Order::C).unwrap();
+        a.view_mut::<u64>().unwrap().fill(5);
+        c.commit().unwrap();
+        a.resize(&[BLK / 8 + 7]).unwrap();
+        a.resize(&[n]).unwrap();
+        let check = |a: &outcore::db::BigArray| {
+            let v = a.view::<u64>().unwrap();
+            assert_eq!(v[(BLK / 8 + 6) as usize], 5);
+            assert_eq!(v[(BLK / 8 + 7) as usize], 0);
+            assert_eq!(v[(n - 1) as usize], 0);
+            assert_eq!(v.sum(), 5 * (BLK / 8 + 7));
+        };
+        check(&a);
+        c.commit().unwrap();
+        check(&a);
+        let other = db.connect().unwrap();
+        check(&other.array("a").unwrap());
+    }
+}
+
+#[test]
+fn historical_views_and_readonly() {
+    for (db, _keep) in databases() {
+        let c = db.connect().unwrap();
+        let mut a = c.create::<i16>("a", &[10], Order::C).unwrap();
+        a.view_mut::<i16>().unwrap().fill(1);
+        let t1 = c.commit().unwrap();
+        a.view_mut::<i16>().unwrap().fill(2);
+        c.commit().unwrap();
+        let old = db.connect_at(t1).unwrap();
+        let mut h = old.array("a").unwrap();
+        assert_eq!(h.view::<i16>().unwrap().sum(), 10);
+        assert!(matches!(h.view_mut::<i16>(), Err(Error::ReadOnly(_))));
+        assert!(matches!(h.resize(&[3]), Err(Error::ReadOnly(_))));
+        old.begin().unwrap();
+        assert_eq!(h.view::<i16>().unwrap().sum(), 10, "historical stays put");
+        let hist = db.history(10).unwrap();
+        assert_eq!(hist.len(), 2);
+    }
+}
+
+#[test]
+fn bad_input_is_an_error() {
+    for (db, _keep) in databases() {
+        let c = db.connect().unwrap();
+        let a = c.create::<f64>("a", &[10, 10], Order::C).unwrap();
+        assert!(matches!(
+            a.slice::<f64, _>(s![10, ..]),
+            Err(Error::IndexOutOfBounds(_))
+        ));
+        assert!(matches!(
+            a.slice::<f64, _>(s![.., -11]),
+            Err(Error::IndexOutOfBounds(_))
+        ));
+        assert!(matches!(
+            a.slice::<f64, _>(s![..11, ..]),
+            Err(Error::IndexOutOfBounds(_))
+        ));
+        assert_eq!(a.slice::<f64, _>(s![-1, 3..1]).unwrap().len(), 0);
+        assert_eq!(a.slice::<f64, _>(s![..;-3, 0]).unwrap().len(), 4);
+        assert!(a.resize(&[10]).is_err());
+        assert!(a.resize(&[10, 11]).is_err());
+        assert!(c.create::<f64>("", &[1], Order::C).is_err());
+        assert!(c.create::<f64>("x", &[u64::MAX, 4], Order::C).is_err());
+        assert!(matches!(c.array("nope"), Err(Error::NotFound(_))));
+        let z = c.create::<f64>("z", &[0, 5], Order::C).unwrap();
+        assert_eq!(z.view::<f64>().unwrap().len(), 0);
+        c.commit().unwrap();
+        assert!(Database::open("").is_err());
+        assert!(Database::open("http://x").is_err());
+    }
+}
+
+#[test]
+fn zero_blocks_are_stored_as_holes_and_views_outlive_the_connection() {
+    let db = Database::open("mem:").unwrap();
+    let c = db.connect().unwrap();
+    let mut a = c.create::<u8>("a", &[4 * BLK], Order::C).unwrap();
+    a.view_mut::<u8>().unwrap()[0] = 1;
+    a.view_mut::<u8>().unwrap()[0] = 0; // written, but back to zeros
+    a.view_mut::<u8>().unwrap()[(2 * BLK) as usize] = 3;
+    let t = c.commit().unwrap();
+    let info = db.storage().log(outcore::storage::Tid::ZERO, t).unwrap();
+    let last = info.last().unwrap();
+    assert_eq!(
+        last.keys.len(),
+        4,
+        "2 blocks (one a hole marker), metadata, root"
+    );
+    let body_bytes: u64 = db.storage().pack(t).unwrap().body_bytes_after;
+    assert_eq!(body_bytes, BLK, "only the non-zero block takes space");
+    let raw = a.raw_view(0..u64::MAX).unwrap();
+    drop(a);
+    c.close().unwrap();
+    drop(c);
+    // SAFETY (test): the keepalive in `raw` keeps the memory mapped.
+    let byte = unsafe { *raw.ptr.add((2 * BLK) as usize) };
+    assert_eq!(byte, 3);
+}
