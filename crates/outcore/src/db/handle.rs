@@ -44,6 +44,9 @@ struct ArrayTxn {
     detached: bool,
 }
 
+/// Written pages of one block: byte ranges within the block and their saved bytes.
+type SavedPages = Vec<(Range<usize>, Vec<u8>)>;
+
 /// What a savepoint remembers of one array.
 #[derive(Debug)]
 pub(crate) struct ArraySavepoint {
@@ -51,7 +54,7 @@ pub(crate) struct ArraySavepoint {
     cut: Option<u64>,
     holed: BTreeSet<u64>,
     /// Written pages at savepoint time and their bytes.
-    pages: BTreeMap<u64, Vec<(Range<usize>, Vec<u8>)>>,
+    pages: BTreeMap<u64, SavedPages>,
 }
 
 impl ArrayHandle {
@@ -348,7 +351,7 @@ impl ArrayHandle {
     /// Remembers the current changes.
     pub fn savepoint(&self) -> Result<ArraySavepoint> {
         let g = self.lock()?;
-        let mut pages: BTreeMap<u64, Vec<(Range<usize>, Vec<u8>)>> = BTreeMap::new();
+        let mut pages: BTreeMap<u64, SavedPages> = BTreeMap::new();
         for (block, ranges) in self.memory.written_pages()? {
             let saved = ranges
                 .into_iter()
