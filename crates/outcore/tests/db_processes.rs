@@ -62,3 +62,67 @@ fn other_process_commits_invalidate_and_conflict() {
     assert_eq!(a.view::<f64>().unwrap()[7], 5.0);
     assert_eq!(a.shape().unwrap(), vec![102]);
 }
+
+/// Child for the page-cache test: maps and reads the whole array, says so, then waits for
+/// its stdin to close.
+#[test]
+fn reader_child_entry() {
+    let Ok(dir) = std::env::var("OUTCORE_READER_CHILD") else {
+        return;
+    };
+    let db = Database::open(&dir).unwrap();
+    let conn = db.connect().unwrap();
+    let a = conn.array("a").unwrap();
+    let sum = a.view::<f64>().unwrap().sum();
+    println!("\n@ready {sum}");
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+}
+
+fn shared_clean_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/smaps_rollup")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Shared_Clean:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn two_processes_share_one_page_cache_copy() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    let db = Database::open(dir.to_str().unwrap()).unwrap();
+    let conn = db.connect().unwrap();
+    let n = 32u64 << 17; // 32 MiB of f64
+    let mut a = conn.create::<f64>("a", &[n], Order::C).unwrap();
+    a.view_mut::<f64>().unwrap().fill(1.0);
+    conn.commit().unwrap();
+    assert_eq!(a.view::<f64>().unwrap().sum(), n as f64);
+    let before = shared_clean_kb();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "reader_child_entry", "--nocapture"])
+        .env("OUTCORE_READER_CHILD", &dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.split_once("@ready ").map(|(_, s)| s.to_string()))
+        .unwrap();
+    assert_eq!(ready.parse::<f64>().unwrap(), n as f64);
+    // The child mapped the very pages this process maps: they are now shared, one copy.
+    let shared = shared_clean_kb() - before;
+    drop(child.stdin.take());
+    lines.for_each(drop); // let the child print to the end
+    assert!(child.wait().unwrap().success());
+    assert!(
+        shared >= 30 * 1024,
+        "only {shared} kB of the 32 MiB array became shared"
+    );
+}

@@ -102,9 +102,10 @@ pub(crate) fn encode(raw: &[u8], codec: Compression) -> Encoded<'_> {
     }
 }
 
-/// Decompresses `stored` and verifies the checksum; errors name `key` and `tid`.
+/// Decompresses `stored` (taking it over when it is not compressed: no copy) and verifies
+/// the checksum; errors name `key` and `tid`.
 pub(crate) fn decode(
-    stored: &[u8],
+    stored: Vec<u8>,
     codec: Compression,
     raw_len: u64,
     expected: u64,
@@ -114,11 +115,11 @@ pub(crate) fn decode(
     let corrupt = |reason: String| Error::Corrupt { key, tid, reason };
     let raw_len = usize::try_from(raw_len).map_err(|_| corrupt("length overflows".into()))?;
     let raw = match codec {
-        Compression::None => stored.to_vec(),
-        Compression::Lz4 => lz4_flex::block::decompress(stored, raw_len)
+        Compression::None => stored,
+        Compression::Lz4 => lz4_flex::block::decompress(&stored, raw_len)
             .map_err(|e| corrupt(format!("lz4: {e}")))?,
         Compression::Zstd => {
-            zstd::bulk::decompress(stored, raw_len).map_err(|e| corrupt(format!("zstd: {e}")))?
+            zstd::bulk::decompress(&stored, raw_len).map_err(|e| corrupt(format!("zstd: {e}")))?
         }
     };
     verify(&raw, raw_len, expected, key, tid)?;
@@ -159,11 +160,19 @@ mod tests {
             if codec != Compression::None {
                 assert!(e.stored.len() < raw.len() / 4, "{codec} should compress");
             }
-            let back = decode(&e.stored, e.codec, e.raw_len, e.checksum, key, Tid(1)).unwrap();
+            let back = decode(
+                e.stored.to_vec(),
+                e.codec,
+                e.raw_len,
+                e.checksum,
+                key,
+                Tid(1),
+            )
+            .unwrap();
             assert_eq!(back, raw);
             let mut bad = e.stored.to_vec();
             bad[10] ^= 1;
-            let err = decode(&bad, e.codec, e.raw_len, e.checksum, key, Tid(1)).unwrap_err();
+            let err = decode(bad, e.codec, e.raw_len, e.checksum, key, Tid(1)).unwrap_err();
             assert!(matches!(err, Error::Corrupt { .. }), "{codec}: {err}");
         }
     }

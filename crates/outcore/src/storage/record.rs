@@ -130,7 +130,7 @@ impl VersionRecord {
                 segment::read(&file, *offset, *stored_len, &key.to_string())?
             }
         };
-        let data = codec::decode(&stored, self.codec, self.raw_len, self.checksum, key, tid)?;
+        let data = codec::decode(stored, self.codec, self.raw_len, self.checksum, key, tid)?;
         Ok(Some(Version { tid, data }))
     }
 
