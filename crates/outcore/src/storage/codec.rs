@@ -179,8 +179,14 @@ mod tests {
 
     #[test]
     fn incompressible_data_stays_raw() {
-        let raw: Vec<u8> = (0..4096u64)
-            .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8)
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let raw: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
             .collect();
         let e = encode(&raw, Compression::Lz4);
         assert_eq!(e.codec, Compression::None);
