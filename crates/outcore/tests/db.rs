@@ -299,3 +299,26 @@ fn zero_blocks_are_stored_as_holes_and_views_outlive_the_connection() {
     let byte = unsafe { *raw.ptr.add((2 * BLK) as usize) };
     assert_eq!(byte, 3);
 }
+
+#[test]
+fn views_from_before_a_resize_stay_coherent() {
+    for (db, _keep) in databases() {
+        let c = db.connect().unwrap();
+        let a = c.create::<u8>("a", &[100], Order::C).unwrap();
+        let before = a.raw_view(0..100).unwrap();
+        a.resize(&[3 * BLK]).unwrap();
+        let after = a.raw_view(0..3 * BLK).unwrap();
+        assert_eq!(before.shape, vec![100], "the old view keeps its shape");
+        assert_eq!(after.shape, vec![3 * BLK as usize]);
+        assert_eq!(before.ptr, after.ptr, "both are views of one reservation");
+        // SAFETY (test): both point into mapped, writable memory kept alive by keepalive.
+        unsafe {
+            *after.ptr.add(42) = 9;
+            assert_eq!(*before.ptr.add(42), 9);
+            *before.ptr.add(7) = 5;
+            assert_eq!(*after.ptr.add(7), 5);
+        }
+        c.commit().unwrap();
+        assert_eq!(a.view::<u8>().unwrap()[42], 9);
+    }
+}
