@@ -115,24 +115,37 @@ impl BigArray {
         Ok(ranges.get(m.major_axis()).cloned().unwrap_or(0..1))
     }
 
-    /// A view of the whole array.
-    pub fn view<T: Element>(&self) -> Result<ArrayViewD<'_, T>> {
+    /// Checks `T`, maps the blocks under major-axis indices `major` (all of them if `None`,
+    /// else the range `elems` selects, after checking every index), and returns the
+    /// whole-array shape with element strides and the address of element zero.
+    fn whole<T: Element>(
+        &self,
+        elems: Option<&[ndarray::SliceInfoElem]>,
+    ) -> Result<(ndarray::StrideShape<IxDyn>, *mut T)> {
         let m = self.typed_meta::<T>()?;
-        let raw = self.raw_view(0..u64::MAX)?;
+        let major = match elems {
+            None => 0..u64::MAX,
+            Some(elems) => self.major_range(&m, elems)?,
+        };
+        let raw = self.raw_view(major)?;
         let strides: Vec<usize> = raw
             .strides
             .iter()
             .map(|&s| s as usize / m.itemsize)
             .collect();
+        Ok((
+            IxDyn(&raw.shape).strides(IxDyn(&strides)),
+            raw.ptr.cast::<T>(),
+        ))
+    }
+
+    /// A view of the whole array.
+    pub fn view<T: Element>(&self) -> Result<ArrayViewD<'_, T>> {
+        let (shape, ptr) = self.whole::<T>(None)?;
         // SAFETY: the whole array's bytes lie in mapped memory of the reservation, which
         // `self` keeps alive for the view's lifetime; strides describe the array's layout
         // (non-negative, in elements); T is plain bytes of the array's element size.
-        Ok(unsafe {
-            ArrayView::from_shape_ptr(
-                IxDyn(&raw.shape).strides(IxDyn(&strides)),
-                raw.ptr.cast::<T>().cast_const(),
-            )
-        })
+        Ok(unsafe { ArrayView::from_shape_ptr(shape, ptr.cast_const()) })
     }
 
     /// A view of `info` (an `ndarray::s![...]` slice). Only the blocks under the selected
@@ -141,43 +154,21 @@ impl BigArray {
         &self,
         info: I,
     ) -> Result<ArrayView<'_, T, I::OutDim>> {
-        let m = self.typed_meta::<T>()?;
-        let major = self.major_range(&m, info.as_ref())?;
-        let raw = self.raw_view(major)?;
-        let strides: Vec<usize> = raw
-            .strides
-            .iter()
-            .map(|&s| s as usize / m.itemsize)
-            .collect();
+        let (shape, ptr) = self.whole::<T>(Some(info.as_ref()))?;
         // SAFETY: as in `view`; the parts of the whole-array view outside the mapped blocks
-        // are never dereferenced because the slice below (checked above) excludes them.
-        let whole: ArrayViewD<'_, T> = unsafe {
-            ArrayView::from_shape_ptr(
-                IxDyn(&raw.shape).strides(IxDyn(&strides)),
-                raw.ptr.cast::<T>().cast_const(),
-            )
-        };
+        // are never dereferenced because the slice below (checked in `whole`) excludes them.
+        let whole: ArrayViewD<'_, T> =
+            unsafe { ArrayView::from_shape_ptr(shape, ptr.cast_const()) };
         Ok(whole.slice_move(info))
     }
 
     /// A writable view of the whole array.
     pub fn view_mut<T: Element>(&mut self) -> Result<ndarray::ArrayViewMutD<'_, T>> {
         self.conn.check_writable()?;
-        let m = self.typed_meta::<T>()?;
-        let raw = self.raw_view(0..u64::MAX)?;
-        let strides: Vec<usize> = raw
-            .strides
-            .iter()
-            .map(|&s| s as usize / m.itemsize)
-            .collect();
+        let (shape, ptr) = self.whole::<T>(None)?;
         // SAFETY: as in `view`; the memory is mapped writable (writable connection) and
         // `&mut self` makes this the only Rust view derived from this handle.
-        Ok(unsafe {
-            ArrayViewMut::from_shape_ptr(
-                IxDyn(&raw.shape).strides(IxDyn(&strides)),
-                raw.ptr.cast::<T>(),
-            )
-        })
+        Ok(unsafe { ArrayViewMut::from_shape_ptr(shape, ptr) })
     }
 
     /// A writable view of `info`; see [`slice`](BigArray::slice).
@@ -186,21 +177,10 @@ impl BigArray {
         info: I,
     ) -> Result<ArrayViewMut<'_, T, I::OutDim>> {
         self.conn.check_writable()?;
-        let m = self.typed_meta::<T>()?;
-        let major = self.major_range(&m, info.as_ref())?;
-        let raw = self.raw_view(major)?;
-        let strides: Vec<usize> = raw
-            .strides
-            .iter()
-            .map(|&s| s as usize / m.itemsize)
-            .collect();
+        let (shape, ptr) = self.whole::<T>(Some(info.as_ref()))?;
         // SAFETY: as in `slice` and `view_mut`.
-        let whole: ndarray::ArrayViewMutD<'_, T> = unsafe {
-            ArrayViewMut::from_shape_ptr(
-                IxDyn(&raw.shape).strides(IxDyn(&strides)),
-                raw.ptr.cast::<T>(),
-            )
-        };
+        let whole: ndarray::ArrayViewMutD<'_, T> =
+            unsafe { ArrayViewMut::from_shape_ptr(shape, ptr) };
         Ok(whole.slice_move(info))
     }
 
