@@ -109,6 +109,33 @@ impl BigArray {
         })
     }
 
+    /// The bytes holding major-axis indices `major` (clamped to the array), mapped.
+    fn mapped_bytes(&self, major: Range<u64>) -> Result<Range<usize>> {
+        let m = self.meta()?;
+        let len = m.shape.get(m.major_axis()).copied().unwrap_or(1);
+        let stride = if m.shape.is_empty() {
+            m.nbytes()
+        } else {
+            m.major_stride_bytes()
+        };
+        let (lo, hi) = (major.start.min(len), major.end.min(len));
+        self.raw_view(lo..hi)?;
+        Ok((lo * stride) as usize..(hi.max(lo) * stride) as usize)
+    }
+
+    /// Reads the data under major-axis indices `major` into memory now (errors are returned
+    /// here instead of surfacing at first touch).
+    pub fn load(&self, major: Range<u64>) -> Result<()> {
+        let bytes = self.mapped_bytes(major)?;
+        self.handle.memory.populate(bytes)
+    }
+
+    /// Starts reading the data under major-axis indices `major` in the background.
+    pub fn prefetch(&self, major: Range<u64>) -> Result<()> {
+        let bytes = self.mapped_bytes(major)?;
+        self.handle.memory.prefetch(bytes)
+    }
+
     /// The major-axis range `elems` touches, after checking every index against the shape.
     fn major_range(&self, m: &ArrayMeta, elems: &[ndarray::SliceInfoElem]) -> Result<Range<u64>> {
         let ranges = touched_ranges(&m.shape, elems)?;

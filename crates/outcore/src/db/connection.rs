@@ -204,6 +204,20 @@ impl Connection {
         })
     }
 
+    /// Stores `array` (of this connection) under `name` too (replacing what was there).
+    pub fn link(&self, name: &str, array: &BigArray) -> Result<()> {
+        root::check_name(name)?;
+        self.shared.check_writable()?;
+        if !Arc::ptr_eq(&array.conn, &self.shared) {
+            return Err(Error::InvalidArgument(
+                "the array belongs to another connection".into(),
+            ));
+        }
+        let oid = array.handle.oid;
+        self.shared.lock()?.root.insert(name.to_string(), oid);
+        Ok(())
+    }
+
     /// Removes `name` from the root namespace (the data stays in history until pack).
     pub fn remove(&self, name: &str) -> Result<()> {
         self.shared.check_writable()?;

@@ -345,6 +345,32 @@ impl BlockMemory {
         Ok(())
     }
 
+    /// Applies `advice` to the mapped bytes `range` (offsets from the first block).
+    fn advise(&self, range: Range<usize>, advice: libc::c_int, what: &str) -> Result<()> {
+        if range.is_empty() {
+            return Ok(());
+        }
+        let addr = self.reservation.base().wrapping_add(range.start);
+        // SAFETY: advice on a range inside our reservation; callers mapped it first. Neither
+        // WILLNEED nor POPULATE_READ changes what the memory holds.
+        let rc = unsafe { libc::madvise(addr.cast(), range.end - range.start, advice) };
+        if rc != 0 {
+            return Err(Error::io(what.to_string(), std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// Starts reading the mapped bytes `range` into memory in the background (readahead).
+    pub fn prefetch(&self, range: Range<usize>) -> Result<()> {
+        self.advise(range, libc::MADV_WILLNEED, "prefetching array data")
+    }
+
+    /// Reads the mapped bytes `range` into memory now; storage errors are returned, not
+    /// raised as a fault later.
+    pub fn populate(&self, range: Range<usize>) -> Result<()> {
+        self.advise(range, libc::MADV_POPULATE_READ, "loading array data")
+    }
+
     /// True if `block` is mapped.
     pub fn is_mapped(&self, block: u64) -> bool {
         self.lock().mapped.contains_key(&block)

@@ -1,0 +1,323 @@
+//! `outcore._native`: the Rust core as a Python extension module.
+//!
+//! Thin glue only: the pure-Python package `outcore` (python/outcore) builds the public API
+//! (`outcore.open`, `BigArray`, the `transaction` data manager) on these classes. Every call
+//! that may block (storage I/O, fsync, locks) releases the GIL; no Rust code here ever calls
+//! back into Python while holding a core lock.
+
+use std::ffi::c_int;
+use std::sync::{Arc, Mutex};
+
+use outcore::array::Order;
+use outcore::db;
+use outcore::storage::{Compression, Tid, TxnMeta};
+use outcore::vm::Reservation;
+use pyo3::exceptions::{PyIndexError, PyKeyError, PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyType;
+
+/// The exception class raised for write conflicts, set by the Python package (a subclass of
+/// `transaction.interfaces.TransientError`); `RuntimeError` until then.
+static CONFLICT_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+/// Converts a core error into the Python exception users expect.
+fn to_py(e: outcore::Error) -> PyErr {
+    use outcore::Error as E;
+    let msg = e.to_string();
+    match e {
+        E::Conflict { .. } => Python::attach(|py| match CONFLICT_ERROR.get(py) {
+            Some(cls) => PyErr::from_type(cls.bind(py).clone(), msg),
+            None => PyRuntimeError::new_err(msg),
+        }),
+        E::NotFound(_) => PyKeyError::new_err(msg),
+        E::IndexOutOfBounds(_) => PyIndexError::new_err(msg),
+        E::InvalidShape(_)
+        | E::InvalidArgument(_)
+        | E::ReadOnly(_)
+        | E::Closed(_)
+        | E::HistoryPacked { .. } => PyValueError::new_err(msg),
+        E::Corrupt { .. } | E::Format { .. } | E::Lmdb(_) | E::Io { .. } => {
+            PyOSError::new_err(msg)
+        }
+    }
+}
+
+trait IntoPy<T> {
+    fn py(self) -> PyResult<T>;
+}
+
+impl<T> IntoPy<T> for outcore::Result<T> {
+    fn py(self) -> PyResult<T> {
+        self.map_err(to_py)
+    }
+}
+
+/// Registers the class raised on write conflicts.
+#[pyfunction]
+fn set_conflict_error(py: Python<'_>, cls: Bound<'_, PyType>) -> PyResult<()> {
+    let _ = CONFLICT_ERROR.set(py, cls.unbind());
+    Ok(())
+}
+
+/// A database (store + connection factory).
+#[pyclass(frozen, module = "outcore._native")]
+struct Database {
+    db: db::Database,
+}
+
+#[pymethods]
+impl Database {
+    #[new]
+    #[pyo3(signature = (url, readonly=false, compression=None))]
+    fn new(py: Python<'_>, url: String, readonly: bool, compression: Option<String>) -> PyResult<Self> {
+        let compression: Compression = compression.as_deref().unwrap_or("none").parse().py()?;
+        let options = db::DbOptions {
+            readonly,
+            compression,
+        };
+        let db = py.detach(move || db::Database::open_with(&url, options)).py()?;
+        Ok(Database { db })
+    }
+
+    /// A connection at the newest snapshot.
+    fn connect(&self, py: Python<'_>) -> PyResult<Connection> {
+        let db = self.db.clone();
+        let conn = py.detach(move || db.connect()).py()?;
+        Ok(Connection { conn })
+    }
+
+    /// A read-only connection at snapshot `tid`.
+    fn connect_at(&self, py: Python<'_>, tid: u64) -> PyResult<Connection> {
+        let db = self.db.clone();
+        let conn = py.detach(move || db.connect_at(Tid(tid))).py()?;
+        Ok(Connection { conn })
+    }
+
+    /// The newest transactions: a list of (tid, unix time, user, description).
+    fn history(&self, py: Python<'_>, limit: usize) -> PyResult<Vec<(u64, f64, String, String)>> {
+        let db = self.db.clone();
+        let log = py.detach(move || db.history(limit)).py()?;
+        Ok(log
+            .into_iter()
+            .map(|t| {
+                let secs = t
+                    .tid
+                    .time()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0);
+                (t.tid.0, secs, t.user, t.description)
+            })
+            .collect())
+    }
+
+    /// The store's location.
+    fn describe(&self) -> String {
+        self.db.storage().describe()
+    }
+}
+
+/// One connection: a snapshot and a transaction.
+#[pyclass(frozen, module = "outcore._native")]
+struct Connection {
+    conn: db::Connection,
+}
+
+#[pymethods]
+impl Connection {
+    fn names(&self) -> PyResult<Vec<String>> {
+        self.conn.names().py()
+    }
+
+    fn contains(&self, name: &str) -> PyResult<bool> {
+        self.conn.contains(name).py()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        dtype: &str,
+        itemsize: usize,
+        shape: Vec<u64>,
+        order: &str,
+        blksize: usize,
+    ) -> PyResult<Array> {
+        let order: Order = order.parse().py()?;
+        let arr = py
+            .detach(|| self.conn.create_raw(name, dtype, itemsize, &shape, order, blksize))
+            .py()?;
+        Ok(Array { arr })
+    }
+
+    fn array(&self, py: Python<'_>, name: &str) -> PyResult<Array> {
+        let arr = py.detach(|| self.conn.array(name)).py()?;
+        Ok(Array { arr })
+    }
+
+    fn link(&self, name: &str, array: &Array) -> PyResult<()> {
+        self.conn.link(name, &array.arr).py()
+    }
+
+    fn remove(&self, name: &str) -> PyResult<()> {
+        self.conn.remove(name).py()
+    }
+
+    fn is_dirty(&self, py: Python<'_>) -> PyResult<bool> {
+        py.detach(|| self.conn.is_dirty()).py()
+    }
+
+    #[pyo3(signature = (user="", description=""))]
+    fn commit(&self, py: Python<'_>, user: &str, description: &str) -> PyResult<u64> {
+        let meta = TxnMeta::new(user, description);
+        py.detach(|| self.conn.commit_with(meta)).py().map(|t| t.0)
+    }
+
+    fn abort(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.conn.abort()).py()
+    }
+
+    fn savepoint(&self, py: Python<'_>) -> PyResult<Savepoint> {
+        let sp = py.detach(|| self.conn.savepoint()).py()?;
+        Ok(Savepoint { sp: Mutex::new(sp) })
+    }
+
+    fn rollback(&self, py: Python<'_>, savepoint: &Savepoint) -> PyResult<()> {
+        let sp = savepoint.sp.lock().unwrap_or_else(|p| p.into_inner());
+        py.detach(|| self.conn.rollback(&sp)).py()
+    }
+
+    fn tid(&self) -> PyResult<u64> {
+        self.conn.tid().py().map(|t| t.0)
+    }
+
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.conn.close()).py()
+    }
+}
+
+/// A savepoint of a connection's transaction.
+#[pyclass(frozen, module = "outcore._native")]
+struct Savepoint {
+    sp: Mutex<db::Savepoint>,
+}
+
+/// One persistent array of a connection.
+#[pyclass(frozen, module = "outcore._native")]
+struct Array {
+    arr: db::BigArray,
+}
+
+#[pymethods]
+impl Array {
+    /// (dtype descriptor, itemsize, shape, order, blksize).
+    fn meta(&self) -> PyResult<(String, usize, Vec<u64>, String, usize)> {
+        let m = self.arr.meta().py()?;
+        Ok((m.dtype, m.itemsize, m.shape, m.order.to_string(), m.blksize))
+    }
+
+    /// Maps major-axis indices `lo..hi` and returns (memory, byte strides): `memory` exports
+    /// exactly the bytes of those indices as a buffer (read-only unless writable).
+    fn map(&self, py: Python<'_>, lo: u64, hi: u64) -> PyResult<(Mapping, Vec<isize>)> {
+        let m = self.arr.meta().py()?;
+        let raw = py.detach(|| self.arr.raw_view(lo..hi)).py()?;
+        let len = m.shape.get(m.major_axis()).copied().unwrap_or(1);
+        let (lo, hi) = (lo.min(len), hi.min(len).max(lo.min(len)));
+        let stride = if m.shape.is_empty() {
+            m.nbytes()
+        } else {
+            m.major_stride_bytes()
+        };
+        let offset = (lo * stride) as usize;
+        let mapping = Mapping {
+            keep: raw.keepalive.clone(),
+            // The address stays inside the reservation: offset < array bytes <= reservation.
+            addr: raw.ptr.wrapping_add(offset) as usize,
+            len: ((hi - lo) * stride) as usize,
+            writable: raw.writable,
+        };
+        Ok((mapping, raw.strides))
+    }
+
+    fn resize(&self, py: Python<'_>, shape: Vec<u64>) -> PyResult<()> {
+        py.detach(|| self.arr.resize(&shape)).py()
+    }
+
+    /// Appends raw bytes (in the array's order) of `shape`.
+    fn append_bytes(&self, py: Python<'_>, data: &[u8], shape: Vec<u64>) -> PyResult<()> {
+        py.detach(|| self.arr.append_bytes(data, &shape)).py()
+    }
+
+    fn load(&self, py: Python<'_>, lo: u64, hi: u64) -> PyResult<()> {
+        py.detach(|| self.arr.load(lo..hi)).py()
+    }
+
+    fn prefetch(&self, py: Python<'_>, lo: u64, hi: u64) -> PyResult<()> {
+        py.detach(|| self.arr.prefetch(lo..hi)).py()
+    }
+}
+
+/// Array memory exported as a buffer; the base object of every view. It keeps the memory
+/// mapped while any view lives, and exports exactly the mapped bytes of its views (writable
+/// only on writable connections, so a read-only view cannot be flipped back to writeable).
+#[pyclass(frozen, module = "outcore._native")]
+struct Mapping {
+    keep: Arc<Reservation>,
+    addr: usize,
+    len: usize,
+    writable: bool,
+}
+
+#[pymethods]
+impl Mapping {
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut pyo3::ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
+        let (addr, len, writable) = {
+            let m = slf.get();
+            debug_assert!(Arc::strong_count(&m.keep) > 0);
+            (m.addr, m.len, m.writable)
+        };
+        // SAFETY: `view` is the Py_buffer CPython asked us to fill; `addr..addr+len` is mapped
+        // memory of the reservation that `slf` (referenced by the buffer) keeps alive.
+        // PyBuffer_FillInfo refuses a writable request on read-only memory and takes a new
+        // reference to `slf`.
+        let rc = unsafe {
+            pyo3::ffi::PyBuffer_FillInfo(
+                view,
+                slf.as_ptr(),
+                addr as *mut std::ffi::c_void,
+                len as pyo3::ffi::Py_ssize_t,
+                c_int::from(!writable),
+                flags,
+            )
+        };
+        if rc != 0 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        Ok(())
+    }
+
+    unsafe fn __releasebuffer__(&self, _view: *mut pyo3::ffi::Py_buffer) {}
+
+    fn __reduce__(&self) -> PyResult<()> {
+        Err(pyo3::exceptions::PyTypeError::new_err(
+            "array memory cannot be pickled; pickle a copy (np.array(view)) instead",
+        ))
+    }
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Database>()?;
+    m.add_class::<Connection>()?;
+    m.add_class::<Array>()?;
+    m.add_class::<Mapping>()?;
+    m.add_class::<Savepoint>()?;
+    m.add_function(wrap_pyfunction!(set_conflict_error, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,242 @@
+"""BigArray: a persistent N-d array that behaves like a NumPy array."""
+
+import ast
+import operator
+
+import numpy as np
+
+from . import _index
+
+#: Default block size: 2 MiB.
+DEFAULT_BLKSIZE = 2 << 20
+
+
+def dtype_descriptor(dt):
+    """The string stored for ``dt``: ``dt.str``, or the repr of NumPy's descr for structured
+    dtypes. Refuses dtypes holding Python objects."""
+    if dt.hasobject:
+        raise TypeError(
+            f"dtype {dt} holds Python objects, which cannot live in persistent memory; "
+            "use fixed-size types (numbers, bytes 'S', unicode 'U', structured)"
+        )
+    if dt.subdtype is not None:
+        raise TypeError(f"sub-array dtype {dt}: put its shape into the array's shape instead")
+    if dt.fields is not None:
+        return repr(np.lib.format.dtype_to_descr(dt))
+    return dt.str
+
+
+def dtype_from_descriptor(text):
+    """Inverse of :func:`dtype_descriptor`."""
+    if text.startswith("["):
+        return np.lib.format.descr_to_dtype(ast.literal_eval(text))
+    return np.dtype(text)
+
+
+def _shape_tuple(shape):
+    if isinstance(shape, (int, np.integer)):
+        shape = (shape,)
+    try:
+        dims = tuple(operator.index(d) for d in shape)
+    except TypeError:
+        raise TypeError(f"shape must be a tuple of integers, not {shape!r}") from None
+    if any(d < 0 for d in dims):
+        raise ValueError(f"negative dimensions are not allowed: {dims}")
+    return dims
+
+
+class BigArray:
+    """A persistent array stored in an outcore database.
+
+    Create it with a shape and dtype, then store it in a root: ``root["A"] = A``. Indexing
+    works exactly as on ``numpy.ndarray``: basic indexing returns live views of the stored
+    data (nothing is read until touched; writes are saved by ``transaction.commit()``),
+    advanced indexing returns copies, assignment broadcasts.
+    """
+
+    def __init__(self, shape, dtype=np.float64, order="C", blksize=DEFAULT_BLKSIZE):
+        self._shape = _shape_tuple(shape)
+        self._dtype = np.dtype(dtype)
+        dtype_descriptor(self._dtype)
+        if order not in ("C", "F"):
+            raise ValueError(f"order must be 'C' or 'F', not {order!r}")
+        self._order = order
+        blksize = operator.index(blksize)
+        if blksize <= 0 or blksize % 4096:
+            raise ValueError(f"blksize must be a positive multiple of 4096, not {blksize}")
+        self._blksize = blksize
+        self._conn = None
+        self._native = None
+
+    @classmethod
+    def _bind(cls, conn, native):
+        self = cls.__new__(cls)
+        self._conn = conn
+        self._native = native
+        return self
+
+    def _attach(self, conn, native):
+        self._conn = conn
+        self._native = native
+
+    # ------------------------------------------------------------------ metadata
+
+    def _meta(self):
+        if self._native is None:
+            return None
+        self._conn._check_open()
+        return self._native.meta()
+
+    @property
+    def shape(self):
+        meta = self._meta()
+        return self._shape if meta is None else tuple(meta[2])
+
+    @property
+    def dtype(self):
+        meta = self._meta()
+        return self._dtype if meta is None else dtype_from_descriptor(meta[0])
+
+    @property
+    def order(self):
+        meta = self._meta()
+        return self._order if meta is None else meta[3]
+
+    @property
+    def blksize(self):
+        meta = self._meta()
+        return self._blksize if meta is None else meta[4]
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    @property
+    def size(self):
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def itemsize(self):
+        return self.dtype.itemsize
+
+    @property
+    def nbytes(self):
+        return self.size * self.itemsize
+
+    @property
+    def strides(self):
+        shape, item = self.shape, self.itemsize
+        strides, step = [0] * len(shape), item
+        axes = range(len(shape) - 1, -1, -1) if self.order == "C" else range(len(shape))
+        for a in axes:
+            strides[a] = step
+            step *= max(shape[a], 1)
+        return tuple(strides)
+
+    def _major(self):
+        return 0 if self.order == "C" else max(self.ndim - 1, 0)
+
+    def __len__(self):
+        shape = self.shape
+        if not shape:
+            raise TypeError("len() of unsized object")
+        return shape[self._major()]
+
+    def __repr__(self):
+        where = "not stored yet" if self._native is None else f"in {self._conn._describe()}"
+        return (
+            f"<outcore.BigArray shape={self.shape} dtype={self.dtype} "
+            f"order={self.order!r} blksize={self.blksize} {where}>"
+        )
+
+    # ------------------------------------------------------------------ data
+
+    def _stored(self):
+        if self._native is None:
+            raise ValueError(
+                "this BigArray is not stored in a database yet: "
+                "store it first, e.g. root['name'] = A"
+            )
+        self._conn._join()
+        return self._native
+
+    def _view(self, lo, hi):
+        native = self._stored()
+        mapping, strides = native.map(lo, hi)
+        shape = list(self.shape)
+        if shape:
+            shape[self._major()] = max(0, min(hi, shape[self._major()]) - lo)
+        return np.ndarray(tuple(shape), dtype=self.dtype, buffer=mapping, strides=strides)
+
+    def __getitem__(self, index):
+        lo, hi, rel = _index.split(index, self.shape, self._major())
+        return self._view(lo, hi)[rel]
+
+    def __setitem__(self, index, value):
+        lo, hi, rel = _index.split(index, self.shape, self._major())
+        view = self._view(lo, hi)
+        if not view.flags.writeable:
+            raise ValueError("this array is read-only (read-only or historical database)")
+        view[rel] = value
+
+    def __array__(self, dtype=None, copy=None):
+        view = self[...]
+        if dtype is not None and np.dtype(dtype) != view.dtype:
+            if copy is False:
+                raise ValueError(f"cannot view {view.dtype} data as {dtype} without a copy")
+            return view.astype(dtype)
+        return view.copy() if copy else view
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    def append(self, values):
+        """Appends ``values`` along the major axis (axis 0 for C order, the last for F).
+
+        Costs O(len(values)). Every other axis must match; on error nothing changes.
+        """
+        native = self._stored()
+        arr = np.asarray(values, dtype=self.dtype)
+        if arr.ndim != self.ndim:
+            raise ValueError(
+                f"cannot append data of shape {arr.shape} to an array of shape {self.shape}: "
+                "the number of dimensions differs"
+            )
+        major = self._major()
+        if any(a != b for k, (a, b) in enumerate(zip(arr.shape, self.shape)) if k != major):
+            raise ValueError(
+                f"cannot append data of shape {arr.shape} to an array of shape {self.shape}: "
+                f"all axes but axis {major} must match"
+            )
+        native.append_bytes(arr.tobytes(order=self.order), list(arr.shape))
+
+    def resize(self, shape):
+        """Changes the shape in O(1); only the major axis may change."""
+        shape = _shape_tuple(shape)
+        if len(shape) != self.ndim:
+            raise ValueError(f"cannot resize a {self.ndim}-d array to shape {shape}")
+        self._stored().resize(list(shape))
+
+    def _major_range(self, index):
+        lo, hi, _ = _index.split(index, self.shape, self._major())
+        return lo, hi
+
+    def load(self, index=slice(None)):
+        """Reads the data behind ``self[index]`` into memory now; storage errors raise here."""
+        lo, hi = self._major_range(index)
+        self._stored().load(lo, hi)
+
+    def prefetch(self, index=slice(None)):
+        """Starts reading the data behind ``self[index]`` in the background."""
+        lo, hi = self._major_range(index)
+        self._stored().prefetch(lo, hi)
+
+    def __reduce__(self):
+        raise TypeError(
+            "a BigArray cannot be pickled; pickle A[...] (a copy of the data) instead"
+        )
+
+
+#: The name wendelin.core users know.
+ZBigArray = BigArray

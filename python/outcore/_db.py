@@ -1,0 +1,310 @@
+"""Databases, connections (the ``transaction`` data manager) and the root namespace."""
+
+import contextlib
+import logging
+import os
+import weakref
+from collections.abc import MutableMapping
+from datetime import datetime, timezone
+
+import transaction
+import transaction.interfaces
+from zope.interface import implementer
+
+from . import _native
+from ._array import BigArray, dtype_descriptor
+
+log = logging.getLogger("outcore")
+
+#: RAM budget for blocks that cannot be mapped from local files (remote or compressed
+#: stores), unless ``cache_bytes`` or ``OUTCORE_CACHE_BYTES`` says otherwise.
+DEFAULT_CACHE_BYTES = 1 << 30
+
+
+class ConflictError(transaction.interfaces.TransientError):
+    """Another transaction committed a change to the same block or array metadata first.
+
+    Retryable: ``transaction.abort()`` and redo the work (``transaction.manager.attempts()``
+    does it for you).
+    """
+
+
+_native.set_conflict_error(ConflictError)
+
+
+def _cache_bytes(value):
+    if value is None:
+        value = os.environ.get("OUTCORE_CACHE_BYTES", DEFAULT_CACHE_BYTES)
+    value = int(value)
+    if value <= 0:
+        raise ValueError(f"cache_bytes must be positive, not {value}")
+    return value
+
+
+class DB:
+    """An outcore database. Open it with :func:`outcore.open`."""
+
+    def __init__(self, url, cache_bytes=None, readonly=False, at=None, compression=None):
+        if not isinstance(url, (str, os.PathLike)):
+            raise TypeError(f"url must be a string or path, not {type(url).__name__}")
+        url = os.fspath(url)
+        self.cache_bytes = _cache_bytes(cache_bytes)
+        self.readonly = bool(readonly) or at is not None
+        self._at = None if at is None else int(at)
+        self._url = url
+        self._native = _native.Database(url, readonly=bool(readonly), compression=compression)
+        self._default = None
+        self._connections = weakref.WeakSet()
+        self._closed = False
+
+    def __repr__(self):
+        state = "closed" if self._closed else "open"
+        return f"<outcore.DB {self._url!r} {state}>"
+
+    def _check_open(self):
+        if self._closed:
+            raise ValueError("the database is closed")
+
+    def open(self, transaction_manager=None):
+        """A new connection with its own snapshot, joined to ``transaction_manager`` (the
+        thread-local ``transaction.manager`` by default)."""
+        self._check_open()
+        native = self._native.connect() if self._at is None else self._native.connect_at(self._at)
+        conn = Connection(self, native, transaction_manager)
+        self._connections.add(conn)
+        return conn
+
+    def _default_connection(self):
+        self._check_open()
+        if self._default is None or self._default._closed:
+            self._default = self.open()
+        return self._default
+
+    def root(self):
+        """The root namespace of this database's default connection."""
+        return self._default_connection().root()
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """``with db.transaction(): ...`` commits on success and aborts on an exception
+        (on the default connection's transaction manager). Yields the root."""
+        conn = self._default_connection()
+        tm = conn.transaction_manager
+        try:
+            yield conn.root()
+        except BaseException:
+            tm.abort()
+            raise
+        tm.commit()
+
+    def history(self, limit=20):
+        """The most recent transactions, newest first: dicts with tid, time, user,
+        description."""
+        self._check_open()
+        return [
+            {
+                "tid": tid,
+                "time": datetime.fromtimestamp(secs, tz=timezone.utc),
+                "user": user,
+                "description": description,
+            }
+            for tid, secs, user, description in self._native.history(limit)
+        ]
+
+    def close(self):
+        """Closes every connection; uncommitted changes are lost. Views stay readable."""
+        if self._closed:
+            return
+        for conn in list(self._connections):
+            conn.close()
+        self._closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@implementer(transaction.interfaces.ISavepointDataManager, transaction.interfaces.ISynchronizer)
+class Connection:
+    """A snapshot of the database with a transaction in progress; the ``transaction``
+    package's data manager for it. One connection belongs to one thread."""
+
+    def __init__(self, db, native, transaction_manager=None):
+        tm = transaction_manager if transaction_manager is not None else transaction.manager
+        # The thread-local manager delegates to this thread's real one: keep that.
+        self.transaction_manager = getattr(tm, "manager", tm)
+        self._db = db
+        self._native = native
+        self._joined = None
+        self._closed = False
+        self._root = Root(self)
+        self.transaction_manager.registerSynch(self)
+
+    def __repr__(self):
+        return f"<outcore.Connection to {self._describe()} at tid {self._native.tid():#x}>"
+
+    def _describe(self):
+        return self._db._url
+
+    def _check_open(self):
+        if self._closed:
+            raise ValueError("the connection is closed")
+        self._db._check_open()
+
+    def root(self):
+        """The persistent mapping of names to arrays."""
+        self._check_open()
+        return self._root
+
+    def _join(self):
+        self._check_open()
+        txn = self.transaction_manager.get()
+        if self._joined is not txn:
+            txn.join(self)
+            self._joined = txn
+
+    def close(self):
+        """Closes the connection; uncommitted changes are discarded. Views stay readable."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.transaction_manager.unregisterSynch(self)
+        except KeyError:
+            pass
+        self._native.close()
+
+    # ISynchronizer: writes through views never call Python, so join when anything is dirty.
+    def beforeCompletion(self, txn):
+        if not self._closed and self._joined is not txn and self._native.is_dirty():
+            txn.join(self)
+            self._joined = txn
+
+    def afterCompletion(self, txn):
+        self._joined = None
+        self._sync()
+
+    def newTransaction(self, txn):
+        self._sync()
+
+    def _sync(self):
+        """Moves to the newest snapshot (at a transaction boundary, nothing dirty)."""
+        if self._closed:
+            return
+        try:
+            if not self._native.is_dirty():
+                self._native.abort()
+        except Exception:  # a boundary must not fail; the next call reports the problem
+            log.exception("outcore: moving to the newest snapshot failed")
+
+    # IDataManager
+    def sortKey(self):
+        # Sort last: outcore commits in tpc_vote, after every other resource voted.
+        return f"~outcore:{self._db._url}:{id(self):x}"
+
+    def abort(self, txn):
+        self._joined = None
+        if not self._closed:
+            self._native.abort()
+
+    def tpc_begin(self, txn):
+        pass
+
+    def commit(self, txn):
+        pass
+
+    def tpc_vote(self, txn):
+        self._native.commit(str(txn.user or ""), str(txn.description or ""))
+
+    def tpc_finish(self, txn):
+        self._joined = None
+
+    def tpc_abort(self, txn):
+        self._joined = None
+        try:
+            if not self._closed:
+                self._native.abort()
+        except Exception:
+            log.exception("outcore: abort after a failed commit failed")
+
+    def savepoint(self):
+        return _Savepoint(self, self._native.savepoint())
+
+    def should_retry(self, error):
+        return isinstance(error, ConflictError)
+
+
+class _Savepoint:
+    def __init__(self, conn, native):
+        self._conn = conn
+        self._native = native
+
+    def rollback(self):
+        self._conn._native.rollback(self._native)
+
+
+class Root(MutableMapping):
+    """The root namespace: ``name -> BigArray``, changed transactionally."""
+
+    def __init__(self, conn):
+        self._conn = conn
+
+    @staticmethod
+    def _check_name(name):
+        if not isinstance(name, str):
+            raise TypeError(f"array names are strings, not {type(name).__name__}")
+
+    def __getitem__(self, name):
+        self._check_name(name)
+        self._conn._join()
+        if not self._conn._native.contains(name):
+            raise KeyError(name)
+        return BigArray._bind(self._conn, self._conn._native.array(name))
+
+    def __setitem__(self, name, value):
+        self._check_name(name)
+        if not isinstance(value, BigArray):
+            raise TypeError(f"the root holds BigArrays, not {type(value).__name__}")
+        self._conn._join()
+        if value._native is None:
+            dt = value._dtype
+            native = self._conn._native.create(
+                name,
+                dtype_descriptor(dt),
+                dt.itemsize,
+                list(value._shape),
+                value._order,
+                value._blksize,
+            )
+            value._attach(self._conn, native)
+        elif value._conn is self._conn:
+            self._conn._native.link(name, value._native)
+        else:
+            raise ValueError(
+                "this BigArray is stored through another connection; "
+                "store a new BigArray and copy the data into it"
+            )
+
+    def __delitem__(self, name):
+        self._check_name(name)
+        self._conn._join()
+        if not self._conn._native.contains(name):
+            raise KeyError(name)
+        self._conn._native.remove(name)
+
+    def __iter__(self):
+        self._conn._check_open()
+        return iter(self._conn._native.names())
+
+    def __len__(self):
+        self._conn._check_open()
+        return len(self._conn._native.names())
+
+    def __contains__(self, name):
+        self._conn._check_open()
+        return isinstance(name, str) and self._conn._native.contains(name)
+
+    def __repr__(self):
+        return f"<outcore.Root {list(self)!r}>"
