@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
-# Runs every test of outcore on a fresh machine: installs what is missing, then runs the Rust
-# tests (unit, integration, conformance, multi-process and crash tests) and the lints.
-# Usage: scripts/test.sh [--long]   (--long adds the long crash/soak rounds)
+# Runs every test of outcore on a fresh machine: installs what is missing (a Python venv with
+# maturin, numpy, pytest, transaction), then the lints, the Rust tests (unit, integration,
+# conformance, multi-process, crash, memory-cgroup) and the Python tests.
+# Usage: scripts/test.sh [--long]   (--long: 500 crash rounds, a 16 GiB array in 1 GiB of RAM)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
 if [[ "${1:-}" == "--long" ]]; then
   export OUTCORE_LONG_TESTS=1
 fi
+VENV=.venv
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q "maturin>=1.9.4,<2" "numpy>=1.26" pytest transaction zope.interface
+export PYO3_PYTHON="$PWD/$VENV/bin/python"
+
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked --release
 # The dirty-page scan's fallback for kernels without PAGEMAP_SCAN (< 6.7), forced.
 OUTCORE_NO_PAGEMAP_SCAN=1 cargo test --locked --release -p outcore --test vm_mapped
+
+VIRTUAL_ENV="$PWD/$VENV" "$VENV/bin/maturin" develop --release --locked -q
+"$VENV/bin/python" -m pytest -q

@@ -350,10 +350,14 @@ impl BlockMemory {
         if range.is_empty() {
             return Ok(());
         }
-        let addr = self.reservation.base().wrapping_add(range.start);
+        // madvise wants whole pages; blocks are page-aligned, so the rounded range stays
+        // inside the mapped blocks.
+        let start = range.start / PAGE * PAGE;
+        let end = range.end.div_ceil(PAGE) * PAGE;
+        let addr = self.reservation.base().wrapping_add(start);
         // SAFETY: advice on a range inside our reservation; callers mapped it first. Neither
         // WILLNEED nor POPULATE_READ changes what the memory holds.
-        let rc = unsafe { libc::madvise(addr.cast(), range.end - range.start, advice) };
+        let rc = unsafe { libc::madvise(addr.cast(), end - start, advice) };
         if rc != 0 {
             return Err(Error::io(what.to_string(), std::io::Error::last_os_error()));
         }
