@@ -37,9 +37,7 @@ fn to_py(e: outcore::Error) -> PyErr {
         | E::ReadOnly(_)
         | E::Closed(_)
         | E::HistoryPacked { .. } => PyValueError::new_err(msg),
-        E::Corrupt { .. } | E::Format { .. } | E::Lmdb(_) | E::Io { .. } => {
-            PyOSError::new_err(msg)
-        }
+        E::Corrupt { .. } | E::Format { .. } | E::Lmdb(_) | E::Io { .. } => PyOSError::new_err(msg),
     }
 }
 
@@ -70,13 +68,20 @@ struct Database {
 impl Database {
     #[new]
     #[pyo3(signature = (url, readonly=false, compression=None))]
-    fn new(py: Python<'_>, url: String, readonly: bool, compression: Option<String>) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        url: String,
+        readonly: bool,
+        compression: Option<String>,
+    ) -> PyResult<Self> {
         let compression: Compression = compression.as_deref().unwrap_or("none").parse().py()?;
         let options = db::DbOptions {
             readonly,
             compression,
         };
-        let db = py.detach(move || db::Database::open_with(&url, options)).py()?;
+        let db = py
+            .detach(move || db::Database::open_with(&url, options))
+            .py()?;
         Ok(Database { db })
     }
 
@@ -147,7 +152,10 @@ impl Connection {
     ) -> PyResult<Array> {
         let order: Order = order.parse().py()?;
         let arr = py
-            .detach(|| self.conn.create_raw(name, dtype, itemsize, &shape, order, blksize))
+            .detach(|| {
+                self.conn
+                    .create_raw(name, dtype, itemsize, &shape, order, blksize)
+            })
             .py()?;
         Ok(Array { arr })
     }
