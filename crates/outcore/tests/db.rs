@@ -322,3 +322,61 @@ fn views_from_before_a_resize_stay_coherent() {
         assert_eq!(a.view::<u8>().unwrap()[42], 9);
     }
 }
+
+#[test]
+fn arrays_outgrowing_their_reservation_keep_old_views_coherent() {
+    let options = outcore::db::DbOptions {
+        reserve_bytes: Some(4 << 20),
+        ..Default::default()
+    };
+    let db = Database::open_with("mem:", options).unwrap();
+    let c = db.connect().unwrap();
+    let a = c.create::<u8>("a", &[1 << 20], Order::C).unwrap();
+    let old = a.raw_view(0..u64::MAX).unwrap();
+    // SAFETY (test): views keep their reservation mapped; indices are inside the views.
+    unsafe { *old.ptr = 1 };
+    c.commit().unwrap();
+    a.append(
+        ndarray::Array1::<u8>::from_elem(10 << 20, 2)
+            .view()
+            .into_dyn(),
+    )
+    .unwrap();
+    let new = a.raw_view(0..u64::MAX).unwrap();
+    assert_ne!(old.ptr, new.ptr, "a larger reservation");
+    unsafe {
+        assert_eq!(*new.ptr, 1);
+        assert_eq!(*new.ptr.add((11 << 20) - 1), 2);
+        *new.ptr.add(5) = 5; // not seen through the old view before commit
+        assert_eq!(*old.ptr.add(5), 0);
+        // Written through the old view (another page): committed too. Where both views
+        // wrote the same page, the newer view's page wins.
+        *old.ptr.add(3 * 4096 + 7) = 7;
+    }
+    c.commit().unwrap();
+    unsafe {
+        assert_eq!(*old.ptr.add(5), 5, "old views show committed data");
+        assert_eq!(
+            *new.ptr.add(3 * 4096 + 7),
+            7,
+            "old-view writes were committed"
+        );
+    }
+    // Another connection appends far past this connection's reservation.
+    let other = db.connect().unwrap();
+    let b = other.array("a").unwrap();
+    b.append(
+        ndarray::Array1::<u8>::from_elem(20 << 20, 3)
+            .view()
+            .into_dyn(),
+    )
+    .unwrap();
+    other.commit().unwrap();
+    c.begin().unwrap();
+    let v = a.view::<u8>().unwrap();
+    assert_eq!(v.len(), 31 << 20);
+    assert_eq!(
+        (v[0], v[5], v[3 * 4096 + 7], v[(31 << 20) - 1]),
+        (1, 5, 7, 3)
+    );
+}

@@ -96,8 +96,9 @@ impl BigArray {
         let to_usize = |d: u64| {
             usize::try_from(d).map_err(|_| Error::InvalidShape(format!("dimension {d} too large")))
         };
+        let memory = self.handle.memory();
         Ok(RawView {
-            ptr: self.handle.memory.block_ptr(0),
+            ptr: memory.block_ptr(0),
             shape: m
                 .shape
                 .iter()
@@ -105,7 +106,7 @@ impl BigArray {
                 .collect::<Result<_>>()?,
             strides: m.strides_bytes(),
             writable: self.conn.writable,
-            keepalive: self.handle.memory.reservation().clone(),
+            keepalive: memory.reservation().clone(),
         })
     }
 
@@ -127,13 +128,13 @@ impl BigArray {
     /// here instead of surfacing at first touch).
     pub fn load(&self, major: Range<u64>) -> Result<()> {
         let bytes = self.mapped_bytes(major)?;
-        self.handle.memory.populate(bytes)
+        self.handle.memory().populate(bytes)
     }
 
     /// Starts reading the data under major-axis indices `major` in the background.
     pub fn prefetch(&self, major: Range<u64>) -> Result<()> {
         let bytes = self.mapped_bytes(major)?;
-        self.handle.memory.prefetch(bytes)
+        self.handle.memory().prefetch(bytes)
     }
 
     /// The major-axis range `elems` touches, after checking every index against the shape.

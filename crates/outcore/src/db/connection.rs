@@ -31,6 +31,8 @@ pub(crate) struct ConnShared {
     pub storage: Arc<dyn Storage>,
     /// False for read-only and historical connections.
     pub writable: bool,
+    /// Address space to reserve per array (None: the default rule).
+    reserve: Option<u64>,
     /// True for a connection pinned at an old tid.
     historical: bool,
     state: Mutex<ConnState>,
@@ -87,7 +89,12 @@ impl ConnShared {
 }
 
 impl Connection {
-    pub(crate) fn open(storage: Arc<dyn Storage>, writable: bool, at: Option<Tid>) -> Result<Self> {
+    pub(crate) fn open(
+        storage: Arc<dyn Storage>,
+        writable: bool,
+        at: Option<Tid>,
+        reserve: Option<u64>,
+    ) -> Result<Self> {
         let lease = match at {
             Some(tid) => ReaderLease::at(storage.clone(), tid)?,
             None => ReaderLease::at_head(storage.clone())?,
@@ -100,6 +107,7 @@ impl Connection {
             shared: Arc::new(ConnShared {
                 storage,
                 writable: writable && at.is_none(),
+                reserve,
                 historical: at.is_some(),
                 state: Mutex::new(ConnState {
                     lease,
@@ -159,7 +167,13 @@ impl Connection {
         let ids = self.shared.storage.new_oids(2)?;
         let (oid, file) = (Oid(ids.start), Oid(ids.start + 1));
         let meta = ArrayMeta::new(dtype, itemsize, shape, order, blksize, file)?;
-        let handle = Arc::new(ArrayHandle::new(oid, meta, None, true)?);
+        let handle = Arc::new(ArrayHandle::new(
+            oid,
+            meta,
+            None,
+            true,
+            self.shared.reserve,
+        )?);
         st.arrays.insert(oid, handle.clone());
         st.created.insert(oid);
         st.root.insert(name.to_string(), oid);
@@ -196,6 +210,7 @@ impl Connection {
             meta.clone(),
             Some(meta),
             self.shared.writable,
+            self.shared.reserve,
         )?);
         st.arrays.insert(oid, handle.clone());
         Ok(BigArray {
@@ -396,7 +411,7 @@ impl Connection {
         }
         for h in st.arrays.values() {
             if !h.is_detached() {
-                h.memory.discard(&h.memory.dirty_blocks()?)?;
+                h.discard_all()?;
             }
         }
         st.closed = true;

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::source::SnapshotSource;
 use crate::array::ArrayMeta;
@@ -11,23 +11,39 @@ use crate::storage::{Key, Oid, Storage, Tid, Write};
 use crate::vm::BlockMemory;
 use crate::{Error, Result};
 
-/// Address space reserved per array: room to append without moving views.
-fn reservation_bytes(nbytes: u64) -> u64 {
+/// Address space reserved per array holding `nbytes`: room to append without moving views.
+/// `configured` (from [`DbOptions::reserve_bytes`](super::DbOptions)) replaces the default
+/// clamp(16 × size, 64 GiB, 1 TiB); either way at least twice the size.
+fn reservation_bytes(nbytes: u64, configured: Option<u64>) -> u64 {
     const MIN: u64 = 64 << 30;
     const MAX: u64 = 1 << 40;
-    nbytes
-        .saturating_mul(16)
-        .clamp(MIN, MAX)
-        .max(nbytes.saturating_mul(2))
+    let base = configured.unwrap_or_else(|| nbytes.saturating_mul(16).clamp(MIN, MAX));
+    base.max(nbytes.saturating_mul(2))
 }
 
 /// One open array of a connection.
+///
+/// Its memory is one reservation ([`BlockMemory`]). When the array outgrows it, a larger one
+/// replaces it for new views; older reservations that views still use are kept in
+/// `Regions::older` and kept showing committed data: at every transaction boundary their
+/// changed blocks are re-mapped and their private pages dropped. Writes made through them
+/// are committed (merged page by page: where both wrote one page, the newer reservation's page
+/// wins) but not seen through newer views before that commit, and savepoints cover only the
+/// current reservation.
 #[derive(Debug)]
 pub(crate) struct ArrayHandle {
     /// The oid of the array's metadata record.
     pub oid: Oid,
-    pub memory: BlockMemory,
+    writable: bool,
+    reserve: Option<u64>,
+    regions: Mutex<Regions>,
     txn: Mutex<ArrayTxn>,
+}
+
+#[derive(Debug)]
+struct Regions {
+    current: Arc<BlockMemory>,
+    older: Vec<Arc<BlockMemory>>,
 }
 
 #[derive(Debug)]
@@ -64,11 +80,18 @@ impl ArrayHandle {
         meta: ArrayMeta,
         committed: Option<ArrayMeta>,
         writable: bool,
+        reserve: Option<u64>,
     ) -> Result<Self> {
-        let blocks = reservation_bytes(meta.nbytes()).div_ceil(meta.blksize as u64);
+        let blocks = reservation_bytes(meta.nbytes(), reserve).div_ceil(meta.blksize as u64);
+        let current = Arc::new(BlockMemory::new(meta.blksize, blocks, writable)?);
         Ok(ArrayHandle {
             oid,
-            memory: BlockMemory::new(meta.blksize, blocks, writable)?,
+            writable,
+            reserve,
+            regions: Mutex::new(Regions {
+                current,
+                older: Vec::new(),
+            }),
             txn: Mutex::new(ArrayTxn {
                 committed,
                 meta,
@@ -77,6 +100,57 @@ impl ArrayHandle {
                 detached: false,
             }),
         })
+    }
+
+    /// The reservation new views are made from.
+    pub fn memory(&self) -> Arc<BlockMemory> {
+        self.regions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .current
+            .clone()
+    }
+
+    /// Every reservation still in use: the current one first, then older ones that views
+    /// still hold (older ones nobody holds are released here).
+    fn all_memory(&self) -> Vec<Arc<BlockMemory>> {
+        let mut r = self.regions.lock().unwrap_or_else(|p| p.into_inner());
+        // A reservation is shared by its BlockMemory and by every view made from it.
+        r.older
+            .retain(|m| Arc::strong_count(m.reservation()) > 1 || Arc::strong_count(m) > 1);
+        std::iter::once(r.current.clone())
+            .chain(r.older.iter().rev().cloned())
+            .collect()
+    }
+
+    /// Makes sure the current reservation holds `nblocks` blocks, replacing it by a larger
+    /// one (with this transaction's written pages copied over) if needed.
+    fn ensure_capacity(&self, g: &ArrayTxn, nblocks: u64) -> Result<()> {
+        let mut r = self.regions.lock().unwrap_or_else(|p| p.into_inner());
+        if nblocks <= r.current.capacity_blocks() {
+            return Ok(());
+        }
+        let blk = g.meta.blksize as u64;
+        let bytes = reservation_bytes(nblocks * blk, self.reserve);
+        let grown = Arc::new(BlockMemory::new(
+            g.meta.blksize,
+            bytes.div_ceil(blk),
+            self.writable,
+        )?);
+        let old = r.current.clone();
+        for block in old.dirty_blocks()? {
+            // The whole block (written and clean pages) as private memory of the new one.
+            grown.install(block, crate::vm::Backing::Hole)?;
+            grown.write_into(block, 0, &old.read_block(block))?;
+        }
+        tracing::warn!(
+            "array {} outgrew its address-space reservation of {} bytes; new views use a              larger one. Views taken before keep working and show committed data after each              transaction boundary, but not uncommitted writes made through newer views",
+            self.oid,
+            old.capacity_blocks() * blk
+        );
+        r.older.push(old);
+        r.current = grown;
+        Ok(())
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, ArrayTxn>> {
@@ -103,7 +177,15 @@ impl ArrayHandle {
     pub fn detach(&self) -> Result<()> {
         let mut g = self.txn.lock().unwrap_or_else(|p| p.into_inner());
         g.detached = true;
-        self.memory.discard(&self.memory.dirty_blocks()?)
+        self.discard_all()
+    }
+
+    /// Drops every written page of every reservation.
+    pub fn discard_all(&self) -> Result<()> {
+        for m in self.all_memory() {
+            m.discard(&m.dirty_blocks()?)?;
+        }
+        Ok(())
     }
 
     /// Maps the blocks holding bytes `bytes` of the array, as of snapshot `at`.
@@ -124,20 +206,15 @@ impl ArrayHandle {
         }
         let blk = g.meta.blksize as u64;
         let blocks = bytes.start / blk..bytes.end.div_ceil(blk);
-        if blocks.end > self.memory.capacity_blocks() {
-            return Err(Error::InvalidShape(format!(
-                "the array outgrew this connection's address-space reservation of {} bytes; \
-                 commit, then reopen the connection to map it",
-                self.memory.capacity_blocks() * blk
-            )));
-        }
+        // Another connection's append may have grown the array past the reservation.
+        self.ensure_capacity(g, blocks.end)?;
         let source = SnapshotSource {
             storage,
             file: g.meta.file,
             at,
             cut: g.cut,
         };
-        self.memory.ensure_mapped(blocks, &source)
+        self.memory().ensure_mapped(blocks, &source)
     }
 
     /// Adds this array's changes to a commit: written blocks (all-zero ones as holes),
@@ -146,9 +223,9 @@ impl ArrayHandle {
         let g = self.lock()?;
         let before = writes.len();
         let nblocks = g.meta.nblocks();
-        let written = self.memory.dirty_blocks()?;
-        for &b in written.iter().filter(|&&b| b < nblocks) {
-            let bytes = self.memory.read_block(b);
+        let blocks = self.written_blocks(nblocks)?;
+        let written: Vec<u64> = blocks.keys().copied().collect();
+        for (b, bytes) in blocks {
             let key = Key::Block {
                 file: g.meta.file,
                 index: b,
@@ -176,6 +253,43 @@ impl ArrayHandle {
         Ok(writes.len() > before)
     }
 
+    /// The bytes of every written block below `nblocks`. Pages written through older
+    /// reservations are merged in where the current one has no write of its own.
+    fn written_blocks(&self, nblocks: u64) -> Result<BTreeMap<u64, Vec<u8>>> {
+        let regions = self.all_memory();
+        let current = &regions[0];
+        let current_pages = current.written_pages()?;
+        let mut blocks: BTreeMap<u64, Vec<u8>> = current_pages
+            .keys()
+            .filter(|&&b| b < nblocks)
+            .map(|&b| (b, current.read_block(b)))
+            .collect();
+        for old in &regions[1..] {
+            for (b, ranges) in old.written_pages()? {
+                if b >= nblocks {
+                    continue;
+                }
+                let bytes = blocks.entry(b).or_insert_with(|| {
+                    if current.is_mapped(b) {
+                        current.read_block(b)
+                    } else {
+                        old.read_block(b)
+                    }
+                });
+                let newer = current_pages.get(&b).map_or(&[][..], Vec::as_slice);
+                for r in ranges {
+                    for page in (r.start..r.end).step_by(crate::vm::PAGE) {
+                        if !newer.iter().any(|n| n.contains(&page)) {
+                            let end = page + crate::vm::PAGE;
+                            old.read_into(b, page, &mut bytes[page..end]);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(blocks)
+    }
+
     /// After a successful commit: the current state is the committed one. Written pages of
     /// blocks past the end are dropped (the committed blocks are re-mapped by the
     /// invalidation that follows).
@@ -185,19 +299,21 @@ impl ArrayHandle {
         g.cut = None;
         g.holed.clear();
         let nblocks = g.meta.nblocks();
-        let beyond: Vec<u64> = self
-            .memory
-            .dirty_blocks()?
-            .into_iter()
-            .filter(|&b| b >= nblocks)
-            .collect();
-        self.memory.discard(&beyond)
+        for m in self.all_memory() {
+            let beyond: Vec<u64> = m
+                .dirty_blocks()?
+                .into_iter()
+                .filter(|&b| b >= nblocks)
+                .collect();
+            m.discard(&beyond)?;
+        }
+        Ok(())
     }
 
     /// Discards every change of the transaction: written pages, shrink holes, metadata.
     pub fn abort(&self, storage: &dyn Storage, at: Tid) -> Result<()> {
         let mut g = self.lock()?;
-        self.memory.discard(&self.memory.dirty_blocks()?)?;
+        self.discard_all()?;
         if let Some(committed) = g.committed.clone() {
             g.meta = committed;
         }
@@ -209,7 +325,7 @@ impl ArrayHandle {
             at,
             cut: None,
         };
-        self.memory.remap(&holed, &source)
+        self.memory().remap(&holed, &source)
     }
 
     /// Applies other transactions' commits: new metadata (or deletion) and changed blocks,
@@ -241,7 +357,10 @@ impl ArrayHandle {
             at,
             cut: None,
         };
-        self.memory.remap(blocks, &source)
+        for m in self.all_memory() {
+            m.remap(blocks, &source)?;
+        }
+        Ok(())
     }
 
     /// Changes the shape; only the major axis may change. Shrinking drops the blocks past the
@@ -275,14 +394,8 @@ impl ArrayHandle {
         )?;
         let (old_bytes, new_bytes) = (old.nbytes(), meta.nbytes());
         let blk = meta.blksize as u64;
-        if meta.nblocks() > self.memory.capacity_blocks() {
-            return Err(Error::InvalidShape(format!(
-                "shape {shape:?} needs {} bytes, more than this connection's address-space \
-                 reservation of {} bytes; commit, then reopen the connection to grow further",
-                new_bytes,
-                self.memory.capacity_blocks() * blk
-            )));
-        }
+        self.ensure_capacity(&g, meta.nblocks())?;
+        let memory = self.memory();
         if new_bytes < old_bytes {
             let keep = meta.nblocks();
             let tail = new_bytes % blk;
@@ -290,16 +403,15 @@ impl ArrayHandle {
                 // Zero the dropped part of the last kept block.
                 self.map_locked(&g, storage, at, new_bytes..new_bytes + 1)?;
                 let zeros = vec![0u8; (blk - tail) as usize];
-                self.memory.write_into(keep - 1, tail as usize, &zeros)?;
+                memory.write_into(keep - 1, tail as usize, &zeros)?;
             }
-            let doomed: Vec<u64> = self
-                .memory
+            let doomed: Vec<u64> = memory
                 .mapped_blocks()
                 .into_iter()
                 .filter(|&b| b >= keep)
                 .collect();
             for &b in &doomed {
-                self.memory.install(b, crate::vm::Backing::Hole)?;
+                memory.install(b, crate::vm::Backing::Hole)?;
             }
             g.holed.extend(doomed);
             g.cut = Some(g.cut.map_or(keep, |c| c.min(keep)));
@@ -326,6 +438,7 @@ impl ArrayHandle {
             )));
         }
         self.map_locked(&g, storage, at, at_byte..end)?;
+        let memory = self.memory();
         let blk = g.meta.blksize as u64;
         let mut pos = at_byte;
         let mut rest = bytes;
@@ -333,7 +446,7 @@ impl ArrayHandle {
             let block = pos / blk;
             let within = (pos % blk) as usize;
             let n = rest.len().min(blk as usize - within);
-            self.memory.write_into(block, within, &rest[..n])?;
+            memory.write_into(block, within, &rest[..n])?;
             rest = &rest[n..];
             pos += n as u64;
         }
@@ -343,21 +456,28 @@ impl ArrayHandle {
     /// True if the transaction changed this array.
     pub fn is_dirty(&self) -> Result<bool> {
         let g = self.lock()?;
-        Ok(g.committed.as_ref() != Some(&g.meta)
-            || g.cut.is_some()
-            || !self.memory.dirty_blocks()?.is_empty())
+        if g.committed.as_ref() != Some(&g.meta) || g.cut.is_some() {
+            return Ok(true);
+        }
+        for m in self.all_memory() {
+            if !m.dirty_blocks()?.is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Remembers the current changes.
     pub fn savepoint(&self) -> Result<ArraySavepoint> {
         let g = self.lock()?;
+        let memory = self.memory();
         let mut pages: BTreeMap<u64, SavedPages> = BTreeMap::new();
-        for (block, ranges) in self.memory.written_pages()? {
+        for (block, ranges) in memory.written_pages()? {
             let saved = ranges
                 .into_iter()
                 .map(|r| {
                     let mut bytes = vec![0u8; r.end - r.start];
-                    self.memory.read_into(block, r.start, &mut bytes);
+                    memory.read_into(block, r.start, &mut bytes);
                     (r, bytes)
                 })
                 .collect();
@@ -382,12 +502,13 @@ impl ArrayHandle {
             at,
             cut: sp.cut,
         };
-        self.memory.remap(&newly_holed, &source)?;
+        let memory = self.memory();
+        memory.remap(&newly_holed, &source)?;
         // ...then every written page is dropped and the saved ones written back.
-        self.memory.discard(&self.memory.dirty_blocks()?)?;
+        memory.discard(&memory.dirty_blocks()?)?;
         for (&block, saved) in &sp.pages {
             for (r, bytes) in saved {
-                self.memory.write_into(block, r.start, bytes)?;
+                memory.write_into(block, r.start, bytes)?;
             }
         }
         g.meta = sp.meta.clone();

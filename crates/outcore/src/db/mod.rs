@@ -38,6 +38,9 @@ pub struct DbOptions {
     pub readonly: bool,
     /// Block compression when the store is created (ignored for existing stores).
     pub compression: Compression,
+    /// Address space each connection reserves per open array (default: clamp(16 × size,
+    /// 64 GiB, 1 TiB)). An array that outgrows it gets a larger reservation for new views.
+    pub reserve_bytes: Option<u64>,
 }
 
 /// A database: a store plus the means to open connections to it.
@@ -89,12 +92,22 @@ impl Database {
 
     /// A new connection at the newest snapshot.
     pub fn connect(&self) -> Result<Connection> {
-        Connection::open(self.storage.clone(), !self.options.readonly, None)
+        Connection::open(
+            self.storage.clone(),
+            !self.options.readonly,
+            None,
+            self.options.reserve_bytes,
+        )
     }
 
     /// A read-only connection at the historical snapshot `at` (time travel).
     pub fn connect_at(&self, at: Tid) -> Result<Connection> {
-        Connection::open(self.storage.clone(), false, Some(at))
+        Connection::open(
+            self.storage.clone(),
+            false,
+            Some(at),
+            self.options.reserve_bytes,
+        )
     }
 
     /// The most recent `limit` transactions, newest first.

@@ -93,7 +93,13 @@ struct State {
     mapped: BTreeMap<u64, Mapped>,
     /// Holds decoded copies of unmappable blocks at `block * blksize`; created on first use.
     decoded: Option<File>,
+    /// Mapped-block count at which fragmentation is checked next.
+    next_fragmentation_check: usize,
 }
+
+/// Kernel mappings per process allowed by default (`vm.max_map_count` is 65530); warn well
+/// before one array uses this many.
+const FRAGMENTED_RUNS: usize = 16_384;
 
 impl BlockMemory {
     /// Reserves address space for `capacity_blocks` blocks of `blksize` bytes (a positive
@@ -174,6 +180,17 @@ impl BlockMemory {
         }
         if !run.is_empty() {
             self.map_run(&mut state, run)?;
+        }
+        if state.mapped.len() >= state.next_fragmentation_check {
+            state.next_fragmentation_check = state.mapped.len() + 4096;
+            let runs = self.runs_locked(&state);
+            if runs > FRAGMENTED_RUNS {
+                tracing::warn!(
+                    "an array's mapped blocks need {runs} separate kernel mappings (the \
+                     default vm.max_map_count is 65530 per process): its blocks are scattered \
+                     in the store; `pack` rewrites them contiguously"
+                );
+            }
         }
         Ok(())
     }
@@ -538,7 +555,10 @@ impl BlockMemory {
     /// How many separate kernel mappings the mapped blocks need at least (runs of blocks at
     /// consecutive offsets of one file count once). Compare with `vm.max_map_count`.
     pub fn mapping_runs(&self) -> usize {
-        let state = self.lock();
+        self.runs_locked(&self.lock())
+    }
+
+    fn runs_locked(&self, state: &State) -> usize {
         let mut runs = 0;
         let mut prev: Option<(u64, &Mapped)> = None;
         for (&b, m) in &state.mapped {
