@@ -240,3 +240,20 @@ def test_load_and_prefetch(db):
     A.prefetch()
     A.load(slice(10, 20_000))
     np.testing.assert_array_equal(A[10:20_000], ref[10:20_000])
+
+
+def test_growth_past_the_reservation_keeps_old_views():
+    d = outcore.open("mem:", reserve_bytes=4 << 20)
+    root = d.root()
+    root["A"] = A = outcore.BigArray((1 << 20,), "u1")
+    old = A[:]
+    old[0] = 1
+    transaction.commit()
+    A.append(np.full(10 << 20, 2, "u1"))
+    new = A[:]
+    assert new.shape == (11 << 20,) and new[0] == 1 and new[-1] == 2
+    new[5] = 5
+    transaction.commit()
+    assert old[5] == 5 and old.shape == (1 << 20,)
+    transaction.abort()
+    d.close()

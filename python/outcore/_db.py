@@ -44,7 +44,9 @@ def _cache_bytes(value):
 class DB:
     """An outcore database. Open it with :func:`outcore.open`."""
 
-    def __init__(self, url, cache_bytes=None, readonly=False, at=None, compression=None):
+    def __init__(
+        self, url, cache_bytes=None, readonly=False, at=None, compression=None, reserve_bytes=None
+    ):
         if not isinstance(url, (str, os.PathLike)):
             raise TypeError(f"url must be a string or path, not {type(url).__name__}")
         url = os.fspath(url)
@@ -52,7 +54,9 @@ class DB:
         self.readonly = bool(readonly) or at is not None
         self._at = None if at is None else int(at)
         self._url = url
-        self._native = _native.Database(url, readonly=bool(readonly), compression=compression)
+        self._native = _native.Database(
+            url, readonly=bool(readonly), compression=compression, reserve_bytes=reserve_bytes
+        )
         self._default = None
         self._connections = weakref.WeakSet()
         self._closed = False
