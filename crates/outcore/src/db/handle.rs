@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::source::SnapshotSource;
 use crate::array::ArrayMeta;
-use crate::storage::{Key, Oid, Storage, Tid, Write};
+use crate::storage::{Key, Oid, Payload, Storage, Tid, Write};
 use crate::vm::BlockMemory;
 use crate::{Error, Result};
 
@@ -19,6 +19,29 @@ fn reservation_bytes(nbytes: u64, configured: Option<u64>) -> u64 {
     const MAX: u64 = 1 << 40;
     let base = configured.unwrap_or_else(|| nbytes.saturating_mul(16).clamp(MIN, MAX));
     base.max(nbytes.saturating_mul(2))
+}
+
+/// A written block handed to the store without a copy: the store reads it from the array's
+/// memory while the commit runs.
+struct MappedBlock {
+    memory: Arc<BlockMemory>,
+    block: u64,
+}
+
+impl Payload for MappedBlock {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the block is mapped (it has written pages) and stays so while `memory`
+        // lives; commits run under the connection lock and writing into views during a
+        // commit is documented as not allowed (`Connection`).
+        unsafe { self.memory.block_bytes(self.block) }
+    }
+}
+
+/// True if `bytes` are all zero (checked 4 KiB at a time, in a vectorisable loop).
+fn all_zero(bytes: &[u8]) -> bool {
+    bytes
+        .chunks(4096)
+        .all(|page| page.iter().fold(0u8, |acc, &x| acc | x) == 0)
 }
 
 /// One open array of a connection.
@@ -225,15 +248,15 @@ impl ArrayHandle {
         let nblocks = g.meta.nblocks();
         let blocks = self.written_blocks(nblocks)?;
         let written: Vec<u64> = blocks.keys().copied().collect();
-        for (b, bytes) in blocks {
+        for (b, write) in blocks {
             let key = Key::Block {
                 file: g.meta.file,
                 index: b,
             };
-            if bytes.iter().all(|&x| x == 0) {
+            if write.bytes().is_some_and(all_zero) {
                 writes.push((key, Write::Delete));
             } else {
-                writes.push((key, Write::Store(bytes)));
+                writes.push((key, write));
             }
         }
         if let Some(cut) = g.cut {
@@ -253,29 +276,36 @@ impl ArrayHandle {
         Ok(writes.len() > before)
     }
 
-    /// The bytes of every written block below `nblocks`. Pages written through older
-    /// reservations are merged in where the current one has no write of its own.
-    fn written_blocks(&self, nblocks: u64) -> Result<BTreeMap<u64, Vec<u8>>> {
+    /// The new version of every written block below `nblocks`: read straight from the
+    /// current reservation during the commit, or (where pages were written through older
+    /// reservations) merged into a copy, older pages only where the current one has no write.
+    fn written_blocks(&self, nblocks: u64) -> Result<BTreeMap<u64, Write>> {
         let regions = self.all_memory();
         let current = &regions[0];
         let current_pages = current.written_pages()?;
-        let mut blocks: BTreeMap<u64, Vec<u8>> = current_pages
+        let mut blocks: BTreeMap<u64, Write> = current_pages
             .keys()
             .filter(|&&b| b < nblocks)
-            .map(|&b| (b, current.read_block(b)))
+            .map(|&b| {
+                let payload = MappedBlock {
+                    memory: current.clone(),
+                    block: b,
+                };
+                (b, Write::StoreFrom(Arc::new(payload)))
+            })
             .collect();
         for old in &regions[1..] {
             for (b, ranges) in old.written_pages()? {
                 if b >= nblocks {
                     continue;
                 }
-                let bytes = blocks.entry(b).or_insert_with(|| {
-                    if current.is_mapped(b) {
-                        current.read_block(b)
-                    } else {
-                        old.read_block(b)
-                    }
-                });
+                let mut bytes = match blocks.remove(&b) {
+                    Some(Write::Store(v)) => v,
+                    // Written in the current reservation too: start from a copy of it.
+                    Some(_) => current.read_block(b),
+                    None if current.is_mapped(b) => current.read_block(b),
+                    None => old.read_block(b),
+                };
                 let newer = current_pages.get(&b).map_or(&[][..], Vec::as_slice);
                 for r in ranges {
                     for page in (r.start..r.end).step_by(crate::vm::PAGE) {
@@ -285,6 +315,7 @@ impl ArrayHandle {
                         }
                     }
                 }
+                blocks.insert(b, Write::Store(bytes));
             }
         }
         Ok(blocks)

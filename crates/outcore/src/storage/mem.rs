@@ -15,7 +15,6 @@ use super::lease::pack_removals;
 use super::record::{Body, VersionRecord};
 use super::{
     segment, CommitRequest, Key, Located, PackStats, Storage, Tid, TxnInfo, VerifyReport, Version,
-    Write,
 };
 use crate::{Error, Result};
 
@@ -159,9 +158,9 @@ impl Storage for MemStorage {
         let tid = Tid::next_after(g.head);
         let mut records = Vec::with_capacity(req.writes.len());
         for (key, write) in &req.writes {
-            let record = match write {
-                Write::Delete => VersionRecord::tombstone(),
-                Write::Store(raw) if !key.is_block() => {
+            let record = match write.bytes() {
+                None => VersionRecord::tombstone(),
+                Some(raw) if !key.is_block() => {
                     let e = codec::encode(raw, Compression::None);
                     VersionRecord {
                         codec: e.codec,
@@ -170,7 +169,7 @@ impl Storage for MemStorage {
                         body: Body::Inline(e.stored.into_owned()),
                     }
                 }
-                Write::Store(raw) => {
+                Some(raw) => {
                     let e = codec::encode(raw, self.compression);
                     let (seg, offset) = g.append(&e.stored, &key.to_string())?;
                     VersionRecord {

@@ -38,8 +38,8 @@ pub use lease::ReaderLease;
 pub use local::{LocalOptions, LocalStorage};
 pub use mem::MemStorage;
 pub use types::{
-    CommitRequest, Extent, Key, Located, Oid, PackStats, Tid, TxnInfo, TxnMeta, VerifyReport,
-    Version, Write,
+    CommitRequest, Extent, Key, Located, Oid, PackStats, Payload, Tid, TxnInfo, TxnMeta,
+    VerifyReport, Version, Write,
 };
 
 use std::fmt::Debug;

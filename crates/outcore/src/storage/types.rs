@@ -114,13 +114,42 @@ impl fmt::Display for Key {
     }
 }
 
+/// Bytes to store that live elsewhere (for example in mapped array memory); the store reads
+/// them during the commit, so no copy is made beforehand.
+pub trait Payload: Send + Sync {
+    /// The bytes; they must not change while the commit runs.
+    fn bytes(&self) -> &[u8];
+}
+
 /// One change in a commit.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Write {
     /// A new version with these bytes.
     Store(Vec<u8>),
+    /// A new version with bytes read from `Payload` during the commit.
+    StoreFrom(Arc<dyn Payload>),
     /// A deletion marker: from this tid on the key reads as absent (a hole for blocks).
     Delete,
+}
+
+impl Write {
+    /// The bytes of a new version, `None` for a deletion.
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            Write::Store(v) => Some(v),
+            Write::StoreFrom(p) => Some(p.bytes()),
+            Write::Delete => None,
+        }
+    }
+}
+
+impl fmt::Debug for Write {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.bytes() {
+            Some(b) => write!(f, "Store({} bytes)", b.len()),
+            None => f.write_str("Delete"),
+        }
+    }
 }
 
 /// Who made a transaction and why, stored in the commit log.

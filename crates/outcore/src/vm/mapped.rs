@@ -230,7 +230,10 @@ impl BlockMemory {
             self.map_file(first, run.len(), file, *offset, run.len() * self.blksize)?;
             for (i, (b, _)) in run.iter().enumerate() {
                 let offset = offset + (i * self.blksize) as u64;
-                state.mapped.insert(*b, Mapped::File { inode, offset });
+                let previous = state.mapped.insert(*b, Mapped::File { inode, offset });
+                if let (Some(Mapped::Decoded), Some(d)) = (previous, &state.decoded) {
+                    punch_hole(d, b * self.blksize as u64, self.blksize as u64)?;
+                }
             }
             return Ok(());
         }
@@ -543,13 +546,38 @@ impl BlockMemory {
     /// (used when other transactions changed them). Unmapped blocks are left alone.
     pub fn remap(&self, blocks: &[u64], source: &dyn BlockSource) -> Result<()> {
         let mut state = self.lock();
-        for &b in blocks {
-            if state.mapped.contains_key(&b) {
-                let backing = source.backing(b)?;
-                self.install_locked(&mut state, b, backing)?;
+        let mut mapped: Vec<u64> = blocks
+            .iter()
+            .copied()
+            .filter(|b| state.mapped.contains_key(b))
+            .collect();
+        mapped.sort_unstable();
+        mapped.dedup();
+        // Consecutive blocks at consecutive offsets are re-mapped with one mmap.
+        let mut run: Vec<(u64, Backing)> = Vec::new();
+        for b in mapped {
+            let backing = source.backing(b)?;
+            if !run.is_empty() && !self.extends_run(&run, b, &backing) {
+                self.map_run(&mut state, std::mem::take(&mut run))?;
             }
+            run.push((b, backing));
+        }
+        if !run.is_empty() {
+            self.map_run(&mut state, run)?;
         }
         Ok(())
+    }
+
+    /// The current bytes of `block` (uncommitted writes included), without a copy.
+    ///
+    /// # Safety
+    /// `block` must be mapped, and nothing may write to it while the slice lives (the bytes
+    /// are shared with every view of the array).
+    pub unsafe fn block_bytes(&self, block: u64) -> &[u8] {
+        debug_assert!(self.is_mapped(block));
+        // SAFETY: the caller guarantees the block is mapped and not written meanwhile; the
+        // reservation lives as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.block_ptr(block), self.blksize) }
     }
 
     /// How many separate kernel mappings the mapped blocks need at least (runs of blocks at

@@ -305,9 +305,8 @@ impl Shared {
         out: &mut Option<(File, u32)>,
         seg_state: &mut (u32, u64),
     ) -> Result<VersionRecord> {
-        let raw = match write {
-            Write::Delete => return Ok(VersionRecord::tombstone()),
-            Write::Store(raw) => raw,
+        let Some(raw) = write.bytes() else {
+            return Ok(VersionRecord::tombstone());
         };
         let codec = if key.is_block() {
             self.compression
