@@ -76,7 +76,7 @@ fn array_four_times_the_memory_limit() {
         eprintln!("SKIPPED: no cgroup-v1 memory controller in this environment");
         return;
     };
-    let gib = if std::env::var_os("OUTCORE_LONG_TESTS").is_some() {
+    let gib: u64 = if std::env::var_os("OUTCORE_LONG_TESTS").is_some() {
         16
     } else {
         4
