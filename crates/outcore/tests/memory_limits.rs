@@ -2,6 +2,9 @@
 //! writes and then reads a 4 GiB array (16 GiB with `OUTCORE_LONG_TESTS`); clean data is page
 //! cache the kernel reclaims, so it completes and anonymous memory stays small.
 
+mod common;
+use common::status_kb;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -9,14 +12,6 @@ use outcore::array::Order;
 use outcore::db::Database;
 
 const LIMIT: u64 = 1 << 30;
-
-fn status_kb(field: &str) -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
-}
 
 /// This process's cgroup-v1 memory directory, if the controller is mounted and writable.
 fn memory_cgroup() -> Option<PathBuf> {

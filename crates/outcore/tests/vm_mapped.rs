@@ -1,5 +1,8 @@
 //! The mapped memory path: zero-copy reads, exact dirty pages, discard, install, kernel access.
 
+mod common;
+use common::status_kb;
+
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Write as _;
@@ -61,14 +64,6 @@ impl BlockSource for FileSource {
 fn slice(mem: &BlockMemory, block: u64) -> &mut [u8] {
     // SAFETY (test): the block is mapped writable and the test is its only user.
     unsafe { std::slice::from_raw_parts_mut(mem.block_ptr(block), BLK) }
-}
-
-fn status_kb(field: &str) -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
 }
 
 #[test]

@@ -167,20 +167,8 @@ impl BlockMemory {
     pub fn ensure_mapped(&self, blocks: Range<u64>, source: &dyn BlockSource) -> Result<()> {
         self.check_range(&blocks)?;
         let mut state = self.lock();
-        let mut run: Vec<(u64, Backing)> = Vec::new();
-        for b in blocks {
-            if state.mapped.contains_key(&b) {
-                continue;
-            }
-            let backing = source.backing(b)?;
-            if !run.is_empty() && !self.extends_run(&run, b, &backing) {
-                self.map_run(&mut state, std::mem::take(&mut run))?;
-            }
-            run.push((b, backing));
-        }
-        if !run.is_empty() {
-            self.map_run(&mut state, run)?;
-        }
+        let todo: Vec<u64> = blocks.filter(|b| !state.mapped.contains_key(b)).collect();
+        self.map_blocks(&mut state, todo, source)?;
         if state.mapped.len() >= state.next_fragmentation_check {
             state.next_fragmentation_check = state.mapped.len() + 4096;
             let runs = self.runs_locked(&state);
@@ -191,6 +179,29 @@ impl BlockMemory {
                      in the store; `pack` rewrites them contiguously"
                 );
             }
+        }
+        Ok(())
+    }
+
+    /// Maps `blocks` (ascending) with their backings from `source`, replacing what was
+    /// there. Consecutive blocks at consecutive offsets of one file share one `mmap` (and
+    /// the kernel keeps a single mapping for them).
+    fn map_blocks(
+        &self,
+        state: &mut State,
+        blocks: Vec<u64>,
+        source: &dyn BlockSource,
+    ) -> Result<()> {
+        let mut run: Vec<(u64, Backing)> = Vec::new();
+        for b in blocks {
+            let backing = source.backing(b)?;
+            if !run.is_empty() && !self.extends_run(&run, b, &backing) {
+                self.map_run(state, std::mem::take(&mut run))?;
+            }
+            run.push((b, backing));
+        }
+        if !run.is_empty() {
+            self.map_run(state, run)?;
         }
         Ok(())
     }
@@ -553,19 +564,7 @@ impl BlockMemory {
             .collect();
         mapped.sort_unstable();
         mapped.dedup();
-        // Consecutive blocks at consecutive offsets are re-mapped with one mmap.
-        let mut run: Vec<(u64, Backing)> = Vec::new();
-        for b in mapped {
-            let backing = source.backing(b)?;
-            if !run.is_empty() && !self.extends_run(&run, b, &backing) {
-                self.map_run(&mut state, std::mem::take(&mut run))?;
-            }
-            run.push((b, backing));
-        }
-        if !run.is_empty() {
-            self.map_run(&mut state, run)?;
-        }
-        Ok(())
+        self.map_blocks(&mut state, mapped, source)
     }
 
     /// The current bytes of `block` (uncommitted writes included), without a copy.
