@@ -15,6 +15,10 @@ VENV=.venv
 "$VENV/bin/python" -m pip install -q "maturin>=1.9.4,<2" "numpy>=1.26" pytest transaction zope.interface
 export PYO3_PYTHON="$PWD/$VENV/bin/python"
 
+# A private PostgreSQL cluster on loopback for the PostgreSQL store's tests.
+eval "$(scripts/pg-test-server.sh start)"
+trap 'scripts/pg-test-server.sh stop "$OUTCORE_TEST_PG_DIR"' EXIT
+
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -65,6 +65,9 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// An error from PostgreSQL (connection or server); never shows credentials.
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] postgres::Error),
     /// An error from the LMDB index.
     #[error("index error: {0}")]
     Lmdb(#[from] heed::Error),

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use outcore::storage::{
     CommitRequest, Compression, Key, LocalOptions, LocalStorage, Located, MemStorage, Oid,
-    ReaderLease, Storage, Tid, TxnMeta, Write,
+    PgOptions, PgStorage, ReaderLease, Storage, Tid, TxnMeta, Write,
 };
 use outcore::Error;
 
@@ -19,23 +19,69 @@ use outcore::Error;
 struct Fixture {
     store: Arc<dyn Storage>,
     _dir: Option<tempfile::TempDir>,
+    /// For PostgreSQL stores: url and schema, to damage data behind the store's back.
+    pg: Option<(String, String)>,
 }
 
-fn mem() -> Fixture {
-    Fixture {
+impl Fixture {
+    /// True if block versions can be mapped from files.
+    fn mappable(&self) -> bool {
+        self.pg.is_none()
+    }
+
+    /// Flips one bit of the stored bytes of `key` at `tid`, behind the store's back.
+    fn corrupt(&self, key: Key, tid: Tid) {
+        if let Some((url, schema)) = &self.pg {
+            let Key::Block { file, index } = key else {
+                panic!("blocks only")
+            };
+            let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+            let n = c
+                .execute(
+                    &format!(
+                        "UPDATE {schema}.outcore_data SET bytes =
+                           set_byte(bytes, 100, get_byte(bytes, 100) # 32)
+                         WHERE id = (SELECT data_id FROM {schema}.outcore_obj
+                                     WHERE tag = 1 AND oid = $1 AND idx = $2 AND tid = $3)"
+                    ),
+                    &[&(file.0 as i64), &(index as i64), &(tid.0 as i64)],
+                )
+                .unwrap();
+            assert_eq!(n, 1);
+            return;
+        }
+        let Located::Mapped(extent) = self.store.locate(key, tid).unwrap() else {
+            panic!("raw block must be mappable");
+        };
+        let path = format!("/proc/self/fd/{}", extent.file.as_raw_fd());
+        let rw = OpenOptions::new().write(true).open(path).unwrap();
+        let mut b = [0u8];
+        extent
+            .file
+            .read_exact_at(&mut b, extent.offset + 100)
+            .unwrap();
+        rw.write_all_at(&[b[0] ^ 0x20], extent.offset + 100)
+            .unwrap();
+    }
+}
+
+fn mem() -> Option<Fixture> {
+    Some(Fixture {
         store: Arc::new(MemStorage::new()),
         _dir: None,
-    }
+        pg: None,
+    })
 }
 
-fn mem_lz4() -> Fixture {
-    Fixture {
+fn mem_lz4() -> Option<Fixture> {
+    Some(Fixture {
         store: Arc::new(MemStorage::with_compression(Compression::Lz4)),
         _dir: None,
-    }
+        pg: None,
+    })
 }
 
-fn local_with(compression: Compression) -> Fixture {
+fn local_with(compression: Compression) -> Option<Fixture> {
     let dir = tempfile::tempdir().expect("temp dir");
     let options = LocalOptions {
         compression,
@@ -43,18 +89,53 @@ fn local_with(compression: Compression) -> Fixture {
         ..LocalOptions::default()
     };
     let store = LocalStorage::open_with(dir.path().join("store"), options).expect("open");
-    Fixture {
+    Some(Fixture {
         store: Arc::new(store),
         _dir: Some(dir),
-    }
+        pg: None,
+    })
 }
 
-fn local() -> Fixture {
+fn local() -> Option<Fixture> {
     local_with(Compression::None)
 }
 
-fn local_zstd() -> Fixture {
+fn local_zstd() -> Option<Fixture> {
     local_with(Compression::Zstd)
+}
+
+/// A fresh store in its own schema of the test PostgreSQL server (`OUTCORE_TEST_PG`, set by
+/// scripts/test.sh); `None` (test skipped, loudly) without one.
+fn pg_with(compression: Compression) -> Option<Fixture> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let Ok(url) = std::env::var("OUTCORE_TEST_PG") else {
+        eprintln!("SKIPPED: OUTCORE_TEST_PG is not set (scripts/test.sh starts a server)");
+        return None;
+    };
+    let schema = format!(
+        "conf_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let options = PgOptions {
+        schema: schema.clone(),
+        compression,
+        ..PgOptions::default()
+    };
+    Some(Fixture {
+        store: Arc::new(PgStorage::open_with(&url, options).expect("open PostgreSQL store")),
+        _dir: None,
+        pg: Some((url, schema)),
+    })
+}
+
+fn pg() -> Option<Fixture> {
+    pg_with(Compression::None)
+}
+
+fn pg_lz4() -> Option<Fixture> {
+    pg_with(Compression::Lz4)
 }
 
 fn block(file: Oid, index: u64) -> Key {
@@ -285,13 +366,15 @@ fn new_oids_are_unique(s: &dyn Storage) {
     assert!(a.start > 0, "oid 0 is reserved");
 }
 
-fn located_extents_hold_the_bytes(s: &dyn Storage) {
+fn located_extents_hold_the_bytes(fx: &Fixture) {
+    let s = &*fx.store;
     let f = fresh_file(s);
     let data = noise(3, 3 * 4096 + 123);
     let t = store_one(s, Tid::ZERO, block(f, 0), data.clone()).unwrap();
     store_one(s, t, block(f, 1), vec![9; 5000]).unwrap();
     match s.locate(block(f, 0), t).unwrap() {
         Located::Mapped(e) => {
+            assert!(fx.mappable());
             assert_eq!(e.offset % 4096, 0, "page aligned");
             assert_eq!(e.len, data.len() as u64);
             assert_eq!(e.tid, t);
@@ -299,18 +382,24 @@ fn located_extents_hold_the_bytes(s: &dyn Storage) {
             e.file.read_exact_at(&mut buf, e.offset).unwrap();
             assert_eq!(buf, data);
         }
+        Located::CopyOnly(tid) if !fx.mappable() => {
+            assert_eq!(tid, t);
+            assert_eq!(s.load(block(f, 0), t).unwrap().unwrap().data, data);
+        }
         // Incompressible data is stored raw even in compressed stores.
         other => panic!("expected a mappable extent, got {other:?}"),
     }
+    assert!(matches!(s.locate(block(f, 2), t).unwrap(), Located::Absent));
 }
 
-fn compressible_blocks(s: &dyn Storage, compressed: bool) {
+fn compressible_blocks(fx: &Fixture, compressed: bool) {
+    let s = &*fx.store;
     let f = fresh_file(s);
     let data = vec![42u8; 1 << 20];
     let t = store_one(s, Tid::ZERO, block(f, 0), data.clone()).unwrap();
     assert_eq!(s.load(block(f, 0), t).unwrap().unwrap().data, data);
     let located = s.locate(block(f, 0), t).unwrap();
-    if compressed {
+    if compressed || !fx.mappable() {
         assert!(
             matches!(located, Located::CopyOnly(x) if x == t),
             "{located:?}"
@@ -362,23 +451,12 @@ fn pack_respects_leases(s: Arc<dyn Storage>) {
     assert!(s.verify().unwrap().problems.is_empty());
 }
 
-fn checksum_mismatch_detected(s: &dyn Storage) {
+fn checksum_mismatch_detected(fx: &Fixture) {
+    let s = &*fx.store;
     let f = fresh_file(s);
     let data = noise(4, 8192);
     let t = store_one(s, Tid::ZERO, block(f, 2), data).unwrap();
-    let Located::Mapped(extent) = s.locate(block(f, 2), t).unwrap() else {
-        panic!("raw block must be mappable");
-    };
-    // Flip one byte behind the store's back, through a second descriptor.
-    let path = format!("/proc/self/fd/{}", extent.file.as_raw_fd());
-    let rw = OpenOptions::new().write(true).open(path).unwrap();
-    let mut b = [0u8];
-    extent
-        .file
-        .read_exact_at(&mut b, extent.offset + 100)
-        .unwrap();
-    rw.write_all_at(&[b[0] ^ 0x20], extent.offset + 100)
-        .unwrap();
+    fx.corrupt(block(f, 2), t);
     match s.load(block(f, 2), t) {
         Err(Error::Corrupt { key, tid, .. }) => assert_eq!((key, tid), (block(f, 2), t)),
         other => panic!("expected Corrupt, got {other:?}"),
@@ -418,56 +496,67 @@ macro_rules! conformance {
             use super::*;
             #[test]
             fn empty_store() {
-                super::empty_store(&*$fixture.store)
+                let Some(fx) = $fixture else { return };
+                super::empty_store(&*fx.store)
             }
             #[test]
             fn snapshot_reads() {
-                super::snapshot_reads(&*$fixture.store)
+                let Some(fx) = $fixture else { return };
+                super::snapshot_reads(&*fx.store)
             }
             #[test]
             fn holes_and_deletes() {
-                super::holes_and_deletes(&*$fixture.store)
+                let Some(fx) = $fixture else { return };
+                super::holes_and_deletes(&*fx.store)
             }
             #[test]
             fn conflict_on_same_key() {
-                super::conflict_on_same_key(&*$fixture.store)
+                let Some(fx) = $fixture else { return };
+                super::conflict_on_same_key(&*fx.store)
             }
             #[test]
             fn disjoint_keys_never_conflict() {
-                super::disjoint_keys_never_conflict(&*$fixture.store)
+                let Some(fx) = $fixture else { return };
+                super::disjoint_keys_never_conflict(&*fx.store)
             }
             #[test]
             fn tids_increase_and_track_time() {
-                super::tids_increase_and_track_time(&*$fixture.store)
+                let Some(fx) = $fixture else { return };
+                super::tids_increase_and_track_time(&*fx.store)
             }
             #[test]
             fn commit_log_is_complete() {
-                super::commit_log_is_complete(&*$fixture.store)
+                let Some(fx) = $fixture else { return };
+                super::commit_log_is_complete(&*fx.store)
             }
             #[test]
             fn new_oids_are_unique() {
-                super::new_oids_are_unique(&*$fixture.store)
+                let Some(fx) = $fixture else { return };
+                super::new_oids_are_unique(&*fx.store)
             }
             #[test]
             fn located_extents_hold_the_bytes() {
-                super::located_extents_hold_the_bytes(&*$fixture.store)
+                let Some(fx) = $fixture else { return };
+                super::located_extents_hold_the_bytes(&fx)
             }
             #[test]
             fn compressible_blocks() {
-                super::compressible_blocks(&*$fixture.store, $compressed)
+                let Some(fx) = $fixture else { return };
+                super::compressible_blocks(&fx, $compressed)
             }
             #[test]
             fn pack_respects_leases() {
-                let fx = $fixture;
+                let Some(fx) = $fixture else { return };
                 super::pack_respects_leases(fx.store.clone())
             }
             #[test]
             fn checksum_mismatch_detected() {
-                super::checksum_mismatch_detected(&*$fixture.store)
+                let Some(fx) = $fixture else { return };
+                super::checksum_mismatch_detected(&fx)
             }
             #[test]
             fn concurrent_threads_commit() {
-                let fx = $fixture;
+                let Some(fx) = $fixture else { return };
                 super::concurrent_threads_commit(fx.store.clone())
             }
         }
@@ -478,3 +567,5 @@ conformance!(mem_store, mem(), compressed = false);
 conformance!(mem_store_lz4, mem_lz4(), compressed = true);
 conformance!(local_store, local(), compressed = false);
 conformance!(local_store_zstd, local_zstd(), compressed = true);
+conformance!(pg_store, pg(), compressed = false);
+conformance!(pg_store_lz4, pg_lz4(), compressed = true);

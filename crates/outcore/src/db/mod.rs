@@ -28,7 +28,10 @@ use std::sync::Arc;
 pub use bigarray::{BigArray, RawView};
 pub use connection::{Connection, Savepoint};
 
-use crate::storage::{Compression, LocalOptions, LocalStorage, MemStorage, Storage, Tid, TxnInfo};
+use crate::storage::{
+    Compression, LocalOptions, LocalStorage, MemStorage, PgOptions, PgStorage, Storage, Tid,
+    TxnInfo,
+};
 use crate::{Error, Result};
 
 /// How to open a [`Database`].
@@ -52,7 +55,8 @@ pub struct Database {
 
 impl Database {
     /// Opens `url`: `mem:` for a fresh in-memory store, a filesystem path for the embedded
-    /// store (created if missing). `postgresql://` urls are not supported yet.
+    /// store (created if missing), `postgresql://user@host/db` for the shared store (its
+    /// schema is created if missing).
     pub fn open(url: &str) -> Result<Self> {
         Self::open_with(url, DbOptions::default())
     }
@@ -62,9 +66,13 @@ impl Database {
         let storage: Arc<dyn Storage> = if url == "mem:" {
             Arc::new(MemStorage::with_compression(options.compression))
         } else if url.starts_with("postgresql://") || url.starts_with("postgres://") {
-            return Err(Error::InvalidArgument(
-                "PostgreSQL stores are not supported by this build yet".into(),
-            ));
+            Arc::new(PgStorage::open_with(
+                url,
+                PgOptions {
+                    compression: options.compression,
+                    ..PgOptions::default()
+                },
+            )?)
         } else if url.is_empty() || url.contains("://") {
             return Err(Error::InvalidArgument(format!(
                 "cannot open {url:?}: use a directory path, \"mem:\" or a postgresql:// url"

@@ -29,6 +29,7 @@ mod codec;
 mod lease;
 pub mod local;
 mod mem;
+pub mod postgres;
 mod record;
 mod segment;
 mod types;
@@ -37,6 +38,7 @@ pub use codec::Compression;
 pub use lease::ReaderLease;
 pub use local::{LocalOptions, LocalStorage};
 pub use mem::MemStorage;
+pub use postgres::{PgOptions, PgStorage};
 pub use types::{
     CommitRequest, Extent, Key, Located, Oid, PackStats, Payload, Tid, TxnInfo, TxnMeta,
     VerifyReport, Version, Write,

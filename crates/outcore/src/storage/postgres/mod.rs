@@ -1,0 +1,717 @@
+//! [`PgStorage`]: the shared store — many nodes, one PostgreSQL database.
+//!
+//! **Commit protocol** (one READ COMMITTED transaction, measured to catch every real conflict):
+//! insert the block bodies first (outside any lock: the slow part), then lock the written keys'
+//! head rows in key order (`SELECT … FOR UPDATE`) and compare with the base tid (a conflict rolls
+//! back), take the tid from the one-row head table (its row lock serialises commits, so commit
+//! order = tid order; a SEQUENCE would let a poller miss a tid), write index, per-key head and log
+//! rows, `NOTIFY outcore`, commit. Keys written for the first time cannot be locked; two commits
+//! creating one key collide on the per-key head's primary key, which is reported as a conflict.
+//!
+//! **Invalidation**: clients read the log (`tid > last seen`) at every transaction boundary — the
+//! source of truth; `NOTIFY` only helps idle listeners wake early.
+//!
+//! **Unknown commit outcome**: each commit carries a random token stored in its log row; if the
+//! connection drops during `COMMIT`, the store reconnects and looks the token up, so a commit is
+//! reported exactly once and never applied twice.
+//!
+//! **Leases** are rows with a heartbeat, renewed by a background thread; pack ignores leases
+//! whose heartbeat is older than [`LEASE_TIMEOUT`], so a crashed node stops pinning history.
+//!
+//! Blocks are copied out of the database (never mapped); the memory layer decodes them into
+//! private memory.
+
+mod pool;
+mod schema;
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use postgres::types::ToSql;
+
+use super::codec::{self, Compression};
+use super::record::{decode_log, encode_log};
+use super::{
+    CommitRequest, Key, Located, Oid, PackStats, Storage, Tid, TxnInfo, VerifyReport, Version,
+};
+use crate::{Error, Result};
+use pool::Pool;
+
+/// A lease whose heartbeat is older than this no longer protects history from pack.
+pub const LEASE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often held leases are renewed.
+const HEARTBEAT: Duration = Duration::from_secs(20);
+
+/// How to open a [`PgStorage`].
+#[derive(Clone, Debug)]
+pub struct PgOptions {
+    /// The PostgreSQL schema holding the store's tables (default `outcore`).
+    pub schema: String,
+    /// Block compression for a new store.
+    pub compression: Compression,
+    /// Connections kept open for parallel work (default 4).
+    pub connections: usize,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            schema: "outcore".into(),
+            compression: Compression::None,
+            connections: 4,
+        }
+    }
+}
+
+/// The shared store on PostgreSQL. Cheap to clone.
+#[derive(Clone)]
+pub struct PgStorage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    compression: Compression,
+    describe: String,
+    /// Lease ids this process holds (renewed by the heartbeat thread).
+    leases: Mutex<HashSet<i64>>,
+}
+
+impl std::fmt::Debug for PgStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStorage")
+            .field("at", &self.inner.describe)
+            .finish()
+    }
+}
+
+fn key_cols(key: Key) -> (i16, i64, i64) {
+    match key {
+        Key::Meta(oid) => (0, oid.0 as i64, 0),
+        Key::Block { file, index } => (1, file.0 as i64, index as i64),
+    }
+}
+
+fn key_from_cols(tag: i16, oid: i64, idx: i64) -> Key {
+    if tag == 0 {
+        Key::Meta(Oid(oid as u64))
+    } else {
+        Key::Block {
+            file: Oid(oid as u64),
+            index: idx as u64,
+        }
+    }
+}
+
+/// A tid as stored (tids are nanoseconds since 1970 and stay below `i64::MAX` until 2262).
+fn db_tid(t: Tid) -> i64 {
+    t.0.min(i64::MAX as u64) as i64
+}
+
+impl PgStorage {
+    /// Opens (creating the schema if needed) the store at `url`
+    /// (`postgresql://user[:password]@host[:port]/database`).
+    pub fn open(url: &str) -> Result<Self> {
+        Self::open_with(url, PgOptions::default())
+    }
+
+    /// Opens the store at `url` with `options`.
+    pub fn open_with(url: &str, options: PgOptions) -> Result<Self> {
+        if options.schema.is_empty()
+            || !options
+                .schema
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(Error::InvalidArgument(format!(
+                "schema name {:?} must be non-empty ASCII letters, digits or _",
+                options.schema
+            )));
+        }
+        let pool = Pool::new(url, &options.schema, options.connections.max(1))?;
+        let compression = pool.with_client(|c| {
+            let mut t = c.transaction()?;
+            // One creator at a time, across every client of this database.
+            t.execute("SELECT pg_advisory_xact_lock(7311)", &[])?;
+            t.batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {0}; SET LOCAL search_path TO {0};
+                 CREATE TABLE IF NOT EXISTS outcore_version (version int NOT NULL)",
+                options.schema
+            ))?;
+            let version: Option<i32> = t
+                .query_opt("SELECT version FROM outcore_version", &[])?
+                .map(|r| r.get(0));
+            match version {
+                None => {
+                    t.batch_execute(schema::CREATE_V1)?;
+                    t.execute(
+                        "INSERT INTO outcore_version VALUES ($1)",
+                        &[&schema::VERSION],
+                    )?;
+                    t.execute(
+                        "INSERT INTO outcore_head VALUES (true, 0, 1, 0, $1)",
+                        &[&i16::from(options.compression.code())],
+                    )?;
+                }
+                Some(v) if v > schema::VERSION => {
+                    return Ok(Err(Error::Format {
+                        path: url_for_messages(url).into(),
+                        reason: format!(
+                            "schema version {v} is newer than this build's {}; upgrade outcore",
+                            schema::VERSION
+                        ),
+                    }));
+                }
+                Some(_) => {}
+            }
+            let code: i16 = t
+                .query_one("SELECT compression FROM outcore_head", &[])?
+                .get(0);
+            t.commit()?;
+            Ok(Ok(code))
+        })??;
+        let compression =
+            Compression::from_code(compression as u8).ok_or_else(|| Error::Format {
+                path: url_for_messages(url).into(),
+                reason: "unknown compression setting".into(),
+            })?;
+        let inner = Arc::new(Inner {
+            pool,
+            compression,
+            describe: format!("{} (schema {})", url_for_messages(url), options.schema),
+            leases: Mutex::new(HashSet::new()),
+        });
+        spawn_heartbeat(Arc::downgrade(&inner));
+        Ok(PgStorage { inner })
+    }
+}
+
+/// The url without its password, for messages.
+fn url_for_messages(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}@{}", &url[..s + 3], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Renews this process's leases until the store is dropped.
+fn spawn_heartbeat(inner: Weak<Inner>) {
+    std::thread::Builder::new()
+        .name("outcore-pg-heartbeat".into())
+        .spawn(move || loop {
+            std::thread::sleep(HEARTBEAT);
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            let ids: Vec<i64> = inner
+                .leases
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .copied()
+                .collect();
+            if !ids.is_empty() {
+                let r = inner.pool.with_client(|c| {
+                    c.execute(
+                        "UPDATE outcore_lease SET heartbeat = now() WHERE id = ANY($1)",
+                        &[&ids],
+                    )
+                });
+                if let Err(e) = r {
+                    tracing::warn!("renewing outcore leases failed (will retry): {e}");
+                }
+            }
+        })
+        .ok();
+}
+
+impl Inner {
+    fn row_to_version(&self, key: Key, row: &postgres::Row) -> Result<Option<Version>> {
+        let tid = Tid(row.get::<_, i64>("tid") as u64);
+        let data_id: Option<i64> = row.get("data_id");
+        let inline: Option<Vec<u8>> = row.get("inline");
+        let stored = match (inline, data_id) {
+            (Some(bytes), _) => bytes,
+            (None, Some(_)) => row.get::<_, Vec<u8>>("bytes"),
+            (None, None) => return Ok(None),
+        };
+        let codec = Compression::from_code(row.get::<_, i16>("codec") as u8).ok_or_else(|| {
+            Error::Corrupt {
+                key,
+                tid,
+                reason: "unknown codec".into(),
+            }
+        })?;
+        let data = codec::decode(
+            stored,
+            codec,
+            row.get::<_, i64>("raw_len") as u64,
+            row.get::<_, i64>("checksum") as u64,
+            key,
+            tid,
+        )?;
+        Ok(Some(Version { tid, data }))
+    }
+}
+
+const LOAD_SQL: &str = "SELECT o.tid, o.data_id, o.codec, o.checksum, o.raw_len, o.inline, d.bytes
+     FROM outcore_obj o LEFT JOIN outcore_data d ON d.id = o.data_id
+     WHERE o.tag = $1 AND o.oid = $2 AND o.idx = $3 AND o.tid <= $4
+     ORDER BY o.tid DESC LIMIT 1";
+
+impl Storage for PgStorage {
+    fn describe(&self) -> String {
+        self.inner.describe.clone()
+    }
+
+    fn head(&self) -> Result<Tid> {
+        self.inner.pool.with_client(|c| {
+            let tid: i64 = c.query_one("SELECT tid FROM outcore_head", &[])?.get(0);
+            Ok(Tid(tid as u64))
+        })
+    }
+
+    fn new_oids(&self, n: u64) -> Result<Range<u64>> {
+        let n = n as i64;
+        self.inner.pool.with_client(|c| {
+            let end: i64 = c
+                .query_one(
+                    "UPDATE outcore_head SET next_oid = next_oid + $1 RETURNING next_oid",
+                    &[&n],
+                )?
+                .get(0);
+            Ok((end - n) as u64..end as u64)
+        })
+    }
+
+    fn load(&self, key: Key, at: Tid) -> Result<Option<Version>> {
+        let (tag, oid, idx) = key_cols(key);
+        let row = self
+            .inner
+            .pool
+            .with_client(|c| c.query_opt(LOAD_SQL, &[&tag, &oid, &idx, &db_tid(at)]))?;
+        match row {
+            None => Ok(None),
+            Some(row) => self.inner.row_to_version(key, &row),
+        }
+    }
+
+    fn locate(&self, key: Key, at: Tid) -> Result<Located> {
+        let (tag, oid, idx) = key_cols(key);
+        let row = self.inner.pool.with_client(|c| {
+            c.query_opt(
+                "SELECT tid, data_id, inline FROM outcore_obj
+                 WHERE tag = $1 AND oid = $2 AND idx = $3 AND tid <= $4
+                 ORDER BY tid DESC LIMIT 1",
+                &[&tag, &oid, &idx, &db_tid(at)],
+            )
+        })?;
+        Ok(match row {
+            None => Located::Absent,
+            Some(r) => {
+                let data_id: Option<i64> = r.get(1);
+                let inline: Option<Vec<u8>> = r.get(2);
+                if data_id.is_none() && inline.is_none() {
+                    Located::Absent
+                } else {
+                    Located::CopyOnly(Tid(r.get::<_, i64>(0) as u64))
+                }
+            }
+        })
+    }
+
+    fn commit(&self, req: CommitRequest) -> Result<Tid> {
+        self.inner.commit(req)
+    }
+
+    fn log(&self, after: Tid, upto: Tid) -> Result<Vec<TxnInfo>> {
+        let rows = self.inner.pool.with_client(|c| {
+            let packed: i64 = c
+                .query_one("SELECT pack_horizon FROM outcore_head", &[])?
+                .get(0);
+            if db_tid(after) < packed {
+                return Ok(Err(Error::HistoryPacked {
+                    packed: Tid(packed as u64),
+                    requested: after,
+                }));
+            }
+            Ok(Ok(c.query(
+                "SELECT tid, user_name, description, keys FROM outcore_log
+                 WHERE tid > $1 AND tid <= $2 ORDER BY tid",
+                &[&db_tid(after), &db_tid(upto)],
+            )?))
+        })??;
+        rows.iter()
+            .map(|r| {
+                let tid = Tid(r.get::<_, i64>(0) as u64);
+                let keys: Vec<u8> = r.get(3);
+                let mut info = decode_log(&encode_log("", "", &[]), tid)?;
+                info.user = r.get(1);
+                info.description = r.get(2);
+                info.keys = keys
+                    .chunks(Key::ENCODED_LEN)
+                    .map(|k| {
+                        Key::decode(k).ok_or_else(|| Error::Corrupt {
+                            key: Key::Meta(Oid(0)),
+                            tid,
+                            reason: "bad key in the commit log".into(),
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                Ok(info)
+            })
+            .collect()
+    }
+
+    fn acquire_lease(&self, at: Tid) -> Result<u64> {
+        let id: i64 = self.inner.pool.with_client(|c| {
+            Ok(c.query_one(
+                "INSERT INTO outcore_lease (tid) VALUES ($1) RETURNING id",
+                &[&db_tid(at)],
+            )?
+            .get(0))
+        })?;
+        self.inner
+            .leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+        Ok(id as u64)
+    }
+
+    fn renew_lease(&self, id: u64, at: Tid) -> Result<()> {
+        let id = id as i64;
+        let n = self.inner.pool.with_client(|c| {
+            c.execute(
+                "UPDATE outcore_lease SET tid = $2, heartbeat = now() WHERE id = $1",
+                &[&id, &db_tid(at)],
+            )
+        })?;
+        if n == 0 {
+            return Err(Error::NotFound(format!(
+                "lease {id} (expired after {LEASE_TIMEOUT:?} without heartbeat?)"
+            )));
+        }
+        Ok(())
+    }
+
+    fn release_lease(&self, id: u64) {
+        self.inner
+            .leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(id as i64));
+        let id = id as i64;
+        let _ = self
+            .inner
+            .pool
+            .with_client(|c| c.execute("DELETE FROM outcore_lease WHERE id = $1", &[&id]));
+    }
+
+    fn pack_horizon(&self) -> Result<Tid> {
+        self.inner.pool.with_client(|c| {
+            let t: i64 = c
+                .query_one("SELECT pack_horizon FROM outcore_head", &[])?
+                .get(0);
+            Ok(Tid(t as u64))
+        })
+    }
+
+    fn pack(&self, upto: Tid) -> Result<PackStats> {
+        let timeout = LEASE_TIMEOUT.as_secs_f64();
+        self.inner.pool.with_client(|c| {
+            let mut t = c.transaction()?;
+            // Serialise with commits: no version can appear below the horizon meanwhile.
+            let head: i64 = t
+                .query_one("SELECT tid FROM outcore_head FOR UPDATE", &[])?
+                .get(0);
+            let old: i64 = t
+                .query_one("SELECT pack_horizon FROM outcore_head", &[])?
+                .get(0);
+            let lease: Option<i64> = t
+                .query_one(
+                    "SELECT min(tid) FROM outcore_lease
+                     WHERE heartbeat > now() - make_interval(secs => $1)",
+                    &[&timeout],
+                )?
+                .get(0);
+            let horizon = db_tid(upto)
+                .min(head)
+                .min(lease.unwrap_or(i64::MAX))
+                .max(old);
+            let before: i64 = t
+                .query_one(
+                    "SELECT coalesce(sum(octet_length(bytes)), 0)::bigint FROM outcore_data",
+                    &[],
+                )?
+                .get(0);
+            let removed = t.execute(
+                "DELETE FROM outcore_obj o USING (
+                     SELECT tag, oid, idx, max(tid) AS keep FROM outcore_obj
+                     WHERE tid <= $1 GROUP BY tag, oid, idx) k
+                 WHERE o.tag = k.tag AND o.oid = k.oid AND o.idx = k.idx
+                   AND (o.tid < k.keep
+                        OR (o.tid = k.keep AND o.data_id IS NULL AND o.inline IS NULL))",
+                &[&horizon],
+            )?;
+            t.execute(
+                "DELETE FROM outcore_data d
+                 WHERE NOT EXISTS (SELECT 1 FROM outcore_obj o WHERE o.data_id = d.id)",
+                &[],
+            )?;
+            t.execute("DELETE FROM outcore_log WHERE tid <= $1", &[&horizon])?;
+            t.execute(
+                "DELETE FROM outcore_lease
+                 WHERE heartbeat <= now() - make_interval(secs => $1)",
+                &[&timeout],
+            )?;
+            t.execute("UPDATE outcore_head SET pack_horizon = $1", &[&horizon])?;
+            let after: i64 = t
+                .query_one(
+                    "SELECT coalesce(sum(octet_length(bytes)), 0)::bigint FROM outcore_data",
+                    &[],
+                )?
+                .get(0);
+            let kept: i64 = t.query_one("SELECT count(*) FROM outcore_obj", &[])?.get(0);
+            t.commit()?;
+            Ok(PackStats {
+                horizon: Tid(horizon as u64),
+                versions_removed: removed,
+                versions_kept: kept as u64,
+                body_bytes_before: before as u64,
+                body_bytes_after: after as u64,
+            })
+        })
+    }
+
+    fn verify(&self) -> Result<VerifyReport> {
+        let rows = self.inner.pool.with_client(|c| {
+            c.query(
+                "SELECT o.tag, o.oid, o.idx, o.tid, o.data_id, o.codec, o.checksum, o.raw_len,
+                        o.inline, d.bytes
+                 FROM outcore_obj o LEFT JOIN outcore_data d ON d.id = o.data_id
+                 ORDER BY o.tag, o.oid, o.idx, o.tid",
+                &[],
+            )
+        })?;
+        let mut report = VerifyReport::default();
+        for row in &rows {
+            let key = key_from_cols(row.get(0), row.get(1), row.get(2));
+            report.versions_checked += 1;
+            report.bytes_checked += row.get::<_, i64>("raw_len") as u64;
+            let data_id: Option<i64> = row.get("data_id");
+            if data_id.is_some() && row.get::<_, Option<Vec<u8>>>("bytes").is_none() {
+                report.problems.push(Error::Corrupt {
+                    key,
+                    tid: Tid(row.get::<_, i64>("tid") as u64),
+                    reason: format!("body {} is missing", data_id.unwrap_or(0)),
+                });
+                continue;
+            }
+            if let Err(e) = self.inner.row_to_version(key, row) {
+                report.problems.push(e);
+            }
+        }
+        Ok(report)
+    }
+}
+
+impl Inner {
+    fn commit(&self, req: CommitRequest) -> Result<Tid> {
+        // Encode (checksum, compress) before touching the database.
+        struct Prepared {
+            key: (i16, i64, i64),
+            codec: i16,
+            checksum: i64,
+            raw_len: i64,
+            body: Option<Vec<u8>>,
+            inline: Option<Vec<u8>>,
+        }
+        let mut prepared = Vec::with_capacity(req.writes.len());
+        for (key, write) in &req.writes {
+            let cols = key_cols(*key);
+            prepared.push(match write.bytes() {
+                None => Prepared {
+                    key: cols,
+                    codec: 0,
+                    checksum: 0,
+                    raw_len: 0,
+                    body: None,
+                    inline: None,
+                },
+                Some(raw) => {
+                    let codec = if key.is_block() {
+                        self.compression
+                    } else {
+                        Compression::None
+                    };
+                    let e = codec::encode(raw, codec);
+                    let stored = e.stored.into_owned();
+                    Prepared {
+                        key: cols,
+                        codec: i16::from(e.codec.code()),
+                        checksum: e.checksum as i64,
+                        raw_len: e.raw_len as i64,
+                        inline: (!key.is_block()).then(|| stored.clone()),
+                        body: key.is_block().then_some(stored),
+                    }
+                }
+            });
+        }
+        let mut order: Vec<usize> = (0..prepared.len()).collect();
+        order.sort_by_key(|&i| prepared[i].key);
+        let mut keys_sorted: Vec<Key> = req.writes.iter().map(|(k, _)| *k).collect();
+        keys_sorted.sort();
+        let log_keys: Vec<u8> = keys_sorted.iter().flat_map(|k| k.encode()).collect();
+        let token: i64 = rand_token();
+        let base = db_tid(req.base);
+
+        let outcome = self.pool.with_fresh_client(|c| -> Result<Result<Tid>> {
+            let mut t = c.transaction()?;
+            // 1. Bodies first, outside any lock.
+            let insert_body =
+                t.prepare("INSERT INTO outcore_data (bytes) VALUES ($1) RETURNING id")?;
+            let mut data_ids: Vec<Option<i64>> = Vec::with_capacity(prepared.len());
+            for p in &prepared {
+                data_ids.push(match &p.body {
+                    Some(b) => Some(t.query_one(&insert_body, &[b])?.get(0)),
+                    None => None,
+                });
+            }
+            // 2. Lock the written keys in key order and check them against the base.
+            let tags: Vec<i16> = order.iter().map(|&i| prepared[i].key.0).collect();
+            let oids: Vec<i64> = order.iter().map(|&i| prepared[i].key.1).collect();
+            let idxs: Vec<i64> = order.iter().map(|&i| prepared[i].key.2).collect();
+            let heads = t.query(
+                "SELECT h.tag, h.oid, h.idx, h.tid FROM outcore_obj_head h
+                 JOIN unnest($1::smallint[], $2::bigint[], $3::bigint[]) AS k(tag, oid, idx)
+                   ON h.tag = k.tag AND h.oid = k.oid AND h.idx = k.idx
+                 ORDER BY h.tag, h.oid, h.idx FOR UPDATE OF h",
+                &[&tags, &oids, &idxs],
+            )?;
+            let mut existing = HashSet::new();
+            for h in &heads {
+                let cols: (i16, i64, i64) = (h.get(0), h.get(1), h.get(2));
+                let committed: i64 = h.get(3);
+                if committed > base {
+                    return Ok(Err(Error::Conflict {
+                        key: key_from_cols(cols.0, cols.1, cols.2),
+                        base: req.base,
+                        committed: Tid(committed as u64),
+                    }));
+                }
+                existing.insert(cols);
+            }
+            // 3. The tid, from the sequencer row (held until COMMIT).
+            let now = db_tid(Tid::now());
+            let tid: i64 = t
+                .query_one(
+                    "UPDATE outcore_head SET tid = greatest(tid + 1, $1) RETURNING tid",
+                    &[&now],
+                )?
+                .get(0);
+            // 4. Index rows, per-key heads, log, notify.
+            let insert_obj = t.prepare(
+                "INSERT INTO outcore_obj
+                 (tag, oid, idx, tid, data_id, codec, checksum, raw_len, inline)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )?;
+            for (p, data_id) in prepared.iter().zip(&data_ids) {
+                let params: [&(dyn ToSql + Sync); 9] = [
+                    &p.key.0,
+                    &p.key.1,
+                    &p.key.2,
+                    &tid,
+                    data_id,
+                    &p.codec,
+                    &p.checksum,
+                    &p.raw_len,
+                    &p.inline,
+                ];
+                t.execute(&insert_obj, &params)?;
+            }
+            let (new_keys, old_keys): (Vec<usize>, Vec<usize>) = order
+                .iter()
+                .partition(|&&i| !existing.contains(&prepared[i].key));
+            for (sql, which) in [
+                (
+                    "UPDATE outcore_obj_head h SET tid = $4
+                     FROM unnest($1::smallint[], $2::bigint[], $3::bigint[]) AS k(tag, oid, idx)
+                     WHERE h.tag = k.tag AND h.oid = k.oid AND h.idx = k.idx",
+                    old_keys,
+                ),
+                (
+                    "INSERT INTO outcore_obj_head (tag, oid, idx, tid)
+                     SELECT tag, oid, idx, $4
+                     FROM unnest($1::smallint[], $2::bigint[], $3::bigint[]) AS k(tag, oid, idx)",
+                    new_keys,
+                ),
+            ] {
+                if which.is_empty() {
+                    continue;
+                }
+                let tags: Vec<i16> = which.iter().map(|&i| prepared[i].key.0).collect();
+                let oids: Vec<i64> = which.iter().map(|&i| prepared[i].key.1).collect();
+                let idxs: Vec<i64> = which.iter().map(|&i| prepared[i].key.2).collect();
+                if let Err(e) = t.execute(sql, &[&tags, &oids, &idxs, &tid]) {
+                    // Another commit created one of these keys first.
+                    if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) {
+                        let (tag, oid, idx) = prepared[which[0]].key;
+                        return Ok(Err(Error::Conflict {
+                            key: key_from_cols(tag, oid, idx),
+                            base: req.base,
+                            committed: Tid(tid as u64),
+                        }));
+                    }
+                    return Err(e.into());
+                }
+            }
+            t.execute(
+                "INSERT INTO outcore_log (tid, user_name, description, keys, token)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &tid,
+                    &req.meta.user,
+                    &req.meta.description,
+                    &log_keys,
+                    &token,
+                ],
+            )?;
+            t.execute("SELECT pg_notify('outcore', $1)", &[&tid.to_string()])?;
+            t.commit()?;
+            Ok(Ok(Tid(tid as u64)))
+        });
+        match outcome {
+            Ok(result) => result,
+            // The connection died somewhere in the transaction: did COMMIT happen?
+            Err(e) if pool::is_connection_error(&e) => {
+                let found: Option<i64> = self.pool.with_client(|c| {
+                    Ok(
+                        c.query_opt("SELECT tid FROM outcore_log WHERE token = $1", &[&token])?
+                            .map(|r| r.get(0)),
+                    )
+                })?;
+                match found {
+                    Some(tid) => Ok(Tid(tid as u64)),
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A random 63-bit token identifying one commit attempt.
+fn rand_token() -> i64 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(Tid::now().0 as u128 ^ (u128::from(std::process::id()) << 64));
+    (h.finish() >> 1) as i64
+}
