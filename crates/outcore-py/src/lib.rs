@@ -37,7 +37,9 @@ fn to_py(e: outcore::Error) -> PyErr {
         | E::ReadOnly(_)
         | E::Closed(_)
         | E::HistoryPacked { .. } => PyValueError::new_err(msg),
-        E::Corrupt { .. } | E::Format { .. } | E::Lmdb(_) | E::Io { .. } => PyOSError::new_err(msg),
+        E::Corrupt { .. } | E::Format { .. } | E::Lmdb(_) | E::Io { .. } | E::Postgres(_) => {
+            PyOSError::new_err(msg)
+        }
     }
 }
 
