@@ -1,12 +1,29 @@
+import os
+import uuid
+
 import pytest
 import transaction
 
 import outcore
 
 
-@pytest.fixture(params=["mem", "local"])
+def pg_url():
+    """A fresh store on the test PostgreSQL server (scripts/test.sh starts one)."""
+    base = os.environ.get("OUTCORE_TEST_PG")
+    if not base:
+        pytest.skip("OUTCORE_TEST_PG is not set (scripts/test.sh starts a server)")
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}outcore_schema=py_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=["mem", "local", "pg"])
 def db(request, tmp_path):
-    url = "mem:" if request.param == "mem" else str(tmp_path / "db")
+    if request.param == "mem":
+        url = "mem:"
+    elif request.param == "local":
+        url = str(tmp_path / "db")
+    else:
+        url = pg_url()
     transaction.abort()
     d = outcore.open(url)
     yield d

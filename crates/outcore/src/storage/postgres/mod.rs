@@ -112,13 +112,43 @@ fn db_tid(t: Tid) -> i64 {
 
 impl PgStorage {
     /// Opens (creating the schema if needed) the store at `url`
-    /// (`postgresql://user[:password]@host[:port]/database`).
+    /// (`postgresql://user[:password]@host[:port]/database`). A url parameter
+    /// `outcore_schema=NAME` selects the schema (default `outcore`).
     pub fn open(url: &str) -> Result<Self> {
         Self::open_with(url, PgOptions::default())
     }
 
+    /// Splits the `outcore_schema` parameter off `url` (libpq does not know it).
+    pub fn split_schema(url: &str) -> (String, Option<String>) {
+        let Some((base, query)) = url.split_once('?') else {
+            return (url.to_string(), None);
+        };
+        let mut schema = None;
+        let rest: Vec<&str> = query
+            .split('&')
+            .filter(|p| match p.strip_prefix("outcore_schema=") {
+                Some(s) => {
+                    schema = Some(s.to_string());
+                    false
+                }
+                None => !p.is_empty(),
+            })
+            .collect();
+        let url = if rest.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", rest.join("&"))
+        };
+        (url, schema)
+    }
+
     /// Opens the store at `url` with `options`.
-    pub fn open_with(url: &str, options: PgOptions) -> Result<Self> {
+    pub fn open_with(url: &str, mut options: PgOptions) -> Result<Self> {
+        let (url, schema) = Self::split_schema(url);
+        let url = url.as_str();
+        if let Some(schema) = schema {
+            options.schema = schema;
+        }
         if options.schema.is_empty()
             || !options
                 .schema
