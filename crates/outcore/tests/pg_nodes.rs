@@ -1,0 +1,286 @@
+//! Many nodes on one PostgreSQL store: OS processes appending to and updating the same arrays
+//! concurrently, clients killed mid-commit, and a server restart mid-run.
+//!
+//! Needs `OUTCORE_TEST_PG` (scripts/test.sh starts a private server); skipped loudly without.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use outcore::array::Order;
+use outcore::db::Database;
+use outcore::Error;
+
+fn server() -> Option<String> {
+    match std::env::var("OUTCORE_TEST_PG") {
+        Ok(url) => Some(url),
+        Err(_) => {
+            eprintln!("SKIPPED: OUTCORE_TEST_PG is not set (scripts/test.sh starts a server)");
+            None
+        }
+    }
+}
+
+fn store_url(base: &str, name: &str) -> String {
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}outcore_schema={name}_{}", std::process::id())
+}
+
+fn spawn(role: &str, url: &str, extra: &[(&str, String)]) -> Child {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .env("OUTCORE_PG_CHILD", role)
+        .env("OUTCORE_PG_URL", url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+const ROUNDS: i64 = 25;
+
+#[test]
+fn child_entry() {
+    let Ok(role) = std::env::var("OUTCORE_PG_CHILD") else {
+        return;
+    };
+    let url = std::env::var("OUTCORE_PG_URL").unwrap();
+    let db = Database::open(&url).unwrap();
+    let conn = db.connect().unwrap();
+    match role.as_str() {
+        "worker" => {
+            let node: i64 = std::env::var("OUTCORE_NODE").unwrap().parse().unwrap();
+            let mut conflicts = 0;
+            for round in 0..ROUNDS {
+                loop {
+                    let mut counters = conn.array("counters").unwrap();
+                    let log = conn.array("log").unwrap();
+                    // Everyone updates element 0 (one block) and appends to one array.
+                    counters.view_mut::<i64>().unwrap()[0] += 1;
+                    counters.view_mut::<i64>().unwrap()[1 + node as usize] += 1;
+                    log.append(ndarray::arr1(&[node * 1000 + round]).into_dyn().view())
+                        .unwrap();
+                    match conn.commit() {
+                        Ok(_) => break,
+                        Err(Error::Conflict { .. }) => {
+                            conflicts += 1;
+                            conn.abort().unwrap();
+                        }
+                        Err(e) => panic!("node {node}: {e}"),
+                    }
+                }
+            }
+            // Wait until every node is done, then read the final state.
+            println!("\n@done");
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            conn.begin().unwrap();
+            let counters = conn.array("counters").unwrap();
+            let log = conn.array("log").unwrap();
+            let v = counters.view::<i64>().unwrap();
+            println!(
+                "\n@conflicts {conflicts} final {} {}",
+                v[0],
+                log.view::<i64>().unwrap().sum()
+            );
+        }
+        "crasher" | "restarter" => {
+            // Commit n: counter = n and four blocks stamped n; report each success.
+            let mut a = match conn.array("stamps") {
+                Ok(a) => a,
+                Err(_) => {
+                    let a = conn.create::<i64>("stamps", &[4 << 18], Order::C).unwrap();
+                    conn.commit().unwrap();
+                    a
+                }
+            };
+            loop {
+                let r = (|| -> outcore::Result<i64> {
+                    conn.begin()?;
+                    let mut v = a.view_mut::<i64>()?;
+                    let n = v[0] + 1;
+                    for block in 0..4 {
+                        v[block << 18] = n;
+                        v[(block << 18) + 7] = n;
+                    }
+                    drop(v);
+                    conn.commit()?;
+                    Ok(n)
+                })();
+                match r {
+                    Ok(n) => println!("\n@ok {n}"),
+                    Err(e) => {
+                        println!("\n@error {e}");
+                        let _ = conn.abort();
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+                a = conn.array("stamps").unwrap_or(a);
+            }
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+#[test]
+fn three_nodes_update_and_append_without_lost_updates() {
+    let Some(base) = server() else { return };
+    let url = store_url(&base, "nodes");
+    let db = Database::open(&url).unwrap();
+    let conn = db.connect().unwrap();
+    conn.create::<i64>("counters", &[8], Order::C).unwrap();
+    conn.create::<i64>("log", &[0], Order::C).unwrap();
+    conn.commit().unwrap();
+    let mut children: Vec<Child> = (0..3)
+        .map(|node| spawn("worker", &url, &[("OUTCORE_NODE", node.to_string())]))
+        .collect();
+    let mut readers: Vec<_> = children
+        .iter_mut()
+        .map(|c| BufReader::new(c.stdout.take().unwrap()).lines())
+        .collect();
+    for r in &mut readers {
+        r.by_ref()
+            .map_while(Result::ok)
+            .find(|l| l.contains("@done"))
+            .expect("a node finished its rounds");
+    }
+    for c in &mut children {
+        drop(c.stdin.take()); // everyone is done: read the final state
+    }
+    let outputs: Vec<Vec<String>> = readers
+        .into_iter()
+        .map(|r| {
+            r.map_while(Result::ok)
+                .filter_map(|l| l.split_once('@').map(|(_, x)| x.to_string()))
+                .collect()
+        })
+        .collect();
+    for c in &mut children {
+        assert!(c.wait().unwrap().success());
+    }
+    conn.begin().unwrap();
+    let counters = conn.array("counters").unwrap();
+    let v = counters.view::<i64>().unwrap();
+    assert_eq!(v[0], 3 * ROUNDS, "no update lost");
+    assert_eq!(&v.as_slice().unwrap()[1..4], &[ROUNDS, ROUNDS, ROUNDS]);
+    let log = conn.array("log").unwrap();
+    let mut entries: Vec<i64> = log.view::<i64>().unwrap().iter().copied().collect();
+    assert_eq!(entries.len() as i64, 3 * ROUNDS, "no append lost");
+    entries.sort();
+    let expected: Vec<i64> = (0..3)
+        .flat_map(|n| (0..ROUNDS).map(move |r| n * 1000 + r))
+        .collect();
+    assert_eq!(entries, expected);
+    let log_sum: i64 = expected.iter().sum();
+    let mut conflicts = 0;
+    for out in &outputs {
+        let f: Vec<&str> = out.last().unwrap().split(' ').collect();
+        conflicts += f[1].parse::<i64>().unwrap();
+        // Every node converged to the same final data.
+        assert_eq!(f[3].parse::<i64>().unwrap(), 3 * ROUNDS);
+        assert_eq!(f[4].parse::<i64>().unwrap(), log_sum);
+    }
+    eprintln!("3 nodes x {ROUNDS} rounds: {conflicts} conflicts raised and retried");
+    assert!(
+        conflicts > 0,
+        "concurrent writers of one block must conflict"
+    );
+}
+
+/// Checks that the last visible commit is complete: all four blocks carry the counter.
+fn check_stamps(url: &str) -> i64 {
+    let db = Database::open(url).unwrap();
+    let conn = db.connect().unwrap();
+    let Ok(a) = conn.array("stamps") else {
+        return 0;
+    };
+    let v = a.view::<i64>().unwrap();
+    let n = v[0];
+    for block in 0..4usize {
+        assert_eq!(v[block << 18], n, "block {block} of commit {n}");
+        assert_eq!(v[(block << 18) + 7], n);
+    }
+    n
+}
+
+#[test]
+fn killed_clients_leave_no_partial_commit() {
+    let Some(base) = server() else { return };
+    let url = store_url(&base, "kill");
+    let mut last = 0;
+    for round in 0..12u64 {
+        let mut child = spawn("crasher", &url, &[]);
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .filter_map(|l| l.split_once("@ok ").map(|(_, n)| n.parse::<i64>().unwrap()))
+                .last()
+        });
+        std::thread::sleep(Duration::from_millis(150 + (round * 37) % 200));
+        // SAFETY: sends SIGKILL to our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        child.wait().unwrap();
+        let acked = reader.join().unwrap().unwrap_or(last);
+        let n = check_stamps(&url);
+        assert!(
+            n >= acked,
+            "round {round}: acknowledged commit {acked} lost (found {n})"
+        );
+        last = n;
+    }
+    assert!(last > 0);
+}
+
+#[test]
+fn server_restart_mid_run_clients_reconnect() {
+    let Some(base) = server() else { return };
+    let Ok(ctl) = std::env::var("OUTCORE_TEST_PG_CTL") else {
+        eprintln!("SKIPPED: OUTCORE_TEST_PG_CTL is not set");
+        return;
+    };
+    let url = store_url(&base, "restart");
+    let mut child = spawn("restarter", &url, &[]);
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some((_, r)) = l.split_once('@') {
+                let _ = tx.send(r.to_string());
+            }
+        }
+    });
+    let wait_for_ok = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("no successful commit {what}"));
+            if line.starts_with("ok ") {
+                return line[3..].parse::<i64>().unwrap();
+            }
+        }
+    };
+    let before = wait_for_ok("before the restart");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{ctl} -m fast restart"))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "pg_ctl restart failed");
+    // Drain what happened during the restart, then require progress after it.
+    let after = loop {
+        let n = wait_for_ok("after the restart");
+        if n > before + 2 {
+            break n;
+        }
+    };
+    // SAFETY: sends SIGKILL to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    assert!(check_stamps(&url) >= after);
+}
