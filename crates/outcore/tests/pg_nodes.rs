@@ -259,8 +259,8 @@ fn server_restart_mid_run_clients_reconnect() {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .unwrap_or_else(|_| panic!("no successful commit {what}"));
-            if line.starts_with("ok ") {
-                return line[3..].parse::<i64>().unwrap();
+            if let Some(n) = line.strip_prefix("ok ") {
+                return n.parse::<i64>().unwrap();
             }
         }
     };
