@@ -357,6 +357,28 @@ fn commit_log_is_complete(s: &dyn Storage) {
     assert!(s.changes(tids[5].0, tids[5].0).unwrap().is_empty());
 }
 
+fn load_many_matches_load(s: &dyn Storage) {
+    let f = fresh_file(s);
+    let mut base = s.head().unwrap();
+    for i in [0u64, 2, 3, 7] {
+        base = store_one(s, base, block(f, i), noise(i, 5000 + i as usize)).unwrap();
+    }
+    let t = s
+        .commit(CommitRequest {
+            base,
+            writes: vec![(block(f, 3), Write::Delete)],
+            meta: TxnMeta::default(),
+        })
+        .unwrap();
+    let keys: Vec<Key> = (0..9).rev().map(|i| block(f, i)).collect();
+    for at in [base, t] {
+        let many = s.load_many(&keys, at).unwrap();
+        let one: Vec<_> = keys.iter().map(|&k| s.load(k, at).unwrap()).collect();
+        assert_eq!(many, one);
+    }
+    assert!(s.load_many(&[], t).unwrap().is_empty());
+}
+
 fn new_oids_are_unique(s: &dyn Storage) {
     let a = s.new_oids(10).unwrap();
     let b = s.new_oids(1).unwrap();
@@ -528,6 +550,11 @@ macro_rules! conformance {
             fn commit_log_is_complete() {
                 let Some(fx) = $fixture else { return };
                 super::commit_log_is_complete(&*fx.store)
+            }
+            #[test]
+            fn load_many_matches_load() {
+                let Some(fx) = $fixture else { return };
+                super::load_many_matches_load(&*fx.store)
             }
             #[test]
             fn new_oids_are_unique() {

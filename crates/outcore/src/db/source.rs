@@ -13,7 +13,45 @@ pub(crate) struct SnapshotSource<'a> {
     pub cut: Option<u64>,
 }
 
+impl SnapshotSource<'_> {
+    fn key(&self, block: u64) -> Key {
+        Key::Block {
+            file: self.file,
+            index: block,
+        }
+    }
+}
+
 impl BlockSource for SnapshotSource<'_> {
+    fn backings(&self, blocks: &[u64]) -> Result<Vec<Backing>> {
+        if !self.storage.is_remote() {
+            return blocks.iter().map(|&b| self.backing(b)).collect();
+        }
+        let wanted: Vec<u64> = blocks
+            .iter()
+            .copied()
+            .filter(|b| self.cut.is_none_or(|c| *b < c))
+            .collect();
+        let keys: Vec<Key> = wanted.iter().map(|&b| self.key(b)).collect();
+        let mut fetched = wanted
+            .into_iter()
+            .zip(self.storage.load_many(&keys, self.at)?);
+        let mut next = fetched.next();
+        Ok(blocks
+            .iter()
+            .map(|&b| match next.take() {
+                Some((fb, version)) if fb == b => {
+                    next = fetched.next();
+                    version.map_or(Backing::Hole, |v| Backing::Bytes(v.data))
+                }
+                other => {
+                    next = other;
+                    Backing::Hole
+                }
+            })
+            .collect())
+    }
+
     fn backing(&self, block: u64) -> Result<Backing> {
         if self.cut.is_some_and(|c| block >= c) {
             return Ok(Backing::Hole);

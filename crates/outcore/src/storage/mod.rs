@@ -106,6 +106,18 @@ pub trait Storage: Send + Sync + Debug {
     /// Reads every stored version and checks its checksum.
     fn verify(&self) -> Result<VerifyReport>;
 
+    /// True for stores whose blocks are fetched over a network and never mapped: callers
+    /// should fetch many blocks at once with [`Storage::load_many`].
+    fn is_remote(&self) -> bool {
+        false
+    }
+
+    /// [`Storage::load`] of many keys at one snapshot, in the order given. Remote stores
+    /// fetch them in parallel over several connections.
+    fn load_many(&self, keys: &[Key], at: Tid) -> Result<Vec<Option<Version>>> {
+        keys.iter().map(|&k| self.load(k, at)).collect()
+    }
+
     /// The keys changed by each commit with `after < tid <= upto`, oldest first.
     fn changes(&self, after: Tid, upto: Tid) -> Result<Vec<(Tid, Vec<Key>)>> {
         Ok(self

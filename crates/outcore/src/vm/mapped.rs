@@ -64,7 +64,16 @@ pub enum Backing {
 pub trait BlockSource {
     /// The backing of `block`.
     fn backing(&self, block: u64) -> Result<Backing>;
+
+    /// The backings of `blocks`, in order. Sources that fetch over a network override this to
+    /// fetch in parallel.
+    fn backings(&self, blocks: &[u64]) -> Result<Vec<Backing>> {
+        blocks.iter().map(|&b| self.backing(b)).collect()
+    }
 }
+
+/// Blocks whose backings are asked for at once (bounds the bytes fetched before mapping).
+const FETCH_BATCH: usize = 32;
 
 /// How a mapped block is backed (kept to merge mappings and count fragmentation).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -193,12 +202,13 @@ impl BlockMemory {
         source: &dyn BlockSource,
     ) -> Result<()> {
         let mut run: Vec<(u64, Backing)> = Vec::new();
-        for b in blocks {
-            let backing = source.backing(b)?;
-            if !run.is_empty() && !self.extends_run(&run, b, &backing) {
-                self.map_run(state, std::mem::take(&mut run))?;
+        for batch in blocks.chunks(FETCH_BATCH) {
+            for (&b, backing) in batch.iter().zip(source.backings(batch)?) {
+                if !run.is_empty() && !self.extends_run(&run, b, &backing) {
+                    self.map_run(state, std::mem::take(&mut run))?;
+                }
+                run.push((b, backing));
             }
-            run.push((b, backing));
         }
         if !run.is_empty() {
             self.map_run(state, run)?;

@@ -290,6 +290,34 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// The newest versions `<= at` of `keys`, in one query.
+    fn load_batch(&self, keys: &[Key], at: Tid) -> Result<Vec<Option<Version>>> {
+        let cols: Vec<(i16, i64, i64)> = keys.iter().map(|&k| key_cols(k)).collect();
+        let tags: Vec<i16> = cols.iter().map(|c| c.0).collect();
+        let oids: Vec<i64> = cols.iter().map(|c| c.1).collect();
+        let idxs: Vec<i64> = cols.iter().map(|c| c.2).collect();
+        let rows = self.pool.with_client(|c| {
+            c.query(
+                "SELECT DISTINCT ON (o.tag, o.oid, o.idx) o.tag, o.oid, o.idx, o.tid,
+                        o.data_id, o.codec, o.checksum, o.raw_len, o.inline, d.bytes
+                 FROM unnest($1::smallint[], $2::bigint[], $3::bigint[]) AS k(tag, oid, idx)
+                 JOIN outcore_obj o
+                   ON o.tag = k.tag AND o.oid = k.oid AND o.idx = k.idx AND o.tid <= $4
+                 LEFT JOIN outcore_data d ON d.id = o.data_id
+                 ORDER BY o.tag, o.oid, o.idx, o.tid DESC",
+                &[&tags, &oids, &idxs, &db_tid(at)],
+            )
+        })?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let key = key_from_cols(row.get(0), row.get(1), row.get(2));
+            found.insert(key, self.row_to_version(key, row)?);
+        }
+        Ok(keys.iter().map(|k| found.remove(k).flatten()).collect())
+    }
+}
+
 const LOAD_SQL: &str = "SELECT o.tid, o.data_id, o.codec, o.checksum, o.raw_len, o.inline, d.bytes
      FROM outcore_obj o LEFT JOIN outcore_data d ON d.id = o.data_id
      WHERE o.tag = $1 AND o.oid = $2 AND o.idx = $3 AND o.tid <= $4
@@ -330,6 +358,38 @@ impl Storage for PgStorage {
             None => Ok(None),
             Some(row) => self.inner.row_to_version(key, &row),
         }
+    }
+
+    fn is_remote(&self) -> bool {
+        true
+    }
+
+    fn load_many(&self, keys: &[Key], at: Tid) -> Result<Vec<Option<Version>>> {
+        if keys.len() <= 1 {
+            return keys.iter().map(|&k| self.load(k, at)).collect();
+        }
+        // Several connections fetch disjoint slices of the keys at once.
+        let parts = self.inner.pool.size().min(keys.len());
+        let chunk = keys.len().div_ceil(parts);
+        let results: Vec<Result<Vec<Option<Version>>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = keys
+                .chunks(chunk)
+                .map(|part| scope.spawn(move || self.inner.load_batch(part, at)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(Error::InvalidArgument("a fetch thread panicked".into()))
+                    })
+                })
+                .collect()
+        });
+        let mut out = Vec::with_capacity(keys.len());
+        for r in results {
+            out.extend(r?);
+        }
+        Ok(out)
     }
 
     fn locate(&self, key: Key, at: Tid) -> Result<Located> {

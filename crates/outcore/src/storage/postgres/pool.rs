@@ -72,6 +72,11 @@ impl Pool {
         })
     }
 
+    /// How many connections the pool keeps (and parallel fetches use).
+    pub fn size(&self) -> usize {
+        self.max_idle
+    }
+
     fn connect(&self) -> Result<Client> {
         let mut client = self.config.connect(NoTls)?;
         client.batch_execute(&format!(
