@@ -63,6 +63,12 @@ impl Pool {
         if config.get_application_name().is_none() {
             config.application_name("outcore");
         }
+        // libpq convention: a password not in the url comes from PGPASSWORD.
+        if config.get_password().is_none() {
+            if let Ok(password) = std::env::var("PGPASSWORD") {
+                config.password(password);
+            }
+        }
         config.connect_timeout(Duration::from_secs(10));
         Ok(Pool {
             config,
