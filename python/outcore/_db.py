@@ -47,6 +47,8 @@ class DB:
     def __init__(
         self, url, cache_bytes=None, readonly=False, at=None, compression=None, reserve_bytes=None
     ):
+        self._closed = True  # until opened: repr() and close() work on a failed open
+        self._url = url
         if not isinstance(url, (str, os.PathLike)):
             raise TypeError(f"url must be a string or path, not {type(url).__name__}")
         url = os.fspath(url)
