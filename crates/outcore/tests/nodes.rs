@@ -1,7 +1,9 @@
-//! Many nodes on one PostgreSQL store: OS processes appending to and updating the same arrays
-//! concurrently, clients killed mid-commit, and a server restart mid-run.
+//! Many nodes on one store: OS processes appending to and updating the same arrays
+//! concurrently (embedded store and PostgreSQL), and for PostgreSQL clients killed mid-commit
+//! and a server restart mid-run.
 //!
-//! Needs `OUTCORE_TEST_PG` (scripts/test.sh starts a private server); skipped loudly without.
+//! The PostgreSQL tests need `OUTCORE_TEST_PG` (scripts/test.sh starts a private server) and
+//! are skipped loudly without.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -125,15 +127,30 @@ fn child_entry() {
 }
 
 #[test]
-fn three_nodes_update_and_append_without_lost_updates() {
+fn four_nodes_on_postgresql_lose_no_update() {
     let Some(base) = server() else { return };
-    let url = store_url(&base, "nodes");
+    nodes_update_and_append_without_lost_updates(&store_url(&base, "nodes"));
+}
+
+#[test]
+fn four_nodes_on_the_embedded_store_lose_no_update() {
+    let dir = tempfile::tempdir().unwrap();
+    nodes_update_and_append_without_lost_updates(dir.path().join("db").to_str().unwrap());
+}
+
+const NODES: i64 = 4;
+
+/// NODES processes each update one shared element (one block) and append to one array,
+/// ROUNDS times, retrying conflicts: nothing may be lost, conflicts must be raised, and every
+/// node must see the same final data.
+fn nodes_update_and_append_without_lost_updates(url: &str) {
+    let url = url.to_string();
     let db = Database::open(&url).unwrap();
     let conn = db.connect().unwrap();
     conn.create::<i64>("counters", &[8], Order::C).unwrap();
     conn.create::<i64>("log", &[0], Order::C).unwrap();
     conn.commit().unwrap();
-    let mut children: Vec<Child> = (0..3)
+    let mut children: Vec<Child> = (0..NODES)
         .map(|node| spawn("worker", &url, &[("OUTCORE_NODE", node.to_string())]))
         .collect();
     let mut readers: Vec<_> = children
@@ -163,13 +180,15 @@ fn three_nodes_update_and_append_without_lost_updates() {
     conn.begin().unwrap();
     let counters = conn.array("counters").unwrap();
     let v = counters.view::<i64>().unwrap();
-    assert_eq!(v[0], 3 * ROUNDS, "no update lost");
-    assert_eq!(&v.as_slice().unwrap()[1..4], &[ROUNDS, ROUNDS, ROUNDS]);
+    assert_eq!(v[0], NODES * ROUNDS, "no update lost");
+    assert!(v.as_slice().unwrap()[1..=NODES as usize]
+        .iter()
+        .all(|&c| c == ROUNDS));
     let log = conn.array("log").unwrap();
     let mut entries: Vec<i64> = log.view::<i64>().unwrap().iter().copied().collect();
-    assert_eq!(entries.len() as i64, 3 * ROUNDS, "no append lost");
+    assert_eq!(entries.len() as i64, NODES * ROUNDS, "no append lost");
     entries.sort();
-    let expected: Vec<i64> = (0..3)
+    let expected: Vec<i64> = (0..NODES)
         .flat_map(|n| (0..ROUNDS).map(move |r| n * 1000 + r))
         .collect();
     assert_eq!(entries, expected);
@@ -179,10 +198,10 @@ fn three_nodes_update_and_append_without_lost_updates() {
         let f: Vec<&str> = out.last().unwrap().split(' ').collect();
         conflicts += f[1].parse::<i64>().unwrap();
         // Every node converged to the same final data.
-        assert_eq!(f[3].parse::<i64>().unwrap(), 3 * ROUNDS);
+        assert_eq!(f[3].parse::<i64>().unwrap(), NODES * ROUNDS);
         assert_eq!(f[4].parse::<i64>().unwrap(), log_sum);
     }
-    eprintln!("3 nodes x {ROUNDS} rounds: {conflicts} conflicts raised and retried");
+    eprintln!("{NODES} nodes x {ROUNDS} rounds on {url}: {conflicts} conflicts raised and retried");
     assert!(
         conflicts > 0,
         "concurrent writers of one block must conflict"
