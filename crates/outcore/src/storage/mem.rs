@@ -138,7 +138,7 @@ impl Storage for MemStorage {
         let g = self.lock();
         match g.newest(key, at) {
             None => Ok(Located::Absent),
-            Some((tid, rec)) => rec.locate(tid, |s| g.segment(s)),
+            Some((tid, rec)) => rec.locate(key, tid, |s| g.segment(s)),
         }
     }
 

@@ -137,6 +137,7 @@ impl VersionRecord {
     /// Says where the payload is, opening its segment only if it can be mapped.
     pub fn locate(
         &self,
+        key: Key,
         tid: Tid,
         segment_file: impl FnOnce(u32) -> Result<Arc<File>>,
     ) -> Result<Located> {
@@ -146,13 +147,32 @@ impl VersionRecord {
                 seg,
                 offset,
                 stored_len,
-            } if self.codec == Compression::None => Located::Mapped(Extent {
-                file: segment_file(*seg)?,
-                offset: *offset,
-                len: *stored_len,
-                tid,
-                checksum: self.checksum,
-            }),
+            } if self.codec == Compression::None => {
+                let file = segment_file(*seg)?;
+                // Mapping bytes past the end of a (damaged, truncated) file would kill the
+                // process with SIGBUS on first touch: refuse here instead.
+                let size = file
+                    .metadata()
+                    .map_err(|e| Error::io("reading segment size", e))?
+                    .len();
+                if size < offset + stored_len {
+                    return Err(Error::Corrupt {
+                        key,
+                        tid,
+                        reason: format!(
+                            "segment {seg} is truncated ({size} bytes, the version ends at {})",
+                            offset + stored_len
+                        ),
+                    });
+                }
+                Located::Mapped(Extent {
+                    file,
+                    offset: *offset,
+                    len: *stored_len,
+                    tid,
+                    checksum: self.checksum,
+                })
+            }
             _ => Located::CopyOnly(tid),
         })
     }

@@ -377,7 +377,7 @@ impl Storage for LocalStorage {
         self.shared.read_segment_retrying(
             key,
             at,
-            |rec, tid, open| rec.locate(tid, open),
+            |rec, tid, open| rec.locate(key, tid, open),
             || Located::Absent,
         )
     }
