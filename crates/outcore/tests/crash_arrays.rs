@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use outcore::array::Order;
 use outcore::db::{BigArray, Database};
-use outcore::storage::Storage;
 
 const BLK: usize = 64 << 10;
 const WIDTH: u64 = 512; // u32 columns: one row is 2 KiB
