@@ -805,3 +805,27 @@ fn rand_token() -> i64 {
     h.write_u128(Tid::now().0 as u128 ^ (u128::from(std::process::id()) << 64));
     (h.finish() >> 1) as i64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_never_show_passwords() {
+        assert_eq!(
+            url_for_messages("postgresql://me:secret@db.example:5432/x?sslmode=disable"),
+            "postgresql://me@db.example:5432/x?sslmode=disable"
+        );
+        assert_eq!(
+            url_for_messages("postgresql://me@h/x"),
+            "postgresql://me@h/x"
+        );
+        let err = PgStorage::open("postgresql://me:secret@127.0.0.1:1/x").unwrap_err();
+        assert!(!err.to_string().contains("secret"), "{err}");
+        let (url, schema) = PgStorage::split_schema("postgresql://h/x?a=1&outcore_schema=s&b=2");
+        assert_eq!(
+            (url.as_str(), schema.as_deref()),
+            ("postgresql://h/x?a=1&b=2", Some("s"))
+        );
+    }
+}
