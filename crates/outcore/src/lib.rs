@@ -31,3 +31,6 @@ pub mod storage;
 pub mod vm;
 
 pub use error::{Error, Result};
+
+#[cfg(test)]
+mod fuzz_smoke;

@@ -38,6 +38,9 @@ impl fmt::Display for Order {
     }
 }
 
+/// The largest block size: 1 GiB.
+pub const MAX_BLKSIZE: u64 = 1 << 30;
+
 /// The default block size: 2 MiB.
 pub const DEFAULT_BLKSIZE: usize = 2 << 20;
 
@@ -90,9 +93,9 @@ impl ArrayMeta {
                 "dtype descriptor has a newline".into(),
             ));
         }
-        if self.blksize == 0 || self.blksize % 4096 != 0 {
+        if self.blksize == 0 || self.blksize % 4096 != 0 || self.blksize as u64 > MAX_BLKSIZE {
             return Err(Error::InvalidArgument(format!(
-                "block size {} is not a positive multiple of 4096",
+                "block size {} is not a positive multiple of 4096 up to {MAX_BLKSIZE}",
                 self.blksize
             )));
         }

@@ -64,6 +64,9 @@ impl FromStr for Compression {
     }
 }
 
+/// The largest payload (block size) outcore stores: 1 GiB.
+pub const MAX_PAYLOAD: u64 = 1 << 30;
+
 /// The checksum of raw (uncompressed) payload bytes.
 pub(crate) fn checksum(raw: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(raw)
@@ -113,6 +116,12 @@ pub(crate) fn decode(
     tid: Tid,
 ) -> Result<Vec<u8>> {
     let corrupt = |reason: String| Error::Corrupt { key, tid, reason };
+    if raw_len > MAX_PAYLOAD {
+        // A damaged length must not make us allocate it.
+        return Err(corrupt(format!(
+            "length {raw_len} exceeds the largest payload"
+        )));
+    }
     let raw_len = usize::try_from(raw_len).map_err(|_| corrupt("length overflows".into()))?;
     let raw = match codec {
         Compression::None => stored,

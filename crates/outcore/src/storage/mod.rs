@@ -25,12 +25,12 @@
 //! * **Mapping**: [`Storage::locate`] tells where an uncompressed block version lies in a file
 //!   (page-aligned, immutable while referenced), so the memory layer can `mmap` it directly.
 
-mod codec;
+pub(crate) mod codec;
 mod lease;
 pub mod local;
 mod mem;
 pub mod postgres;
-mod record;
+pub(crate) mod record;
 mod segment;
 mod types;
 

@@ -219,7 +219,8 @@ pub(crate) fn decode_log(bytes: &[u8], tid: Tid) -> Result<super::TxnInfo> {
         strings.push(String::from_utf8_lossy(take(n)?).into_owned());
     }
     let n = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
-    let mut keys = Vec::with_capacity(n);
+    // A damaged count must not make us allocate more than the record can hold.
+    let mut keys = Vec::with_capacity(n.min(bytes.len() / Key::ENCODED_LEN));
     for _ in 0..n {
         keys.push(Key::decode(take(Key::ENCODED_LEN)?).ok_or_else(corrupt)?);
     }
