@@ -92,7 +92,7 @@ impl BigArray {
             lo * stride..hi.max(lo) * stride
         };
         let at = self.conn.snapshot()?;
-        self.handle.map_bytes(&*self.conn.storage, at, bytes)?;
+        self.handle.map_bytes(&self.conn.storage, at, bytes)?;
         let to_usize = |d: u64| {
             usize::try_from(d).map_err(|_| Error::InvalidShape(format!("dimension {d} too large")))
         };
@@ -217,7 +217,7 @@ impl BigArray {
     pub fn resize(&self, shape: &[u64]) -> Result<()> {
         self.conn.check_writable()?;
         let at = self.conn.snapshot()?;
-        self.handle.resize(&*self.conn.storage, at, shape)
+        self.handle.resize(&self.conn.storage, at, shape)
     }
 
     /// Appends `data` along the major axis: O(len(data)) in data and metadata written.
@@ -269,7 +269,7 @@ impl BigArray {
         let mut new_shape = m.shape.clone();
         new_shape[major] += shape[major];
         let at = self.conn.snapshot()?;
-        let storage = &*self.conn.storage;
+        let storage = &self.conn.storage;
         self.handle.resize(storage, at, &new_shape)?;
         if let Err(e) = self.handle.write_bytes(storage, at, m.nbytes(), bytes) {
             // Leave the array as it was.

@@ -304,7 +304,7 @@ impl Connection {
             }
         }
         for h in st.arrays.values().filter(|h| !h.is_detached()) {
-            h.abort(&*self.shared.storage, at)?;
+            h.abort(&self.shared.storage, at)?;
         }
         st.root = st.root_committed.clone();
         self.sync(&mut st)
@@ -328,7 +328,7 @@ impl Connection {
         if head == old {
             return Ok(());
         }
-        let storage = &*self.shared.storage;
+        let storage = &self.shared.storage;
         let changes = storage.changes(old, head)?;
         let mut blocks: BTreeMap<Oid, Vec<u64>> = BTreeMap::new();
         let mut metas: BTreeSet<Oid> = BTreeSet::new();
@@ -395,7 +395,7 @@ impl Connection {
             }
         }
         for (h, sp) in &savepoint.arrays {
-            h.rollback(sp, &*self.shared.storage, at)?;
+            h.rollback(sp, &self.shared.storage, at)?;
         }
         st.created = savepoint.created.clone();
         st.root = savepoint.root.clone();

@@ -106,7 +106,9 @@ impl ArrayHandle {
         reserve: Option<u64>,
     ) -> Result<Self> {
         let blocks = reservation_bytes(meta.nbytes(), reserve).div_ceil(meta.blksize as u64);
-        let current = Arc::new(BlockMemory::new(meta.blksize, blocks, writable)?);
+        let current = Arc::new(
+            BlockMemory::new(meta.blksize, blocks, writable)?.describe_as(format!("array {oid}")),
+        );
         Ok(ArrayHandle {
             oid,
             writable,
@@ -155,11 +157,10 @@ impl ArrayHandle {
         }
         let blk = g.meta.blksize as u64;
         let bytes = reservation_bytes(nblocks * blk, self.reserve);
-        let grown = Arc::new(BlockMemory::new(
-            g.meta.blksize,
-            bytes.div_ceil(blk),
-            self.writable,
-        )?);
+        let grown = Arc::new(
+            BlockMemory::new(g.meta.blksize, bytes.div_ceil(blk), self.writable)?
+                .describe_as(format!("array {}", self.oid)),
+        );
         let old = r.current.clone();
         for block in old.dirty_blocks()? {
             // The whole block (written and clean pages) as private memory of the new one.
@@ -212,7 +213,7 @@ impl ArrayHandle {
     }
 
     /// Maps the blocks holding bytes `bytes` of the array, as of snapshot `at`.
-    pub fn map_bytes(&self, storage: &dyn Storage, at: Tid, bytes: Range<u64>) -> Result<()> {
+    pub fn map_bytes(&self, storage: &Arc<dyn Storage>, at: Tid, bytes: Range<u64>) -> Result<()> {
         let g = self.lock()?;
         self.map_locked(&g, storage, at, bytes)
     }
@@ -220,7 +221,7 @@ impl ArrayHandle {
     fn map_locked(
         &self,
         g: &ArrayTxn,
-        storage: &dyn Storage,
+        storage: &Arc<dyn Storage>,
         at: Tid,
         bytes: Range<u64>,
     ) -> Result<()> {
@@ -342,7 +343,7 @@ impl ArrayHandle {
     }
 
     /// Discards every change of the transaction: written pages, shrink holes, metadata.
-    pub fn abort(&self, storage: &dyn Storage, at: Tid) -> Result<()> {
+    pub fn abort(&self, storage: &Arc<dyn Storage>, at: Tid) -> Result<()> {
         let mut g = self.lock()?;
         self.discard_all()?;
         if let Some(committed) = g.committed.clone() {
@@ -363,7 +364,7 @@ impl ArrayHandle {
     /// as of the new snapshot `at`. Called with no uncommitted changes.
     pub fn invalidate(
         &self,
-        storage: &dyn Storage,
+        storage: &Arc<dyn Storage>,
         at: Tid,
         blocks: &[u64],
         meta_changed: bool,
@@ -396,7 +397,7 @@ impl ArrayHandle {
 
     /// Changes the shape; only the major axis may change. Shrinking drops the blocks past the
     /// new end (and zeroes the tail of the last block) so that growing again shows zeros.
-    pub fn resize(&self, storage: &dyn Storage, at: Tid, shape: &[u64]) -> Result<()> {
+    pub fn resize(&self, storage: &Arc<dyn Storage>, at: Tid, shape: &[u64]) -> Result<()> {
         let mut g = self.lock()?;
         let old = g.meta.clone();
         if shape.len() != old.shape.len() {
@@ -454,7 +455,7 @@ impl ArrayHandle {
     /// Writes `bytes` at byte offset `at_byte` of the array's data (mapping as needed).
     pub fn write_bytes(
         &self,
-        storage: &dyn Storage,
+        storage: &Arc<dyn Storage>,
         at: Tid,
         at_byte: u64,
         bytes: &[u8],
@@ -523,7 +524,7 @@ impl ArrayHandle {
     }
 
     /// Restores the state remembered by `sp`.
-    pub fn rollback(&self, sp: &ArraySavepoint, storage: &dyn Storage, at: Tid) -> Result<()> {
+    pub fn rollback(&self, sp: &ArraySavepoint, storage: &Arc<dyn Storage>, at: Tid) -> Result<()> {
         let mut g = self.lock()?;
         // Blocks holed after the savepoint show their snapshot data again...
         let newly_holed: Vec<u64> = g.holed.difference(&sp.holed).copied().collect();

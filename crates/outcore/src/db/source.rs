@@ -1,13 +1,15 @@
 //! Telling the memory layer what lies behind a block at a snapshot.
 
+use std::sync::Arc;
+
 use crate::storage::{Key, Located, Oid, Storage, Tid};
-use crate::vm::{Backing, BlockSource};
+use crate::vm::{Backing, BlockSource, Fetch};
 use crate::{Error, Result};
 
 /// The blocks of one block file as of snapshot `at`. Blocks at or beyond `cut` were dropped by
 /// a shrink in the current transaction and read as holes whatever the store holds.
 pub(crate) struct SnapshotSource<'a> {
-    pub storage: &'a dyn Storage,
+    pub storage: &'a Arc<dyn Storage>,
     pub file: Oid,
     pub at: Tid,
     pub cut: Option<u64>,
@@ -22,9 +24,32 @@ impl SnapshotSource<'_> {
     }
 }
 
+/// One stored block version, fetched when the memory layer asks (on first touch).
+struct StoredBlock {
+    storage: Arc<dyn Storage>,
+    key: Key,
+    at: Tid,
+}
+
+impl Fetch for StoredBlock {
+    fn fetch(&self) -> Result<Vec<u8>> {
+        let v = self
+            .storage
+            .load(self.key, self.at)?
+            .ok_or_else(|| Error::NotFound(format!("{} vanished at {}", self.key, self.at)))?;
+        Ok(v.data)
+    }
+
+    fn describe(&self) -> String {
+        format!("{} at {} in {}", self.key, self.at, self.storage.describe())
+    }
+}
+
 impl BlockSource for SnapshotSource<'_> {
     fn backings(&self, blocks: &[u64]) -> Result<Vec<Backing>> {
-        if !self.storage.is_remote() {
+        // Fetch on touch where the kernel allows it; otherwise remote blocks are fetched now,
+        // many at once.
+        if !self.storage.is_remote() || crate::vm::fault_filling_unavailable().is_none() {
             return blocks.iter().map(|&b| self.backing(b)).collect();
         }
         let wanted: Vec<u64> = blocks
@@ -67,12 +92,12 @@ impl BlockSource for SnapshotSource<'_> {
                 offset: e.offset,
                 len: e.len,
             },
-            Located::CopyOnly(_) => {
-                let v = self.storage.load(key, self.at)?.ok_or_else(|| {
-                    Error::NotFound(format!("{key} vanished between locate and load"))
-                })?;
-                Backing::Bytes(v.data)
-            }
+            Located::CopyOnly(tid) => Backing::Fetch(Arc::new(StoredBlock {
+                storage: self.storage.clone(),
+                key,
+                // Exactly the version located.
+                at: tid,
+            })),
         })
     }
 }

@@ -19,6 +19,7 @@ use crate::{Error, Result};
 /// Page size assumed by the scanner.
 pub const PAGE: usize = 4096;
 
+const PAGE_IS_WRITTEN: u64 = 1 << 1;
 const PAGE_IS_FILE: u64 = 1 << 2;
 const PAGE_IS_PRESENT: u64 = 1 << 3;
 const PAGE_IS_SWAPPED: u64 = 1 << 4;
@@ -92,7 +93,24 @@ pub fn written_pages(range: Range<usize>) -> Result<Vec<Range<usize>>> {
     }
 }
 
+/// Written pages of memory registered for asynchronous write-protection (fault-filled
+/// blocks): pages in memory or swap whose protection a write has lifted.
+pub fn written_async(range: Range<usize>) -> Result<Vec<Range<usize>>> {
+    scan(range, PAGE_IS_WRITTEN, 0)
+}
+
 fn scan_ioctl(range: Range<usize>) -> Result<Vec<Range<usize>>> {
+    // Not file-backed and not the zero page, in memory or in swap.
+    scan(
+        range,
+        PAGE_IS_FILE | PAGE_IS_PFNZERO,
+        PAGE_IS_FILE | PAGE_IS_PFNZERO,
+    )
+}
+
+/// One PAGEMAP_SCAN over `range`: pages whose categories, after flipping `inverted`, include
+/// all of `mask` and are present or swapped.
+fn scan(range: Range<usize>, mask: u64, inverted: u64) -> Result<Vec<Range<usize>>> {
     let fd = pagemap()?.as_raw_fd();
     let mut out: Vec<Range<usize>> = Vec::new();
     let mut regions = vec![PageRegion::default(); 512];
@@ -105,10 +123,9 @@ fn scan_ioctl(range: Range<usize>) -> Result<Vec<Range<usize>>> {
             end,
             vec: regions.as_mut_ptr() as u64,
             vec_len: regions.len() as u64,
-            // Not file-backed and not the zero page...
-            category_inverted: PAGE_IS_FILE | PAGE_IS_PFNZERO,
-            category_mask: PAGE_IS_FILE | PAGE_IS_PFNZERO,
-            // ...and in memory or in swap.
+            category_inverted: inverted,
+            category_mask: mask,
+            // Always require a populated page: holes must never count (nor get markers).
             category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
             return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
             ..PmScanArg::default()

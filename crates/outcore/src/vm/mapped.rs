@@ -39,6 +39,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::dirty::{self, PAGE};
 use super::reservation::Reservation;
+use super::uffd::Fetch;
 use crate::{Error, Result};
 
 /// What lies behind one block, as the layer above tells it.
@@ -58,6 +59,15 @@ pub enum Backing {
     },
     /// Bytes that cannot be mapped (compressed or remote), decoded by the caller.
     Bytes(Vec<u8>),
+    /// A version fetched when first touched (through userfaultfd; where that is unusable,
+    /// fetched at once and handled as [`Backing::Bytes`]).
+    Fetch(Arc<dyn Fetch>),
+}
+
+impl std::fmt::Debug for dyn Fetch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
 }
 
 /// Supplies the backing of blocks at the caller's current snapshot.
@@ -85,6 +95,8 @@ enum Mapped {
         offset: u64,
     },
     Decoded,
+    /// Fetched on first touch (userfaultfd).
+    Remote,
 }
 
 /// The memory of one open array: a reservation of `capacity` blocks of `blksize` bytes.
@@ -93,6 +105,8 @@ enum Mapped {
 pub struct BlockMemory {
     blksize: usize,
     writable: bool,
+    /// What the memory holds, for messages from the fault path ("array 5").
+    what: String,
     reservation: Arc<Reservation>,
     state: Mutex<State>,
 }
@@ -128,9 +142,16 @@ impl BlockMemory {
         Ok(BlockMemory {
             blksize,
             writable,
+            what: "an array".into(),
             reservation: Arc::new(Reservation::new(len.max(blksize))?),
             state: Mutex::new(State::default()),
         })
+    }
+
+    /// Names what the memory holds in messages of the fault path (e.g. "array 'A'").
+    pub fn describe_as(mut self, what: impl Into<String>) -> Self {
+        self.what = what.into();
+        self
     }
 
     /// The block size in bytes.
@@ -291,6 +312,17 @@ impl BlockMemory {
                     offset,
                 }
             }
+            Backing::Fetch(fetch) => match self.reservation.remote(self.blksize, &self.what) {
+                Ok((server, region)) => {
+                    self.map_anonymous(block, 0, self.blksize)?;
+                    server.register(region, block, fetch)?;
+                    Mapped::Remote
+                }
+                Err(why) => {
+                    tracing::debug!("fetching block {block} at once: {why}");
+                    return self.install_locked(state, block, Backing::Bytes(fetch.fetch()?));
+                }
+            },
             Backing::Bytes(bytes) => {
                 let len = bytes.len().min(self.blksize);
                 let at = block * self.blksize as u64;
@@ -312,12 +344,18 @@ impl BlockMemory {
                 Mapped::Decoded
             }
         };
-        if let Some(Mapped::Decoded) = state.mapped.insert(block, mapped.clone()) {
-            if mapped != Mapped::Decoded {
+        match state.mapped.insert(block, mapped.clone()) {
+            Some(Mapped::Decoded) if mapped != Mapped::Decoded => {
                 if let Some(d) = &state.decoded {
                     punch_hole(d, block * self.blksize as u64, self.blksize as u64)?;
                 }
             }
+            Some(Mapped::Remote) if mapped != Mapped::Remote => {
+                if let Some((server, region)) = self.reservation.remote_if_any() {
+                    server.unregister(region, block);
+                }
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -439,7 +477,7 @@ impl BlockMemory {
             return Ok(out);
         };
         let span = base + first as usize * self.blksize..base + (last as usize + 1) * self.blksize;
-        for r in dirty::written_pages(span)? {
+        for r in dirty::written_pages(span.clone())? {
             // Split address ranges at block boundaries.
             let mut at = r.start - base;
             let end = r.end - base;
@@ -450,6 +488,26 @@ impl BlockMemory {
                 let pages = out.entry(block).or_default();
                 pages.push(at - block_start..stop - block_start);
                 at = stop;
+            }
+        }
+        if state.mapped.values().any(|m| *m == Mapped::Remote) {
+            // Fetched blocks are private memory from the start: their writes are the pages
+            // whose write-protection was lifted.
+            out.retain(|b, _| state.mapped.get(b) != Some(&Mapped::Remote));
+            for r in dirty::written_async(span.clone())? {
+                let mut at = r.start - base;
+                let end = r.end - base;
+                while at < end {
+                    let block = (at / self.blksize) as u64;
+                    let block_start = block as usize * self.blksize;
+                    let stop = end.min(block_start + self.blksize);
+                    if state.mapped.get(&block) == Some(&Mapped::Remote) {
+                        out.entry(block)
+                            .or_default()
+                            .push(at - block_start..stop - block_start);
+                    }
+                    at = stop;
+                }
             }
         }
         if dirty::method() == dirty::ScanMethod::PagemapRead {
@@ -539,17 +597,31 @@ impl BlockMemory {
     /// Drops the private (written) pages of `ranges` within `block`: they show the mapped
     /// version again.
     pub fn discard_pages(&self, block: u64, ranges: &[Range<usize>]) -> Result<()> {
-        for r in ranges {
-            let addr = self.block_ptr(block).wrapping_add(r.start);
-            // SAFETY: inside our reservation; DONTNEED on a private mapping only drops
-            // private pages, which re-fault from the file (or as zeros).
-            let rc = unsafe { libc::madvise(addr.cast(), r.end - r.start, libc::MADV_DONTNEED) };
-            if rc != 0 {
-                return Err(Error::io(
-                    format!("discarding pages of block {block}"),
-                    std::io::Error::last_os_error(),
-                ));
+        if self.lock().mapped.get(&block) == Some(&Mapped::Remote) {
+            // A fetched block is loaded whole: drop it whole, the next touch fetches it.
+            let whole = 0..self.blksize;
+            self.madvise_dontneed(block, &whole)?;
+            if let Some((server, region)) = self.reservation.remote_if_any() {
+                server.unloaded(region, block);
             }
+            return Ok(());
+        }
+        for r in ranges {
+            self.madvise_dontneed(block, r)?;
+        }
+        Ok(())
+    }
+
+    fn madvise_dontneed(&self, block: u64, r: &Range<usize>) -> Result<()> {
+        let addr = self.block_ptr(block).wrapping_add(r.start);
+        // SAFETY: inside our reservation; DONTNEED on a private mapping only drops private
+        // pages, which re-fault from the file, as zeros, or through the fault server.
+        let rc = unsafe { libc::madvise(addr.cast(), r.end - r.start, libc::MADV_DONTNEED) };
+        if rc != 0 {
+            return Err(Error::io(
+                format!("discarding pages of block {block}"),
+                std::io::Error::last_os_error(),
+            ));
         }
         Ok(())
     }

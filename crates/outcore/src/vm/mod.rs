@@ -8,7 +8,21 @@
 mod dirty;
 mod mapped;
 mod reservation;
+mod uffd;
 
 pub use dirty::{method as scan_method, ScanMethod, PAGE};
 pub use mapped::{Backing, BlockMemory, BlockSource};
 pub use reservation::{Reservation, ALIGN};
+pub use uffd::Fetch;
+
+/// Sets the process-wide RAM budget for fetched (fault-filled) blocks that are clean; the
+/// oldest are dropped beyond it and fetched again when touched.
+pub fn set_cache_budget(bytes: u64) {
+    uffd::set_budget(bytes);
+}
+
+/// Why fault-filled memory (userfaultfd) cannot be used here, or `None` if it can; without it,
+/// unmappable blocks are fetched when a view covering them is made.
+pub fn fault_filling_unavailable() -> Option<String> {
+    uffd::server().err()
+}

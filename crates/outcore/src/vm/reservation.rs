@@ -12,10 +12,21 @@ pub const ALIGN: usize = 2 << 20;
 ///
 /// Sub-ranges are remapped with `MAP_FIXED` by the owner; nothing else may unmap them, so the
 /// range stays valid memory (possibly `PROT_NONE`) for as long as this value lives.
-#[derive(Debug)]
 pub struct Reservation {
     base: NonNull<u8>,
     len: usize,
+    /// Fetch-on-touch blocks in this range, registered with the fault server; it lives as
+    /// long as the memory (views included), so a fault is always served.
+    remote: std::sync::OnceLock<std::sync::Arc<super::uffd::RemoteRegion>>,
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("base", &self.base)
+            .field("len", &self.len)
+            .finish()
+    }
 }
 
 // SAFETY: the reservation is a plain address range; all access goes through raw pointers whose
@@ -66,6 +77,7 @@ impl Reservation {
         Ok(Reservation {
             base: NonNull::new(aligned as *mut u8).expect("mmap never returns null here"),
             len,
+            remote: std::sync::OnceLock::new(),
         })
     }
 
@@ -79,6 +91,44 @@ impl Reservation {
         self.len
     }
 
+    /// The fetch-on-touch region of this reservation, created (and registered with the fault
+    /// server) on first use; an error if userfaultfd is unusable here.
+    pub(crate) fn remote(
+        &self,
+        blksize: usize,
+        what: &str,
+    ) -> std::result::Result<
+        (
+            &'static super::uffd::FaultServer,
+            &super::uffd::RemoteRegion,
+        ),
+        String,
+    > {
+        let server = super::uffd::server()?;
+        let region = self.remote.get_or_init(|| {
+            let region = std::sync::Arc::new(super::uffd::RemoteRegion::new(
+                self.base.as_ptr() as usize,
+                self.len,
+                blksize,
+                what.to_string(),
+            ));
+            server.add_region(&region);
+            region
+        });
+        Ok((server, region))
+    }
+
+    /// The fetch-on-touch region, if any block was ever registered.
+    pub(crate) fn remote_if_any(
+        &self,
+    ) -> Option<(
+        &'static super::uffd::FaultServer,
+        &super::uffd::RemoteRegion,
+    )> {
+        let region = self.remote.get()?;
+        super::uffd::server().ok().map(|s| (s, &**region))
+    }
+
     /// Always false: a reservation holds at least one aligned unit.
     pub fn is_empty(&self) -> bool {
         false
@@ -87,6 +137,11 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
+        if self.remote.get().is_some() {
+            if let Ok(server) = super::uffd::server() {
+                server.remove_region(self.base.as_ptr() as usize);
+            }
+        }
         // SAFETY: the range is ours alone; every view into it holds (through an Arc) the
         // object owning this reservation, so no view outlives it.
         unsafe {

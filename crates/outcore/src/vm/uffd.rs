@@ -1,0 +1,627 @@
+//! Fault-filled memory: blocks that cannot be mapped from a local file (compressed, or in a
+//! remote store) are fetched when first touched, through `userfaultfd`.
+//!
+//! # The fault path, top to bottom
+//!
+//! 1. A block is *registered* ([`FaultServer::register`]): its range is fresh anonymous memory
+//!    registered with the process-wide userfaultfd for MISSING and write-protect faults, and
+//!    its [`Fetch`] (how to get its bytes) is recorded in the array's [`RemoteRegion`].
+//! 2. A thread touches the block (user code, or the kernel in `read(2)`): the kernel suspends
+//!    it and queues a fault message.
+//! 3. The handler thread reads the message, finds the region and block, and queues the block
+//!    for a worker (several blocks load in parallel; a block already queued is not queued
+//!    twice; the next two blocks are queued too, as read-ahead).
+//! 4. A worker fetches the bytes (no lock held), then, under the region's lock, checks that the
+//!    block still wants this version and copies it in with `UFFDIO_COPY` in write-protect mode,
+//!    which also wakes the suspended threads.
+//! 5. With `UFFD_FEATURE_WP_ASYNC` a later write needs no message: the kernel lifts the
+//!    protection and `PAGEMAP_SCAN` reports the page as written — that is dirty tracking.
+//! 6. When loaded clean blocks exceed the RAM budget, the oldest are dropped
+//!    (`MADV_DONTNEED`); touching them again fetches them again. Written blocks stay.
+//!
+//! A fetch that keeps failing cannot be reported to the faulting instruction: after retries
+//! the block is poisoned (`UFFDIO_POISON`: the thread gets SIGBUS) after logging an error naming
+//! the array and block. `BigArray::load` fetches under the caller's control and returns
+//! errors normally. The handler and workers never call Python or need the GIL.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::fs::OpenOptions;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::time::Duration;
+
+use crate::{Error, Result};
+
+/// How to get one block version's bytes (decoded, checksum-verified).
+pub trait Fetch: Send + Sync {
+    /// The bytes (at most the block size; the rest of the block reads as zeros).
+    fn fetch(&self) -> Result<Vec<u8>>;
+    /// What this is, for error messages ("block 3 of array 'A' at tid ...").
+    fn describe(&self) -> String;
+}
+
+const UFFDIO_API: libc::c_ulong = 0xC018_AA3F;
+const UFFDIO_REGISTER: libc::c_ulong = 0xC020_AA00;
+const UFFDIO_WAKE: libc::c_ulong = 0x8010_AA02;
+const UFFDIO_COPY: libc::c_ulong = 0xC028_AA03;
+const UFFDIO_POISON: libc::c_ulong = 0xC020_AA08;
+const USERFAULTFD_IOC_NEW: libc::c_ulong = 0xAA00;
+const UFFD_API: u64 = 0xAA;
+const FEATURE_POISON: u64 = 1 << 14;
+const FEATURE_WP_ASYNC: u64 = 1 << 15;
+const REGISTER_MISSING: u64 = 1;
+const REGISTER_WP: u64 = 2;
+const COPY_MODE_WP: u64 = 2;
+const EVENT_PAGEFAULT: u8 = 0x12;
+const UFFD_USER_MODE_ONLY: libc::c_int = 1;
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct UffdioRange {
+    start: u64,
+    len: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioRegister {
+    range: UffdioRange,
+    mode: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioPoison {
+    range: UffdioRange,
+    mode: u64,
+    updated: i64,
+}
+
+/// One fault message (`struct uffd_msg`, 32 bytes).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct UffdMsg {
+    event: u8,
+    reserved: [u8; 7],
+    flags: u64,
+    address: u64,
+    ptid: u64,
+}
+
+/// The registered blocks of one array's reservation.
+pub(crate) struct RemoteRegion {
+    base: usize,
+    len: usize,
+    blksize: usize,
+    what: String,
+    blocks: Mutex<HashMap<u64, RemoteBlock>>,
+}
+
+struct RemoteBlock {
+    fetch: Arc<dyn Fetch>,
+    loaded: bool,
+    /// Bumped whenever the block is registered anew: a fetch of an older registration is
+    /// thrown away.
+    generation: u64,
+}
+
+impl RemoteRegion {
+    fn block_range(&self, block: u64) -> UffdioRange {
+        UffdioRange {
+            start: (self.base + block as usize * self.blksize) as u64,
+            len: self.blksize as u64,
+        }
+    }
+}
+
+/// The process-wide userfaultfd, its handler thread and workers.
+pub(crate) struct FaultServer {
+    uffd: OwnedFd,
+    poison: bool,
+    regions: RwLock<BTreeMap<usize, Weak<RemoteRegion>>>,
+    jobs: Mutex<Sender<Job>>,
+    queued: Mutex<HashSet<usize>>,
+    lru: Mutex<VecDeque<(Weak<RemoteRegion>, u64, u64)>>,
+    loaded_bytes: AtomicU64,
+    budget: AtomicU64,
+    generation: AtomicU64,
+}
+
+/// Workers fetching blocks in parallel.
+const WORKERS: usize = 4;
+/// Blocks after a faulting one that are fetched ahead.
+const READ_AHEAD: u64 = 2;
+
+/// The fault server, started on first use; an error says why userfaultfd is unusable here.
+pub(crate) fn server() -> std::result::Result<&'static FaultServer, String> {
+    static SERVER: OnceLock<std::result::Result<&'static FaultServer, String>> = OnceLock::new();
+    SERVER
+        .get_or_init(|| {
+            if std::env::var_os("OUTCORE_NO_USERFAULTFD").is_some() {
+                return Err("disabled by OUTCORE_NO_USERFAULTFD".into());
+            }
+            FaultServer::start().map(|s| &*Box::leak(Box::new(s)))
+        })
+        .clone()
+}
+
+/// Sets the RAM budget for loaded clean blocks of the whole process.
+pub(crate) fn set_budget(bytes: u64) {
+    if let Ok(s) = server() {
+        s.budget.store(bytes, Ordering::Relaxed);
+    }
+}
+
+fn ioctl<T>(fd: &OwnedFd, request: libc::c_ulong, arg: &mut T) -> std::io::Result<()> {
+    // SAFETY: `arg` is the repr(C) struct the request expects, alive for the call.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), request, arg as *mut T) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// A new userfaultfd and whether it serves kernel-mode faults, trying the privilege ladder:
+/// `/dev/userfaultfd`, then the syscall, then the syscall in user-mode-only mode.
+fn open_uffd() -> std::result::Result<(OwnedFd, bool), String> {
+    let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
+    if let Ok(dev) = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/userfaultfd")
+    {
+        // SAFETY: USERFAULTFD_IOC_NEW takes the flags as its argument and returns a new fd.
+        let fd = unsafe { libc::ioctl(dev.as_raw_fd(), USERFAULTFD_IOC_NEW, flags) };
+        if fd >= 0 {
+            // SAFETY: a fresh descriptor owned by nobody else.
+            return Ok((unsafe { OwnedFd::from_raw_fd(fd) }, true));
+        }
+    }
+    for (extra, full) in [(0, true), (UFFD_USER_MODE_ONLY, false)] {
+        // SAFETY: the userfaultfd syscall takes flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags | extra) } as i32;
+        if fd >= 0 {
+            // SAFETY: a fresh descriptor owned by nobody else.
+            return Ok((unsafe { OwnedFd::from_raw_fd(fd) }, full));
+        }
+    }
+    Err(format!(
+        "userfaultfd is not available ({}); give this user access to /dev/userfaultfd \
+         (e.g. a group with mode 0660) or set vm.unprivileged_userfaultfd=1",
+        std::io::Error::last_os_error()
+    ))
+}
+
+impl FaultServer {
+    fn start() -> std::result::Result<Self, String> {
+        // Ask one descriptor what the kernel offers, then configure a second one.
+        let (probe, _) = open_uffd()?;
+        let mut api = UffdioApi {
+            api: UFFD_API,
+            ..UffdioApi::default()
+        };
+        ioctl(&probe, UFFDIO_API, &mut api).map_err(|e| format!("UFFDIO_API: {e}"))?;
+        drop(probe);
+        if api.features & FEATURE_WP_ASYNC == 0 {
+            return Err("the kernel lacks UFFD_FEATURE_WP_ASYNC (Linux >= 6.7)".into());
+        }
+        let poison = api.features & FEATURE_POISON != 0;
+        let (uffd, full_mode) = open_uffd()?;
+        let mut api = UffdioApi {
+            api: UFFD_API,
+            features: FEATURE_WP_ASYNC | if poison { FEATURE_POISON } else { 0 },
+            ..UffdioApi::default()
+        };
+        ioctl(&uffd, UFFDIO_API, &mut api).map_err(|e| format!("UFFDIO_API: {e}"))?;
+        if !full_mode {
+            tracing::warn!(
+                "userfaultfd in user-mode-only mode: system calls that read or write array \
+                 memory not yet fetched fail with EFAULT; call load() on the range first, or \
+                 give this user access to /dev/userfaultfd"
+            );
+        }
+        let (tx, rx) = channel();
+        let server = FaultServer {
+            uffd,
+            poison,
+            regions: RwLock::new(BTreeMap::new()),
+            jobs: Mutex::new(tx),
+            queued: Mutex::new(HashSet::new()),
+            lru: Mutex::new(VecDeque::new()),
+            loaded_bytes: AtomicU64::new(0),
+            budget: AtomicU64::new(default_budget()),
+            generation: AtomicU64::new(0),
+        };
+        PENDING_RX
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(rx);
+        Ok(server)
+    }
+
+    /// Starts the handler thread and workers (called once, with the 'static server).
+    fn spawn_threads(&'static self) {
+        let rx = PENDING_RX
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .expect("jobs receiver");
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..WORKERS {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("outcore-fetch-{i}"))
+                .spawn(move || self.worker(&rx))
+                .expect("spawn a fetch worker");
+        }
+        std::thread::Builder::new()
+            .name("outcore-faults".into())
+            .spawn(move || self.handle_faults())
+            .expect("spawn the fault handler");
+    }
+
+    /// Registers `region` (its whole reservation) so faults in it are served.
+    pub fn add_region(&'static self, region: &Arc<RemoteRegion>) {
+        THREADS.get_or_init(|| self.spawn_threads());
+        self.regions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(region.base, Arc::downgrade(region));
+    }
+
+    /// Forgets `region` (its reservation is going away).
+    pub fn remove_region(&self, base: usize) {
+        self.regions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&base);
+    }
+
+    /// Makes `block` of `region` fetch-on-touch: the caller has just mapped fresh anonymous
+    /// memory there.
+    pub fn register(&self, region: &RemoteRegion, block: u64, fetch: Arc<dyn Fetch>) -> Result<()> {
+        let mut reg = UffdioRegister {
+            range: region.block_range(block),
+            mode: REGISTER_MISSING | REGISTER_WP,
+            ..UffdioRegister::default()
+        };
+        ioctl(&self.uffd, UFFDIO_REGISTER, &mut reg)
+            .map_err(|e| Error::io(format!("registering block {block} for fetch-on-touch"), e))?;
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let old = region
+            .blocks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                block,
+                RemoteBlock {
+                    fetch,
+                    loaded: false,
+                    generation,
+                },
+            );
+        if old.is_some_and(|o| o.loaded) {
+            self.loaded_bytes
+                .fetch_sub(region.blksize as u64, Ordering::Relaxed);
+        }
+        self.wake(region.block_range(block));
+        Ok(())
+    }
+
+    /// `block` no longer fetches on touch (it was mapped as something else).
+    pub fn unregister(&self, region: &RemoteRegion, block: u64) {
+        let old = region
+            .blocks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&block);
+        if old.is_some_and(|o| o.loaded) {
+            self.loaded_bytes
+                .fetch_sub(region.blksize as u64, Ordering::Relaxed);
+        }
+        self.wake(region.block_range(block));
+    }
+
+    /// The memory of `block` was dropped (abort, eviction): the next touch fetches again.
+    pub fn unloaded(&self, region: &RemoteRegion, block: u64) {
+        let mut blocks = region.blocks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = blocks.get_mut(&block) {
+            if b.loaded {
+                b.loaded = false;
+                self.loaded_bytes
+                    .fetch_sub(region.blksize as u64, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn wake(&self, mut range: UffdioRange) {
+        // Waking a range nobody waits on is harmless.
+        let _ = ioctl(&self.uffd, UFFDIO_WAKE, &mut range);
+    }
+
+    /// The handler: turns fault messages into fetch jobs.
+    fn handle_faults(&'static self) {
+        let mut msgs = [UffdMsg {
+            event: 0,
+            reserved: [0; 7],
+            flags: 0,
+            address: 0,
+            ptid: 0,
+        }; 64];
+        loop {
+            let mut pfd = libc::pollfd {
+                fd: self.uffd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            unsafe { libc::poll(&mut pfd, 1, 1000) };
+            loop {
+                // SAFETY: reading fault messages into a buffer of that many messages.
+                let n = unsafe {
+                    libc::read(
+                        self.uffd.as_raw_fd(),
+                        msgs.as_mut_ptr().cast(),
+                        std::mem::size_of_val(&msgs),
+                    )
+                };
+                if n <= 0 {
+                    break; // EAGAIN: no more messages for now
+                }
+                let count = n as usize / std::mem::size_of::<UffdMsg>();
+                for msg in &msgs[..count] {
+                    if msg.event == EVENT_PAGEFAULT {
+                        self.fault(msg.address as usize);
+                    }
+                }
+            }
+        }
+    }
+
+    fn fault(&'static self, addr: usize) {
+        let region = {
+            let regions = self.regions.read().unwrap_or_else(|p| p.into_inner());
+            regions
+                .range(..=addr)
+                .next_back()
+                .and_then(|(_, w)| w.upgrade())
+        };
+        let Some(region) = region.filter(|r| addr < r.base + r.len) else {
+            // Not ours (any more): let the thread retry against whatever is mapped now.
+            self.wake(UffdioRange {
+                start: (addr & !4095) as u64,
+                len: 4096,
+            });
+            return;
+        };
+        let block = ((addr - region.base) / region.blksize) as u64;
+        for b in block..block + 1 + READ_AHEAD {
+            let wanted = {
+                let blocks = region.blocks.lock().unwrap_or_else(|p| p.into_inner());
+                blocks.get(&b).is_some_and(|rb| !rb.loaded)
+            };
+            if !wanted {
+                if b == block {
+                    self.wake(region.block_range(b));
+                }
+                continue;
+            }
+            let key = region.base + b as usize * region.blksize;
+            if self
+                .queued
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key)
+            {
+                let _ = self
+                    .jobs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .send((Arc::downgrade(&region), b));
+            }
+        }
+    }
+
+    fn worker(&'static self, rx: &Mutex<Receiver<Job>>) {
+        loop {
+            let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+            let Ok((region, block)) = job else {
+                return;
+            };
+            if let Some(region) = region.upgrade() {
+                let key = region.base + block as usize * region.blksize;
+                self.load(&region, block);
+                self.queued
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&key);
+                self.evict_over_budget();
+            }
+        }
+    }
+
+    /// Fetches and installs one block (step 4 of the module docs).
+    fn load(&self, region: &RemoteRegion, block: u64) {
+        let range = region.block_range(block);
+        let wanted = {
+            let blocks = region.blocks.lock().unwrap_or_else(|p| p.into_inner());
+            blocks
+                .get(&block)
+                .filter(|b| !b.loaded)
+                .map(|b| (b.fetch.clone(), b.generation))
+        };
+        let Some((fetch, generation)) = wanted else {
+            self.wake(range);
+            return;
+        };
+        let mut bytes = Err(Error::NotFound(String::new()));
+        for delay in [0u64, 100, 500, 2000] {
+            std::thread::sleep(Duration::from_millis(delay));
+            bytes = fetch.fetch();
+            if bytes.is_ok() {
+                break;
+            }
+        }
+        let mut blocks = region.blocks.lock().unwrap_or_else(|p| p.into_inner());
+        let current = blocks.get_mut(&block);
+        let Some(current) = current.filter(|b| b.generation == generation && !b.loaded) else {
+            // Re-registered (or dropped) while fetching: this version is no longer wanted.
+            self.wake(range);
+            return;
+        };
+        let mut data = match bytes {
+            Ok(data) => data,
+            Err(e) => {
+                tracing::error!(
+                    "outcore: cannot load {} of {} after retries: {e}",
+                    fetch.describe(),
+                    region.what
+                );
+                eprintln!(
+                    "outcore: cannot load {} of {} after retries: {e}",
+                    fetch.describe(),
+                    region.what
+                );
+                if self.poison {
+                    let mut p = UffdioPoison {
+                        range,
+                        ..UffdioPoison::default()
+                    };
+                    let _ = ioctl(&self.uffd, UFFDIO_POISON, &mut p);
+                    return;
+                }
+                std::process::abort();
+            }
+        };
+        data.resize(region.blksize, 0);
+        let mut copy = UffdioCopy {
+            dst: range.start,
+            src: data.as_ptr() as u64,
+            len: range.len,
+            mode: COPY_MODE_WP,
+            ..UffdioCopy::default()
+        };
+        match ioctl(&self.uffd, UFFDIO_COPY, &mut copy) {
+            Ok(()) => {
+                current.loaded = true;
+                self.loaded_bytes
+                    .fetch_add(region.blksize as u64, Ordering::Relaxed);
+                drop(blocks);
+                self.lru
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_back((self.region_weak(region), block, generation));
+            }
+            Err(_) => {
+                // EEXIST: some pages are there already (a racing load); ENOENT/EAGAIN: the
+                // mapping changed. Either way the waiting threads retry their access.
+                self.wake(range);
+            }
+        }
+    }
+
+    fn region_weak(&self, region: &RemoteRegion) -> Weak<RemoteRegion> {
+        self.regions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&region.base)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Drops the oldest clean loaded blocks while over the budget (step 6).
+    fn evict_over_budget(&self) {
+        let budget = self.budget.load(Ordering::Relaxed);
+        let mut lru = self.lru.lock().unwrap_or_else(|p| p.into_inner());
+        let mut checked = 0;
+        while self.loaded_bytes.load(Ordering::Relaxed) > budget && checked < lru.len() {
+            let Some((weak, block, generation)) = lru.pop_front() else {
+                break;
+            };
+            let Some(region) = weak.upgrade() else {
+                continue;
+            };
+            let mut blocks = region.blocks.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(b) = blocks.get_mut(&block) else {
+                continue;
+            };
+            if b.generation != generation || !b.loaded {
+                continue;
+            }
+            let range = region.block_range(block);
+            let written = super::dirty::written_async(
+                range.start as usize..(range.start + range.len) as usize,
+            )
+            .map(|w| !w.is_empty())
+            .unwrap_or(true);
+            if written {
+                // Dirty blocks stay until commit or abort.
+                checked += 1;
+                drop(blocks);
+                lru.push_back((weak, block, generation));
+                continue;
+            }
+            // SAFETY: drops the pages of a clean block of our reservation; the next touch
+            // faults and fetches it again.
+            unsafe {
+                libc::madvise(
+                    range.start as *mut libc::c_void,
+                    range.len as usize,
+                    libc::MADV_DONTNEED,
+                )
+            };
+            b.loaded = false;
+            self.loaded_bytes
+                .fetch_sub(region.blksize as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A block to fetch: its region and index.
+type Job = (Weak<RemoteRegion>, u64);
+
+static PENDING_RX: Mutex<Option<Receiver<Job>>> = Mutex::new(None);
+static THREADS: OnceLock<()> = OnceLock::new();
+
+/// The default budget: `OUTCORE_CACHE_BYTES`, else 1 GiB.
+fn default_budget() -> u64 {
+    std::env::var("OUTCORE_CACHE_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1 << 30)
+}
+
+impl RemoteRegion {
+    /// A region for the reservation `base..base + len` of blocks of `blksize` bytes.
+    pub fn new(base: usize, len: usize, blksize: usize, what: String) -> Self {
+        RemoteRegion {
+            base,
+            len,
+            blksize,
+            what,
+            blocks: Mutex::new(HashMap::new()),
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Fault-filled memory (userfaultfd): blocks fetched on first touch.
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use outcore::vm::{Backing, BlockMemory, BlockSource, Fetch, PAGE};
+use outcore::Result;
+
+const BLK: usize = 2 << 20;
+
+fn content(block: u64) -> Vec<u8> {
+    (0..BLK)
+        .map(|i| (i as u64 * 7 + block * 131) as u8)
+        .collect()
+}
+
+struct Counted {
+    block: u64,
+    fetches: Arc<AtomicUsize>,
+}
+
+impl Fetch for Counted {
+    fn fetch(&self) -> Result<Vec<u8>> {
+        self.fetches.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        Ok(content(self.block))
+    }
+    fn describe(&self) -> String {
+        format!("test block {}", self.block)
+    }
+}
+
+struct Source(Arc<AtomicUsize>);
+
+impl BlockSource for Source {
+    fn backing(&self, block: u64) -> Result<Backing> {
+        Ok(Backing::Fetch(Arc::new(Counted {
+            block,
+            fetches: self.0.clone(),
+        })))
+    }
+}
+
+fn available() -> bool {
+    match outcore::vm::fault_filling_unavailable() {
+        None => true,
+        Some(why) => {
+            eprintln!("SKIPPED: userfaultfd unusable here: {why}");
+            false
+        }
+    }
+}
+
+fn byte(mem: &BlockMemory, block: u64, at: usize) -> u8 {
+    // SAFETY (test): the block is mapped; reading it faults it in.
+    unsafe { std::ptr::read_volatile(mem.block_ptr(block).add(at)) }
+}
+
+#[test]
+fn touching_one_element_fetches_one_block_and_writes_are_tracked() {
+    if !available() {
+        return;
+    }
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let mem = BlockMemory::new(BLK, 16, true).unwrap();
+    mem.ensure_mapped(0..8, &Source(fetches.clone())).unwrap();
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        0,
+        "nothing fetched at map time"
+    );
+    assert_eq!(byte(&mem, 5, 1000), content(5)[1000]);
+    // The block itself, plus read-ahead of the next two.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let n = fetches.load(Ordering::SeqCst);
+    assert!((1..=3).contains(&n), "{n} fetches");
+    assert!(
+        mem.dirty_blocks().unwrap().is_empty(),
+        "reads dirty nothing"
+    );
+    // A write marks exactly its page.
+    // SAFETY (test): mapped writable memory.
+    unsafe { *mem.block_ptr(5).add(3 * PAGE + 1) = 42 };
+    let w = mem.written_pages().unwrap();
+    assert_eq!(w.len(), 1);
+    assert_eq!(w[&5], vec![3 * PAGE..4 * PAGE]);
+    // Discard drops it: the next touch fetches the stored version again.
+    mem.discard(&[5]).unwrap();
+    assert_eq!(byte(&mem, 5, 3 * PAGE + 1), content(5)[3 * PAGE + 1]);
+    assert!(mem.dirty_blocks().unwrap().is_empty());
+}
+
+#[test]
+fn concurrent_faults_on_one_block_fetch_it_once() {
+    if !available() {
+        return;
+    }
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let mem = Arc::new(BlockMemory::new(BLK, 4, true).unwrap());
+    mem.ensure_mapped(3..4, &Source(fetches.clone())).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let mem = mem.clone();
+            s.spawn(move || assert_eq!(byte(&mem, 3, t * 4096 + 5), content(3)[t * 4096 + 5]));
+        }
+    });
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn the_kernel_can_read_unloaded_memory() {
+    if !available() {
+        return;
+    }
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let mem = BlockMemory::new(BLK, 2, true).unwrap();
+    mem.ensure_mapped(0..1, &Source(fetches.clone())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::fs::File::create(dir.path().join("x")).unwrap();
+    // SAFETY: the source range is mapped (fetch-on-touch) memory of `mem`.
+    let n = unsafe { libc::write(out.as_raw_fd(), mem.block_ptr(0).cast(), BLK) };
+    assert_eq!(n, BLK as isize, "{}", std::io::Error::last_os_error());
+    assert_eq!(std::fs::read(dir.path().join("x")).unwrap(), content(0));
+}
