@@ -1,0 +1,183 @@
+//! Opening stores, and what the block index says about an array (blocks, holes, bytes stored,
+//! last change).
+
+use indicatif::ProgressBar;
+use outcore::db::{Database, DbOptions};
+use outcore::storage::{Compression, Key, LocalOptions, LocalStorage, Located, Storage, Tid};
+
+use crate::catalog::Entry;
+use crate::error::Result;
+
+/// How a command uses its store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// The store must exist; connections are read-only (`ls`, `cat`, `verify`, `pack`...).
+    Existing,
+    /// Created if missing; connections may write (`import`, `demo gen`).
+    Create,
+}
+
+/// An open store.
+pub struct Store {
+    /// The database.
+    pub db: Database,
+    /// The url it was opened with, for messages.
+    pub url: String,
+    /// The store's block compression (`None`: the store does not tell).
+    pub compression: Option<Compression>,
+}
+
+impl Store {
+    /// Opens `url` (a directory, `mem:` or a `postgresql://` url); `compression` applies when
+    /// a store is created.
+    pub fn open(url: &str, access: Access, compression: Compression) -> Result<Store> {
+        let readonly = access == Access::Existing;
+        let db = Database::open_with(
+            url,
+            DbOptions {
+                readonly,
+                compression,
+                ..DbOptions::default()
+            },
+        )?;
+        let compression = if url == "mem:" {
+            Some(compression)
+        } else if db.storage().is_remote() {
+            None // the PostgreSQL store does not tell its setting
+        } else {
+            // The same process-wide LMDB environment: this only reads the store's setting.
+            Some(
+                LocalStorage::open_with(
+                    url,
+                    LocalOptions {
+                        create: false,
+                        ..LocalOptions::default()
+                    },
+                )?
+                .compression(),
+            )
+        };
+        Ok(Store {
+            db,
+            url: url.to_string(),
+            compression,
+        })
+    }
+
+    /// The store's compression as text (`unknown` for remote stores).
+    pub fn compression_name(&self) -> String {
+        self.compression
+            .map_or_else(|| "unknown".into(), |c| c.to_string())
+    }
+
+    /// The underlying block store.
+    pub fn storage(&self) -> &dyn Storage {
+        &**self.db.storage()
+    }
+}
+
+/// The user name recorded in the commit log: `$USER`, else `$LOGNAME`, else `outcore`.
+pub fn user() -> String {
+    ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "outcore".into())
+}
+
+/// What the block index holds for one array at one snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlockStats {
+    /// Blocks covering the array's bytes.
+    pub blocks: u64,
+    /// Blocks with no stored version (they read as zeros and take no space).
+    pub holes: u64,
+    /// Bytes stored for the blocks, `None` if the size of some block cannot be learnt
+    /// (compressed or remote stores: the core does not tell their stored sizes).
+    pub stored_bytes: Option<u64>,
+    /// Stored blocks whose stored size is unknown.
+    pub unknown_size: u64,
+    /// The newest tid among the array's blocks and its metadata record.
+    pub last_change: Option<Tid>,
+}
+
+/// Looks up every block of `entry` at `at`. Blocks that cannot be located in a file are
+/// loaded to learn their size when the store is local and uncompressed (in-memory stores); for
+/// compressed and remote stores their stored size stays unknown. `bar` advances once per block.
+pub fn block_stats(
+    storage: &dyn Storage,
+    compression: Option<Compression>,
+    entry: &Entry,
+    at: Tid,
+    bar: &ProgressBar,
+) -> Result<BlockStats> {
+    let nblocks = entry.meta.nblocks();
+    let mut stats = BlockStats {
+        blocks: nblocks,
+        stored_bytes: Some(0),
+        last_change: storage.locate(Key::Meta(entry.meta_oid), at)?.tid(),
+        ..BlockStats::default()
+    };
+    let loadable = compression == Some(Compression::None) && !storage.is_remote();
+    let mut stored: u64 = 0;
+    for index in 0..nblocks {
+        let key = Key::Block {
+            file: entry.meta.file,
+            index,
+        };
+        let located = storage.locate(key, at)?;
+        stats.last_change = stats.last_change.max(located.tid());
+        match located {
+            Located::Absent => stats.holes += 1,
+            Located::Mapped(extent) => stored += extent.len,
+            Located::CopyOnly(_) if loadable => {
+                stored += storage.load(key, at)?.map_or(0, |v| v.data.len() as u64);
+            }
+            Located::CopyOnly(_) => stats.unknown_size += 1,
+        }
+        if index % 1024 == 1023 {
+            bar.inc(1024);
+        }
+    }
+    bar.inc(nblocks % 1024);
+    stats.stored_bytes = (stats.unknown_size == 0).then_some(stored);
+    Ok(stats)
+}
+
+/// Shows a block-scan bar only when there are enough blocks for it to matter.
+pub fn scan_bar(progress: &crate::progress::Progress, blocks: u64) -> ProgressBar {
+    if blocks >= 20_000 {
+        progress.count(blocks, "reading block index")
+    } else {
+        ProgressBar::hidden()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Catalog;
+    use outcore::array::Order;
+
+    #[test]
+    fn holes_and_sizes() {
+        let store = Store::open("mem:", Access::Create, Compression::None).unwrap();
+        let conn = store.db.connect().unwrap();
+        let mut a = conn.create::<f64>("a", &[3 << 18], Order::C).unwrap(); // 3 blocks of 2 MiB
+        a.slice_mut::<f64, _>(ndarray::s![..1]).unwrap().fill(1.0);
+        let tid = conn.commit().unwrap();
+        let cat = Catalog::load(store.storage(), tid).unwrap();
+        let entry = cat.get("a", "mem:").unwrap();
+        let s = block_stats(
+            store.storage(),
+            store.compression,
+            entry,
+            tid,
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
+        assert_eq!(s.blocks, 3);
+        assert_eq!(s.holes, 2);
+        assert_eq!(s.stored_bytes, Some(2 << 20));
+        assert_eq!(s.last_change, Some(tid));
+    }
+}
