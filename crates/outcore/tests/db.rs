@@ -380,3 +380,81 @@ fn arrays_outgrowing_their_reservation_keep_old_views_coherent() {
         (1, 5, 7, 3)
     );
 }
+
+/// Review finding: growing past the reservation, then aborting, must show the stored data.
+#[test]
+fn abort_after_outgrowing_the_reservation_keeps_stored_data() {
+    let options = outcore::db::DbOptions {
+        reserve_bytes: Some(4 << 20),
+        ..Default::default()
+    };
+    let db = Database::open_with("mem:", options).unwrap();
+    let c = db.connect().unwrap();
+    let mut a = c.create::<u8>("a", &[1 << 20], Order::C).unwrap();
+    a.view_mut::<u8>().unwrap().fill(7);
+    c.commit().unwrap();
+    a.view_mut::<u8>().unwrap()[0] = 1;
+    a.append(
+        ndarray::Array1::<u8>::from_elem(10 << 20, 2)
+            .view()
+            .into_dyn(),
+    )
+    .unwrap();
+    c.abort().unwrap();
+    let v = a.view::<u8>().unwrap();
+    assert_eq!(v.len(), 1 << 20);
+    assert!(v.iter().all(|&x| x == 7), "stored data, not zeros");
+    drop(v);
+    a.view_mut::<u8>().unwrap()[5] = 9;
+    c.commit().unwrap();
+    let other = db.connect().unwrap();
+    let b = other.array("a").unwrap();
+    let w = b.view::<u8>().unwrap();
+    assert_eq!((w[0], w[5], w[100]), (7, 9, 7));
+}
+
+/// Review finding: truncate-and-refill, then abort, must show the stored data.
+#[test]
+fn abort_after_shrink_and_refill_keeps_stored_data() {
+    for (db, _keep) in databases() {
+        let c = db.connect().unwrap();
+        let mut a = c.create::<u32>("a", &[3 * BLK / 4], Order::C).unwrap();
+        a.view_mut::<u32>().unwrap().fill(3);
+        c.commit().unwrap();
+        let fresh = db.connect().unwrap();
+        let b = fresh.array("a").unwrap();
+        b.resize(&[0]).unwrap();
+        b.append(ndarray::Array1::<u32>::from_elem(10, 8).view().into_dyn())
+            .unwrap();
+        b.resize(&[3 * BLK / 4]).unwrap();
+        fresh.abort().unwrap();
+        let v = b.view::<u32>().unwrap();
+        assert!(v.iter().all(|&x| x == 3), "stored data after abort");
+        // And a rollback to before the shrink does the same.
+        let sp = fresh.savepoint().unwrap();
+        b.resize(&[1]).unwrap();
+        b.resize(&[3 * BLK / 4]).unwrap();
+        assert_eq!(b.view::<u32>().unwrap()[BLK as usize / 2], 0);
+        fresh.rollback(&sp).unwrap();
+        assert!(b.view::<u32>().unwrap().iter().all(|&x| x == 3));
+        drop(a.view_mut::<u32>().unwrap());
+    }
+}
+
+/// Review finding: arrays first opened after a savepoint are rolled back too.
+#[test]
+fn rollback_covers_arrays_opened_after_the_savepoint() {
+    for (db, _keep) in databases() {
+        let c = db.connect().unwrap();
+        c.create::<i8>("b", &[100], Order::C).unwrap();
+        c.commit().unwrap();
+        let c2 = db.connect().unwrap();
+        let sp = c2.savepoint().unwrap();
+        let mut b = c2.array("b").unwrap();
+        b.view_mut::<i8>().unwrap()[3] = 5;
+        c2.rollback(&sp).unwrap();
+        c2.commit().unwrap();
+        let check = db.connect().unwrap();
+        assert_eq!(check.array("b").unwrap().view::<i8>().unwrap()[3], 0);
+    }
+}

@@ -397,6 +397,15 @@ impl Connection {
         for (h, sp) in &savepoint.arrays {
             h.rollback(sp, &self.shared.storage, at)?;
         }
+        // Arrays first opened after the savepoint had no changes at that point.
+        let known: BTreeSet<Oid> = savepoint.arrays.iter().map(|(h, _)| h.oid).collect();
+        for h in st
+            .arrays
+            .values()
+            .filter(|h| !known.contains(&h.oid) && !h.is_detached())
+        {
+            h.abort(&self.shared.storage, at)?;
+        }
         st.created = savepoint.created.clone();
         st.root = savepoint.root.clone();
         Ok(())

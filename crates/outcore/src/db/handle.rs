@@ -77,8 +77,6 @@ struct ArrayTxn {
     meta: ArrayMeta,
     /// Blocks at or beyond `cut` were dropped by a shrink in this transaction.
     cut: Option<u64>,
-    /// Blocks this transaction re-mapped as holes (shrink); abort maps them back.
-    holed: BTreeSet<u64>,
     /// The array was deleted, or its creation rolled back: unusable.
     detached: bool,
 }
@@ -91,7 +89,6 @@ type SavedPages = Vec<(Range<usize>, Vec<u8>)>;
 pub(crate) struct ArraySavepoint {
     meta: ArrayMeta,
     cut: Option<u64>,
-    holed: BTreeSet<u64>,
     /// Written pages at savepoint time and their bytes.
     pages: BTreeMap<u64, SavedPages>,
 }
@@ -121,7 +118,6 @@ impl ArrayHandle {
                 committed,
                 meta,
                 cut: None,
-                holed: BTreeSet::new(),
                 detached: false,
             }),
         })
@@ -136,21 +132,26 @@ impl ArrayHandle {
             .clone()
     }
 
-    /// Every reservation still in use: the current one first, then older ones that views
-    /// still hold (older ones nobody holds are released here).
+    /// Every reservation of the array: the current one first, then older ones, newest first.
     fn all_memory(&self) -> Vec<Arc<BlockMemory>> {
-        let mut r = self.regions.lock().unwrap_or_else(|p| p.into_inner());
-        // A reservation is shared by its BlockMemory and by every view made from it.
-        r.older
-            .retain(|m| Arc::strong_count(m.reservation()) > 1 || Arc::strong_count(m) > 1);
+        // Older reservations are kept as long as the handle: Rust views borrow them without
+        // holding a reference count.
+        let r = self.regions.lock().unwrap_or_else(|p| p.into_inner());
         std::iter::once(r.current.clone())
             .chain(r.older.iter().rev().cloned())
             .collect()
     }
 
     /// Makes sure the current reservation holds `nblocks` blocks, replacing it by a larger
-    /// one (with this transaction's written pages copied over) if needed.
-    fn ensure_capacity(&self, g: &ArrayTxn, nblocks: u64) -> Result<()> {
+    /// one if needed. Written blocks are mapped from the store in the new one and only their
+    /// written pages copied over, so an abort there shows the stored data again.
+    fn ensure_capacity(
+        &self,
+        g: &ArrayTxn,
+        nblocks: u64,
+        storage: &Arc<dyn Storage>,
+        at: Tid,
+    ) -> Result<()> {
         let mut r = self.regions.lock().unwrap_or_else(|p| p.into_inner());
         if nblocks <= r.current.capacity_blocks() {
             return Ok(());
@@ -162,13 +163,24 @@ impl ArrayHandle {
                 .describe_as(format!("array {}", self.oid)),
         );
         let old = r.current.clone();
-        for block in old.dirty_blocks()? {
-            // The whole block (written and clean pages) as private memory of the new one.
-            grown.install(block, crate::vm::Backing::Hole)?;
-            grown.write_into(block, 0, &old.read_block(block))?;
+        let source = SnapshotSource {
+            storage,
+            file: g.meta.file,
+            at,
+            cut: g.cut,
+        };
+        for (block, ranges) in old.written_pages()? {
+            grown.ensure_mapped(block..block + 1, &source)?;
+            for range in ranges {
+                let mut bytes = vec![0u8; range.end - range.start];
+                old.read_into(block, range.start, &mut bytes);
+                grown.write_into(block, range.start, &bytes)?;
+            }
         }
         tracing::warn!(
-            "array {} outgrew its address-space reservation of {} bytes; new views use a              larger one. Views taken before keep working and show committed data after each              transaction boundary, but not uncommitted writes made through newer views",
+            "array {} outgrew its address-space reservation of {} bytes; new views use a \
+             larger one. Views taken before keep working and show committed data after each \
+             transaction boundary, but not uncommitted writes made through newer views",
             self.oid,
             old.capacity_blocks() * blk
         );
@@ -231,7 +243,7 @@ impl ArrayHandle {
         let blk = g.meta.blksize as u64;
         let blocks = bytes.start / blk..bytes.end.div_ceil(blk);
         // Another connection's append may have grown the array past the reservation.
-        self.ensure_capacity(g, blocks.end)?;
+        self.ensure_capacity(g, blocks.end, storage, at)?;
         let source = SnapshotSource {
             storage,
             file: g.meta.file,
@@ -295,6 +307,17 @@ impl ArrayHandle {
                 (b, Write::StoreFrom(Arc::new(payload)))
             })
             .collect();
+        // Page offsets already taken, per block: first the current reservation's writes.
+        let mut taken: BTreeMap<u64, BTreeSet<usize>> = current_pages
+            .iter()
+            .map(|(&b, ranges)| {
+                let pages = ranges
+                    .iter()
+                    .flat_map(|r| (r.start..r.end).step_by(crate::vm::PAGE))
+                    .collect();
+                (b, pages)
+            })
+            .collect();
         for old in &regions[1..] {
             for (b, ranges) in old.written_pages()? {
                 if b >= nblocks {
@@ -307,12 +330,14 @@ impl ArrayHandle {
                     None if current.is_mapped(b) => current.read_block(b),
                     None => old.read_block(b),
                 };
-                let newer = current_pages.get(&b).map_or(&[][..], Vec::as_slice);
+                // Pages written through a newer reservation win.
+                let newer = taken.entry(b).or_default();
                 for r in ranges {
                     for page in (r.start..r.end).step_by(crate::vm::PAGE) {
-                        if !newer.iter().any(|n| n.contains(&page)) {
+                        if !newer.contains(&page) {
                             let end = page + crate::vm::PAGE;
                             old.read_into(b, page, &mut bytes[page..end]);
+                            newer.insert(page);
                         }
                     }
                 }
@@ -329,7 +354,6 @@ impl ArrayHandle {
         let mut g = self.lock()?;
         g.committed = Some(g.meta.clone());
         g.cut = None;
-        g.holed.clear();
         let nblocks = g.meta.nblocks();
         for m in self.all_memory() {
             let beyond: Vec<u64> = m
@@ -349,15 +373,24 @@ impl ArrayHandle {
         if let Some(committed) = g.committed.clone() {
             g.meta = committed;
         }
-        g.cut = None;
-        let holed: Vec<u64> = std::mem::take(&mut g.holed).into_iter().collect();
-        let source = SnapshotSource {
-            storage,
-            file: g.meta.file,
-            at,
-            cut: None,
-        };
-        self.memory().remap(&holed, &source)
+        // Blocks at or past a shrink's cut were mapped as holes: show the stored data again.
+        if let Some(cut) = g.cut.take() {
+            let source = SnapshotSource {
+                storage,
+                file: g.meta.file,
+                at,
+                cut: None,
+            };
+            for m in self.all_memory() {
+                let blocks: Vec<u64> = m
+                    .mapped_blocks()
+                    .into_iter()
+                    .filter(|&b| b >= cut)
+                    .collect();
+                m.remap(&blocks, &source)?;
+            }
+        }
+        Ok(())
     }
 
     /// Applies other transactions' commits: new metadata (or deletion) and changed blocks,
@@ -426,7 +459,7 @@ impl ArrayHandle {
         )?;
         let (old_bytes, new_bytes) = (old.nbytes(), meta.nbytes());
         let blk = meta.blksize as u64;
-        self.ensure_capacity(&g, meta.nblocks())?;
+        self.ensure_capacity(&g, meta.nblocks(), storage, at)?;
         let memory = self.memory();
         if new_bytes < old_bytes {
             let keep = meta.nblocks();
@@ -445,7 +478,6 @@ impl ArrayHandle {
             for &b in &doomed {
                 memory.install(b, crate::vm::Backing::Hole)?;
             }
-            g.holed.extend(doomed);
             g.cut = Some(g.cut.map_or(keep, |c| c.min(keep)));
         }
         g.meta = meta;
@@ -518,7 +550,6 @@ impl ArrayHandle {
         Ok(ArraySavepoint {
             meta: g.meta.clone(),
             cut: g.cut,
-            holed: g.holed.clone(),
             pages,
         })
     }
@@ -526,16 +557,24 @@ impl ArrayHandle {
     /// Restores the state remembered by `sp`.
     pub fn rollback(&self, sp: &ArraySavepoint, storage: &Arc<dyn Storage>, at: Tid) -> Result<()> {
         let mut g = self.lock()?;
-        // Blocks holed after the savepoint show their snapshot data again...
-        let newly_holed: Vec<u64> = g.holed.difference(&sp.holed).copied().collect();
-        let source = SnapshotSource {
-            storage,
-            file: g.meta.file,
-            at,
-            cut: sp.cut,
-        };
         let memory = self.memory();
-        memory.remap(&newly_holed, &source)?;
+        // Blocks at or past either cut are re-mapped as the savepoint saw them (stored data
+        // below its cut, holes from it on)...
+        if g.cut != sp.cut {
+            let lo = g.cut.unwrap_or(u64::MAX).min(sp.cut.unwrap_or(u64::MAX));
+            let source = SnapshotSource {
+                storage,
+                file: g.meta.file,
+                at,
+                cut: sp.cut,
+            };
+            let blocks: Vec<u64> = memory
+                .mapped_blocks()
+                .into_iter()
+                .filter(|&b| b >= lo)
+                .collect();
+            memory.remap(&blocks, &source)?;
+        }
         // ...then every written page is dropped and the saved ones written back.
         memory.discard(&memory.dirty_blocks()?)?;
         for (&block, saved) in &sp.pages {
@@ -545,7 +584,6 @@ impl ArrayHandle {
         }
         g.meta = sp.meta.clone();
         g.cut = sp.cut;
-        g.holed = sp.holed.clone();
         Ok(())
     }
 }
