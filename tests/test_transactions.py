@@ -240,3 +240,21 @@ def test_bad_urls_and_names(tmp_path):
         root["bad\tname"] = outcore.BigArray((1,), "f8")
     transaction.abort()
     d.close()
+
+
+def test_savepoint_taken_before_outcore_joined(db):
+    root = db.root()
+    root["A"] = A = outcore.BigArray((10,), "i8")
+    transaction.commit()
+    sp = transaction.savepoint()  # outcore has not joined this transaction yet
+    tm2 = transaction.TransactionManager()
+    c2 = db.open(transaction_manager=tm2)
+    c2.root()["A"][1] = 9
+    tm2.commit()
+    A[0] = 5
+    sp.rollback()
+    assert A[0] == 0, "the change after the savepoint is gone"
+    assert A[1] == 0, "still the same snapshot inside the transaction"
+    transaction.abort()
+    assert A[1] == 9, "the next transaction sees the other commit"
+    c2.close()

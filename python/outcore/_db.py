@@ -211,9 +211,11 @@ class Connection:
         return f"~outcore:{self._db._url}:{id(self):x}"
 
     def abort(self, txn):
+        # Also called mid-transaction when a savepoint taken before this connection joined is
+        # rolled back: drop the changes but keep the snapshot (it moves at the boundary).
         self._joined = None
         if not self._closed:
-            self._native.abort()
+            self._native.discard()
 
     def tpc_begin(self, txn):
         pass
@@ -231,7 +233,7 @@ class Connection:
         self._joined = None
         try:
             if not self._closed:
-                self._native.abort()
+                self._native.discard()
         except Exception:
             log.exception("outcore: abort after a failed commit failed")
 

@@ -191,6 +191,10 @@ impl Connection {
         py.detach(|| self.conn.abort()).py()
     }
 
+    fn discard(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.conn.discard()).py()
+    }
+
     fn savepoint(&self, py: Python<'_>) -> PyResult<Savepoint> {
         let sp = py.detach(|| self.conn.savepoint()).py()?;
         Ok(Savepoint { sp: Mutex::new(sp) })

@@ -284,18 +284,38 @@ impl Connection {
             writes,
             meta,
         })?;
+        // The commit is durable: what follows must not make the caller think otherwise (a
+        // retry would apply it twice). A failure here leaves the snapshot where it was; the
+        // next transaction boundary catches up from the log.
         for h in st.arrays.values().filter(|h| !h.is_detached()) {
-            h.committed()?;
+            if let Err(e) = h.committed() {
+                tracing::warn!("after commit {tid}: {e}");
+            }
         }
         st.root_committed = st.root.clone();
         st.created.clear();
-        self.sync(&mut st)?;
+        if let Err(e) = self.sync(&mut st) {
+            tracing::warn!("after commit {tid}, moving to the newest snapshot failed: {e}");
+        }
         Ok(tid)
     }
 
     /// Discards every change of the transaction, then moves to the newest snapshot.
     pub fn abort(&self) -> Result<()> {
         let mut st = self.shared.lock()?;
+        self.discard_locked(&mut st)?;
+        self.sync(&mut st)
+    }
+
+    /// Discards every change of the transaction but stays at the same snapshot (the
+    /// `transaction` package calls this when a savepoint from before this connection joined
+    /// is rolled back; the snapshot moves at the transaction boundary).
+    pub fn discard(&self) -> Result<()> {
+        let mut st = self.shared.lock()?;
+        self.discard_locked(&mut st)
+    }
+
+    fn discard_locked(&self, st: &mut ConnState) -> Result<()> {
         let at = st.lease.tid();
         let created = std::mem::take(&mut st.created);
         for oid in created {
@@ -307,7 +327,7 @@ impl Connection {
             h.abort(&self.shared.storage, at)?;
         }
         st.root = st.root_committed.clone();
-        self.sync(&mut st)
+        Ok(())
     }
 
     /// Starts a new transaction at the newest snapshot, discarding uncommitted changes (as
@@ -323,8 +343,10 @@ impl Connection {
         if self.shared.historical {
             return Ok(());
         }
+        // The snapshot moves only once every cached block is invalidated: if anything below
+        // fails, the next boundary starts again from the old snapshot.
         let old = st.lease.tid();
-        let head = st.lease.advance_to_head()?;
+        let head = self.shared.storage.head()?;
         if head == old {
             return Ok(());
         }
@@ -360,7 +382,7 @@ impl Connection {
             }
         }
         st.arrays.retain(|_, h| !h.is_detached());
-        Ok(())
+        st.lease.advance_to(head)
     }
 
     /// Remembers the current state of the transaction.

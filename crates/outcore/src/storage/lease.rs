@@ -49,9 +49,15 @@ impl ReaderLease {
     /// until the new one is registered.
     pub fn advance_to_head(&mut self) -> Result<Tid> {
         let head = self.storage.head()?;
-        self.storage.renew_lease(self.id, head)?;
-        self.at = head;
+        self.advance_to(head)?;
         Ok(head)
+    }
+
+    /// Moves the lease to `tid`, a head read while this lease pinned an older snapshot.
+    pub fn advance_to(&mut self, tid: Tid) -> Result<()> {
+        self.storage.renew_lease(self.id, tid)?;
+        self.at = tid;
+        Ok(())
     }
 
     /// The snapshot this lease protects.
