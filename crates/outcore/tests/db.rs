@@ -458,3 +458,33 @@ fn rollback_covers_arrays_opened_after_the_savepoint() {
         assert_eq!(check.array("b").unwrap().view::<i8>().unwrap()[3], 0);
     }
 }
+
+/// Review finding: removed or replaced arrays are deleted, and pack reclaims their space.
+#[test]
+fn removed_arrays_are_reclaimed_by_pack() {
+    for (db, _keep) in databases() {
+        let c = db.connect().unwrap();
+        let mut a = c.create::<u8>("a", &[3 * BLK], Order::C).unwrap();
+        a.view_mut::<u8>().unwrap().fill(1);
+        let mut keep = c.create::<u8>("keep", &[BLK], Order::C).unwrap();
+        keep.view_mut::<u8>().unwrap().fill(2);
+        c.commit().unwrap();
+        let other = db.connect().unwrap();
+        let seen = other.array("a").unwrap();
+        c.remove("a").unwrap();
+        // Created and removed in one transaction: never stored at all.
+        let mut tmp = c.create::<u8>("tmp", &[BLK], Order::C).unwrap();
+        tmp.view_mut::<u8>().unwrap().fill(3);
+        c.remove("tmp").unwrap();
+        let t = c.commit().unwrap();
+        assert!(a.shape().is_err(), "the removed array is gone");
+        other.begin().unwrap();
+        assert!(seen.shape().is_err(), "other connections see the removal");
+        let stats = db.storage().pack(t).unwrap();
+        assert_eq!(
+            stats.body_bytes_after, BLK,
+            "only 'keep' remains: {stats:?}"
+        );
+        assert_eq!(c.names().unwrap(), vec!["keep".to_string()]);
+    }
+}

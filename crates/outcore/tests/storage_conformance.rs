@@ -377,6 +377,10 @@ fn load_many_matches_load(s: &dyn Storage) {
         assert_eq!(many, one);
     }
     assert!(s.load_many(&[], t).unwrap().is_empty());
+    // The blocks holding data: block 3 was deleted at t.
+    assert_eq!(s.block_indices(f, base).unwrap(), vec![0, 2, 3, 7]);
+    assert_eq!(s.block_indices(f, t).unwrap(), vec![0, 2, 7]);
+    assert!(s.block_indices(fresh_file(s), t).unwrap().is_empty());
 }
 
 fn new_oids_are_unique(s: &dyn Storage) {

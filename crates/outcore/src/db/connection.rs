@@ -268,6 +268,31 @@ impl Connection {
     pub fn commit_with(&self, meta: TxnMeta) -> Result<Tid> {
         let mut st = self.shared.lock()?;
         let mut writes: Vec<(Key, Write)> = Vec::new();
+        // Arrays no longer named in the root are gone: nothing of theirs is written, and
+        // what was stored of them is deleted (so pack can reclaim it).
+        let live: BTreeSet<Oid> = st.root.values().copied().collect();
+        for h in st.arrays.values().filter(|h| !live.contains(&h.oid)) {
+            h.detach()?;
+        }
+        let mut dropped: Vec<Oid> = st
+            .root_committed
+            .values()
+            .copied()
+            .filter(|o| !live.contains(o))
+            .collect();
+        dropped.sort_unstable();
+        dropped.dedup();
+        let base = st.lease.tid();
+        for oid in dropped {
+            let storage = &self.shared.storage;
+            if let Some(v) = storage.load(Key::Meta(oid), base)? {
+                let file = ArrayMeta::decode(&v.data)?.file;
+                for index in storage.block_indices(file, base)? {
+                    writes.push((Key::Block { file, index }, Write::Delete));
+                }
+            }
+            writes.push((Key::Meta(oid), Write::Delete));
+        }
         for h in st.arrays.values().filter(|h| !h.is_detached()) {
             h.collect_writes(&mut writes)?;
         }

@@ -14,7 +14,8 @@ use super::codec::{self, Compression};
 use super::lease::pack_removals;
 use super::record::{Body, VersionRecord};
 use super::{
-    segment, CommitRequest, Key, Located, PackStats, Storage, Tid, TxnInfo, VerifyReport, Version,
+    segment, CommitRequest, Key, Located, Oid, PackStats, Storage, Tid, TxnInfo, VerifyReport,
+    Version,
 };
 use crate::{Error, Result};
 
@@ -219,6 +220,40 @@ impl Storage for MemStorage {
             .range(Tid(after.0 + 1)..=upto)
             .map(|(_, t)| t.clone())
             .collect())
+    }
+
+    fn block_indices(&self, file: Oid, at: Tid) -> Result<Vec<u64>> {
+        let g = self.lock();
+        let lo = (Key::Block { file, index: 0 }, Tid::ZERO);
+        let hi = (
+            Key::Block {
+                file,
+                index: u64::MAX,
+            },
+            Tid::MAX,
+        );
+        let mut out: Vec<u64> = Vec::new();
+        let mut newest: Option<(u64, bool)> = None;
+        for ((key, tid), rec) in g.versions.range(lo..=hi) {
+            let Key::Block { index, .. } = *key else {
+                continue;
+            };
+            if let Some((i, live)) = newest {
+                if i != index && live {
+                    out.push(i);
+                }
+                if i != index {
+                    newest = None;
+                }
+            }
+            if *tid <= at {
+                newest = Some((index, rec.body != Body::Tombstone));
+            }
+        }
+        if let Some((i, true)) = newest {
+            out.push(i);
+        }
+        Ok(out)
     }
 
     fn acquire_lease(&self, at: Tid) -> Result<u64> {

@@ -106,6 +106,10 @@ pub trait Storage: Send + Sync + Debug {
     /// Reads every stored version and checks its checksum.
     fn verify(&self) -> Result<VerifyReport>;
 
+    /// The indices of the blocks of block file `file` that hold data at snapshot `at`
+    /// (newest version `<= at` exists and is not a deletion), ascending.
+    fn block_indices(&self, file: Oid, at: Tid) -> Result<Vec<u64>>;
+
     /// True for stores whose blocks are fetched over a network and never mapped: callers
     /// should fetch many blocks at once with [`Storage::load_many`].
     fn is_remote(&self) -> bool {

@@ -34,8 +34,8 @@ use super::codec::{self, Compression};
 use super::lease::pack_removals;
 use super::record::{decode_log, encode_log, Body, VersionRecord};
 use super::{
-    segment, CommitRequest, Key, Located, PackStats, Storage, Tid, TxnInfo, VerifyReport, Version,
-    Write,
+    segment, CommitRequest, Key, Located, Oid, PackStats, Storage, Tid, TxnInfo, VerifyReport,
+    Version, Write,
 };
 use crate::{Error, Result};
 use files::{sync_dir, SegmentDir};
@@ -459,6 +459,48 @@ impl Storage for LocalStorage {
                 }
             })?));
             out.push(decode_log(v, tid)?);
+        }
+        Ok(out)
+    }
+
+    fn block_indices(&self, file: Oid, at: Tid) -> Result<Vec<u64>> {
+        let s = &self.shared;
+        let txn = s.env.read_txn()?;
+        let lo = version_key(Key::Block { file, index: 0 }, Tid::ZERO);
+        let hi = version_key(
+            Key::Block {
+                file,
+                index: u64::MAX,
+            },
+            Tid::MAX,
+        );
+        let range = (
+            std::ops::Bound::Included(&lo[..]),
+            std::ops::Bound::Included(&hi[..]),
+        );
+        let mut out = Vec::new();
+        let mut newest: Option<(u64, bool)> = None;
+        for item in s.versions.range(&txn, &range)? {
+            let (k, v) = item?;
+            let Some((Key::Block { index, .. }, tid)) = split_version_key(k) else {
+                continue;
+            };
+            if let Some((i, live)) = newest {
+                if i != index {
+                    if live {
+                        out.push(i);
+                    }
+                    newest = None;
+                }
+            }
+            if tid <= at {
+                let live = VersionRecord::decode(v, Key::Block { file, index }, tid)?.body
+                    != Body::Tombstone;
+                newest = Some((index, live));
+            }
+        }
+        if let Some((i, true)) = newest {
+            out.push(i);
         }
         Ok(out)
     }

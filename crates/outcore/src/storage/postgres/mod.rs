@@ -459,6 +459,21 @@ impl Storage for PgStorage {
             .collect()
     }
 
+    fn block_indices(&self, file: Oid, at: Tid) -> Result<Vec<u64>> {
+        let oid = file.0 as i64;
+        let rows = self.inner.pool.with_client(|c| {
+            c.query(
+                "SELECT idx FROM (
+                     SELECT DISTINCT ON (idx) idx, data_id FROM outcore_obj
+                     WHERE tag = 1 AND oid = $1 AND tid <= $2
+                     ORDER BY idx, tid DESC) v
+                 WHERE data_id IS NOT NULL ORDER BY idx",
+                &[&oid, &db_tid(at)],
+            )
+        })?;
+        Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
+    }
+
     fn acquire_lease(&self, at: Tid) -> Result<u64> {
         let id: i64 = self.inner.pool.with_client(|c| {
             Ok(c.query_one(
