@@ -635,40 +635,40 @@ impl Inner {
             codec: i16,
             checksum: i64,
             raw_len: i64,
-            body: Option<Vec<u8>>,
+            /// A block body, encoded and inserted inside the transaction.
+            body: bool,
             inline: Option<Vec<u8>>,
         }
-        let mut prepared = Vec::with_capacity(req.writes.len());
-        for (key, write) in &req.writes {
-            let cols = key_cols(*key);
-            prepared.push(match write.bytes() {
-                None => Prepared {
-                    key: cols,
-                    codec: 0,
-                    checksum: 0,
-                    raw_len: 0,
-                    body: None,
-                    inline: None,
-                },
-                Some(raw) => {
-                    let codec = if key.is_block() {
-                        self.compression
-                    } else {
-                        Compression::None
-                    };
-                    let e = codec::encode(raw, codec);
-                    let stored = e.stored.into_owned();
-                    Prepared {
-                        key: cols,
-                        codec: i16::from(e.codec.code()),
-                        checksum: e.checksum as i64,
-                        raw_len: e.raw_len as i64,
-                        inline: (!key.is_block()).then(|| stored.clone()),
-                        body: key.is_block().then_some(stored),
+        // Index metadata per write; block bodies are encoded one at a time inside the
+        // transaction and dropped once inserted (memory stays at one block, not all of them).
+        let prepared: Vec<Prepared> = req
+            .writes
+            .iter()
+            .map(|(key, write)| {
+                let key_cols = key_cols(*key);
+                match write.bytes() {
+                    Some(raw) if !key.is_block() => {
+                        let e = codec::encode(raw, Compression::None);
+                        Prepared {
+                            key: key_cols,
+                            codec: i16::from(e.codec.code()),
+                            checksum: e.checksum as i64,
+                            raw_len: e.raw_len as i64,
+                            body: false,
+                            inline: Some(e.stored.into_owned()),
+                        }
                     }
+                    other => Prepared {
+                        key: key_cols,
+                        codec: 0,
+                        checksum: 0,
+                        raw_len: 0,
+                        body: other.is_some(),
+                        inline: None,
+                    },
                 }
-            });
-        }
+            })
+            .collect();
         let mut order: Vec<usize> = (0..prepared.len()).collect();
         order.sort_by_key(|&i| prepared[i].key);
         let mut keys_sorted: Vec<Key> = req.writes.iter().map(|(k, _)| *k).collect();
@@ -683,11 +683,24 @@ impl Inner {
             let insert_body =
                 t.prepare("INSERT INTO outcore_data (bytes) VALUES ($1) RETURNING id")?;
             let mut data_ids: Vec<Option<i64>> = Vec::with_capacity(prepared.len());
-            for p in &prepared {
-                data_ids.push(match &p.body {
-                    Some(b) => Some(t.query_one(&insert_body, &[b])?.get(0)),
-                    None => None,
-                });
+            let mut body_meta: Vec<(i16, i64, i64)> = Vec::with_capacity(prepared.len());
+            for (p, (_, write)) in prepared.iter().zip(&req.writes) {
+                match write.bytes().filter(|_| p.body) {
+                    Some(raw) => {
+                        let e = codec::encode(raw, self.compression);
+                        let id: i64 = t.query_one(&insert_body, &[&&*e.stored])?.get(0);
+                        data_ids.push(Some(id));
+                        body_meta.push((
+                            i16::from(e.codec.code()),
+                            e.checksum as i64,
+                            e.raw_len as i64,
+                        ));
+                    }
+                    None => {
+                        data_ids.push(None);
+                        body_meta.push((p.codec, p.checksum, p.raw_len));
+                    }
+                }
             }
             // 2. Lock the written keys in key order and check them against the base.
             let tags: Vec<i16> = order.iter().map(|&i| prepared[i].key.0).collect();
@@ -727,16 +740,11 @@ impl Inner {
                  (tag, oid, idx, tid, data_id, codec, checksum, raw_len, inline)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )?;
-            for (p, data_id) in prepared.iter().zip(&data_ids) {
+            for ((p, data_id), (codec, checksum, raw_len)) in
+                prepared.iter().zip(&data_ids).zip(&body_meta)
+            {
                 let params: [&(dyn ToSql + Sync); 9] = [
-                    &p.key.0,
-                    &p.key.1,
-                    &p.key.2,
-                    &tid,
-                    data_id,
-                    &p.codec,
-                    &p.checksum,
-                    &p.raw_len,
+                    &p.key.0, &p.key.1, &p.key.2, &tid, data_id, codec, checksum, raw_len,
                     &p.inline,
                 ];
                 t.execute(&insert_obj, &params)?;
@@ -796,11 +804,16 @@ impl Inner {
             Ok(result) => result,
             // The connection died somewhere in the transaction: did COMMIT happen?
             Err(e) if pool::is_connection_error(&e) => {
+                // If the old server process is still finishing that transaction it holds the
+                // head row: wait for it (FOR UPDATE) before looking the token up.
                 let found: Option<i64> = self.pool.with_client(|c| {
-                    Ok(
-                        c.query_opt("SELECT tid FROM outcore_log WHERE token = $1", &[&token])?
-                            .map(|r| r.get(0)),
-                    )
+                    let mut t = c.transaction()?;
+                    t.query_one("SELECT tid FROM outcore_head FOR UPDATE", &[])?;
+                    let found = t
+                        .query_opt("SELECT tid FROM outcore_log WHERE token = $1", &[&token])?
+                        .map(|r| r.get(0));
+                    t.rollback()?;
+                    Ok(found)
                 })?;
                 match found {
                     Some(tid) => Ok(Tid(tid as u64)),

@@ -140,6 +140,12 @@ impl Pool {
     /// checked rather than repeated when the connection fails).
     pub fn with_fresh_client<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
         let mut c = self.take()?;
+        // A pooled connection may have died with a server restart: check before relying on
+        // it for work that is not retried.
+        if c.is_valid(Duration::from_secs(5)).is_err() {
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            c = self.connect()?;
+        }
         let r = f(&mut c);
         self.put(c);
         r
