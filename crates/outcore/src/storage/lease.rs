@@ -35,6 +35,9 @@ impl ReaderLease {
     pub fn at(storage: Arc<dyn Storage>, at: Tid) -> Result<Self> {
         let id = storage.acquire_lease(at)?;
         let lease = ReaderLease { storage, id, at };
+        // A pack that started before the lease existed may still be running: wait for it, so
+        // the horizon read next is the one it published.
+        lease.storage.fence()?;
         let packed = lease.storage.pack_horizon()?;
         if at < packed {
             return Err(Error::HistoryPacked {

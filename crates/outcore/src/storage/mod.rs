@@ -94,6 +94,12 @@ pub trait Storage: Send + Sync + Debug {
     /// Releases lease `id`. Never fails: an unknown id is ignored.
     fn release_lease(&self, id: u64);
 
+    /// Waits until any pack running now has finished (packs started later see every lease
+    /// registered before this call). Used when leasing an old snapshot.
+    fn fence(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// The pack horizon: versions shadowed at or before it may have been removed, so snapshots
     /// older than it are not readable consistently. [`Tid::ZERO`] if never packed.
     fn pack_horizon(&self) -> Result<Tid>;

@@ -517,6 +517,12 @@ impl Storage for LocalStorage {
         self.shared.leases.release(id)
     }
 
+    fn fence(&self) -> Result<()> {
+        // Pack holds LMDB's writer lock from start to commit.
+        self.shared.env.write_txn()?.abort();
+        Ok(())
+    }
+
     fn pack_horizon(&self) -> Result<Tid> {
         let s = &self.shared;
         let txn = s.env.read_txn()?;

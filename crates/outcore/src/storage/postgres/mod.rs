@@ -519,6 +519,15 @@ impl Storage for PgStorage {
             .with_client(|c| c.execute("DELETE FROM outcore_lease WHERE id = $1", &[&id]));
     }
 
+    fn fence(&self) -> Result<()> {
+        // Pack holds the head row from start to commit.
+        self.inner.pool.with_client(|c| {
+            let mut t = c.transaction()?;
+            t.query_one("SELECT tid FROM outcore_head FOR UPDATE", &[])?;
+            t.rollback()
+        })
+    }
+
     fn pack_horizon(&self) -> Result<Tid> {
         self.inner.pool.with_client(|c| {
             let t: i64 = c
