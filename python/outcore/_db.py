@@ -57,7 +57,11 @@ class DB:
         self._at = None if at is None else int(at)
         self._url = url
         self._native = _native.Database(
-            url, readonly=bool(readonly), compression=compression, reserve_bytes=reserve_bytes
+            url,
+            readonly=bool(readonly),
+            compression=compression,
+            reserve_bytes=reserve_bytes,
+            cache_bytes=self.cache_bytes,
         )
         self._default = None
         self._connections = weakref.WeakSet()

@@ -69,19 +69,21 @@ struct Database {
 #[pymethods]
 impl Database {
     #[new]
-    #[pyo3(signature = (url, readonly=false, compression=None, reserve_bytes=None))]
+    #[pyo3(signature = (url, readonly=false, compression=None, reserve_bytes=None, cache_bytes=None))]
     fn new(
         py: Python<'_>,
         url: String,
         readonly: bool,
         compression: Option<String>,
         reserve_bytes: Option<u64>,
+        cache_bytes: Option<u64>,
     ) -> PyResult<Self> {
         let compression: Compression = compression.as_deref().unwrap_or("none").parse().py()?;
         let options = db::DbOptions {
             readonly,
             compression,
             reserve_bytes,
+            cache_bytes,
         };
         let db = py
             .detach(move || db::Database::open_with(&url, options))

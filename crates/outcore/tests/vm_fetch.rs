@@ -123,3 +123,52 @@ fn the_kernel_can_read_unloaded_memory() {
     assert_eq!(n, BLK as isize, "{}", std::io::Error::last_os_error());
     assert_eq!(std::fs::read(dir.path().join("x")).unwrap(), content(0));
 }
+
+fn rss_anon_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn clean_blocks_beyond_the_budget_are_dropped_and_fetched_again() {
+    if !available() {
+        return;
+    }
+    outcore::vm::set_cache_budget(8 << 20);
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let n = 48u64; // 96 MiB through an 8 MiB budget
+    let mem = BlockMemory::new(BLK, n, false).unwrap();
+    mem.ensure_mapped(0..n, &Source(fetches.clone())).unwrap();
+    let before = rss_anon_kb();
+    let mut peak = before;
+    for b in 0..n {
+        for at in [0, BLK / 2, BLK - 1] {
+            assert_eq!(byte(&mem, b, at), content(b)[at], "block {b}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(3)); // let eviction run
+        peak = peak.max(rss_anon_kb());
+    }
+    let grown_mb = (peak - before) / 1024;
+    // 96 MiB were read: without eviction the growth would be about that. Fetch buffers of the
+    // workers and the allocator's caches come on top of the budget.
+    assert!(
+        grown_mb < 8 + 40,
+        "anonymous memory grew by {grown_mb} MiB over an 8 MiB budget"
+    );
+    let fetched = fetches.load(Ordering::SeqCst);
+    assert_eq!(
+        byte(&mem, 0, 5),
+        content(0)[5],
+        "an evicted block comes back"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(
+        fetches.load(Ordering::SeqCst) > fetched,
+        "block 0 was fetched again"
+    );
+    outcore::vm::set_cache_budget(1 << 30);
+}

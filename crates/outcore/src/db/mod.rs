@@ -49,6 +49,11 @@ pub struct DbOptions {
     pub readonly: bool,
     /// Block compression when the store is created (ignored for existing stores).
     pub compression: Compression,
+    /// RAM budget (bytes) for fetched blocks of stores that cannot be mapped (PostgreSQL,
+    /// compressed): clean ones beyond it are dropped and fetched again when touched. The
+    /// budget is process-wide; `None` keeps the current one (default 1 GiB, or
+    /// `OUTCORE_CACHE_BYTES`).
+    pub cache_bytes: Option<u64>,
     /// Address space each connection reserves per open array (default: clamp(16 × size,
     /// 64 GiB, 1 TiB)). An array that outgrows it gets a larger reservation for new views.
     pub reserve_bytes: Option<u64>,
@@ -71,6 +76,9 @@ impl Database {
 
     /// Opens `url` with `options`.
     pub fn open_with(url: &str, options: DbOptions) -> Result<Self> {
+        if let Some(bytes) = options.cache_bytes {
+            crate::vm::set_cache_budget(bytes);
+        }
         let storage: Arc<dyn Storage> = if url == "mem:" {
             Arc::new(MemStorage::with_compression(options.compression))
         } else if url.starts_with("postgresql://") || url.starts_with("postgres://") {
