@@ -451,6 +451,26 @@ impl BlockMemory {
     /// Reads the mapped bytes `range` into memory now; storage errors are returned, not
     /// raised as a fault later.
     pub fn populate(&self, range: Range<usize>) -> Result<()> {
+        if range.is_empty() {
+            return Ok(());
+        }
+        // Fetched blocks are fetched here, in this thread, so errors come back as errors.
+        let first = (range.start / self.blksize) as u64;
+        let last = ((range.end - 1) / self.blksize) as u64;
+        let remote: Vec<u64> = {
+            let state = self.lock();
+            state
+                .mapped
+                .range(first..=last)
+                .filter(|(_, m)| **m == Mapped::Remote)
+                .map(|(&b, _)| b)
+                .collect()
+        };
+        if let Some((server, region)) = self.reservation.remote_if_any() {
+            for b in remote {
+                server.load_now(region, b)?;
+            }
+        }
         self.advise(range, libc::MADV_POPULATE_READ, "loading array data")
     }
 

@@ -464,6 +464,42 @@ impl FaultServer {
 
     /// Fetches and installs one block (step 4 of the module docs).
     fn load(&self, region: &RemoteRegion, block: u64) {
+        if let Err((e, what)) = self.fetch_and_install(region, block, &[0, 100, 500, 2000]) {
+            // Nobody can receive this error: the faulting instruction waits. Say what broke,
+            // then make the access fail (SIGBUS) rather than show wrong data.
+            let msg = format!(
+                "outcore: cannot load {what} of {} after retries: {e}",
+                region.what
+            );
+            tracing::error!("{msg}");
+            eprintln!("{msg}");
+            if self.poison {
+                let mut p = UffdioPoison {
+                    range: region.block_range(block),
+                    ..UffdioPoison::default()
+                };
+                let _ = ioctl(&self.uffd, UFFDIO_POISON, &mut p);
+                return;
+            }
+            std::process::abort();
+        }
+    }
+
+    /// Fetches `block` now in the calling thread (if it is registered and not loaded), so
+    /// that errors reach the caller instead of the fault path.
+    pub fn load_now(&self, region: &RemoteRegion, block: u64) -> Result<()> {
+        self.fetch_and_install(region, block, &[0])
+            .map_err(|(e, _)| e)
+    }
+
+    /// Fetches `block` (retrying after each delay) and copies it into place; on failure,
+    /// the error and what was being fetched.
+    fn fetch_and_install(
+        &self,
+        region: &RemoteRegion,
+        block: u64,
+        delays_ms: &[u64],
+    ) -> std::result::Result<(), (Error, String)> {
         let range = region.block_range(block);
         let wanted = {
             let blocks = region.blocks.lock().unwrap_or_else(|p| p.into_inner());
@@ -474,46 +510,23 @@ impl FaultServer {
         };
         let Some((fetch, generation)) = wanted else {
             self.wake(range);
-            return;
+            return Ok(());
         };
         let mut bytes = Err(Error::NotFound(String::new()));
-        for delay in [0u64, 100, 500, 2000] {
+        for &delay in delays_ms {
             std::thread::sleep(Duration::from_millis(delay));
             bytes = fetch.fetch();
             if bytes.is_ok() {
                 break;
             }
         }
+        let mut data = bytes.map_err(|e| (e, fetch.describe()))?;
         let mut blocks = region.blocks.lock().unwrap_or_else(|p| p.into_inner());
         let current = blocks.get_mut(&block);
         let Some(current) = current.filter(|b| b.generation == generation && !b.loaded) else {
             // Re-registered (or dropped) while fetching: this version is no longer wanted.
             self.wake(range);
-            return;
-        };
-        let mut data = match bytes {
-            Ok(data) => data,
-            Err(e) => {
-                tracing::error!(
-                    "outcore: cannot load {} of {} after retries: {e}",
-                    fetch.describe(),
-                    region.what
-                );
-                eprintln!(
-                    "outcore: cannot load {} of {} after retries: {e}",
-                    fetch.describe(),
-                    region.what
-                );
-                if self.poison {
-                    let mut p = UffdioPoison {
-                        range,
-                        ..UffdioPoison::default()
-                    };
-                    let _ = ioctl(&self.uffd, UFFDIO_POISON, &mut p);
-                    return;
-                }
-                std::process::abort();
-            }
+            return Ok(());
         };
         data.resize(region.blksize, 0);
         let mut copy = UffdioCopy {
@@ -540,6 +553,7 @@ impl FaultServer {
                 self.wake(range);
             }
         }
+        Ok(())
     }
 
     fn region_weak(&self, region: &RemoteRegion) -> Weak<RemoteRegion> {
