@@ -315,6 +315,13 @@ impl BlockMemory {
             Backing::Fetch(fetch) => match self.reservation.remote(self.blksize, &self.what) {
                 Ok((server, region)) => {
                     self.map_anonymous(block, 0, self.blksize)?;
+                    // A forked child would inherit the memory but not its registration, and
+                    // read zeros where blocks are not fetched yet: give it no mapping instead.
+                    self.advise(
+                        block as usize * self.blksize..(block as usize + 1) * self.blksize,
+                        libc::MADV_DONTFORK,
+                        "marking fetched memory",
+                    )?;
                     server.register(region, block, fetch)?;
                     Mapped::Remote
                 }
