@@ -137,9 +137,9 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if self.remote.get().is_some() {
+        if let Some(region) = self.remote.get() {
             if let Ok(server) = super::uffd::server() {
-                server.remove_region(self.base.as_ptr() as usize);
+                server.remove_region(region);
             }
         }
         // SAFETY: the range is ours alone; every view into it holds (through an Arc) the

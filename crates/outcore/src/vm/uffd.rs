@@ -111,6 +111,8 @@ struct UffdMsg {
 
 /// The registered blocks of one array's reservation.
 pub(crate) struct RemoteRegion {
+    /// Unique for the life of the process.
+    id: u64,
     base: usize,
     len: usize,
     blksize: usize,
@@ -141,7 +143,9 @@ pub(crate) struct FaultServer {
     poison: bool,
     regions: RwLock<BTreeMap<usize, Weak<RemoteRegion>>>,
     jobs: Mutex<Sender<Job>>,
-    queued: Mutex<HashSet<usize>>,
+    /// Blocks with a job pending, by (region id, block): region ids are never reused, unlike
+    /// addresses (a dropped reservation's range can be mapped again for another array).
+    queued: Mutex<HashSet<(u64, u64)>>,
     lru: Mutex<VecDeque<(Weak<RemoteRegion>, u64, u64)>>,
     loaded_bytes: AtomicU64,
     budget: AtomicU64,
@@ -152,6 +156,8 @@ pub(crate) struct FaultServer {
 const WORKERS: usize = 4;
 /// Blocks after a faulting one that are fetched ahead.
 const READ_AHEAD: u64 = 2;
+/// Most recently loaded blocks never evicted (enough for every worker and read-ahead).
+const KEEP_NEWEST: usize = 2 * WORKERS + READ_AHEAD as usize;
 
 /// The fault server, started on first use; an error says why userfaultfd is unusable here.
 pub(crate) fn server() -> std::result::Result<&'static FaultServer, String> {
@@ -291,12 +297,19 @@ impl FaultServer {
             .insert(region.base, Arc::downgrade(region));
     }
 
-    /// Forgets `region` (its reservation is going away).
-    pub fn remove_region(&self, base: usize) {
+    /// Forgets `region` (its reservation is going away): its loaded blocks no longer count
+    /// against the budget.
+    pub fn remove_region(&self, region: &RemoteRegion) {
         self.regions
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&base);
+            .remove(&region.base);
+        let mut blocks = region.blocks.lock().unwrap_or_else(|p| p.into_inner());
+        for b in blocks.values_mut().filter(|b| b.loaded) {
+            b.loaded = false;
+            self.loaded_bytes
+                .fetch_sub(region.blksize as u64, Ordering::Relaxed);
+        }
     }
 
     /// Makes `block` of `region` fetch-on-touch: the caller has just mapped fresh anonymous
@@ -428,18 +441,17 @@ impl FaultServer {
                 }
                 continue;
             }
-            let key = region.base + b as usize * region.blksize;
             if self
                 .queued
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(key)
+                .insert((region.id, b))
             {
-                let _ = self
-                    .jobs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .send((Arc::downgrade(&region), b));
+                let _ = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).send((
+                    Arc::downgrade(&region),
+                    region.id,
+                    b,
+                ));
             }
         }
     }
@@ -447,17 +459,20 @@ impl FaultServer {
     fn worker(&'static self, rx: &Mutex<Receiver<Job>>) {
         loop {
             let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-            let Ok((region, block)) = job else {
+            let Ok((region, id, block)) = job else {
                 return;
             };
-            if let Some(region) = region.upgrade() {
-                let key = region.base + block as usize * region.blksize;
-                self.load(&region, block);
-                self.queued
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&key);
-                self.evict_over_budget();
+            match region.upgrade() {
+                Some(region) => {
+                    self.load(&region, block);
+                    self.evict_over_budget();
+                }
+                None => {
+                    self.queued
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&(id, block));
+                }
             }
         }
     }
@@ -509,6 +524,10 @@ impl FaultServer {
                 .map(|b| (b.fetch.clone(), b.generation))
         };
         let Some((fetch, generation)) = wanted else {
+            self.queued
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&(region.id, block));
             self.wake(range);
             return Ok(());
         };
@@ -520,6 +539,13 @@ impl FaultServer {
                 break;
             }
         }
+        // From here on a new fault on this block queues it again: a thread that faults after
+        // the copy below (say, the block was dropped meanwhile) is never left waiting on a job
+        // that already finished.
+        self.queued
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(region.id, block));
         let mut data = bytes.map_err(|e| (e, fetch.describe()))?;
         let mut blocks = region.blocks.lock().unwrap_or_else(|p| p.into_inner());
         let current = blocks.get_mut(&block);
@@ -536,8 +562,10 @@ impl FaultServer {
             mode: COPY_MODE_WP,
             ..UffdioCopy::default()
         };
-        match ioctl(&self.uffd, UFFDIO_COPY, &mut copy) {
-            Ok(()) => {
+        let copied = ioctl(&self.uffd, UFFDIO_COPY, &mut copy).is_ok()
+            || self.copy_missing_pages(range, &data);
+        match copied {
+            true => {
                 current.loaded = true;
                 self.loaded_bytes
                     .fetch_add(region.blksize as u64, Ordering::Relaxed);
@@ -547,13 +575,42 @@ impl FaultServer {
                     .unwrap_or_else(|p| p.into_inner())
                     .push_back((self.region_weak(region), block, generation));
             }
-            Err(_) => {
-                // EEXIST: some pages are there already (a racing load); ENOENT/EAGAIN: the
-                // mapping changed. Either way the waiting threads retry their access.
+            false => {
+                // The mapping changed under us (ENOENT): the waiting threads retry their
+                // access against whatever is mapped now.
                 self.wake(range);
             }
         }
         Ok(())
+    }
+
+    /// Copies `data` into `range` page by page, skipping pages that are already there (a
+    /// block left partly populated by an interrupted copy). True if every page is in place.
+    fn copy_missing_pages(&self, range: UffdioRange, data: &[u8]) -> bool {
+        const PAGE: u64 = 4096;
+        let mut ok = true;
+        for offset in (0..range.len).step_by(PAGE as usize) {
+            for _attempt in 0..3 {
+                let mut copy = UffdioCopy {
+                    dst: range.start + offset,
+                    src: data[offset as usize..].as_ptr() as u64,
+                    len: PAGE,
+                    mode: COPY_MODE_WP,
+                    ..UffdioCopy::default()
+                };
+                match ioctl(&self.uffd, UFFDIO_COPY, &mut copy) {
+                    Ok(()) => break,
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => break,
+                    Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
+                    Err(_) => {
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+        }
+        self.wake(range);
+        ok
     }
 
     fn region_weak(&self, region: &RemoteRegion) -> Weak<RemoteRegion> {
@@ -570,7 +627,11 @@ impl FaultServer {
         let budget = self.budget.load(Ordering::Relaxed);
         let mut lru = self.lru.lock().unwrap_or_else(|p| p.into_inner());
         let mut checked = 0;
-        while self.loaded_bytes.load(Ordering::Relaxed) > budget && checked < lru.len() {
+        // The newest blocks stay: the threads that faulted them in may not have read them yet.
+        while self.loaded_bytes.load(Ordering::Relaxed) > budget
+            && checked < lru.len()
+            && lru.len() > KEEP_NEWEST
+        {
             let Some((weak, block, generation)) = lru.pop_front() else {
                 break;
             };
@@ -613,8 +674,8 @@ impl FaultServer {
     }
 }
 
-/// A block to fetch: its region and index.
-type Job = (Weak<RemoteRegion>, u64);
+/// A block to fetch: its region, the region's id and the block index.
+type Job = (Weak<RemoteRegion>, u64, u64);
 
 static PENDING_RX: Mutex<Option<Receiver<Job>>> = Mutex::new(None);
 static THREADS: OnceLock<()> = OnceLock::new();
@@ -630,7 +691,9 @@ fn default_budget() -> u64 {
 impl RemoteRegion {
     /// A region for the reservation `base..base + len` of blocks of `blksize` bytes.
     pub fn new(base: usize, len: usize, blksize: usize, what: String) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         RemoteRegion {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             base,
             len,
             blksize,
