@@ -258,3 +258,21 @@ def test_savepoint_taken_before_outcore_joined(db):
     transaction.abort()
     assert A[1] == 9, "the next transaction sees the other commit"
     c2.close()
+
+
+def test_views_keep_their_connection_alive(tmp_path):
+    import gc
+
+    url = str(tmp_path / "db")
+    d = outcore.open(url)
+    d.root()["A"] = outcore.BigArray((10,), "i8")
+    transaction.commit()
+    d.close()
+    view = outcore.open(url).root()["A"][:]  # only the view survives
+    transaction.commit()  # the transaction no longer holds the connection either
+    gc.collect()
+    view[3] = 33
+    transaction.commit()
+    check = outcore.open(url)
+    assert check.root()["A"][3] == 33
+    check.close()

@@ -162,7 +162,7 @@ class BigArray:
 
     def _view(self, lo, hi):
         native = self._stored()
-        mapping, strides = native.map(lo, hi)
+        mapping, strides = native.map(lo, hi, self._conn)
         shape = list(self.shape)
         if shape:
             shape[self._major()] = max(0, min(hi, shape[self._major()]) - lo)

@@ -237,8 +237,16 @@ impl Array {
     }
 
     /// Maps major-axis indices `lo..hi` and returns (memory, byte strides): `memory` exports
-    /// exactly the bytes of those indices as a buffer (read-only unless writable).
-    fn map(&self, py: Python<'_>, lo: u64, hi: u64) -> PyResult<(Mapping, Vec<isize>)> {
+    /// exactly the bytes of those indices as a buffer (read-only unless writable) and keeps
+    /// `owner` alive.
+    #[pyo3(signature = (lo, hi, owner=None))]
+    fn map(
+        &self,
+        py: Python<'_>,
+        lo: u64,
+        hi: u64,
+        owner: Option<Py<PyAny>>,
+    ) -> PyResult<(Mapping, Vec<isize>)> {
         let m = self.arr.meta().py()?;
         let raw = py.detach(|| self.arr.raw_view(lo..hi)).py()?;
         let len = m.shape.get(m.major_axis()).copied().unwrap_or(1);
@@ -255,6 +263,7 @@ impl Array {
             addr: raw.ptr.wrapping_add(offset) as usize,
             len: ((hi - lo) * stride) as usize,
             writable: raw.writable,
+            _owner: owner,
         };
         Ok((mapping, raw.strides))
     }
@@ -286,6 +295,9 @@ struct Mapping {
     addr: usize,
     len: usize,
     writable: bool,
+    /// The Python connection the memory belongs to: kept alive by every view, so writes
+    /// through a view are committed even when nothing else references the connection.
+    _owner: Option<Py<PyAny>>,
 }
 
 #[pymethods]
