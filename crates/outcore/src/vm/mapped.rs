@@ -504,38 +504,14 @@ impl BlockMemory {
             return Ok(out);
         };
         let span = base + first as usize * self.blksize..base + (last as usize + 1) * self.blksize;
-        for r in dirty::written_pages(span.clone())? {
-            // Split address ranges at block boundaries.
-            let mut at = r.start - base;
-            let end = r.end - base;
-            while at < end {
-                let block = (at / self.blksize) as u64;
-                let block_start = block as usize * self.blksize;
-                let stop = end.min(block_start + self.blksize);
-                let pages = out.entry(block).or_default();
-                pages.push(at - block_start..stop - block_start);
-                at = stop;
-            }
-        }
+        let is_remote = |b: &u64| state.mapped.get(b) == Some(&Mapped::Remote);
+        self.add_by_block(&mut out, dirty::written_pages(span.clone())?, |b| {
+            !is_remote(b)
+        });
         if state.mapped.values().any(|m| *m == Mapped::Remote) {
             // Fetched blocks are private memory from the start: their writes are the pages
             // whose write-protection was lifted.
-            out.retain(|b, _| state.mapped.get(b) != Some(&Mapped::Remote));
-            for r in dirty::written_async(span.clone())? {
-                let mut at = r.start - base;
-                let end = r.end - base;
-                while at < end {
-                    let block = (at / self.blksize) as u64;
-                    let block_start = block as usize * self.blksize;
-                    let stop = end.min(block_start + self.blksize);
-                    if state.mapped.get(&block) == Some(&Mapped::Remote) {
-                        out.entry(block)
-                            .or_default()
-                            .push(at - block_start..stop - block_start);
-                    }
-                    at = stop;
-                }
-            }
+            self.add_by_block(&mut out, dirty::written_async(span)?, is_remote);
         }
         if dirty::method() == dirty::ScanMethod::PagemapRead {
             // That scan cannot tell the shared zero page from a written page: drop all-zero
@@ -548,6 +524,32 @@ impl BlockMemory {
             out.retain(|_, ranges| !ranges.is_empty());
         }
         Ok(out)
+    }
+
+    /// Adds address ranges to `out` as byte ranges within their blocks (split at block
+    /// boundaries), for the blocks `keep` accepts.
+    fn add_by_block(
+        &self,
+        out: &mut BTreeMap<u64, Vec<Range<usize>>>,
+        ranges: Vec<Range<usize>>,
+        keep: impl Fn(&u64) -> bool,
+    ) {
+        let base = self.reservation.base() as usize;
+        for r in ranges {
+            let mut at = r.start - base;
+            let end = r.end - base;
+            while at < end {
+                let block = (at / self.blksize) as u64;
+                let block_start = block as usize * self.blksize;
+                let stop = end.min(block_start + self.blksize);
+                if keep(&block) {
+                    out.entry(block)
+                        .or_default()
+                        .push(at - block_start..stop - block_start);
+                }
+                at = stop;
+            }
+        }
     }
 
     /// The pages of `ranges` (within `block`) holding a non-zero byte.
