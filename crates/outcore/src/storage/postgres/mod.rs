@@ -23,6 +23,7 @@
 
 mod pool;
 mod schema;
+mod tls;
 
 use std::collections::HashSet;
 use std::ops::Range;

@@ -5,13 +5,17 @@ use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use postgres::{Client, Config, NoTls};
+use postgres::{Client, Config};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::tls;
 
 use crate::{Error, Result};
 
 /// Connections to one database, all with `search_path` set to the store's schema.
 pub(super) struct Pool {
     config: Config,
+    tls: MakeRustlsConnect,
     schema: String,
     idle: Mutex<Vec<Client>>,
     max_idle: usize,
@@ -45,10 +49,21 @@ pub(super) fn is_connection_error(e: &Error) -> bool {
         ]
         .contains(code);
     }
+    // A dropped or refused connection, not (say) a TLS certificate the client rejected.
+    use std::io::ErrorKind as K;
     let mut source = std::error::Error::source(pe);
     while let Some(s) = source {
-        if s.is::<std::io::Error>() {
-            return true;
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                K::ConnectionRefused
+                    | K::ConnectionReset
+                    | K::ConnectionAborted
+                    | K::NotConnected
+                    | K::BrokenPipe
+                    | K::UnexpectedEof
+                    | K::TimedOut
+            );
         }
         source = s.source();
     }
@@ -58,7 +73,9 @@ pub(super) fn is_connection_error(e: &Error) -> bool {
 impl Pool {
     /// A pool for `url` whose connections use `schema`.
     pub fn new(url: &str, schema: &str, max_idle: usize) -> Result<Self> {
-        let mut config = Config::from_str(url)
+        let (url, verify) = tls::split_tls_params(url)?;
+        let tls = tls::connector(&verify)?;
+        let mut config = Config::from_str(&url)
             .map_err(|e| Error::InvalidArgument(format!("bad PostgreSQL url: {e}")))?;
         if config.get_application_name().is_none() {
             config.application_name("outcore");
@@ -72,6 +89,7 @@ impl Pool {
         config.connect_timeout(Duration::from_secs(10));
         Ok(Pool {
             config,
+            tls,
             schema: schema.to_string(),
             idle: Mutex::new(Vec::new()),
             max_idle,
@@ -84,7 +102,7 @@ impl Pool {
     }
 
     fn connect(&self) -> Result<Client> {
-        let mut client = self.config.connect(NoTls)?;
+        let mut client = self.config.connect(self.tls.clone())?;
         client.batch_execute(&format!(
             "SET search_path TO {}; SET synchronous_commit TO on",
             self.schema
