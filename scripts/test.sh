@@ -26,5 +26,18 @@ cargo test --workspace --locked --release
 # The dirty-page scan's fallback for kernels without PAGEMAP_SCAN (< 6.7), forced.
 OUTCORE_NO_PAGEMAP_SCAN=1 cargo test --locked --release -p outcore --test vm_mapped
 
+# Memory errors: the storage, memory and database tests again under valgrind memcheck (with
+# address-space requests small enough for valgrind).
+if command -v valgrind >/dev/null; then
+  (
+    export OUTCORE_RESERVE_BYTES=$((512 << 20)) OUTCORE_LMDB_MAP_BYTES=$((1 << 30))
+    export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="valgrind --quiet --error-exitcode=9"
+    cargo test --locked --release -p outcore --test db --test vm_mapped
+    cargo test --locked --release -p outcore --test storage_conformance -- mem_store local_store
+  )
+else
+  echo "valgrind not installed: memcheck runs skipped" >&2
+fi
+
 VIRTUAL_ENV="$PWD/$VENV" "$VENV/bin/maturin" develop --release --locked -q
 "$VENV/bin/python" -m pytest -q

@@ -17,7 +17,15 @@ use crate::{Error, Result};
 fn reservation_bytes(nbytes: u64, configured: Option<u64>) -> u64 {
     const MIN: u64 = 64 << 30;
     const MAX: u64 = 1 << 40;
-    let base = configured.unwrap_or_else(|| nbytes.saturating_mul(16).clamp(MIN, MAX));
+    // Address-space-limited environments (ulimit -v, valgrind) can ask for less.
+    let from_env = || {
+        std::env::var("OUTCORE_RESERVE_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    };
+    let base = configured
+        .or_else(from_env)
+        .unwrap_or_else(|| nbytes.saturating_mul(16).clamp(MIN, MAX));
     base.max(nbytes.saturating_mul(2))
 }
 

@@ -53,8 +53,8 @@ pub struct LocalOptions {
     pub create: bool,
     /// A commit starts a new segment file once the current one is this big (default 1 GiB).
     pub segment_bytes: u64,
-    /// The LMDB map size: the largest the index may grow (default 1 TiB of address space;
-    /// the file only takes what it uses).
+    /// The LMDB map size: the largest the index may grow (default 1 TiB of address space,
+    /// or `OUTCORE_LMDB_MAP_BYTES`; the file only takes what it uses).
     pub map_size: usize,
 }
 
@@ -64,7 +64,11 @@ impl Default for LocalOptions {
             compression: Compression::None,
             create: true,
             segment_bytes: 1 << 30,
-            map_size: 1 << 40,
+            // Address-space-limited environments (ulimit -v, valgrind) can ask for less.
+            map_size: std::env::var("OUTCORE_LMDB_MAP_BYTES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1 << 40),
         }
     }
 }
