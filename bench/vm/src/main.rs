@@ -32,6 +32,15 @@
 //!    the host, and its first touch costs a host fault per page: allocation-heavy code pays
 //!    several seconds per GiB that bare metal would not.
 //!
+//! 3. **Fault-filled scan** of a `--fault-gib` GiB (default 4) `f64` array in an lz4-compressed
+//!    in-memory store (`mem:`) with a 1 GiB RAM budget: its blocks cannot be mapped, so they
+//!    are fetched and decoded on first touch through userfaultfd. Against an in-RAM `Vec<f64>`
+//!    sum and the store's own fetch + decode (`storage.load` block by block); plus the fault
+//!    latency per 2 MiB block and the peak memory during the scan. Details in `fault.rs`.
+//!
+//! `--parts` picks the parts (default all); RESULTS.md keeps the sections of the other parts
+//! from its previous version, with the run they came from.
+//!
 //! Every pass is verified: the data are small integers (`i % 1009 + 1`, plus 1 per rewrite),
 //! so every f64 sum is exact and must equal the closed-form expectation, and one element per
 //! 2 MiB block (at a varying offset) is checked too. At the end a fresh connection re-reads
@@ -42,13 +51,15 @@
 //! Everything is written into a fresh directory under `--dir` (default `/var/tmp`), removed at
 //! the end. It needs the larger of 2 × `--gib` and (4 × rounds + 5) × `--commit-gib` GiB of
 //! disk, and enough RAM to keep 2 × `--gib` GiB in the page cache plus about 6 ×
-//! `--commit-gib` GiB of buffers and private pages.
+//! `--commit-gib` GiB of buffers and private pages. The fault-filled part uses no disk and
+//! about `--fault-gib` + 1.1 GiB of RAM (the in-RAM baseline plus the budget).
 //!
 //! Run it with:
 //!
 //! ```text
 //! cargo run --release -p outcore-bench-vm -- [--gib N]
-//! # all options: --gib N (4)  --commit-gib N (1)  --rounds N (7)  --dir PATH (/var/tmp)
+//! # all options: --parts scan,commit,fault|all (all)  --gib N (4)  --commit-gib N (1)
+//! #              --fault-gib N (4)  --rounds N (7)  --dir PATH (/var/tmp)
 //! #              --prewarm-gib N (4; 0 skips the second commit table)
 //! ```
 
@@ -65,6 +76,8 @@ use ndarray::{s, ArrayView1, ArrayViewMut1, Ix1};
 use outcore::array::Order;
 use outcore::db::{BigArray, Connection, Database};
 
+mod fault;
+
 type BoxResult<T> = Result<T, Box<dyn Error>>;
 
 /// Elements per 2 MiB block (outcore's default block size) and per `pwrite` chunk.
@@ -77,30 +90,87 @@ const PERIOD: u64 = 1009;
 const SCAN_TARGET: f64 = 0.9;
 const COMMIT_TARGET: f64 = 0.7;
 
-const USAGE: &str = "usage: outcore-bench-vm [--gib N] [--commit-gib N] [--rounds N] [--dir PATH]
+const USAGE: &str =
+    "usage: outcore-bench-vm [--parts LIST] [--gib N] [--commit-gib N] [--fault-gib N]
+                         [--rounds N] [--dir PATH] [--prewarm-gib N]
 
+  --parts LIST     comma-separated parts to run: scan, commit, fault, or all (default all);
+                   RESULTS.md keeps the sections of the parts not run from its previous version
   --gib N          size of the scanned array in GiB (default 4; fractions allowed)
   --commit-gib N   size of the rewritten-and-committed array in GiB (default 1)
   --rounds N       timed rounds per measurement, median reported (default 7, at least 3)
   --dir PATH       where to create the temporary benchmark directory (default /var/tmp)
   --prewarm-gib N  the commit part is measured a second time, with N GiB of anonymous memory
-                   touched and freed before every variant's turn (default 4; 0: skip)";
+                   touched and freed before every variant's turn (default 4; 0: skip)
+  --fault-gib N    size of the fault-filled (lz4, mem:) array in GiB (default 4)";
+
+/// Which parts run.
+#[derive(Clone, Copy)]
+struct Parts {
+    scan: bool,
+    commit: bool,
+    fault: bool,
+}
+
+impl Parts {
+    fn parse(list: &str) -> BoxResult<Self> {
+        let mut p = Parts {
+            scan: false,
+            commit: false,
+            fault: false,
+        };
+        for name in list.split(',').map(str::trim) {
+            match name {
+                "scan" => p.scan = true,
+                "commit" => p.commit = true,
+                "fault" => p.fault = true,
+                "all" => {
+                    p = Parts {
+                        scan: true,
+                        commit: true,
+                        fault: true,
+                    }
+                }
+                other => return Err(format!("unknown part {other:?}\n\n{USAGE}").into()),
+            }
+        }
+        Ok(p)
+    }
+
+    fn names(&self) -> String {
+        let mut v = Vec::new();
+        for (on, name) in [
+            (self.scan, "scan"),
+            (self.commit, "commit"),
+            (self.fault, "fault"),
+        ] {
+            if on {
+                v.push(name);
+            }
+        }
+        v.join(",")
+    }
+}
 
 struct Args {
+    parts: Parts,
     gib: f64,
     commit_gib: f64,
     rounds: usize,
     dir: PathBuf,
     prewarm_gib: f64,
+    fault_gib: f64,
 }
 
 fn parse_args() -> BoxResult<Args> {
     let mut args = Args {
+        parts: Parts::parse("all")?,
         gib: 4.0,
         commit_gib: 1.0,
         rounds: 7,
         dir: PathBuf::from("/var/tmp"),
         prewarm_gib: 4.0,
+        fault_gib: 4.0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -109,7 +179,9 @@ fn parse_args() -> BoxResult<Args> {
                 .ok_or_else(|| format!("{name} needs a value\n\n{USAGE}"))
         };
         match a.as_str() {
+            "--parts" => args.parts = Parts::parse(&value("--parts")?)?,
             "--gib" => args.gib = value("--gib")?.parse()?,
+            "--fault-gib" => args.fault_gib = value("--fault-gib")?.parse()?,
             "--commit-gib" => args.commit_gib = value("--commit-gib")?.parse()?,
             "--rounds" => args.rounds = value("--rounds")?.parse()?,
             "--dir" => args.dir = PathBuf::from(value("--dir")?),
@@ -127,7 +199,14 @@ fn parse_args() -> BoxResult<Args> {
     if !(args.prewarm_gib.is_finite() && args.prewarm_gib >= 0.0) {
         return Err(format!("--prewarm-gib must be 0 or more\n\n{USAGE}").into());
     }
-    for (name, gib) in [("--gib", args.gib), ("--commit-gib", args.commit_gib)] {
+    if args.parts.names().is_empty() {
+        return Err(format!("--parts names no part\n\n{USAGE}").into());
+    }
+    for (name, gib) in [
+        ("--gib", args.gib),
+        ("--commit-gib", args.commit_gib),
+        ("--fault-gib", args.fault_gib),
+    ] {
         if !(gib.is_finite() && gib > 0.0) {
             return Err(format!("{name} must be a positive number\n\n{USAGE}").into());
         }
@@ -884,8 +963,111 @@ fn verdict(ratio: f64, target: f64) -> &'static str {
     }
 }
 
-fn report(args: &Args, scan: &ScanResults, commit: &CommitResults) -> String {
-    let gbps = |bytes: u64, d: Duration| bytes as f64 / secs(d) / 1e9;
+/// The command line that reproduces this run.
+fn command(args: &Args) -> String {
+    format!(
+        "cargo run --release -p outcore-bench-vm -- --parts {} --gib {} --commit-gib {} \
+         --rounds {} --prewarm-gib {} --fault-gib {}",
+        args.parts.names(),
+        args.gib,
+        args.commit_gib,
+        args.rounds,
+        args.prewarm_gib,
+        args.fault_gib
+    )
+}
+
+/// The sections of a previous RESULTS.md, to keep those of parts not run now.
+#[derive(Default)]
+struct Previous {
+    /// Section text by number ('1', '2', '3'), heading included.
+    sections: std::collections::HashMap<char, String>,
+    /// Bullets of the targets list by section number.
+    targets: std::collections::HashMap<char, String>,
+    /// Where each section came from: "DATE, `COMMAND`".
+    provenance: std::collections::HashMap<char, String>,
+}
+
+const SECTION_NOTE: &str = "* section ";
+
+impl Previous {
+    fn parse(text: &str) -> Self {
+        let mut p = Previous::default();
+        let (mut date, mut cmd) = (String::new(), String::new());
+        let mut section: Option<char> = None;
+        let mut bullet: Option<char> = None;
+        for line in text.lines() {
+            if let Some(h) = line.strip_prefix("## ") {
+                section = if h.starts_with("Targets") {
+                    Some('T')
+                } else {
+                    h.chars().next().filter(char::is_ascii_digit)
+                };
+                if section == Some('T') {
+                    continue;
+                }
+            }
+            match section {
+                None => {
+                    if let Some(d) = line.strip_suffix(", machine:") {
+                        date = d.to_string();
+                    } else if let Some(rest) = line.strip_prefix("Produced by `") {
+                        cmd = rest.split('`').next().unwrap_or_default().to_string();
+                    } else if let Some(rest) = line.strip_prefix(SECTION_NOTE) {
+                        if let (Some(k), Some((_, from))) =
+                            (rest.chars().next(), rest.split_once(": run of "))
+                        {
+                            p.provenance.insert(k, from.to_string());
+                        }
+                    }
+                }
+                Some('T') => {
+                    if line.starts_with("* ") {
+                        bullet = if line.starts_with("* scan") {
+                            Some('1')
+                        } else if line.starts_with("* commit") {
+                            Some('2')
+                        } else if line.starts_with("* fault") || line.starts_with("* peak") {
+                            Some('3')
+                        } else {
+                            None
+                        };
+                    }
+                    if let Some(b) = bullet.filter(|_| !line.trim().is_empty()) {
+                        let t = p.targets.entry(b).or_default();
+                        t.push_str(line);
+                        t.push('\n');
+                    }
+                }
+                Some(k) => {
+                    let t = p.sections.entry(k).or_default();
+                    t.push_str(line);
+                    t.push('\n');
+                }
+            }
+        }
+        for k in p.sections.keys() {
+            if !p.provenance.contains_key(k) {
+                p.provenance.insert(*k, format!("{date}, `{cmd}`"));
+            }
+        }
+        p
+    }
+}
+
+/// The whole RESULTS.md: the parts run now, plus the sections of `previous` for the others.
+fn report(
+    args: &Args,
+    scan: Option<&ScanResults>,
+    commit: Option<&CommitResults>,
+    fault: Option<&fault::FaultResults>,
+    previous: &Previous,
+) -> String {
+    let parts: [(char, Option<(String, String)>); 3] = [
+        ('1', scan.map(scan_section)),
+        ('2', commit.map(commit_section)),
+        ('3', fault.map(fault::fault_section)),
+    ];
     let mut out = String::new();
     let _ = writeln!(out, "# VM benchmark results\n");
     let _ = writeln!(out, "{}, machine:\n", utc_now());
@@ -894,13 +1076,55 @@ fn report(args: &Args, scan: &ScanResults, commit: &CommitResults) -> String {
     }
     let _ = writeln!(
         out,
-        "\nProduced by `cargo run --release -p outcore-bench-vm -- --gib {} --commit-gib {} \
-         --rounds {} --prewarm-gib {}`. Medians of {} rounds; the variants alternate within \
-         each round. GB/s are decimal (10^9 B/s).\n",
-        args.gib, args.commit_gib, args.rounds, args.prewarm_gib, args.rounds
+        "\nProduced by `{}`. Medians of {} rounds; the variants alternate within each round. \
+         GB/s are decimal (10^9 B/s).\n",
+        command(args),
+        args.rounds
     );
+    let kept: Vec<char> = parts
+        .iter()
+        .filter(|(k, p)| p.is_none() && previous.sections.contains_key(k))
+        .map(|(k, _)| *k)
+        .collect();
+    if !kept.is_empty() {
+        let _ = writeln!(
+            out,
+            "Sections not re-run by this command, kept from the previous RESULTS.md:\n"
+        );
+        for k in &kept {
+            let _ = writeln!(
+                out,
+                "{SECTION_NOTE}{k}: run of {}",
+                previous.provenance.get(k).map_or("?", String::as_str)
+            );
+        }
+        let _ = writeln!(out);
+    }
+    let mut targets = String::new();
+    for (k, part) in &parts {
+        match part {
+            Some((text, t)) => {
+                out.push_str(text);
+                targets.push_str(t);
+            }
+            None => {
+                if let Some(text) = previous.sections.get(k) {
+                    out.push_str(text);
+                    targets.push_str(previous.targets.get(k).map_or("", String::as_str));
+                }
+            }
+        }
+    }
+    let _ = writeln!(out, "## Targets\n");
+    out.push_str(&targets);
+    out
+}
 
-    // Part 1.
+/// Section 1 and its lines for the targets list.
+fn scan_section(scan: &ScanResults) -> (String, String) {
+    let gbps = |bytes: u64, d: Duration| bytes as f64 / secs(d) / 1e9;
+    let mut out = String::new();
+    let mut targets = String::new();
     let sb = scan.bytes;
     let _ = writeln!(
         out,
@@ -985,7 +1209,24 @@ fn report(args: &Args, scan: &ScanResults, commit: &CommitResults) -> String {
         sb as f64 / secs(scan.fill) / 1e6
     );
 
-    // Part 2.
+    let _ = writeln!(
+        targets,
+        "* scan, warm mapping: outcore / raw mmap = {warm_ratio:.2}× (target ≥ {SCAN_TARGET}×) \
+         — {}",
+        verdict(warm_ratio, SCAN_TARGET)
+    );
+    let _ = writeln!(
+        targets,
+        "* scan, first touch (informational): outcore / raw mmap = {first_ratio:.2}×"
+    );
+    (out, targets)
+}
+
+/// Section 2 and its lines for the targets list.
+fn commit_section(commit: &CommitResults) -> (String, String) {
+    let gbps = |bytes: u64, d: Duration| bytes as f64 / secs(d) / 1e9;
+    let mut out = String::new();
+    let mut targets = String::new();
     let cb = commit.bytes;
     let _ = writeln!(
         out,
@@ -1106,73 +1347,85 @@ fn report(args: &Args, scan: &ScanResults, commit: &CommitResults) -> String {
         ));
     }
 
-    let _ = writeln!(out, "## Targets\n");
-    let _ = writeln!(
-        out,
-        "* scan, warm mapping: outcore / raw mmap = {warm_ratio:.2}× (target ≥ {SCAN_TARGET}×) \
-         — {}",
-        verdict(warm_ratio, SCAN_TARGET)
-    );
-    let _ = writeln!(
-        out,
-        "* scan, first touch (informational): outcore / raw mmap = {first_ratio:.2}×"
-    );
     for (title, total, alone, overwrite, heap, mmap, best_total, best_alone) in ratios {
         let _ = writeln!(
-            out,
+            targets,
             "* commit, {}:",
             title.to_lowercase().split_once(' ').map_or(title, |t| t.1)
         );
         let _ = writeln!(
-            out,
+            targets,
             "  * outcore (rewrite + commit) / raw pwrite-append + fdatasync = {total:.2}× \
              (target ≥ {COMMIT_TARGET}×) — {}",
             verdict(total, COMMIT_TARGET)
         );
         let _ = writeln!(
-            out,
+            targets,
             "  * outcore `commit` alone / raw pwrite-append + fdatasync = {alone:.2}× \
              (target ≥ {COMMIT_TARGET}×) — {}",
             verdict(alone, COMMIT_TARGET)
         );
         let _ = writeln!(
-            out,
+            targets,
             "  * informational, outcore (rewrite + commit) against: raw pwrite-overwrite + \
              fdatasync {overwrite:.2}×; raw heap rewrite + pwrite-append + fdatasync {heap:.2}×; \
              raw mmap(MAP_SHARED) rewrite + fdatasync {mmap:.2}×"
         );
         let _ = writeln!(
-            out,
+            targets,
             "  * best round against best round (less exposed to the VM's noise): \
              outcore (rewrite + commit) / raw pwrite-append + fdatasync {best_total:.2}×; \
              outcore `commit` alone {best_alone:.2}×"
         );
     }
-    out
+    (out, targets)
 }
 
 fn main() -> BoxResult<()> {
     let args = parse_args()?;
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
-    let root = args
-        .dir
-        .join(format!("outcore-bench-vm-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&root)?;
-    let tmp = TempDir(root.clone());
-
-    let scan_dir = root.join("scan");
-    std::fs::create_dir(&scan_dir)?;
-    let scan = scan_part(&scan_dir, args.gib, args.rounds)?;
-    // Free the scan data (disk and page cache) before the commit part.
-    std::fs::remove_dir_all(&scan_dir)?;
-    let commit_dir = root.join("commit");
-    std::fs::create_dir(&commit_dir)?;
-    let commit = commit_part(&commit_dir, args.commit_gib, args.rounds, args.prewarm_gib)?;
-    drop(tmp);
-
-    let text = report(&args, &scan, &commit);
-    println!("\n{text}");
     let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md");
+    let previous = Previous::parse(&std::fs::read_to_string(&results).unwrap_or_default());
+    let (mut scan, mut commit) = (None, None);
+    if args.parts.scan || args.parts.commit {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
+        let root = args
+            .dir
+            .join(format!("outcore-bench-vm-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&root)?;
+        let tmp = TempDir(root.clone());
+        if args.parts.scan {
+            let scan_dir = root.join("scan");
+            std::fs::create_dir(&scan_dir)?;
+            scan = Some(scan_part(&scan_dir, args.gib, args.rounds)?);
+            // Free the scan data (disk and page cache) before the commit part.
+            std::fs::remove_dir_all(&scan_dir)?;
+        }
+        if args.parts.commit {
+            let commit_dir = root.join("commit");
+            std::fs::create_dir(&commit_dir)?;
+            commit = Some(commit_part(
+                &commit_dir,
+                args.commit_gib,
+                args.rounds,
+                args.prewarm_gib,
+            )?);
+        }
+        drop(tmp);
+    }
+    let fault = if args.parts.fault {
+        Some(fault::fault_part(args.fault_gib, args.rounds)?)
+    } else {
+        None
+    };
+
+    let text = report(
+        &args,
+        scan.as_ref(),
+        commit.as_ref(),
+        fault.as_ref(),
+        &previous,
+    );
+    println!("\n{text}");
     std::fs::write(&results, &text)?;
     println!("written to {}", results.display());
     Ok(())
