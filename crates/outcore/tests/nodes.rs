@@ -5,6 +5,8 @@
 //! The PostgreSQL tests need `OUTCORE_TEST_PG` (scripts/test.sh starts a private server) and
 //! are skipped loudly without.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -12,21 +14,6 @@ use std::time::Duration;
 use outcore::array::Order;
 use outcore::db::Database;
 use outcore::Error;
-
-fn server() -> Option<String> {
-    match std::env::var("OUTCORE_TEST_PG") {
-        Ok(url) => Some(url),
-        Err(_) => {
-            eprintln!("SKIPPED: OUTCORE_TEST_PG is not set (scripts/test.sh starts a server)");
-            None
-        }
-    }
-}
-
-fn store_url(base: &str, name: &str) -> String {
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}outcore_schema={name}_{}", std::process::id())
-}
 
 fn spawn(role: &str, url: &str, extra: &[(&str, String)]) -> Child {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
@@ -88,48 +75,17 @@ fn child_entry() {
                 log.view::<i64>().unwrap().sum()
             );
         }
-        "crasher" => {
-            // Commit n: counter = n and four blocks stamped n; report each success.
-            let mut a = match conn.array("stamps") {
-                Ok(a) => a,
-                Err(_) => {
-                    let a = conn.create::<i64>("stamps", &[4 << 18], Order::C).unwrap();
-                    conn.commit().unwrap();
-                    a
-                }
-            };
-            loop {
-                let r = (|| -> outcore::Result<i64> {
-                    conn.begin()?;
-                    let mut v = a.view_mut::<i64>()?;
-                    let n = v[0] + 1;
-                    for block in 0..4 {
-                        v[block << 18] = n;
-                        v[(block << 18) + 7] = n;
-                    }
-                    drop(v);
-                    conn.commit()?;
-                    Ok(n)
-                })();
-                match r {
-                    Ok(n) => println!("\n@ok {n}"),
-                    Err(e) => {
-                        println!("\n@error {e}");
-                        let _ = conn.abort();
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                }
-                a = conn.array("stamps").unwrap_or(a);
-            }
-        }
+        "crasher" => common::stamp_forever(&conn),
         other => panic!("unknown role {other}"),
     }
 }
 
 #[test]
 fn four_nodes_on_postgresql_lose_no_update() {
-    let Some(base) = server() else { return };
-    nodes_update_and_append_without_lost_updates(&store_url(&base, "nodes"));
+    let Some(base) = common::pg_server() else {
+        return;
+    };
+    nodes_update_and_append_without_lost_updates(&common::store_url(&base, "nodes"));
 }
 
 #[test]
@@ -208,26 +164,12 @@ fn nodes_update_and_append_without_lost_updates(url: &str) {
     );
 }
 
-/// Checks that the last visible commit is complete: all four blocks carry the counter.
-fn check_stamps(url: &str) -> i64 {
-    let db = Database::open(url).unwrap();
-    let conn = db.connect().unwrap();
-    let Ok(a) = conn.array("stamps") else {
-        return 0;
-    };
-    let v = a.view::<i64>().unwrap();
-    let n = v[0];
-    for block in 0..4usize {
-        assert_eq!(v[block << 18], n, "block {block} of commit {n}");
-        assert_eq!(v[(block << 18) + 7], n);
-    }
-    n
-}
-
 #[test]
 fn killed_clients_leave_no_partial_commit() {
-    let Some(base) = server() else { return };
-    let url = store_url(&base, "kill");
+    let Some(base) = common::pg_server() else {
+        return;
+    };
+    let url = common::store_url(&base, "kill");
     let mut last = 0;
     for round in 0..12u64 {
         let mut child = spawn("crasher", &url, &[]);
@@ -244,7 +186,7 @@ fn killed_clients_leave_no_partial_commit() {
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         child.wait().unwrap();
         let acked = reader.join().unwrap().unwrap_or(last);
-        let n = check_stamps(&url);
+        let n = common::check_stamps(&url);
         assert!(
             n >= acked,
             "round {round}: acknowledged commit {acked} lost (found {n})"

@@ -3,27 +3,13 @@
 //!
 //! Needs `OUTCORE_TEST_PG` and `OUTCORE_TEST_PG_CTL` (scripts/test.sh sets both).
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use outcore::array::Order;
 use outcore::db::Database;
-
-fn server() -> Option<String> {
-    match std::env::var("OUTCORE_TEST_PG") {
-        Ok(url) => Some(url),
-        Err(_) => {
-            eprintln!("SKIPPED: OUTCORE_TEST_PG is not set (scripts/test.sh starts a server)");
-            None
-        }
-    }
-}
-
-fn store_url(base: &str, name: &str) -> String {
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}outcore_schema={name}_{}", std::process::id())
-}
 
 fn spawn(url: &str) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
@@ -35,7 +21,7 @@ fn spawn(url: &str) -> std::process::Child {
         .unwrap()
 }
 
-/// Commits forever: commit n stamps four blocks with n; reports each outcome.
+/// The child: commits forever (see `common::stamp_forever`).
 #[test]
 fn child_entry() {
     if std::env::var("OUTCORE_PG_CHILD").is_err() {
@@ -44,54 +30,19 @@ fn child_entry() {
     let url = std::env::var("OUTCORE_PG_URL").unwrap();
     let db = Database::open(&url).unwrap();
     let conn = db.connect().unwrap();
-    let mut a = conn.create::<i64>("stamps", &[4 << 18], Order::C).unwrap();
-    conn.commit().unwrap();
-    loop {
-        let r = (|| -> outcore::Result<i64> {
-            conn.begin()?;
-            let mut v = a.view_mut::<i64>()?;
-            let n = v[0] + 1;
-            for block in 0..4 {
-                v[block << 18] = n;
-                v[(block << 18) + 7] = n;
-            }
-            drop(v);
-            conn.commit()?;
-            Ok(n)
-        })();
-        match r {
-            Ok(n) => println!("\n@ok {n}"),
-            Err(e) => {
-                println!("\n@error {e}");
-                let _ = conn.abort();
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        a = conn.array("stamps").unwrap_or(a);
-    }
-}
-
-fn check_stamps(url: &str) -> i64 {
-    let db = Database::open(url).unwrap();
-    let conn = db.connect().unwrap();
-    let a = conn.array("stamps").unwrap();
-    let v = a.view::<i64>().unwrap();
-    let n = v[0];
-    for block in 0..4usize {
-        assert_eq!(v[block << 18], n, "block {block} of commit {n}");
-        assert_eq!(v[(block << 18) + 7], n);
-    }
-    n
+    common::stamp_forever(&conn);
 }
 
 #[test]
 fn server_restart_mid_run_clients_reconnect() {
-    let Some(base) = server() else { return };
+    let Some(base) = common::pg_server() else {
+        return;
+    };
     let Ok(ctl) = std::env::var("OUTCORE_TEST_PG_CTL") else {
         eprintln!("SKIPPED: OUTCORE_TEST_PG_CTL is not set");
         return;
     };
-    let url = store_url(&base, "restart");
+    let url = common::store_url(&base, "restart");
     let mut child = spawn(&url);
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
@@ -131,5 +82,5 @@ fn server_restart_mid_run_clients_reconnect() {
     // SAFETY: sends SIGKILL to our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     child.wait().unwrap();
-    assert!(check_stamps(&url) >= after);
+    assert!(common::check_stamps(&url) >= after);
 }

@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests (each test crate uses some of them).
+#![allow(dead_code)]
 
 /// A `kB` field of `/proc/self/status` (e.g. `"RssAnon:"`).
 pub fn status_kb(field: &str) -> u64 {
@@ -7,4 +8,74 @@ pub fn status_kb(field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
         .unwrap()
+}
+
+/// A test server url with a store in its own schema `name_<pid>`.
+pub fn store_url(base: &str, name: &str) -> String {
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}outcore_schema={name}_{}", std::process::id())
+}
+
+/// The test PostgreSQL server's url, or `None` (and a loud skip message) without one.
+pub fn pg_server() -> Option<String> {
+    match std::env::var("OUTCORE_TEST_PG") {
+        Ok(url) => Some(url),
+        Err(_) => {
+            eprintln!("SKIPPED: OUTCORE_TEST_PG is not set (scripts/test.sh starts a server)");
+            None
+        }
+    }
+}
+
+/// Commits forever on array "stamps" (created if missing): commit n writes n into four blocks;
+/// prints `@ok n` after each success and `@error ...` after each failure (then retries).
+pub fn stamp_forever(conn: &outcore::db::Connection) -> ! {
+    use outcore::array::Order;
+    let mut a = match conn.array("stamps") {
+        Ok(a) => a,
+        Err(_) => {
+            let a = conn.create::<i64>("stamps", &[4 << 18], Order::C).unwrap();
+            conn.commit().unwrap();
+            a
+        }
+    };
+    loop {
+        let r = (|| -> outcore::Result<i64> {
+            conn.begin()?;
+            let mut v = a.view_mut::<i64>()?;
+            let n = v[0] + 1;
+            for block in 0..4 {
+                v[block << 18] = n;
+                v[(block << 18) + 7] = n;
+            }
+            drop(v);
+            conn.commit()?;
+            Ok(n)
+        })();
+        match r {
+            Ok(n) => println!("\n@ok {n}"),
+            Err(e) => {
+                println!("\n@error {e}");
+                let _ = conn.abort();
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+        a = conn.array("stamps").unwrap_or(a);
+    }
+}
+
+/// Checks that the last visible `stamp_forever` commit is complete; returns its number.
+pub fn check_stamps(url: &str) -> i64 {
+    let db = outcore::db::Database::open(url).unwrap();
+    let conn = db.connect().unwrap();
+    let Ok(a) = conn.array("stamps") else {
+        return 0;
+    };
+    let v = a.view::<i64>().unwrap();
+    let n = v[0];
+    for block in 0..4usize {
+        assert_eq!(v[block << 18], n, "block {block} of commit {n}");
+        assert_eq!(v[(block << 18) + 7], n);
+    }
+    n
 }
