@@ -390,12 +390,7 @@ impl ArrayHandle {
                 cut: None,
             };
             for m in self.all_memory() {
-                let blocks: Vec<u64> = m
-                    .mapped_blocks()
-                    .into_iter()
-                    .filter(|&b| b >= cut)
-                    .collect();
-                m.remap(&blocks, &source)?;
+                m.remap_from(cut, &source)?;
             }
         }
         Ok(())
@@ -576,12 +571,7 @@ impl ArrayHandle {
                 at,
                 cut: sp.cut,
             };
-            let blocks: Vec<u64> = memory
-                .mapped_blocks()
-                .into_iter()
-                .filter(|&b| b >= lo)
-                .collect();
-            memory.remap(&blocks, &source)?;
+            memory.remap_from(lo, &source)?;
         }
         // ...then every written page is dropped and the saved ones written back.
         memory.discard(&memory.dirty_blocks()?)?;

@@ -678,6 +678,12 @@ impl BlockMemory {
         self.map_blocks(&mut state, mapped, source)
     }
 
+    /// Re-maps every mapped block at or after `first` with its backing from `source`.
+    pub fn remap_from(&self, first: u64, source: &dyn BlockSource) -> Result<()> {
+        let blocks: Vec<u64> = self.lock().mapped.range(first..).map(|(&b, _)| b).collect();
+        self.remap(&blocks, source)
+    }
+
     /// The current bytes of `block` (uncommitted writes included), without a copy.
     ///
     /// # Safety
