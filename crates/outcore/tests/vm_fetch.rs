@@ -9,7 +9,8 @@ use outcore::Result;
 
 const BLK: usize = 2 << 20;
 
-/// Tests that change the process-wide budget or measure memory run one at a time.
+/// Tests that change the process-wide budget, measure memory or load many blocks run one at a
+/// time.
 static BUDGET_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn content(block: u64) -> Vec<u8> {
@@ -82,12 +83,12 @@ fn touching_one_element_fetches_one_block_and_writes_are_tracked() {
         mem.dirty_blocks().unwrap().is_empty(),
         "reads dirty nothing"
     );
-    // A write marks exactly its page.
+    // A write marks its block, whole (fetched blocks are tracked per block).
     // SAFETY (test): mapped writable memory.
     unsafe { *mem.block_ptr(5).add(3 * PAGE + 1) = 42 };
     let w = mem.written_pages().unwrap();
     assert_eq!(w.len(), 1);
-    assert_eq!(w[&5], vec![3 * PAGE..4 * PAGE]);
+    assert_eq!(w[&5], std::iter::once(0..BLK).collect::<Vec<_>>());
     // Discard drops it: the next touch fetches the stored version again.
     mem.discard(&[5]).unwrap();
     assert_eq!(byte(&mem, 5, 3 * PAGE + 1), content(5)[3 * PAGE + 1]);
@@ -244,4 +245,190 @@ fn dropped_memory_frees_the_budget() {
     let done = rx.recv_timeout(std::time::Duration::from_secs(60));
     outcore::vm::set_cache_budget(1 << 30);
     done.expect("reads did not finish (hang in the fault path)");
+}
+
+/// A fetch that reports when it starts, then waits for the test to let it finish.
+struct Gated {
+    block: u64,
+    bytes: Vec<u8>,
+    started: std::sync::Mutex<std::sync::mpsc::Sender<u64>>,
+    gate: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl Fetch for Gated {
+    fn fetch(&self) -> Result<Vec<u8>> {
+        let _ = self.started.lock().unwrap().send(self.block);
+        let (open, cv) = &*self.gate;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut open = open.lock().unwrap();
+        while !*open && std::time::Instant::now() < deadline {
+            open = cv
+                .wait_timeout(open, std::time::Duration::from_millis(50))
+                .unwrap()
+                .0;
+        }
+        Ok(self.bytes.clone())
+    }
+    fn describe(&self) -> String {
+        format!("gated block {}", self.block)
+    }
+}
+
+type Gate = Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>;
+
+fn open_gate(gate: &Gate) {
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
+}
+
+struct GatedSource {
+    started: std::sync::mpsc::Sender<u64>,
+    gate: Gate,
+    version: u64,
+}
+
+impl BlockSource for GatedSource {
+    fn backing(&self, block: u64) -> Result<Backing> {
+        Ok(Backing::Fetch(Arc::new(Gated {
+            block,
+            bytes: content(block + self.version * 1000),
+            started: std::sync::Mutex::new(self.started.clone()),
+            gate: self.gate.clone(),
+        })))
+    }
+}
+
+#[test]
+fn different_blocks_load_in_parallel() {
+    if !available() {
+        return;
+    }
+    // Serial with the tests that measure memory.
+    let _serial = BUDGET_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let gate: Gate = Default::default();
+    let mem = Arc::new(BlockMemory::new(BLK, 64, false).unwrap());
+    let source = GatedSource {
+        started: started_tx,
+        gate: gate.clone(),
+        version: 0,
+    };
+    mem.ensure_mapped(0..64, &source).unwrap();
+    let readers: Vec<_> = [0u64, 32]
+        .into_iter()
+        .map(|b| {
+            let mem = mem.clone();
+            std::thread::spawn(move || byte(&mem, b, 12345) == content(b)[12345])
+        })
+        .collect();
+    // Both blocks' fetches are running at once: neither finishes before the gate opens.
+    let mut seen = std::collections::BTreeSet::new();
+    while !(seen.contains(&0) && seen.contains(&32)) {
+        let b = started
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the second block's fetch did not start while the first one ran");
+        seen.insert(b);
+    }
+    open_gate(&gate);
+    for r in readers {
+        assert!(r.join().unwrap(), "a reader saw wrong bytes");
+    }
+}
+
+#[test]
+fn a_load_racing_a_remap_shows_the_new_version() {
+    if !available() {
+        return;
+    }
+    // Serial with the tests that measure memory.
+    let _serial = BUDGET_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let old_gate: Gate = Default::default();
+    let mem = Arc::new(BlockMemory::new(BLK, 8, false).unwrap());
+    let old = GatedSource {
+        started: started_tx.clone(),
+        gate: old_gate.clone(),
+        version: 0,
+    };
+    mem.ensure_mapped(0..1, &old).unwrap();
+    let reader = {
+        let mem = mem.clone();
+        std::thread::spawn(move || byte(&mem, 0, 4321))
+    };
+    started
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the old version's fetch started");
+    // Another transaction changed block 0 while its old version is being fetched.
+    let new_gate: Gate = Default::default();
+    open_gate(&new_gate);
+    let new = GatedSource {
+        started: started_tx,
+        gate: new_gate,
+        version: 1,
+    };
+    mem.remap(&[0], &new).unwrap();
+    open_gate(&old_gate);
+    let want = content(1000)[4321];
+    assert_ne!(want, content(0)[4321]);
+    assert_eq!(
+        reader.join().unwrap(),
+        want,
+        "the waiting reader sees the new version"
+    );
+    assert_eq!(byte(&mem, 0, 4321), want, "and so does every later read");
+    assert_eq!(mem.read_block(0), content(1000));
+}
+
+#[test]
+fn writes_racing_eviction_are_never_lost() {
+    if !available() {
+        return;
+    }
+    let _serial = BUDGET_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+    outcore::vm::set_cache_budget(8 << 20);
+    let n = 40u64;
+    let mem = Arc::new(BlockMemory::new(BLK, n, true).unwrap());
+    mem.ensure_mapped(0..n, &Source(Arc::new(AtomicUsize::new(0))))
+        .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A scanner keeps the budget overflowing, so clean blocks are evicted all the time.
+    let scanner = {
+        let (mem, stop) = (mem.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut b = 0;
+            while !stop.load(Ordering::Relaxed) {
+                byte(&mem, b % n, (b as usize * 4096) % BLK);
+                b += 1;
+            }
+        })
+    };
+    // The writer writes into blocks loaded a while ago: the next ones evicted.
+    let mut written = std::collections::BTreeMap::new();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for i in 0..3000u32 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let block = x % n;
+        let at = (x >> 8) as usize % BLK;
+        let value = (i % 251) as u8 ^ content(block)[at] ^ 0xFF;
+        // SAFETY (test): mapped writable memory of the block.
+        unsafe { std::ptr::write_volatile(mem.block_ptr(block).add(at), value) };
+        written.insert((block, at), value);
+    }
+    stop.store(true, Ordering::Relaxed);
+    scanner.join().unwrap();
+    let dirty: std::collections::BTreeSet<u64> = mem.dirty_blocks().unwrap().into_iter().collect();
+    for (&(block, at), &value) in &written {
+        assert_eq!(
+            byte(&mem, block, at),
+            value,
+            "write at {at} of block {block} lost"
+        );
+        assert!(
+            dirty.contains(&block),
+            "block {block} written but not dirty"
+        );
+    }
+    outcore::vm::set_cache_budget(1 << 30);
 }

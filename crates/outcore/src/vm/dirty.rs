@@ -19,7 +19,6 @@ use crate::{Error, Result};
 /// Page size assumed by the scanner.
 pub const PAGE: usize = 4096;
 
-const PAGE_IS_WRITTEN: u64 = 1 << 1;
 const PAGE_IS_FILE: u64 = 1 << 2;
 const PAGE_IS_PRESENT: u64 = 1 << 3;
 const PAGE_IS_SWAPPED: u64 = 1 << 4;
@@ -91,12 +90,6 @@ pub fn written_pages(range: Range<usize>) -> Result<Vec<Range<usize>>> {
         ScanMethod::Ioctl => scan_ioctl(range),
         ScanMethod::PagemapRead => scan_pagemap(range),
     }
-}
-
-/// Written pages of memory registered for asynchronous write-protection (fault-filled
-/// blocks): pages in memory or swap whose protection a write has lifted.
-pub fn written_async(range: Range<usize>) -> Result<Vec<Range<usize>>> {
-    scan(range, PAGE_IS_WRITTEN, 0)
 }
 
 fn scan_ioctl(range: Range<usize>) -> Result<Vec<Range<usize>>> {

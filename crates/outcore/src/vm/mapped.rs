@@ -293,6 +293,13 @@ impl BlockMemory {
     }
 
     fn install_locked(&self, state: &mut State, block: u64, backing: Backing) -> Result<()> {
+        let was_remote = state.mapped.get(&block) == Some(&Mapped::Remote);
+        if was_remote {
+            // Before the memory changes: no fetch of the old registration may land in it.
+            if let Some((server, region)) = self.reservation.remote_if_any() {
+                server.retire(region, block);
+            }
+        }
         let mapped = match backing {
             Backing::Hole => {
                 self.map_anonymous(block, 0, self.blksize)?;
@@ -314,14 +321,18 @@ impl BlockMemory {
             }
             Backing::Fetch(fetch) => match self.reservation.remote(self.blksize, &self.what) {
                 Ok((server, region)) => {
-                    self.map_anonymous(block, 0, self.blksize)?;
-                    // A forked child would inherit the memory but not its registration, and
-                    // read zeros where blocks are not fetched yet: give it no mapping instead.
-                    self.advise(
-                        block as usize * self.blksize..(block as usize + 1) * self.blksize,
-                        libc::MADV_DONTFORK,
-                        "marking fetched memory",
-                    )?;
+                    // A fetched block keeps its registered mapping (`register` drops its
+                    // pages): a new mapping would show zeros until registered.
+                    if !was_remote {
+                        self.map_anonymous(block, 0, self.blksize)?;
+                        // A forked child would inherit the memory but not its registration,
+                        // and read zeros where blocks are not fetched yet: give it no mapping.
+                        self.advise(
+                            block as usize * self.blksize..(block as usize + 1) * self.blksize,
+                            libc::MADV_DONTFORK,
+                            "marking fetched memory",
+                        )?;
+                    }
                     server.register(region, block, fetch)?;
                     Mapped::Remote
                 }
@@ -355,11 +366,6 @@ impl BlockMemory {
             Some(Mapped::Decoded) if mapped != Mapped::Decoded => {
                 if let Some(d) = &state.decoded {
                     punch_hole(d, block * self.blksize as u64, self.blksize as u64)?;
-                }
-            }
-            Some(Mapped::Remote) if mapped != Mapped::Remote => {
-                if let Some((server, region)) = self.reservation.remote_if_any() {
-                    server.unregister(region, block);
                 }
             }
             _ => {}
@@ -508,10 +514,14 @@ impl BlockMemory {
         self.add_by_block(&mut out, dirty::written_pages(span.clone())?, |b| {
             !is_remote(b)
         });
-        if state.mapped.values().any(|m| *m == Mapped::Remote) {
-            // Fetched blocks are private memory from the start: their writes are the pages
-            // whose write-protection was lifted.
-            self.add_by_block(&mut out, dirty::written_async(span)?, is_remote);
+        if let Some((_, region)) = self.reservation.remote_if_any() {
+            // Fetched blocks are private memory from the start; the fault server tracks which
+            // were written, whole.
+            for block in region.dirty_blocks() {
+                if is_remote(&block) {
+                    out.insert(block, std::iter::once(0..self.blksize).collect());
+                }
+            }
         }
         if dirty::method() == dirty::ScanMethod::PagemapRead {
             // That scan cannot tell the shared zero page from a written page: drop all-zero
@@ -629,11 +639,12 @@ impl BlockMemory {
         if self.lock().mapped.get(&block) == Some(&Mapped::Remote) {
             // A fetched block is loaded whole: drop it whole, the next touch fetches it.
             let whole = 0..self.blksize;
-            self.madvise_dontneed(block, &whole)?;
-            if let Some((server, region)) = self.reservation.remote_if_any() {
-                server.unloaded(region, block);
-            }
-            return Ok(());
+            return match self.reservation.remote_if_any() {
+                Some((server, region)) => {
+                    server.drop_block(region, block, || self.madvise_dontneed(block, &whole))
+                }
+                None => self.madvise_dontneed(block, &whole),
+            };
         }
         for r in ranges {
             self.madvise_dontneed(block, r)?;

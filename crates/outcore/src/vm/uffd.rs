@@ -11,13 +11,20 @@
 //! 3. The handler thread reads the message, finds the region and block, and queues the block
 //!    for a worker (several blocks load in parallel; a block already queued is not queued
 //!    twice; the next two blocks are queued too, as read-ahead).
-//! 4. A worker fetches the bytes (no lock held), then, under the region's lock, checks that the
-//!    block still wants this version and copies it in with `UFFDIO_COPY` in write-protect mode,
-//!    which also wakes the suspended threads.
-//! 5. With `UFFD_FEATURE_WP_ASYNC` a later write needs no message: the kernel lifts the
-//!    protection and `PAGEMAP_SCAN` reports the page as written — that is dirty tracking.
+//! 4. A worker fetches the bytes (no lock held), marks the block *busy* if it still wants this
+//!    version, and copies it in with `UFFDIO_COPY` in write-protect mode (no lock held either,
+//!    so workers copy in parallel), which also wakes the suspended threads.
+//! 5. The first write to a loaded block raises a write-protect message: the handler marks the
+//!    block dirty and lifts the protection of the whole block (one round trip per block per
+//!    transaction; dirty tracking is per block, the unit a commit stores anyway).
 //! 6. When loaded clean blocks exceed the RAM budget, the oldest are dropped
-//!    (`MADV_DONTNEED`); touching them again fetches them again. Written blocks stay.
+//!    (`MADV_DONTNEED`); touching them again fetches them again. Dirty blocks stay. Because
+//!    a clean block is write-protected, a write racing its eviction traps and waits for the
+//!    eviction to finish, then faults the block in again: no write is lost.
+//!
+//! Whoever changes a block's pages (a worker copying, the evictor, an abort dropping it, a
+//! re-mapping) first waits until the block is not busy and marks it busy itself, so these
+//! never interleave, and a fetch that finishes after its block was re-registered is dropped.
 //!
 //! A fetch that keeps failing cannot be reported to the faulting instruction: after retries
 //! the block is poisoned (`UFFDIO_POISON`: the thread gets SIGBUS) after logging an error naming
@@ -29,7 +36,7 @@ use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use crate::{Error, Result};
@@ -46,15 +53,16 @@ const UFFDIO_API: libc::c_ulong = 0xC018_AA3F;
 const UFFDIO_REGISTER: libc::c_ulong = 0xC020_AA00;
 const UFFDIO_WAKE: libc::c_ulong = 0x8010_AA02;
 const UFFDIO_COPY: libc::c_ulong = 0xC028_AA03;
+const UFFDIO_WRITEPROTECT: libc::c_ulong = 0xC018_AA06;
 const UFFDIO_POISON: libc::c_ulong = 0xC020_AA08;
 const USERFAULTFD_IOC_NEW: libc::c_ulong = 0xAA00;
 const UFFD_API: u64 = 0xAA;
 const FEATURE_POISON: u64 = 1 << 14;
-const FEATURE_WP_ASYNC: u64 = 1 << 15;
 const REGISTER_MISSING: u64 = 1;
 const REGISTER_WP: u64 = 2;
 const COPY_MODE_WP: u64 = 2;
 const EVENT_PAGEFAULT: u8 = 0x12;
+const PAGEFAULT_FLAG_WP: u64 = 1 << 1;
 const UFFD_USER_MODE_ONLY: libc::c_int = 1;
 
 #[repr(C)]
@@ -92,6 +100,13 @@ struct UffdioCopy {
 
 #[repr(C)]
 #[derive(Default)]
+struct UffdioWriteprotect {
+    range: UffdioRange,
+    mode: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
 struct UffdioPoison {
     range: UffdioRange,
     mode: u64,
@@ -117,12 +132,26 @@ pub(crate) struct RemoteRegion {
     len: usize,
     blksize: usize,
     what: String,
-    blocks: Mutex<HashMap<u64, RemoteBlock>>,
+    state: Mutex<RegionState>,
+    /// Signalled whenever a block stops being busy.
+    idle: Condvar,
+}
+
+#[derive(Default)]
+struct RegionState {
+    blocks: HashMap<u64, RemoteBlock>,
+    /// The reservation is going away: nothing is copied into it any more.
+    closed: bool,
 }
 
 struct RemoteBlock {
     fetch: Arc<dyn Fetch>,
+    /// Its bytes are in memory (counted against the budget).
     loaded: bool,
+    /// Written since it was loaded (its write protection was lifted).
+    dirty: bool,
+    /// A thread is changing its pages (copying in, dropping); others wait.
+    busy: bool,
     /// Bumped whenever the block is registered anew: a fetch of an older registration is
     /// thrown away.
     generation: u64,
@@ -134,6 +163,43 @@ impl RemoteRegion {
             start: (self.base + block as usize * self.blksize) as u64,
             len: self.blksize as u64,
         }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RegionState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Locks the region once `block` is not busy.
+    fn lock_idle(&self, block: u64) -> MutexGuard<'_, RegionState> {
+        let mut state = self.lock();
+        while state.blocks.get(&block).is_some_and(|b| b.busy) {
+            state = self.idle.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        state
+    }
+
+    /// Ends the busy state of `block` (if it still exists) and wakes the waiters.
+    fn end_busy(&self, block: u64, update: impl FnOnce(&mut RemoteBlock)) {
+        let mut state = self.lock();
+        if let Some(b) = state.blocks.get_mut(&block) {
+            b.busy = false;
+            update(b);
+        }
+        drop(state);
+        self.idle.notify_all();
+    }
+
+    /// The blocks written since they were loaded.
+    pub fn dirty_blocks(&self) -> Vec<u64> {
+        let state = self.lock();
+        let mut dirty: Vec<u64> = state
+            .blocks
+            .iter()
+            .filter(|(_, b)| b.dirty)
+            .map(|(&i, _)| i)
+            .collect();
+        dirty.sort_unstable();
+        dirty
     }
 }
 
@@ -230,14 +296,11 @@ impl FaultServer {
         };
         ioctl(&probe, UFFDIO_API, &mut api).map_err(|e| format!("UFFDIO_API: {e}"))?;
         drop(probe);
-        if api.features & FEATURE_WP_ASYNC == 0 {
-            return Err("the kernel lacks UFFD_FEATURE_WP_ASYNC (Linux >= 6.7)".into());
-        }
         let poison = api.features & FEATURE_POISON != 0;
         let (uffd, full_mode) = open_uffd()?;
         let mut api = UffdioApi {
             api: UFFD_API,
-            features: FEATURE_WP_ASYNC | if poison { FEATURE_POISON } else { 0 },
+            features: if poison { FEATURE_POISON } else { 0 },
             ..UffdioApi::default()
         };
         ioctl(&uffd, UFFDIO_API, &mut api).map_err(|e| format!("UFFDIO_API: {e}"))?;
@@ -297,44 +360,65 @@ impl FaultServer {
             .insert(region.base, Arc::downgrade(region));
     }
 
-    /// Forgets `region` (its reservation is going away): its loaded blocks no longer count
-    /// against the budget.
+    /// Forgets `region` (its reservation is going away): waits for copies into it to
+    /// finish, refuses later ones, and stops counting its blocks against the budget.
     pub fn remove_region(&self, region: &RemoteRegion) {
         self.regions
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&region.base);
-        let mut blocks = region.blocks.lock().unwrap_or_else(|p| p.into_inner());
-        for b in blocks.values_mut().filter(|b| b.loaded) {
+        let mut state = region.lock();
+        while state.blocks.values().any(|b| b.busy) {
+            state = region.idle.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        state.closed = true;
+        for b in state.blocks.values_mut().filter(|b| b.loaded) {
             b.loaded = false;
             self.loaded_bytes
                 .fetch_sub(region.blksize as u64, Ordering::Relaxed);
         }
     }
 
-    /// Makes `block` of `region` fetch-on-touch: the caller has just mapped fresh anonymous
-    /// memory there.
+    /// Makes `block` of `region` fetch-on-touch. Its memory is private anonymous memory: a
+    /// fresh mapping, or the block's registered mapping after [`FaultServer::retire`].
     pub fn register(&self, region: &RemoteRegion, block: u64, fetch: Arc<dyn Fetch>) -> Result<()> {
+        let range = region.block_range(block);
         let mut reg = UffdioRegister {
-            range: region.block_range(block),
+            range,
             mode: REGISTER_MISSING | REGISTER_WP,
             ..UffdioRegister::default()
         };
         ioctl(&self.uffd, UFFDIO_REGISTER, &mut reg)
             .map_err(|e| Error::io(format!("registering block {block} for fetch-on-touch"), e))?;
+        // Drop whatever is there (the old version, or zeros faulted in before the registration
+        // took effect): from here on every touch faults, and waits until the block is known.
+        // SAFETY: private anonymous memory of our reservation; only its pages are dropped.
+        let rc = unsafe {
+            libc::madvise(
+                range.start as *mut libc::c_void,
+                range.len as usize,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::io(
+                format!("dropping the old pages of block {block}"),
+                std::io::Error::last_os_error(),
+            ));
+        }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let old = region
-            .blocks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                block,
-                RemoteBlock {
-                    fetch,
-                    loaded: false,
-                    generation,
-                },
-            );
+        let mut state = region.lock_idle(block);
+        let old = state.blocks.insert(
+            block,
+            RemoteBlock {
+                fetch,
+                loaded: false,
+                dirty: false,
+                busy: false,
+                generation,
+            },
+        );
+        drop(state);
         if old.is_some_and(|o| o.loaded) {
             self.loaded_bytes
                 .fetch_sub(region.blksize as u64, Ordering::Relaxed);
@@ -343,13 +427,12 @@ impl FaultServer {
         Ok(())
     }
 
-    /// `block` no longer fetches on touch (it was mapped as something else).
-    pub fn unregister(&self, region: &RemoteRegion, block: u64) {
-        let old = region
-            .blocks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&block);
+    /// `block` stops fetching on touch; called *before* its memory is mapped anew, so that
+    /// no copy of the old registration can land in the new mapping.
+    pub fn retire(&self, region: &RemoteRegion, block: u64) {
+        let mut state = region.lock_idle(block);
+        let old = state.blocks.remove(&block);
+        drop(state);
         if old.is_some_and(|o| o.loaded) {
             self.loaded_bytes
                 .fetch_sub(region.blksize as u64, Ordering::Relaxed);
@@ -357,16 +440,27 @@ impl FaultServer {
         self.wake(region.block_range(block));
     }
 
-    /// The memory of `block` was dropped (abort, eviction): the next touch fetches again.
-    pub fn unloaded(&self, region: &RemoteRegion, block: u64) {
-        let mut blocks = region.blocks.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(b) = blocks.get_mut(&block) {
-            if b.loaded {
-                b.loaded = false;
+    /// Drops the memory of `block` with `drop_pages` (abort): the next touch fetches the
+    /// block again.
+    pub fn drop_block(
+        &self,
+        region: &RemoteRegion,
+        block: u64,
+        drop_pages: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        let mut state = region.lock_idle(block);
+        if let Some(b) = state.blocks.get_mut(&block) {
+            b.busy = true;
+            b.dirty = false;
+            if std::mem::take(&mut b.loaded) {
                 self.loaded_bytes
                     .fetch_sub(region.blksize as u64, Ordering::Relaxed);
             }
         }
+        drop(state);
+        let dropped = drop_pages();
+        region.end_busy(block, |_| {});
+        dropped
     }
 
     fn wake(&self, mut range: UffdioRange) {
@@ -405,7 +499,12 @@ impl FaultServer {
                 }
                 let count = n as usize / std::mem::size_of::<UffdMsg>();
                 for msg in &msgs[..count] {
-                    if msg.event == EVENT_PAGEFAULT {
+                    if msg.event != EVENT_PAGEFAULT {
+                        continue;
+                    }
+                    if msg.flags & PAGEFAULT_FLAG_WP != 0 {
+                        self.write_fault(msg.address as usize);
+                    } else {
                         self.fault(msg.address as usize);
                     }
                 }
@@ -413,27 +512,41 @@ impl FaultServer {
         }
     }
 
-    fn fault(&'static self, addr: usize) {
+    /// The region holding `addr` and the block index there, if any.
+    fn locate(&self, addr: usize) -> Option<(Arc<RemoteRegion>, u64)> {
         let region = {
             let regions = self.regions.read().unwrap_or_else(|p| p.into_inner());
             regions
                 .range(..=addr)
                 .next_back()
                 .and_then(|(_, w)| w.upgrade())
-        };
-        let Some(region) = region.filter(|r| addr < r.base + r.len) else {
+        }?;
+        if addr >= region.base + region.len {
+            return None;
+        }
+        let block = ((addr - region.base) / region.blksize) as u64;
+        Some((region, block))
+    }
+
+    /// Wakes the threads waiting on the page of `addr`: they retry their access.
+    fn wake_page(&self, addr: usize) {
+        self.wake(UffdioRange {
+            start: (addr & !4095) as u64,
+            len: 4096,
+        });
+    }
+
+    /// A missing page: queue its block (and read-ahead) for the workers.
+    fn fault(&'static self, addr: usize) {
+        let Some((region, block)) = self.locate(addr) else {
             // Not ours (any more): let the thread retry against whatever is mapped now.
-            self.wake(UffdioRange {
-                start: (addr & !4095) as u64,
-                len: 4096,
-            });
+            self.wake_page(addr);
             return;
         };
-        let block = ((addr - region.base) / region.blksize) as u64;
         for b in block..block + 1 + READ_AHEAD {
             let wanted = {
-                let blocks = region.blocks.lock().unwrap_or_else(|p| p.into_inner());
-                blocks.get(&b).is_some_and(|rb| !rb.loaded)
+                let state = region.lock();
+                !state.closed && state.blocks.get(&b).is_some_and(|rb| !rb.loaded)
             };
             if !wanted {
                 if b == block {
@@ -452,6 +565,34 @@ impl FaultServer {
                     region.id,
                     b,
                 ));
+            }
+        }
+    }
+
+    /// The first write to a loaded (write-protected) block: mark it dirty and lift the
+    /// protection of the whole block. Waits while the block is being evicted or copied, so a
+    /// write never slips past an eviction.
+    fn write_fault(&self, addr: usize) {
+        let Some((region, block)) = self.locate(addr) else {
+            self.wake_page(addr);
+            return;
+        };
+        let mut state = region.lock_idle(block);
+        match state.blocks.get_mut(&block) {
+            Some(b) if b.loaded => {
+                b.dirty = true;
+                let mut unprotect = UffdioWriteprotect {
+                    range: region.block_range(block),
+                    mode: 0, // lift the protection and wake the writer
+                };
+                if ioctl(&self.uffd, UFFDIO_WRITEPROTECT, &mut unprotect).is_err() {
+                    self.wake(region.block_range(block));
+                }
+            }
+            // Dropped meanwhile (or never ours): the retried write faults the block in anew.
+            _ => {
+                drop(state);
+                self.wake(region.block_range(block));
             }
         }
     }
@@ -517,10 +658,11 @@ impl FaultServer {
     ) -> std::result::Result<(), (Error, String)> {
         let range = region.block_range(block);
         let wanted = {
-            let blocks = region.blocks.lock().unwrap_or_else(|p| p.into_inner());
-            blocks
+            let state = region.lock_idle(block);
+            state
+                .blocks
                 .get(&block)
-                .filter(|b| !b.loaded)
+                .filter(|b| !b.loaded && !state.closed)
                 .map(|b| (b.fetch.clone(), b.generation))
         };
         let Some((fetch, generation)) = wanted else {
@@ -547,13 +689,21 @@ impl FaultServer {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&(region.id, block));
         let mut data = bytes.map_err(|e| (e, fetch.describe()))?;
-        let mut blocks = region.blocks.lock().unwrap_or_else(|p| p.into_inner());
-        let current = blocks.get_mut(&block);
-        let Some(current) = current.filter(|b| b.generation == generation && !b.loaded) else {
-            // Re-registered (or dropped) while fetching: this version is no longer wanted.
-            self.wake(range);
-            return Ok(());
-        };
+        {
+            let mut state = region.lock_idle(block);
+            let closed = state.closed;
+            match state.blocks.get_mut(&block) {
+                Some(b) if !closed && b.generation == generation && !b.loaded => b.busy = true,
+                _ => {
+                    // Re-registered, dropped or loaded meanwhile: this copy is not wanted.
+                    drop(state);
+                    self.wake(range);
+                    return Ok(());
+                }
+            }
+        }
+        // Busy: nobody re-maps, drops or copies into this block until `end_busy`, so the copy
+        // runs without the lock, in parallel with other workers.
         data.resize(region.blksize, 0);
         let mut copy = UffdioCopy {
             dst: range.start,
@@ -564,22 +714,18 @@ impl FaultServer {
         };
         let copied = ioctl(&self.uffd, UFFDIO_COPY, &mut copy).is_ok()
             || self.copy_missing_pages(range, &data);
-        match copied {
-            true => {
-                current.loaded = true;
-                self.loaded_bytes
-                    .fetch_add(region.blksize as u64, Ordering::Relaxed);
-                drop(blocks);
-                self.lru
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push_back((self.region_weak(region), block, generation));
-            }
-            false => {
-                // The mapping changed under us (ENOENT): the waiting threads retry their
-                // access against whatever is mapped now.
-                self.wake(range);
-            }
+        region.end_busy(block, |b| b.loaded = copied);
+        if copied {
+            self.loaded_bytes
+                .fetch_add(region.blksize as u64, Ordering::Relaxed);
+            self.lru
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_back((self.region_weak(region), block, generation));
+        } else {
+            // The mapping changed under us (ENOENT): the waiting threads retry their
+            // access against whatever is mapped now.
+            self.wake(range);
         }
         Ok(())
     }
@@ -625,41 +771,51 @@ impl FaultServer {
     /// Drops the oldest clean loaded blocks while over the budget (step 6).
     fn evict_over_budget(&self) {
         let budget = self.budget.load(Ordering::Relaxed);
-        let mut lru = self.lru.lock().unwrap_or_else(|p| p.into_inner());
-        let mut checked = 0;
-        // The newest blocks stay: the threads that faulted them in may not have read them yet.
-        while self.loaded_bytes.load(Ordering::Relaxed) > budget
-            && checked < lru.len()
-            && lru.len() > KEEP_NEWEST
-        {
-            let Some((weak, block, generation)) = lru.pop_front() else {
-                break;
+        let mut kept_dirty = 0;
+        loop {
+            let next = {
+                let mut lru = self.lru.lock().unwrap_or_else(|p| p.into_inner());
+                // The newest blocks stay: the threads that faulted them in may not have read
+                // them yet.
+                let over = self.loaded_bytes.load(Ordering::Relaxed) > budget;
+                if !over || kept_dirty >= lru.len() || lru.len() <= KEEP_NEWEST {
+                    return;
+                }
+                lru.pop_front()
+            };
+            let Some((weak, block, generation)) = next else {
+                return;
             };
             let Some(region) = weak.upgrade() else {
                 continue;
             };
-            let mut blocks = region.blocks.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(b) = blocks.get_mut(&block) else {
+            let mut state = region.lock_idle(block);
+            let closed = state.closed;
+            let Some(b) = state.blocks.get_mut(&block) else {
                 continue;
             };
-            if b.generation != generation || !b.loaded {
+            if closed || b.generation != generation || !b.loaded {
                 continue;
             }
-            let range = region.block_range(block);
-            let written = super::dirty::written_async(
-                range.start as usize..(range.start + range.len) as usize,
-            )
-            .map(|w| !w.is_empty())
-            .unwrap_or(true);
-            if written {
+            if b.dirty {
                 // Dirty blocks stay until commit or abort.
-                checked += 1;
-                drop(blocks);
-                lru.push_back((weak, block, generation));
+                kept_dirty += 1;
+                drop(state);
+                self.lru
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_back((weak, block, generation));
                 continue;
             }
-            // SAFETY: drops the pages of a clean block of our reservation; the next touch
-            // faults and fetches it again.
+            // Clean, so write-protected: a write from now on traps and waits for `end_busy`.
+            b.busy = true;
+            b.loaded = false;
+            drop(state);
+            self.loaded_bytes
+                .fetch_sub(region.blksize as u64, Ordering::Relaxed);
+            let range = region.block_range(block);
+            // SAFETY: drops the pages of a clean block of our reservation (busy: nothing else
+            // changes them now); the next touch faults and fetches it again.
             unsafe {
                 libc::madvise(
                     range.start as *mut libc::c_void,
@@ -667,9 +823,7 @@ impl FaultServer {
                     libc::MADV_DONTNEED,
                 )
             };
-            b.loaded = false;
-            self.loaded_bytes
-                .fetch_sub(region.blksize as u64, Ordering::Relaxed);
+            region.end_busy(block, |_| {});
         }
     }
 }
@@ -698,7 +852,8 @@ impl RemoteRegion {
             len,
             blksize,
             what,
-            blocks: Mutex::new(HashMap::new()),
+            state: Mutex::new(RegionState::default()),
+            idle: Condvar::new(),
         }
     }
 }
