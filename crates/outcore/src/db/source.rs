@@ -40,6 +40,12 @@ impl Fetch for StoredBlock {
         Ok(v.data)
     }
 
+    fn fetch_into(&self, out: &mut [u8]) -> Result<usize> {
+        self.storage
+            .load_into(self.key, self.at, out)?
+            .ok_or_else(|| Error::NotFound(format!("{} vanished at {}", self.key, self.at)))
+    }
+
     fn describe(&self) -> String {
         format!("{} at {} in {}", self.key, self.at, self.storage.describe())
     }

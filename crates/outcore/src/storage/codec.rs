@@ -135,6 +135,46 @@ pub(crate) fn decode(
     Ok(raw)
 }
 
+/// Decompresses (or copies) `stored` into the front of `out` and verifies the checksum; the
+/// payload's length. The one copy of a fetch: `out` is where the bytes are wanted.
+pub(crate) fn decode_into(
+    stored: &[u8],
+    codec: Compression,
+    raw_len: u64,
+    expected: u64,
+    key: Key,
+    tid: Tid,
+    out: &mut [u8],
+) -> Result<usize> {
+    let corrupt = |reason: String| Error::Corrupt { key, tid, reason };
+    let len = usize::try_from(raw_len)
+        .ok()
+        .filter(|&l| l <= out.len())
+        .ok_or_else(|| {
+            corrupt(format!(
+                "length {raw_len} exceeds the {} bytes it must fit in",
+                out.len()
+            ))
+        })?;
+    let target = &mut out[..len];
+    let written = match codec {
+        Compression::None if stored.len() == len => {
+            target.copy_from_slice(stored);
+            len
+        }
+        Compression::None => stored.len(),
+        Compression::Lz4 => lz4_flex::block::decompress_into(stored, target)
+            .map_err(|e| corrupt(format!("lz4: {e}")))?,
+        Compression::Zstd => zstd::bulk::decompress_to_buffer(stored, target)
+            .map_err(|e| corrupt(format!("zstd: {e}")))?,
+    };
+    if written != len {
+        return Err(corrupt(format!("length {written} instead of {len}")));
+    }
+    verify(target, len, expected, key, tid)?;
+    Ok(len)
+}
+
 /// Checks that `raw` has the expected length and checksum.
 pub(crate) fn verify(raw: &[u8], raw_len: usize, expected: u64, key: Key, tid: Tid) -> Result<()> {
     if raw.len() != raw_len {

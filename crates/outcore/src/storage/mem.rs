@@ -135,6 +135,14 @@ impl Storage for MemStorage {
         }
     }
 
+    fn load_into(&self, key: Key, at: Tid, out: &mut [u8]) -> Result<Option<usize>> {
+        let g = self.lock();
+        match g.newest(key, at) {
+            None => Ok(None),
+            Some((tid, rec)) => rec.load_into(key, tid, |s| g.segment(s), out),
+        }
+    }
+
     fn locate(&self, key: Key, at: Tid) -> Result<Located> {
         let g = self.lock();
         match g.newest(key, at) {

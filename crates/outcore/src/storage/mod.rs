@@ -47,7 +47,7 @@ pub use types::{
 use std::fmt::Debug;
 use std::ops::Range;
 
-use crate::Result;
+use crate::{Error, Result};
 
 /// A transactional, multi-version store of metadata records and array blocks.
 ///
@@ -68,6 +68,25 @@ pub trait Storage: Send + Sync + Debug {
     /// The newest version of `key` with `tid <= at`, its bytes copied out and checksum-verified
     /// (decompressed if needed). `None` if the key has no version there or it was deleted.
     fn load(&self, key: Key, at: Tid) -> Result<Option<Version>>;
+
+    /// Like [`Storage::load`], but decodes into the front of `out` (the version must fit in
+    /// it) and returns the length written; stores override it to avoid a second copy.
+    fn load_into(&self, key: Key, at: Tid, out: &mut [u8]) -> Result<Option<usize>> {
+        let Some(v) = self.load(key, at)? else {
+            return Ok(None);
+        };
+        let room = out.len();
+        let target = out.get_mut(..v.data.len()).ok_or_else(|| Error::Corrupt {
+            key,
+            tid: v.tid,
+            reason: format!(
+                "length {} exceeds the {room} bytes it must fit in",
+                v.data.len()
+            ),
+        })?;
+        target.copy_from_slice(&v.data);
+        Ok(Some(v.data.len()))
+    }
 
     /// Where the newest version of `key` with `tid <= at` lies, without reading it.
     /// [`Located::Mapped`] is returned only for uncompressed block versions stored in a file

@@ -134,6 +134,43 @@ impl VersionRecord {
         Ok(Some(Version { tid, data }))
     }
 
+    /// Like [`VersionRecord::load`], but decodes into the front of `out`; the length written.
+    pub fn load_into(
+        &self,
+        key: Key,
+        tid: Tid,
+        segment_file: impl FnOnce(u32) -> Result<Arc<File>>,
+        out: &mut [u8],
+    ) -> Result<Option<usize>> {
+        let stored = match &self.body {
+            Body::Tombstone => return Ok(None),
+            Body::Inline(bytes) => std::borrow::Cow::Borrowed(&bytes[..]),
+            Body::Segment {
+                seg,
+                offset,
+                stored_len,
+            } => {
+                let file = segment_file(*seg)?;
+                std::borrow::Cow::Owned(segment::read(
+                    &file,
+                    *offset,
+                    *stored_len,
+                    &key.to_string(),
+                )?)
+            }
+        };
+        codec::decode_into(
+            &stored,
+            self.codec,
+            self.raw_len,
+            self.checksum,
+            key,
+            tid,
+            out,
+        )
+        .map(Some)
+    }
+
     /// Says where the payload is, opening its segment only if it can be mapped.
     pub fn locate(
         &self,

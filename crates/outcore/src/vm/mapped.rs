@@ -319,28 +319,33 @@ impl BlockMemory {
                     offset,
                 }
             }
-            Backing::Fetch(fetch) => match self.reservation.remote(self.blksize, &self.what) {
-                Ok((server, region)) => {
-                    // A fetched block keeps its registered mapping (`register` drops its
-                    // pages): a new mapping would show zeros until registered.
-                    if !was_remote {
-                        self.map_anonymous(block, 0, self.blksize)?;
-                        // A forked child would inherit the memory but not its registration,
-                        // and read zeros where blocks are not fetched yet: give it no mapping.
-                        self.advise(
-                            block as usize * self.blksize..(block as usize + 1) * self.blksize,
-                            libc::MADV_DONTFORK,
-                            "marking fetched memory",
-                        )?;
+            Backing::Fetch(fetch) => {
+                match self
+                    .reservation
+                    .remote(self.blksize, self.writable, &self.what)
+                {
+                    Ok((server, region)) => {
+                        // A fetched block keeps its registered mapping (`register` drops its
+                        // pages): a new mapping would show zeros until registered.
+                        if !was_remote {
+                            self.map_fetched(block, region.moves())?;
+                            // A forked child would inherit the memory but not its registration,
+                            // and read zeros where blocks are not fetched yet: give it no mapping.
+                            self.advise(
+                                block as usize * self.blksize..(block as usize + 1) * self.blksize,
+                                libc::MADV_DONTFORK,
+                                "marking fetched memory",
+                            )?;
+                        }
+                        server.register(region, block, fetch)?;
+                        Mapped::Remote
                     }
-                    server.register(region, block, fetch)?;
-                    Mapped::Remote
+                    Err(why) => {
+                        tracing::debug!("fetching block {block} at once: {why}");
+                        return self.install_locked(state, block, Backing::Bytes(fetch.fetch()?));
+                    }
                 }
-                Err(why) => {
-                    tracing::debug!("fetching block {block} at once: {why}");
-                    return self.install_locked(state, block, Backing::Bytes(fetch.fetch()?));
-                }
-            },
+            }
             Backing::Bytes(bytes) => {
                 let len = bytes.len().min(self.blksize);
                 let at = block * self.blksize as u64;
@@ -413,13 +418,38 @@ impl BlockMemory {
     }
 
     fn map_anonymous(&self, block: u64, from: usize, len: usize) -> Result<()> {
+        self.map_zeros(block, from, len, self.prot(), libc::MADV_NOHUGEPAGE)
+    }
+
+    /// Maps the memory of a block fetched on touch. Where blocks load by moving pages in, the
+    /// memory is read-write like the frames they come from (a move needs equal protections;
+    /// the views handed out stay read-only) and takes huge pages.
+    fn map_fetched(&self, block: u64, moves: bool) -> Result<()> {
+        if moves {
+            let rw = libc::PROT_READ | libc::PROT_WRITE;
+            self.map_zeros(block, 0, self.blksize, rw, libc::MADV_HUGEPAGE)
+        } else {
+            self.map_anonymous(block, 0, self.blksize)
+        }
+    }
+
+    /// Maps zeros at `from..from + len` of `block` with `prot`, then applies `huge` (advice
+    /// on huge pages).
+    fn map_zeros(
+        &self,
+        block: u64,
+        from: usize,
+        len: usize,
+        prot: libc::c_int,
+        huge: libc::c_int,
+    ) -> Result<()> {
         let addr = self.block_ptr(block).wrapping_add(from);
         // SAFETY: inside our reservation, as in `map_file`.
         let r = unsafe {
             libc::mmap(
                 addr.cast(),
                 len,
-                self.prot(),
+                prot,
                 libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
                 0,
@@ -431,9 +461,9 @@ impl BlockMemory {
                 std::io::Error::last_os_error(),
             ));
         }
-        // 4 KiB pages in holes: a small write then dirties one page, not a whole 2 MiB.
+        // Holes take 4 KiB pages (a small write then dirties one page, not a whole 2 MiB).
         // SAFETY: advice on our own mapping; it cannot change its contents.
-        unsafe { libc::madvise(addr.cast(), len, libc::MADV_NOHUGEPAGE) };
+        unsafe { libc::madvise(addr.cast(), len, huge) };
         Ok(())
     }
 

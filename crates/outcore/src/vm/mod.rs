@@ -6,6 +6,7 @@
 //! block state machine is documented there.
 
 mod dirty;
+mod frames;
 mod mapped;
 mod reservation;
 mod uffd;
@@ -13,7 +14,7 @@ mod uffd;
 pub use dirty::{method as scan_method, ScanMethod, PAGE};
 pub use mapped::{Backing, BlockMemory, BlockSource};
 pub use reservation::{Reservation, ALIGN};
-pub use uffd::Fetch;
+pub use uffd::{stats as fault_stats, FaultStats, Fetch};
 
 /// Sets the process-wide RAM budget for fetched (fault-filled) blocks that are clean; the
 /// oldest are dropped beyond it and fetched again when touched.

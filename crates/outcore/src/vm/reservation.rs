@@ -92,10 +92,12 @@ impl Reservation {
     }
 
     /// The fetch-on-touch region of this reservation, created (and registered with the fault
-    /// server) on first use; an error if userfaultfd is unusable here.
+    /// server) on first use; an error if userfaultfd is unusable here. `writable`: whether
+    /// the memory may be written (read-only memory loads by moving pages in).
     pub(crate) fn remote(
         &self,
         blksize: usize,
+        writable: bool,
         what: &str,
     ) -> std::result::Result<
         (
@@ -111,6 +113,7 @@ impl Reservation {
                 self.len,
                 blksize,
                 what.to_string(),
+                server.can_move(blksize, writable),
             ));
             server.add_region(&region);
             region

@@ -39,12 +39,28 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
+use super::frames::{self, Frame, FramePool};
 use crate::{Error, Result};
 
 /// How to get one block version's bytes (decoded, checksum-verified).
 pub trait Fetch: Send + Sync {
     /// The bytes (at most the block size; the rest of the block reads as zeros).
     fn fetch(&self) -> Result<Vec<u8>>;
+    /// The bytes written into the front of `out` (a whole block); their length. Fetches
+    /// that can decode straight into place override this to save a copy.
+    fn fetch_into(&self, out: &mut [u8]) -> Result<usize> {
+        let bytes = self.fetch()?;
+        let room = out.len();
+        let target = out.get_mut(..bytes.len()).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{}: {} bytes do not fit in a block of {room}",
+                self.describe(),
+                bytes.len()
+            ))
+        })?;
+        target.copy_from_slice(&bytes);
+        Ok(bytes.len())
+    }
     /// What this is, for error messages ("block 3 of array 'A' at tid ...").
     fn describe(&self) -> String;
 }
@@ -53,11 +69,14 @@ const UFFDIO_API: libc::c_ulong = 0xC018_AA3F;
 const UFFDIO_REGISTER: libc::c_ulong = 0xC020_AA00;
 const UFFDIO_WAKE: libc::c_ulong = 0x8010_AA02;
 const UFFDIO_COPY: libc::c_ulong = 0xC028_AA03;
+const UFFDIO_MOVE: libc::c_ulong = 0xC028_AA05;
 const UFFDIO_WRITEPROTECT: libc::c_ulong = 0xC018_AA06;
 const UFFDIO_POISON: libc::c_ulong = 0xC020_AA08;
 const USERFAULTFD_IOC_NEW: libc::c_ulong = 0xAA00;
 const UFFD_API: u64 = 0xAA;
+const FEATURE_MOVE: u64 = 1 << 10;
 const FEATURE_POISON: u64 = 1 << 14;
+const MOVE_MODE_DONTWAKE: u64 = 1;
 const REGISTER_MISSING: u64 = 1;
 const REGISTER_WP: u64 = 2;
 const COPY_MODE_WP: u64 = 2;
@@ -100,6 +119,16 @@ struct UffdioCopy {
 
 #[repr(C)]
 #[derive(Default)]
+struct UffdioMove {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    moved: i64,
+}
+
+#[repr(C)]
+#[derive(Default)]
 struct UffdioWriteprotect {
     range: UffdioRange,
     mode: u64,
@@ -132,6 +161,8 @@ pub(crate) struct RemoteRegion {
     len: usize,
     blksize: usize,
     what: String,
+    /// Blocks are loaded by moving frames in (read-only memory with huge-page-sized blocks).
+    moves: bool,
     state: Mutex<RegionState>,
     /// Signalled whenever a block stops being busy.
     idle: Condvar,
@@ -189,6 +220,12 @@ impl RemoteRegion {
         self.idle.notify_all();
     }
 
+    /// True if blocks are loaded by moving frames in: the memory must then be mapped
+    /// read-write (a move needs equal protections) with huge pages.
+    pub fn moves(&self) -> bool {
+        self.moves
+    }
+
     /// The blocks written since they were loaded.
     pub fn dirty_blocks(&self) -> Vec<u64> {
         let state = self.lock();
@@ -216,6 +253,49 @@ pub(crate) struct FaultServer {
     loaded_bytes: AtomicU64,
     budget: AtomicU64,
     generation: AtomicU64,
+    /// The kernel has `UFFDIO_MOVE` (Linux >= 6.8).
+    move_available: bool,
+    frames: FramePool,
+    stats: Counters,
+}
+
+/// How blocks were loaded and dropped so far (for tests and benchmarks).
+#[derive(Default)]
+struct Counters {
+    moved_in: AtomicU64,
+    copied_in: AtomicU64,
+    moved_out: AtomicU64,
+    freed: AtomicU64,
+}
+
+/// What the fault server did so far in this process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultStats {
+    /// The kernel can move pages (`UFFDIO_MOVE`), so read-only memory loads by moving.
+    pub move_available: bool,
+    /// Blocks loaded by moving a frame in.
+    pub moved_in: u64,
+    /// Blocks loaded by copying (`UFFDIO_COPY`).
+    pub copied_in: u64,
+    /// Evicted blocks whose pages were moved into a spare frame.
+    pub moved_out: u64,
+    /// Evicted blocks whose pages were freed.
+    pub freed: u64,
+}
+
+/// The fault server's counters (all zero if it is not running).
+pub fn stats() -> FaultStats {
+    let Ok(s) = server() else {
+        return FaultStats::default();
+    };
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    FaultStats {
+        move_available: s.move_available,
+        moved_in: get(&s.stats.moved_in),
+        copied_in: get(&s.stats.copied_in),
+        moved_out: get(&s.stats.moved_out),
+        freed: get(&s.stats.freed),
+    }
 }
 
 /// Workers fetching blocks in parallel.
@@ -297,10 +377,13 @@ impl FaultServer {
         ioctl(&probe, UFFDIO_API, &mut api).map_err(|e| format!("UFFDIO_API: {e}"))?;
         drop(probe);
         let poison = api.features & FEATURE_POISON != 0;
+        let move_available =
+            api.features & FEATURE_MOVE != 0 && std::env::var_os("OUTCORE_NO_UFFD_MOVE").is_none();
         let (uffd, full_mode) = open_uffd()?;
         let mut api = UffdioApi {
             api: UFFD_API,
-            features: if poison { FEATURE_POISON } else { 0 },
+            features: if poison { FEATURE_POISON } else { 0 }
+                | if move_available { FEATURE_MOVE } else { 0 },
             ..UffdioApi::default()
         };
         ioctl(&uffd, UFFDIO_API, &mut api).map_err(|e| format!("UFFDIO_API: {e}"))?;
@@ -322,6 +405,9 @@ impl FaultServer {
             loaded_bytes: AtomicU64::new(0),
             budget: AtomicU64::new(default_budget()),
             generation: AtomicU64::new(0),
+            move_available,
+            frames: FramePool::default(),
+            stats: Counters::default(),
         };
         PENDING_RX
             .lock()
@@ -463,6 +549,41 @@ impl FaultServer {
         dropped
     }
 
+    /// Whether blocks of `blksize` in memory that is `writable` or not load by moving frames.
+    ///
+    /// Only read-only memory: a moved page arrives writable and unprotected, so a write
+    /// between the move and the write-protection that follows would escape dirty tracking.
+    /// Writable memory therefore gets `UFFDIO_COPY` in write-protect mode, which is atomic.
+    pub fn can_move(&self, blksize: usize, writable: bool) -> bool {
+        self.move_available && !writable && blksize % frames::HUGE == 0
+    }
+
+    /// Registers a new frame as a move destination (write-protect mode only: decoding into
+    /// it must not raise missing-page faults).
+    fn register_frame(&self, frame: Frame, size: usize) -> bool {
+        let mut reg = UffdioRegister {
+            range: UffdioRange {
+                start: frame.0 as u64,
+                len: size as u64,
+            },
+            mode: REGISTER_WP,
+            ..UffdioRegister::default()
+        };
+        ioctl(&self.uffd, UFFDIO_REGISTER, &mut reg).is_ok()
+    }
+
+    /// Moves `len` bytes of pages from `src` to `dst` without waking anyone; true if all moved.
+    fn move_pages(&self, dst: usize, src: usize, len: usize) -> bool {
+        let mut mv = UffdioMove {
+            dst: dst as u64,
+            src: src as u64,
+            len: len as u64,
+            mode: MOVE_MODE_DONTWAKE,
+            ..UffdioMove::default()
+        };
+        ioctl(&self.uffd, UFFDIO_MOVE, &mut mv).is_ok()
+    }
+
     fn wake(&self, mut range: UffdioRange) {
         // Waking a range nobody waits on is harmless.
         let _ = ioctl(&self.uffd, UFFDIO_WAKE, &mut range);
@@ -598,6 +719,8 @@ impl FaultServer {
     }
 
     fn worker(&'static self, rx: &Mutex<Receiver<Job>>) {
+        // The fetch buffer of the copy path, reused from block to block.
+        let mut scratch = Vec::new();
         loop {
             let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
             let Ok((region, id, block)) = job else {
@@ -605,7 +728,7 @@ impl FaultServer {
             };
             match region.upgrade() {
                 Some(region) => {
-                    self.load(&region, block);
+                    self.load(&region, block, &mut scratch);
                     self.evict_over_budget();
                 }
                 None => {
@@ -619,8 +742,9 @@ impl FaultServer {
     }
 
     /// Fetches and installs one block (step 4 of the module docs).
-    fn load(&self, region: &RemoteRegion, block: u64) {
-        if let Err((e, what)) = self.fetch_and_install(region, block, &[0, 100, 500, 2000]) {
+    fn load(&self, region: &RemoteRegion, block: u64, scratch: &mut Vec<u8>) {
+        let delays = [0, 100, 500, 2000];
+        if let Err((e, what)) = self.fetch_and_install(region, block, &delays, scratch) {
             // Nobody can receive this error: the faulting instruction waits. Say what broke,
             // then make the access fail (SIGBUS) rather than show wrong data.
             let msg = format!(
@@ -644,17 +768,18 @@ impl FaultServer {
     /// Fetches `block` now in the calling thread (if it is registered and not loaded), so
     /// that errors reach the caller instead of the fault path.
     pub fn load_now(&self, region: &RemoteRegion, block: u64) -> Result<()> {
-        self.fetch_and_install(region, block, &[0])
+        self.fetch_and_install(region, block, &[0], &mut Vec::new())
             .map_err(|(e, _)| e)
     }
 
-    /// Fetches `block` (retrying after each delay) and copies it into place; on failure,
-    /// the error and what was being fetched.
+    /// Fetches `block` (retrying after each delay) into a frame (moving regions) or
+    /// `scratch`, and installs it; on failure, the error and what was being fetched.
     fn fetch_and_install(
         &self,
         region: &RemoteRegion,
         block: u64,
         delays_ms: &[u64],
+        scratch: &mut Vec<u8>,
     ) -> std::result::Result<(), (Error, String)> {
         let range = region.block_range(block);
         let wanted = {
@@ -673,11 +798,24 @@ impl FaultServer {
             self.wake(range);
             return Ok(());
         };
-        let mut bytes = Err(Error::NotFound(String::new()));
+        let size = region.blksize;
+        let frame = region
+            .moves
+            .then(|| self.frames.take(size, |f| self.register_frame(f, size)))
+            .flatten();
+        let buf: &mut [u8] = match frame {
+            // SAFETY: we own the frame until it goes back to the pool below.
+            Some(f) => unsafe { frames::bytes_mut(f, size) },
+            None => {
+                scratch.resize(size, 0);
+                &mut scratch[..]
+            }
+        };
+        let mut fetched = Err(Error::NotFound(String::new()));
         for &delay in delays_ms {
             std::thread::sleep(Duration::from_millis(delay));
-            bytes = fetch.fetch();
-            if bytes.is_ok() {
+            fetched = fetch.fetch_into(buf);
+            if fetched.is_ok() {
                 break;
             }
         }
@@ -688,7 +826,20 @@ impl FaultServer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&(region.id, block));
-        let mut data = bytes.map_err(|e| (e, fetch.describe()))?;
+        let give_back = |moved: bool| match frame {
+            Some(f) if moved => self.frames.put_empty(size, f),
+            Some(f) => self.frames.put_full(size, f),
+            None => {}
+        };
+        let len = match fetched {
+            Ok(len) => len,
+            Err(e) => {
+                give_back(false);
+                return Err((e, fetch.describe()));
+            }
+        };
+        // The rest of the block reads as zeros (a reused frame or buffer holds old bytes).
+        buf[len..].fill(0);
         {
             let mut state = region.lock_idle(block);
             let closed = state.closed;
@@ -697,6 +848,7 @@ impl FaultServer {
                 _ => {
                     // Re-registered, dropped or loaded meanwhile: this copy is not wanted.
                     drop(state);
+                    give_back(false);
                     self.wake(range);
                     return Ok(());
                 }
@@ -704,18 +856,29 @@ impl FaultServer {
         }
         // Busy: nobody re-maps, drops or copies into this block until `end_busy`, so the copy
         // runs without the lock, in parallel with other workers.
-        data.resize(region.blksize, 0);
-        let mut copy = UffdioCopy {
-            dst: range.start,
-            src: data.as_ptr() as u64,
-            len: range.len,
-            mode: COPY_MODE_WP,
-            ..UffdioCopy::default()
+        let moved = frame.is_some_and(|f| self.move_pages(range.start as usize, f.0, size));
+        let installed = moved || {
+            let mut copy = UffdioCopy {
+                dst: range.start,
+                src: buf.as_ptr() as u64,
+                len: range.len,
+                mode: COPY_MODE_WP,
+                ..UffdioCopy::default()
+            };
+            ioctl(&self.uffd, UFFDIO_COPY, &mut copy).is_ok() || self.copy_missing_pages(range, buf)
         };
-        let copied = ioctl(&self.uffd, UFFDIO_COPY, &mut copy).is_ok()
-            || self.copy_missing_pages(range, &data);
-        region.end_busy(block, |b| b.loaded = copied);
-        if copied {
+        if moved {
+            self.wake(range);
+        }
+        give_back(moved);
+        region.end_busy(block, |b| b.loaded = installed);
+        let counter = if moved {
+            &self.stats.moved_in
+        } else {
+            &self.stats.copied_in
+        };
+        if installed {
+            counter.fetch_add(1, Ordering::Relaxed);
             self.loaded_bytes
                 .fetch_add(region.blksize as u64, Ordering::Relaxed);
             self.lru
@@ -768,6 +931,36 @@ impl FaultServer {
             .unwrap_or_default()
     }
 
+    /// Drops the pages of a busy, clean block: moved into a spare frame where the region
+    /// moves (the pages are reused by the next load), otherwise freed.
+    fn drop_pages(&self, region: &RemoteRegion, block: u64) {
+        let range = region.block_range(block);
+        let size = region.blksize;
+        if region.moves {
+            let spare = self
+                .frames
+                .take_for_eviction(size, |f| self.register_frame(f, size));
+            if let Some(frame) = spare {
+                if self.move_pages(frame.0, range.start as usize, size) {
+                    self.frames.put_full(size, frame);
+                    self.stats.moved_out.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                self.frames.put_full(size, frame);
+            }
+        }
+        // SAFETY: drops the pages of a clean block of our reservation (busy: nothing else
+        // changes them now); the next touch faults and fetches it again.
+        unsafe {
+            libc::madvise(
+                range.start as *mut libc::c_void,
+                range.len as usize,
+                libc::MADV_DONTNEED,
+            )
+        };
+        self.stats.freed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Drops the oldest clean loaded blocks while over the budget (step 6).
     fn evict_over_budget(&self) {
         let budget = self.budget.load(Ordering::Relaxed);
@@ -813,16 +1006,7 @@ impl FaultServer {
             drop(state);
             self.loaded_bytes
                 .fetch_sub(region.blksize as u64, Ordering::Relaxed);
-            let range = region.block_range(block);
-            // SAFETY: drops the pages of a clean block of our reservation (busy: nothing else
-            // changes them now); the next touch faults and fetches it again.
-            unsafe {
-                libc::madvise(
-                    range.start as *mut libc::c_void,
-                    range.len as usize,
-                    libc::MADV_DONTNEED,
-                )
-            };
+            self.drop_pages(&region, block);
             region.end_busy(block, |_| {});
         }
     }
@@ -844,7 +1028,8 @@ fn default_budget() -> u64 {
 
 impl RemoteRegion {
     /// A region for the reservation `base..base + len` of blocks of `blksize` bytes.
-    pub fn new(base: usize, len: usize, blksize: usize, what: String) -> Self {
+    /// `moves`: load blocks by moving frames in ([`FaultServer::can_move`]).
+    pub fn new(base: usize, len: usize, blksize: usize, what: String, moves: bool) -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         RemoteRegion {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -852,6 +1037,7 @@ impl RemoteRegion {
             len,
             blksize,
             what,
+            moves,
             state: Mutex::new(RegionState::default()),
             idle: Condvar::new(),
         }

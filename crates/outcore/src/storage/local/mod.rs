@@ -277,7 +277,7 @@ impl Shared {
         &self,
         key: Key,
         at: Tid,
-        f: impl Fn(&VersionRecord, Tid, &dyn Fn(u32) -> Result<Arc<File>>) -> Result<T>,
+        mut f: impl FnMut(&VersionRecord, Tid, &dyn Fn(u32) -> Result<Arc<File>>) -> Result<T>,
         absent: impl Fn() -> T,
     ) -> Result<T> {
         let mut attempt = 0;
@@ -373,6 +373,15 @@ impl Storage for LocalStorage {
             key,
             at,
             |rec, tid, open| rec.load(key, tid, open),
+            || None,
+        )
+    }
+
+    fn load_into(&self, key: Key, at: Tid, out: &mut [u8]) -> Result<Option<usize>> {
+        self.shared.read_segment_retrying(
+            key,
+            at,
+            |rec, tid, open| rec.load_into(key, tid, open, out),
             || None,
         )
     }

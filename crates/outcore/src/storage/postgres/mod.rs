@@ -264,6 +264,25 @@ fn spawn_heartbeat(inner: Weak<Inner>) {
 
 impl Inner {
     fn row_to_version(&self, key: Key, row: &postgres::Row) -> Result<Option<Version>> {
+        let Some(p) = StoredRow::from_row(key, row)? else {
+            return Ok(None);
+        };
+        let data = codec::decode(p.stored, p.codec, p.raw_len, p.checksum, key, p.tid)?;
+        Ok(Some(Version { tid: p.tid, data }))
+    }
+}
+
+/// One version as a row holds it (tombstones have no bytes).
+struct StoredRow {
+    tid: Tid,
+    stored: Vec<u8>,
+    codec: Compression,
+    raw_len: u64,
+    checksum: u64,
+}
+
+impl StoredRow {
+    fn from_row(key: Key, row: &postgres::Row) -> Result<Option<Self>> {
         let tid = Tid(row.get::<_, i64>("tid") as u64);
         let data_id: Option<i64> = row.get("data_id");
         let inline: Option<Vec<u8>> = row.get("inline");
@@ -279,15 +298,13 @@ impl Inner {
                 reason: "unknown codec".into(),
             }
         })?;
-        let data = codec::decode(
+        Ok(Some(StoredRow {
+            tid,
             stored,
             codec,
-            row.get::<_, i64>("raw_len") as u64,
-            row.get::<_, i64>("checksum") as u64,
-            key,
-            tid,
-        )?;
-        Ok(Some(Version { tid, data }))
+            raw_len: row.get::<_, i64>("raw_len") as u64,
+            checksum: row.get::<_, i64>("checksum") as u64,
+        }))
     }
 }
 
@@ -359,6 +376,22 @@ impl Storage for PgStorage {
             None => Ok(None),
             Some(row) => self.inner.row_to_version(key, &row),
         }
+    }
+
+    fn load_into(&self, key: Key, at: Tid, out: &mut [u8]) -> Result<Option<usize>> {
+        let (tag, oid, idx) = key_cols(key);
+        let row = self
+            .inner
+            .pool
+            .with_client(|c| c.query_opt(LOAD_SQL, &[&tag, &oid, &idx, &db_tid(at)]))?;
+        let Some(p) = row
+            .map(|r| StoredRow::from_row(key, &r))
+            .transpose()?
+            .flatten()
+        else {
+            return Ok(None);
+        };
+        codec::decode_into(&p.stored, p.codec, p.raw_len, p.checksum, key, p.tid, out).map(Some)
     }
 
     fn is_remote(&self) -> bool {
