@@ -175,6 +175,12 @@ fn clean_blocks_beyond_the_budget_are_dropped_and_fetched_again() {
         fetches.load(Ordering::SeqCst) > fetched,
         "block 0 was fetched again"
     );
+    let stats = outcore::vm::fault_stats();
+    if stats.move_available {
+        // Read-only memory with 2 MiB blocks: loads move frames in, evictions move them out.
+        assert!(stats.moved_in >= n, "{stats:?}");
+        assert!(stats.moved_out > 0, "{stats:?}");
+    }
     outcore::vm::set_cache_budget(1 << 30);
 }
 
