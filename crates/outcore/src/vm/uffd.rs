@@ -10,7 +10,8 @@
 //!    it and queues a fault message.
 //! 3. The handler thread reads the message, finds the region and block, and queues the block
 //!    for a worker (several blocks load in parallel; a block already queued is not queued
-//!    twice; the next two blocks are queued too, as read-ahead).
+//!    twice; when the faults look sequential, the next two blocks are queued too, as
+//!    read-ahead).
 //! 4. A worker fetches the bytes (no lock held), marks the block *busy* if it still wants this
 //!    version, and copies it in with `UFFDIO_COPY` in write-protect mode (no lock held either,
 //!    so workers copy in parallel), which also wakes the suspended threads.
@@ -163,6 +164,9 @@ pub(crate) struct RemoteRegion {
     what: String,
     /// Blocks are loaded by moving frames in (read-only memory with huge-page-sized blocks).
     moves: bool,
+    /// The block of the last missing-page fault (`u64::MAX`: none yet), to tell a sequential
+    /// pass (read ahead) from random access (don't).
+    last_fault: AtomicU64,
     state: Mutex<RegionState>,
     /// Signalled whenever a block stops being busy.
     idle: Condvar,
@@ -664,7 +668,11 @@ impl FaultServer {
             self.wake_page(addr);
             return;
         };
-        for b in block..block + 1 + READ_AHEAD {
+        // A sequential pass faults every READ_AHEAD + 1 blocks (the others were read ahead).
+        let last = region.last_fault.swap(block, Ordering::Relaxed);
+        let sequential = last == u64::MAX || (block > last && block - last <= READ_AHEAD + 1);
+        let ahead = if sequential { READ_AHEAD } else { 0 };
+        for b in block..block + 1 + ahead {
             let wanted = {
                 let state = region.lock();
                 !state.closed && state.blocks.get(&b).is_some_and(|rb| !rb.loaded)
@@ -1038,6 +1046,7 @@ impl RemoteRegion {
             blksize,
             what,
             moves,
+            last_fault: AtomicU64::new(u64::MAX),
             state: Mutex::new(RegionState::default()),
             idle: Condvar::new(),
         }
