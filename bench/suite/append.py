@@ -124,6 +124,6 @@ def append(cfg, log):
     sec.tables.append((header, rows_out))
     sec.checks = checks
     sec.bars = bars
-    sec.chart_unit = "µs per append (lower is better)"
+    sec.chart_unit = "µs per append"
     sec.chart_higher_is_better = False
     return sec

@@ -296,6 +296,11 @@ class Bar:
 
     label: str
     value: float
+    ours: bool | None = None  # outcore's bar (None: when the label says "outcore")
+
+    @property
+    def is_outcore(self):
+        return "outcore" in self.label if self.ours is None else self.ours
 
 
 @dataclasses.dataclass
@@ -309,6 +314,7 @@ class Section:
     checks: list = dataclasses.field(default_factory=list)
     chart_unit: str = ""
     chart_higher_is_better: bool = True
+    chart_target: tuple | None = None  # (value, label) drawn as a dashed line
     bars: list = dataclasses.field(default_factory=list)
 
 

@@ -4,7 +4,9 @@ workload) and ``chart.png`` (one panel per workload)."""
 import datetime
 import os
 
-from .common import verdict
+from .common import fmt, verdict
+
+LIMITS = ("memcpy", "in-RAM sum")
 
 
 def table(header, rows):
@@ -45,7 +47,8 @@ def markdown(cfg, sections, machine_lines, command, errors):
 
 
 def chart(sections, path, title):
-    """One horizontal bar panel per workload."""
+    """One horizontal bar panel per workload: outcore orange, peers blue, machine limits
+    gray; a log scale when the values span more than 100×; a target as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,19 +61,25 @@ def chart(sections, path, title):
     fig, axes = plt.subplots(len(sections), 1, figsize=(9, sum(heights)), squeeze=False,
                              gridspec_kw={"height_ratios": heights})
     for ax, s in zip(axes[:, 0], sections):
-        labels = [b.label for b in s.bars][::-1]
-        values = [b.value for b in s.bars][::-1]
-        colors = ["tab:orange" if "outcore" in lab else "tab:gray" if lab in ("memcpy", "in-RAM sum") else "tab:blue"
-                  for lab in labels]
-        ax.barh(labels, values, color=colors)
+        bars = s.bars[::-1]
+        values = [b.value for b in bars]
+        colors = ["tab:gray" if b.label in LIMITS else "tab:orange" if b.is_outcore else "tab:blue" for b in bars]
+        ax.barh([b.label for b in bars], values, color=colors)
+        positive = [v for v in values if v > 0]
+        if positive and max(positive) / min(positive) > 100:
+            ax.set_xscale("log")
         for y, v in enumerate(values):
-            ax.text(v, y, f" {v:.3g}", va="center", fontsize=8)
+            ax.text(v, y, f" {fmt(v)}", va="center", fontsize=8)
+        if s.chart_target:
+            ax.axvline(s.chart_target[0], color="tab:red", linestyle="--", linewidth=1)
+            ax.text(s.chart_target[0], len(bars) - 0.4, f" {s.chart_target[1]}", color="tab:red", fontsize=7)
         ax.set_title(s.title, fontsize=9, loc="left")
-        ax.set_xlabel(s.chart_unit, fontsize=8)
+        better = "higher" if s.chart_higher_is_better else "lower"
+        ax.set_xlabel(f"{s.chart_unit} ({better} is better)", fontsize=8)
         ax.tick_params(labelsize=8)
         ax.margins(x=0.15)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
