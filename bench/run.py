@@ -28,25 +28,38 @@ def reexec_in_venv():
     if os.path.abspath(sys.prefix) == os.path.join(HERE, ".venv"):
         return
     if not os.path.exists(VENV_PYTHON):
-        sys.exit("bench/.venv is missing: run `bash bench/setup.sh` first (creates it with "
-                 "Python >= 3.12, the peers and a release build of outcore)")
+        sys.exit(
+            "bench/.venv is missing: run `bash bench/setup.sh` first (creates it with "
+            "Python >= 3.12, the peers and a release build of outcore)"
+        )
     os.execv(VENV_PYTHON, [VENV_PYTHON, os.path.abspath(__file__), *sys.argv[1:]])
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="small sizes, 3 rounds (default)")
     size.add_argument("--full", action="store_true", help="the issue's sizes: 4 GiB, 1 GiB budget")
     p.add_argument("--only", help=f"comma-separated workloads of {','.join(WORKLOADS)}")
-    p.add_argument("--systems", help="comma-separated readers for scan/fault (outcore,outcore-lz4,"
-                   "memmap,h5-contig,h5-chunked,zarr,tensorstore)")
+    p.add_argument(
+        "--systems",
+        help="comma-separated readers for scan/fault (outcore,outcore-lz4,"
+        "memmap,h5-contig,h5-chunked,zarr,tensorstore)",
+    )
     p.add_argument("--pg", help="postgresql:// url for workload 6 (default: $OUTCORE_TEST_PG)")
-    p.add_argument("--dir", help="scratch directory for the stores (default /var/tmp/outcore-bench)")
-    p.add_argument("--out", default=os.path.join(HERE, "results"), help="where RESULTS.md and chart.png go")
+    p.add_argument(
+        "--dir", help="scratch directory for the stores (default /var/tmp/outcore-bench)"
+    )
+    p.add_argument(
+        "--out", default=os.path.join(HERE, "results"), help="where RESULTS.md and chart.png go"
+    )
     p.add_argument("--size-mib", type=int, help="array size of workloads 1-3")
     p.add_argument("--cache-mib", type=int, help="outcore's budget (cache_bytes)")
+    p.add_argument("--slab-mib", type=int, help="bytes per read of h5py, zarr, TensorStore scans")
     p.add_argument("--rounds", type=int, help="timed repetitions (medians are reported)")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
     return p.parse_args(argv)
@@ -60,6 +73,8 @@ def config(args):
         cfg.size = args.size_mib * MiB
     if args.cache_mib:
         cfg.cache = args.cache_mib * MiB
+    if args.slab_mib:
+        cfg.slab = args.slab_mib * MiB
     if args.rounds:
         cfg.rounds = max(1, args.rounds)
     if args.dir:
@@ -81,7 +96,9 @@ def main(argv=None):
         sys.exit(f"unknown workloads: {', '.join(sorted(unknown))} (known: {', '.join(WORKLOADS)})")
     if "pg" in only and not cfg.pg_url:
         if args.only:
-            sys.exit("workload pg needs --pg URL or OUTCORE_TEST_PG (scripts/pg-test-server.sh start)")
+            sys.exit(
+                "workload pg needs --pg URL or OUTCORE_TEST_PG (scripts/pg-test-server.sh start)"
+            )
         only.discard("pg")
     command = "python bench/run.py " + " ".join(sys.argv[1:])
     t_start = time.perf_counter()
@@ -101,7 +118,7 @@ def main(argv=None):
         log(f"workload {key}")
         try:
             sections.append(fn())
-        except Exception as e:  # one broken peer must not lose the other results
+        except Exception as e:  # noqa: BLE001 -- one broken peer must not lose the others
             traceback.print_exc()
             errors.append((key, f"{type(e).__name__}: {e}"))
 

@@ -4,7 +4,6 @@ O(appended data): the time per append on the large array ought to match the smal
 import time
 
 import numpy as np
-
 import outcore
 
 from .common import BLOCK_ELEMS, Bar, Check, Section, fmt, pattern, remove
@@ -84,12 +83,22 @@ def zarr_append(path, base, rows):
 def variants(cfg):
     """(key, label, fn(path, base, rows))."""
     return [
-        ("outcore", "outcore `append` (one transaction, committed after)",
-         lambda p, b, r: outcore_append(p, b, r, False, cfg.cache)),
-        ("outcore-commit", "outcore `append` + durable commit each",
-         lambda p, b, r: outcore_append(p, b, r, True, cfg.cache)),
+        (
+            "outcore",
+            "outcore `append` (one transaction, committed after)",
+            lambda p, b, r: outcore_append(p, b, r, False, cfg.cache),
+        ),
+        (
+            "outcore-commit",
+            "outcore `append` + durable commit each",
+            lambda p, b, r: outcore_append(p, b, r, True, cfg.cache),
+        ),
         ("h5py", "h5py `resize` + write", lambda p, b, r: h5_append(p + ".h5", b, r, False)),
-        ("h5py-flush", "h5py `resize` + write + `flush`", lambda p, b, r: h5_append(p + ".h5", b, r, True)),
+        (
+            "h5py-flush",
+            "h5py `resize` + write + `flush`",
+            lambda p, b, r: h5_append(p + ".h5", b, r, True),
+        ),
         ("zarr", "zarr `append`", zarr_append),
     ]
 
@@ -100,14 +109,24 @@ def append(cfg, log):
     sizes = [cfg.append_small, cfg.append_large]
     bases = [pattern(0, (s // (8 * w)) * w).reshape(-1, w) for s in sizes]
     rows = pattern(10**9, 10**9 + cfg.appends * w).reshape(-1, w)
-    names = [f"{s / 1e6:.3g} MB" if s < 1e9 else f"{s / 1e9:.3g} GB" for s in (b.nbytes for b in bases)]
-    sec = Section("append", f"4. Append one row ({w} float64) at a time to a {names[0]} and a {names[1]} array")
+    names = [
+        f"{s / 1e6:.3g} MB" if s < 1e9 else f"{s / 1e9:.3g} GB" for s in (b.nbytes for b in bases)
+    ]
+    sec = Section(
+        "append",
+        f"4. Append one row ({w} float64) at a time to a {names[0]} and a {names[1]} array",
+    )
     sec.notes.append(
         f"Median µs per append over {cfg.appends} appends to an array holding the given data "
         "(the same rows for every system). O(δ) means the large array's time per append "
         "matches the small one's."
     )
-    header = ["system", f"µs per append ({names[0]})", f"µs per append ({names[1]})", "large / small"]
+    header = [
+        "system",
+        f"µs per append ({names[0]})",
+        f"µs per append ({names[1]})",
+        "large / small",
+    ]
     rows_out, bars, checks = [], [], []
     for key, label, fn in variants(cfg):
         try:
@@ -120,7 +139,11 @@ def append(cfg, log):
         rows_out.append([label, fmt(us[0]), fmt(us[1]), fmt(x)])
         bars += [Bar(f"{key} {names[0]}", us[0]), Bar(f"{key} {names[1]}", us[1])]
         if key.startswith("outcore"):
-            checks.append(Check(f"append: {label}, {names[1]} vs {names[0]}", f"{fmt(x)}×", "≤ 1.2×", x <= 1.2))
+            checks.append(
+                Check(
+                    f"append: {label}, {names[1]} vs {names[0]}", f"{fmt(x)}×", "≤ 1.2×", x <= 1.2
+                )
+            )
     sec.tables.append((header, rows_out))
     sec.checks = checks
     sec.bars = bars

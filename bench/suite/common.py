@@ -230,9 +230,9 @@ def filesystem_of(path):
     best = (0, "unknown")
     for line in _read("/proc/self/mounts").splitlines():
         f = line.split()
-        if len(f) >= 3 and (path == f[1] or path.startswith(f[1].rstrip("/") + "/")):
-            if len(f[1]) >= best[0]:
-                best = (len(f[1]), f"{f[2]} on {f[0]}")
+        inside = len(f) >= 3 and (path == f[1] or path.startswith(f[1].rstrip("/") + "/"))
+        if inside and len(f[1]) >= best[0]:
+            best = (len(f[1]), f"{f[2]} on {f[0]}")
     return best[1]
 
 
@@ -328,7 +328,7 @@ def fmt(x, digits=3):
         return "–"
     if x == 0:
         return "0"
-    return f"{x:.{digits}g}" if abs(x) < 10 ** digits else f"{x:.0f}"
+    return f"{x:.{digits}g}" if abs(x) < 10**digits else f"{x:.0f}"
 
 
 def ratio(a, b):

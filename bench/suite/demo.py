@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 
-from .common import MiB, Bar, Check, Section, fmt, remove
+from .common import Bar, Check, MiB, Section, fmt, remove
 
 SLACK = 150 * MiB
 
@@ -61,7 +61,9 @@ class MemoryCgroup:
     @classmethod
     def make(cls, limit):
         with open("/proc/self/cgroup") as f:
-            rel = next((ln.split(":", 2)[2].strip() for ln in f if ln.split(":")[1] == "memory"), None)
+            rel = next(
+                (ln.split(":", 2)[2].strip() for ln in f if ln.split(":")[1] == "memory"), None
+            )
         base = "/sys/fs/cgroup/memory" + (rel or "").rstrip("/")
         if rel is None or not os.access(base, os.W_OK):
             return None
@@ -108,25 +110,54 @@ def demo(cfg, log):
         "demo's sine data do not compress, so an lz4 store would store them raw and map them "
         "the same way.) Target: peak ≤ budget + 150 MB."
     )
-    header = ["run", "step", "wall s", "peak RSS (VmHWM) MiB", "peak anonymous RSS MiB", "cgroup peak MiB"]
+    header = [
+        "run",
+        "step",
+        "wall s",
+        "peak RSS (VmHWM) MiB",
+        "peak anonymous RSS MiB",
+        "cgroup peak MiB",
+    ]
     rows = []
     cgroup = MemoryCgroup.make(limit)
     if cgroup is None:
-        sec.notes.append("No writable cgroup-v1 memory controller here: the cgroup runs were skipped.")
-    runs = [("free", "unconstrained", None)] + ([("cgroup", f"cgroup limit {limit >> 20} MiB", cgroup)] if cgroup else [])
+        sec.notes.append(
+            "No writable cgroup-v1 memory controller here: the cgroup runs were skipped."
+        )
+    runs = [("free", "unconstrained", None)] + (
+        [("cgroup", f"cgroup limit {limit >> 20} MiB", cgroup)] if cgroup else []
+    )
     try:
         for key, label, cg in runs:
             path = cfg.fresh_path(f"demo-{key}")
             for step in ("gen", "read"):
-                args = [sys.executable, "-m", "outcore.demo", f"--worksize={ws}", f"--cache={cache}", step, path]
+                args = [
+                    sys.executable,
+                    "-m",
+                    "outcore.demo",
+                    f"--worksize={ws}",
+                    f"--cache={cache}",
+                    step,
+                    path,
+                ]
                 code, secs, hwm, anon = run_child(cg.wrap(args) if cg else args)
                 cg_peak = cg.peak() if cg else None
                 if code and not cg:
                     raise RuntimeError(f"{' '.join(args)} failed with exit code {code}")
-                log(f"  {key} {step}: {secs:.2f} s, VmHWM {hwm >> 20} MiB, anon {anon >> 20} MiB"
-                    + (f", cgroup peak {cg_peak >> 20} MiB" if cg else ""))
-                rows.append([label, step, fmt(secs), str(hwm >> 20), str(anon >> 20),
-                             str(cg_peak >> 20) if cg else "–"])
+                log(
+                    f"  {key} {step}: {secs:.2f} s, VmHWM {hwm >> 20} MiB, anon {anon >> 20} MiB"
+                    + (f", cgroup peak {cg_peak >> 20} MiB" if cg else "")
+                )
+                rows.append(
+                    [
+                        label,
+                        step,
+                        fmt(secs),
+                        str(hwm >> 20),
+                        str(anon >> 20),
+                        str(cg_peak >> 20) if cg else "–",
+                    ]
+                )
                 if cg:
                     sec.bars.append(Bar(f"{step} in cgroup: cgroup peak", cg_peak / MiB, ours=True))
                 else:
@@ -136,12 +167,26 @@ def demo(cfg, log):
                     # VmHWM is no measure here: it also counts mapped pages (shared libraries)
                     # charged to other cgroups. The cgroup's own peak is capped by the limit.
                     done = "completed" if code == 0 else f"failed (exit code {code}: OOM kill?)"
-                    sec.checks.append(Check(f"demo {step} inside a {label}", done, "completes", code == 0))
+                    sec.checks.append(
+                        Check(f"demo {step} inside a {label}", done, "completes", code == 0)
+                    )
                 else:
-                    sec.checks.append(Check(f"demo {step}, {label}: peak RSS (VmHWM)", f"{hwm >> 20} MiB",
-                                            f"≤ {limit >> 20} MiB", hwm <= limit))
-                    sec.checks.append(Check(f"demo {step}, {label}: peak anonymous RSS", f"{anon >> 20} MiB",
-                                            f"≤ {limit >> 20} MiB", anon <= limit))
+                    sec.checks.append(
+                        Check(
+                            f"demo {step}, {label}: peak RSS (VmHWM)",
+                            f"{hwm >> 20} MiB",
+                            f"≤ {limit >> 20} MiB",
+                            hwm <= limit,
+                        )
+                    )
+                    sec.checks.append(
+                        Check(
+                            f"demo {step}, {label}: peak anonymous RSS",
+                            f"{anon >> 20} MiB",
+                            f"≤ {limit >> 20} MiB",
+                            anon <= limit,
+                        )
+                    )
             remove(path)
     finally:
         if cgroup:

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from .common import GiB, Bar, Section, check_sum, fmt, gbps, ratio, timed
+from .common import Bar, GiB, Section, check_sum, fmt, gbps, ratio, timed
 from .systems import need, outcore_build, outcore_open
 
 
@@ -25,11 +25,10 @@ def outcore_scan(url, cache, total):
 
 def raw_scan(psycopg, url, schema, total):
     """Streams every block body through a server-side cursor (binary) and sums it."""
-    with psycopg.connect(url) as conn:
-        with conn.cursor(name="scan", binary=True) as cur:
-            cur.itersize = 32
-            cur.execute(f"SELECT bytes FROM {schema}.outcore_data")
-            s = sum(float(np.frombuffer(b, dtype=np.float64).sum()) for (b,) in cur)
+    with psycopg.connect(url) as conn, conn.cursor(name="scan", binary=True) as cur:
+        cur.itersize = 32
+        cur.execute(f"SELECT bytes FROM {schema}.outcore_data")
+        s = sum(float(np.frombuffer(b, dtype=np.float64).sum()) for (b,) in cur)
     check_sum(s, total, "raw SELECT")
 
 
@@ -58,12 +57,30 @@ def pg(cfg, data, log):
         with psycopg.connect(cfg.pg_url, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
     header = ["system", "median s", "best s", "GB/s", "× raw SELECT"]
-    sec.tables.append((header, [
-        ["raw `SELECT bytes` + sum (baseline)", fmt(raw.median), fmt(raw.best), fmt(gbps(part.nbytes, raw.median)), "1"],
-        ["outcore, PostgreSQL store", fmt(oc.median), fmt(oc.best), fmt(gbps(part.nbytes, oc.median)),
-         fmt(ratio(raw.median, oc.median))],
-    ]))
+    sec.tables.append(
+        (
+            header,
+            [
+                [
+                    "raw `SELECT bytes` + sum (baseline)",
+                    fmt(raw.median),
+                    fmt(raw.best),
+                    fmt(gbps(part.nbytes, raw.median)),
+                    "1",
+                ],
+                [
+                    "outcore, PostgreSQL store",
+                    fmt(oc.median),
+                    fmt(oc.best),
+                    fmt(gbps(part.nbytes, oc.median)),
+                    fmt(ratio(raw.median, oc.median)),
+                ],
+            ],
+        )
+    )
     sec.chart_unit = "GB/s"
-    sec.bars = [Bar("raw SELECT", gbps(part.nbytes, raw.median)), Bar("outcore", gbps(part.nbytes, oc.median))]
+    sec.bars = [
+        Bar("raw SELECT", gbps(part.nbytes, raw.median)),
+        Bar("outcore", gbps(part.nbytes, oc.median)),
+    ]
     return sec
-

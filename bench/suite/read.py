@@ -9,9 +9,9 @@ import numpy as np
 
 from .common import (
     BLOCK_ELEMS,
-    GiB,
     Bar,
     Check,
+    GiB,
     Section,
     check_sum,
     drop_cache,
@@ -20,7 +20,7 @@ from .common import (
     ratio,
     timed,
 )
-from .systems import OutcoreReader
+from .systems import OutcoreReader, Skipped
 
 #: Readers whose Python-level single-element access costs tens of µs or more: they get a
 #: tenth of the point reads (the mean per element is what is compared).
@@ -30,7 +30,7 @@ SLOW_POINTS = ("h5-contig", "h5-chunked", "zarr", "tensorstore")
 def prepare(readers, data, log):
     """Builds every reader's store from ``data`` (untimed)."""
     for key, r in readers.items():
-        if isinstance(r, Exception):
+        if isinstance(r, Skipped):
             continue
         t0 = time.perf_counter()
         r.build(data)
@@ -38,7 +38,11 @@ def prepare(readers, data, log):
 
 
 def skipped_rows(readers, width):
-    return [[str(e)] + ["skipped"] + [""] * (width - 2) for e in readers.values() if isinstance(e, Exception)]
+    return [
+        [r.label, f"skipped: {r.reason}"] + [""] * (width - 2)
+        for r in readers.values()
+        if isinstance(r, Skipped)
+    ]
 
 
 # ---------------------------------------------------------------------------------- 1: scan
@@ -55,7 +59,10 @@ def memcpy_timing(data, rounds):
 def scan(cfg, readers, data, total, log):
     """Workload 1: ``np.sum`` over the whole array, page cache warm (one untimed pass first)."""
     nbytes = data.nbytes
-    sec = Section("scan", f"1. Full sequential scan: sum of a {nbytes / GiB:.3g} GiB float64 array, warm page cache")
+    sec = Section(
+        "scan",
+        f"1. Full sequential scan: sum of a {nbytes / GiB:.3g} GiB float64 array, warm page cache",
+    )
     sec.notes.append(
         f"Median of {cfg.rounds} passes after one untimed pass (which warms the page cache). "
         f"outcore's budget (cache_bytes) is {cfg.cache >> 20} MiB; the embedded store maps its "
@@ -69,7 +76,7 @@ def scan(cfg, readers, data, total, log):
     log(f"  in-RAM sum {gbps(nbytes, ram.median):.2f} GB/s")
     times = {}
     for key, r in readers.items():
-        if isinstance(r, Exception):
+        if isinstance(r, Skipped):
             continue
         r.open()
         times[key] = timed(lambda r=r: check_sum(r.sum_all(), total, r.label), cfg.rounds)
@@ -78,19 +85,41 @@ def scan(cfg, readers, data, total, log):
     base = times.get("memmap")
     header = ["system", "median s", "best s", "GB/s", "× numpy.memmap", "× in-RAM sum"]
     rows = [
-        [f"memcpy (limit; {cp_bytes >> 20} MiB copied)", fmt(cp.median), fmt(cp.best), fmt(gbps(cp_bytes, cp.median)), "", ""],
-        ["in-RAM `np.sum` (limit)", fmt(ram.median), fmt(ram.best), fmt(gbps(nbytes, ram.median)),
-         fmt(ratio(base.median, ram.median)) if base else "–", "1"],
+        [
+            f"memcpy (limit; {cp_bytes >> 20} MiB copied)",
+            fmt(cp.median),
+            fmt(cp.best),
+            fmt(gbps(cp_bytes, cp.median)),
+            "",
+            "",
+        ],
+        [
+            "in-RAM `np.sum` (limit)",
+            fmt(ram.median),
+            fmt(ram.best),
+            fmt(gbps(nbytes, ram.median)),
+            fmt(ratio(base.median, ram.median)) if base else "–",
+            "1",
+        ],
     ]
     for key, t in times.items():
-        rows.append([
-            readers[key].label, fmt(t.median), fmt(t.best), fmt(gbps(nbytes, t.median)),
-            fmt(ratio(base.median, t.median)) if base else "–", fmt(ratio(ram.median, t.median)),
-        ])
+        rows.append(
+            [
+                readers[key].label,
+                fmt(t.median),
+                fmt(t.best),
+                fmt(gbps(nbytes, t.median)),
+                fmt(ratio(base.median, t.median)) if base else "–",
+                fmt(ratio(ram.median, t.median)),
+            ]
+        )
     rows += skipped_rows(readers, len(header))
     sec.tables.append((header, rows))
     sec.chart_unit = "GB/s"
-    sec.bars = [Bar("memcpy", gbps(cp_bytes, cp.median)), Bar("in-RAM sum", gbps(nbytes, ram.median))]
+    sec.bars = [
+        Bar("memcpy", gbps(cp_bytes, cp.median)),
+        Bar("in-RAM sum", gbps(nbytes, ram.median)),
+    ]
     sec.bars += [Bar(short(key), gbps(nbytes, t.median)) for key, t in times.items()]
     for key in ("outcore", "outcore-lz4"):
         if key not in times:
@@ -98,20 +127,39 @@ def scan(cfg, readers, data, total, log):
         t, label = times[key].median, readers[key].label
         if base:
             x = ratio(base.median, t)
-            sec.checks.append(Check(f"scan: {label} ≥ 1.0× numpy.memmap", f"{fmt(x)}×", "≥ 1.0×", x >= 1.0))
+            sec.checks.append(
+                Check(f"scan: {label} ≥ 1.0× numpy.memmap", f"{fmt(x)}×", "≥ 1.0×", x >= 1.0)
+            )
         for peer in ("h5-contig", "h5-chunked", "zarr"):
             if peer in times:
                 x = ratio(times[peer].median, t)
-                sec.checks.append(Check(f"scan: {label} ≥ 2× {readers[peer].label}", f"{fmt(x)}×", "≥ 2×", x >= 2.0))
+                sec.checks.append(
+                    Check(
+                        f"scan: {label} ≥ 2× {readers[peer].label}", f"{fmt(x)}×", "≥ 2×", x >= 2.0
+                    )
+                )
         x = t / ram.median
-        sec.checks.append(Check(f"scan: {label} within 2× of the in-RAM sum", f"{fmt(x)}× the time", "≤ 2×", x <= 2.0))
+        sec.checks.append(
+            Check(
+                f"scan: {label} within 2× of the in-RAM sum",
+                f"{fmt(x)}× the time",
+                "≤ 2×",
+                x <= 2.0,
+            )
+        )
     return sec
 
 
 def short(key):
-    return {"outcore": "outcore", "outcore-lz4": "outcore lz4", "memmap": "memmap",
-            "h5-contig": "h5py contig", "h5-chunked": "h5py chunked", "zarr": "zarr",
-            "tensorstore": "tensorstore"}.get(key, key)
+    return {
+        "outcore": "outcore",
+        "outcore-lz4": "outcore lz4",
+        "memmap": "memmap",
+        "h5-contig": "h5py contig",
+        "h5-chunked": "h5py chunked",
+        "zarr": "zarr",
+        "tensorstore": "tensorstore",
+    }.get(key, key)
 
 
 # ---------------------------------------------------------------------------------- 2: faults
@@ -162,8 +210,12 @@ def block_faults(r, data, blocks):
     r.close()
     r.open()
     warm = block_reads(r, data, blocks)
-    return {"cold": float(np.median(cold)), "cold90": float(np.percentile(cold, 90)),
-            "touch": float(np.median(touch)), "warm": float(np.median(warm))}
+    return {
+        "cold": float(np.median(cold)),
+        "cold90": float(np.percentile(cold, 90)),
+        "touch": float(np.median(touch)),
+        "warm": float(np.median(warm)),
+    }
 
 
 def point_reads(r, data, idx):
@@ -198,25 +250,43 @@ def fault(cfg, readers, data, log):
         f"Python (`x[i]`) after a full pass loaded the data ({cfg.points // 10} for h5py, zarr "
         "and TensorStore); outcore's lz4 store gets a budget larger than the array here."
     )
-    header = ["system", "cold block µs", "cold block p90 µs", "cold first touch µs",
-              "warm-cache block µs", "point read µs/elem", "point × memmap"]
+    header = [
+        "system",
+        "cold block µs",
+        "cold block p90 µs",
+        "cold first touch µs",
+        "warm-cache block µs",
+        "point read µs/elem",
+        "point × memmap",
+    ]
     results, points = {}, {}
     for key, r in readers.items():
-        if isinstance(r, Exception):
+        if isinstance(r, Skipped):
             continue
         results[key] = block_faults(r, data, blocks)
         pr = r
         if key == "outcore-lz4":
-            pr = OutcoreReader(r.label.split(" (")[0] + " (budget ≥ array)", r.path, data.nbytes + (64 << 20))
+            pr = OutcoreReader(
+                r.label.split(" (")[0] + " (budget ≥ array)", r.path, data.nbytes + (64 << 20)
+            )
         n = len(idx) // 10 if key in SLOW_POINTS else len(idx)
         points[key] = point_reads(pr, data, idx[: max(1, n)])
         f = results[key]
-        log(f"  {key}: cold {f['cold']:.0f} µs, touch {f['touch']:.0f} µs, warm {f['warm']:.0f} µs, "
-            f"point {points[key]:.2f} µs")
+        log(
+            f"  {key}: cold {f['cold']:.0f} µs, touch {f['touch']:.0f} µs, warm {f['warm']:.0f} µs, "
+            f"point {points[key]:.2f} µs"
+        )
     mm = points.get("memmap")
     rows = [
-        [readers[k].label, fmt(f["cold"]), fmt(f["cold90"]), fmt(f["touch"]), fmt(f["warm"]),
-         fmt(points[k]), fmt(ratio(points[k], mm)) if mm else "–"]
+        [
+            readers[k].label,
+            fmt(f["cold"]),
+            fmt(f["cold90"]),
+            fmt(f["touch"]),
+            fmt(f["warm"]),
+            fmt(points[k]),
+            fmt(ratio(points[k], mm)) if mm else "–",
+        ]
         for k, f in results.items()
     ]
     rows += skipped_rows(readers, len(header))
@@ -229,9 +299,30 @@ def fault(cfg, readers, data, log):
         if key not in results:
             continue
         f, label = results[key], readers[key].label
-        sec.checks.append(Check(f"fault: {label}, cold 2 MiB block (disk)", f"{fmt(f['cold'])} µs", "≤ 300 µs", f["cold"] <= 300))
-        sec.checks.append(Check(f"fault: {label}, 2 MiB block, warm page cache", f"{fmt(f['warm'])} µs", "≤ 300 µs", f["warm"] <= 300))
+        sec.checks.append(
+            Check(
+                f"fault: {label}, cold 2 MiB block (disk)",
+                f"{fmt(f['cold'])} µs",
+                "≤ 300 µs",
+                f["cold"] <= 300,
+            )
+        )
+        sec.checks.append(
+            Check(
+                f"fault: {label}, 2 MiB block, warm page cache",
+                f"{fmt(f['warm'])} µs",
+                "≤ 300 µs",
+                f["warm"] <= 300,
+            )
+        )
         if mm:
             x = ratio(points[key], mm)
-            sec.checks.append(Check(f"point reads: {label} within 2× of numpy.memmap", f"{fmt(x)}× ({fmt(points[key])} µs)", "≤ 2×", x <= 2.0))
+            sec.checks.append(
+                Check(
+                    f"point reads: {label} within 2× of numpy.memmap",
+                    f"{fmt(x)}× ({fmt(points[key])} µs)",
+                    "≤ 2×",
+                    x <= 2.0,
+                )
+            )
     return sec

@@ -2,13 +2,13 @@
 in-RAM data (``build``) and then read through a ``Reader`` (open, full sum, range sum, one
 element, close). Peers that are not installed are reported as skipped, never fatal."""
 
+import dataclasses
 import importlib
 import os
 
 import numpy as np
-import transaction
-
 import outcore
+import transaction
 
 from .common import BLOCK_ELEMS, MiB, remove
 
@@ -279,32 +279,63 @@ class TensorStoreReader:
 # ---------------------------------------------------------------------------------- catalogue
 
 
+@dataclasses.dataclass
+class Skipped:
+    """A reader whose library is not installed."""
+
+    label: str
+    reason: str
+
+
 def readers(cfg, names=None):
-    """The readers of workloads 1 and 2, in report order; peers that are missing come back as
-    ``(label, reason)`` pairs. ``names`` picks a subset by key."""
+    """The readers of workloads 1 and 2 by key, in report order; those whose library is
+    missing are :class:`Skipped`. ``names`` picks a subset by key."""
+    lz4 = f"outcore, lz4 store (fault-filled, budget {cfg.cache >> 20} MiB)"
     specs = [
-        ("outcore", lambda: OutcoreReader("outcore, embedded store (mapped)", cfg.path("outcore"), cfg.cache)),
+        (
+            "outcore",
+            "outcore, embedded store (mapped)",
+            lambda label: OutcoreReader(label, cfg.path("outcore"), cfg.cache),
+        ),
         (
             "outcore-lz4",
-            lambda: OutcoreReader(
-                f"outcore, lz4 store (fault-filled, budget {cfg.cache >> 20} MiB)",
-                cfg.path("outcore-lz4"),
-                cfg.cache,
-                "lz4",
-            ),
+            lz4,
+            lambda label: OutcoreReader(label, cfg.path("outcore-lz4"), cfg.cache, "lz4"),
         ),
-        ("memmap", lambda: MemmapReader("numpy.memmap of a raw file", cfg.path("raw.f64"))),
-        ("h5-contig", lambda: H5Reader("h5py contiguous", cfg.path("contig.h5"), False, cfg.slab)),
-        ("h5-chunked", lambda: H5Reader("h5py chunked (2 MiB)", cfg.path("chunked.h5"), True, cfg.slab)),
-        ("zarr", lambda: ZarrReader("zarr v3 (2 MiB chunks, uncompressed)", cfg.path("zarr"), cfg.slab)),
-        ("tensorstore", lambda: TensorStoreReader("TensorStore zarr3 (same zarr files)", cfg.path("zarr"), cfg.slab)),
+        (
+            "memmap",
+            "numpy.memmap of a raw file",
+            lambda label: MemmapReader(label, cfg.path("raw.f64")),
+        ),
+        (
+            "h5-contig",
+            "h5py contiguous",
+            lambda label: H5Reader(label, cfg.path("contig.h5"), False, cfg.slab),
+        ),
+        (
+            "h5-chunked",
+            "h5py chunked (2 MiB)",
+            lambda label: H5Reader(label, cfg.path("chunked.h5"), True, cfg.slab),
+        ),
+        (
+            "zarr",
+            "zarr v3 (2 MiB chunks, uncompressed)",
+            lambda label: ZarrReader(label, cfg.path("zarr"), cfg.slab),
+        ),
+        (
+            "tensorstore",
+            "TensorStore zarr3 (same zarr files)",
+            lambda label: TensorStoreReader(label, cfg.path("zarr"), cfg.slab),
+        ),
     ]
     out = {}
-    for key, make in specs:
+    for key, label, make in specs:
         if names is not None and key not in names:
             continue
         try:
-            out[key] = make()
+            if key == "tensorstore":
+                need("zarr")  # zarr-python writes the store TensorStore reads
+            out[key] = make(label)
         except Missing as e:
-            out[key] = e
+            out[key] = Skipped(label, str(e))
     return out
