@@ -59,10 +59,12 @@ def outcore_build(path, data, cache, compression=None, chunk=256 * MiB):
 
 class OutcoreReader:
     """outcore: the embedded store (blocks mapped from its segment files) or, with
-    ``compression``, the fault-filled path (blocks decoded into ``cache`` bytes of RAM)."""
+    ``compression``, the fault-filled path (blocks decoded into ``cache`` bytes of RAM). With
+    ``prefetch``, range reads call ``A.prefetch`` on the range first."""
 
-    def __init__(self, label, path, cache, compression=None):
+    def __init__(self, label, path, cache, compression=None, prefetch=False):
         self.label, self.path, self.cache, self.compression = label, path, cache, compression
+        self.prefetch = prefetch
         self.db = None
 
     def build(self, data):
@@ -83,6 +85,8 @@ class OutcoreReader:
         return float(np.sum(self.a))
 
     def sum_range(self, lo, hi):
+        if self.prefetch:
+            self.A.prefetch(slice(lo, hi))
         return float(np.sum(self.a[lo:hi]))
 
     def get(self, i):
