@@ -261,11 +261,11 @@ def fault(cfg, readers, data, log):
         "block instead, again after dropping the cache (mapped readers fault a 4 KiB page plus "
         "the kernel's read-ahead, the fault-filled path a whole block). 'warm cache': whole "
         "blocks after a fresh open with the files in the page cache — the fault mechanism "
-        "without the disk. The `A.prefetch` row asks outcore to read each block ahead "
-        "(its public API) just before reading it. Point reads: {cfg.points} random elements read one at a time from "
-        f"Python (`x[i]`) after a full pass loaded the data, median of {cfg.rounds} passes "
-        f"({cfg.points // 10} elements for h5py, zarr "
-        "and TensorStore); outcore's lz4 store gets a budget larger than the array here."
+        "without the disk. The `A.prefetch` row asks outcore to read each block ahead (its "
+        f"public API) just before reading it. Point reads: {cfg.points} random elements read "
+        "one at a time from Python (`x[i]`) after a full pass loaded the data, median of "
+        f"{cfg.rounds} passes ({cfg.points // 10} elements for h5py, zarr and TensorStore); "
+        "outcore's lz4 store gets a budget larger than the array here."
     )
     header = [
         "system",
