@@ -15,6 +15,7 @@ postgresql:// url). Run from any interpreter: it re-executes itself under bench/
 import argparse
 import os
 import sys
+import tempfile
 import time
 import traceback
 
@@ -52,7 +53,7 @@ def parse_args(argv):
     )
     p.add_argument("--pg", help="postgresql:// url for workload 6 (default: $OUTCORE_TEST_PG)")
     p.add_argument(
-        "--dir", help="scratch directory for the stores (default /var/tmp/outcore-bench)"
+        "--dir", default="/var/tmp", help="where the scratch directory of the stores is made"
     )
     p.add_argument(
         "--out", default=os.path.join(HERE, "results"), help="where RESULTS.md and chart.png go"
@@ -77,8 +78,6 @@ def config(args):
         cfg.slab = args.slab_mib * MiB
     if args.rounds:
         cfg.rounds = max(1, args.rounds)
-    if args.dir:
-        cfg.dir = args.dir
     cfg.pg_url = args.pg or os.environ.get("OUTCORE_TEST_PG")
     return cfg
 
@@ -87,7 +86,10 @@ def main(argv=None):
     reexec_in_venv()
     sys.path.insert(0, HERE)
     args = parse_args(argv if argv is not None else sys.argv[1:])
-    from suite import append, common, demo, pg, read, report, systems, write
+    try:
+        from suite import append, common, demo, pg, read, report, systems, write
+    except ImportError as e:
+        sys.exit(f"{e}: bench/.venv is incomplete; run `bash bench/setup.sh`")
 
     cfg = config(args)
     only = set(args.only.split(",")) if args.only else set(WORKLOADS)
@@ -106,7 +108,8 @@ def main(argv=None):
     def log(msg):
         print(f"[{time.perf_counter() - t_start:7.1f} s] {msg}", flush=True)
 
-    os.makedirs(cfg.dir, exist_ok=True)
+    # A scratch directory of our own: the only thing removed at the end.
+    cfg.dir = tempfile.mkdtemp(prefix="outcore-bench-", dir=args.dir)
     machine_lines = common.machine(cfg)
     for line in machine_lines:
         log(line)

@@ -38,7 +38,7 @@ class Config:
     demo_worksize: int  # bytes (workload 5)
     demo_cache: int  # bytes (workload 5)
     pg_size: int  # bytes (workload 6)
-    dir: str = "/var/tmp/outcore-bench"
+    dir: str = "/var/tmp/outcore-bench"  # run.py makes a fresh one per run
     pg_url: str | None = None
     seed: int = 7
 

@@ -57,7 +57,9 @@ def markdown(cfg, sections, machine_lines, command, errors):
     if errors:
         out += ["## Workloads that failed", ""] + [f"* {k}: `{e}`" for k, e in errors] + [""]
     for s in sections:
-        out += [f"## {s.title}", ""] + s.notes + [""]
+        out += [f"## {s.title}", ""]
+        for note in s.notes:
+            out += [note, ""]
         for header, rows in s.tables:
             out += table(header, rows) + [""]
     out.append("![chart](chart.png)")
