@@ -1,6 +1,7 @@
 """Workload 4: append one row at a time to a small and a large array. Appending should cost
 O(appended data): the time per append on the large array ought to match the small one's."""
 
+import os
 import time
 
 import numpy as np
@@ -45,9 +46,10 @@ def outcore_append(path, base, rows, commit_each, cache):
     return us
 
 
-def h5_append(path, base, rows, flush_each):
+def h5_append(path, base, rows, flush_each, fsync_each=False):
     """h5py: chunked (about 2 MiB chunks) dataset with an unlimited first axis; ``resize`` by
-    one row and write it (and ``flush``, which does not fsync, with ``flush_each``)."""
+    one row and write it (and ``flush`` with ``flush_each``; ``flush`` does not fsync, which
+    ``fsync_each`` adds: a durable append like outcore's commit)."""
     h5 = need("h5py")
     remove(path)
     with h5.File(path, "w") as f:
@@ -60,6 +62,8 @@ def h5_append(path, base, rows, flush_each):
             ds[n] = row
             if flush_each:
                 f.flush()
+            if fsync_each:
+                os.fsync(f.id.get_vfd_handle())
 
         us = per_append_us(append, rows)
         assert ds.shape[0] == len(base) + len(rows) and np.array_equal(ds[-1], rows[-1])
@@ -98,6 +102,11 @@ def variants(cfg):
             "h5py-flush",
             "h5py `resize` + write + `flush`",
             lambda p, b, r: h5_append(p + ".h5", b, r, True),
+        ),
+        (
+            "h5py-fsync",
+            "h5py `resize` + write + `flush` + fsync (durable)",
+            lambda p, b, r: h5_append(p + ".h5", b, r, True, True),
         ),
         ("zarr", "zarr `append`", zarr_append),
     ]
