@@ -96,6 +96,12 @@ def main(argv=None):
     unknown = only - set(WORKLOADS)
     if unknown:
         sys.exit(f"unknown workloads: {', '.join(sorted(unknown))} (known: {', '.join(WORKLOADS)})")
+    picked = set(args.systems.split(",")) if args.systems else None
+    if picked and picked - set(systems.READERS):
+        sys.exit(
+            f"unknown systems: {', '.join(sorted(picked - set(systems.READERS)))} "
+            f"(known: {', '.join(systems.READERS)})"
+        )
     if "pg" in only and not cfg.pg_url:
         if args.only:
             sys.exit(
@@ -131,7 +137,6 @@ def main(argv=None):
             log(f"generating {cfg.n * 8 >> 20} MiB of data")
             data, total = common.make_data(cfg.n)
         if only & {"scan", "fault"}:
-            picked = set(args.systems.split(",")) if args.systems else None
             readers = systems.readers(cfg, picked)
             log("building the stores (untimed)")
             read.prepare(readers, data, log)

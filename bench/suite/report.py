@@ -55,7 +55,7 @@ def markdown(cfg, sections, machine_lines, command, errors):
             ["## Targets", "", f"{passed} of {len(checks)} met.", ""] + checks_table(checks) + [""]
         )
     if errors:
-        out += ["## Workloads that failed", ""] + [f"* {k}: `{e}`" for k, e in errors] + [""]
+        out += ["## Workloads not run or failed", ""] + [f"* {k}: `{e}`" for k, e in errors] + [""]
     for s in sections:
         out += [f"## {s.title}", ""]
         for note in s.notes:

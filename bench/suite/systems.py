@@ -283,6 +283,10 @@ class TensorStoreReader:
 # ---------------------------------------------------------------------------------- catalogue
 
 
+#: Keys of the readers of workloads 1 and 2, in report order.
+READERS = ("outcore", "outcore-lz4", "memmap", "h5-contig", "h5-chunked", "zarr", "tensorstore")
+
+
 @dataclasses.dataclass
 class Skipped:
     """A reader whose library is not installed."""
