@@ -488,3 +488,26 @@ fn removed_arrays_are_reclaimed_by_pack() {
         assert_eq!(c.names().unwrap(), vec!["keep".to_string()]);
     }
 }
+
+/// A store deleted and created anew at the same path while this process still uses the old
+/// one cannot be opened (one LMDB environment per path and process): a clear error, and it
+/// opens once the old one is gone.
+#[test]
+fn a_store_recreated_at_a_path_in_use_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let old = Database::open(path.to_str().unwrap()).unwrap();
+    let conn = old.connect().unwrap();
+    conn.create::<f64>("a", &[10], Order::C).unwrap();
+    conn.commit().unwrap();
+    std::fs::remove_dir_all(&path).unwrap();
+    let err = Database::open(path.to_str().unwrap()).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidArgument(m) if m.contains("deleted and created anew")),
+        "{err}"
+    );
+    drop(conn);
+    drop(old);
+    let new = Database::open(path.to_str().unwrap()).unwrap();
+    assert!(new.connect().unwrap().names().unwrap().is_empty());
+}

@@ -514,6 +514,9 @@ impl BlockMemory {
                 server.load_now(region, b)?;
             }
         }
+        // Read the whole range ahead at once (the page faults of POPULATE_READ alone read
+        // around each page, a small window at a time), then map it.
+        self.advise(range.clone(), libc::MADV_WILLNEED, "loading array data")?;
         self.advise(range, libc::MADV_POPULATE_READ, "loading array data")
     }
 

@@ -83,6 +83,9 @@ pub struct LocalStorage {
 /// Everything one process holds open for one store directory.
 struct Shared {
     dir: PathBuf,
+    /// (device, inode) of the index directory when opened: tells a store deleted and created
+    /// anew at the same path from the one this process has open.
+    identity: (u64, u64),
     env: Env<WithoutTls>,
     /// (key ‖ tid big-endian) → encoded `VersionRecord`.
     versions: Database<Bytes, Bytes>,
@@ -116,6 +119,14 @@ const META_HORIZON: &str = "pack_horizon";
 /// The stores this process has open, by canonical directory: LMDB forbids opening one
 /// environment twice in a process.
 static REGISTRY: Mutex<Option<HashMap<PathBuf, Weak<Shared>>>> = Mutex::new(None);
+
+/// (device, inode) of `dir`.
+fn dir_identity(dir: &Path) -> Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m =
+        std::fs::metadata(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+    Ok((m.dev(), m.ino()))
+}
 
 /// Creates `dir` (and parents) with mode 0700 if missing.
 pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
@@ -177,6 +188,15 @@ impl LocalStorage {
         let mut registry = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
         let registry = registry.get_or_insert_with(HashMap::new);
         if let Some(shared) = registry.get(&canonical).and_then(Weak::upgrade) {
+            if shared.identity != dir_identity(&canonical.join("index"))? {
+                // LMDB (and heed) allow one environment per path and process.
+                return Err(Error::InvalidArgument(format!(
+                    "the store at {} was deleted and created anew while this process still \
+                     uses the old one (arrays or connections of it are alive): close them \
+                     first, or use another path",
+                    canonical.display()
+                )));
+            }
             return Ok(LocalStorage { shared });
         }
         let shared = Arc::new(Shared::open(canonical.clone(), &options)?);
@@ -245,6 +265,7 @@ impl Shared {
         };
         wtxn.commit()?;
         Ok(Shared {
+            identity: dir_identity(&dir.join("index"))?,
             segments: SegmentDir::open(dir.join("segments"))?,
             leases: LeaseDir::open(dir.join("leases"))?,
             dir,
