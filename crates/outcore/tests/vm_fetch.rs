@@ -128,6 +128,42 @@ fn the_kernel_can_read_unloaded_memory() {
     assert_eq!(std::fs::read(dir.path().join("x")).unwrap(), content(0));
 }
 
+#[test]
+fn the_kernel_can_write_into_fetched_memory_and_it_counts_as_written() {
+    if !available() {
+        return;
+    }
+    let mem = BlockMemory::new(BLK, 4, true).unwrap();
+    mem.ensure_mapped(0..2, &Source(Arc::new(AtomicUsize::new(0))))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x");
+    std::fs::write(&path, vec![0xAB; 3 * PAGE]).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    // Block 0 loaded and clean (write-protected), block 1 not loaded at all: read(2) into
+    // both, across the boundary.
+    assert_eq!(byte(&mem, 0, 0), content(0)[0]);
+    let at = BLK - PAGE;
+    // SAFETY: the destination range lies in mapped, writable memory of `mem`.
+    let n = unsafe {
+        libc::pread(
+            file.as_raw_fd(),
+            mem.block_ptr(0).add(at).cast(),
+            3 * PAGE,
+            0,
+        )
+    };
+    assert_eq!(n, 3 * PAGE as isize, "{}", std::io::Error::last_os_error());
+    assert_eq!(byte(&mem, 0, at), 0xAB);
+    assert_eq!(byte(&mem, 1, 2 * PAGE - 1), 0xAB);
+    assert_eq!(
+        byte(&mem, 1, 2 * PAGE),
+        content(1)[2 * PAGE],
+        "the rest is fetched"
+    );
+    assert_eq!(mem.dirty_blocks().unwrap(), vec![0, 1]);
+}
+
 fn rss_anon_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap()
