@@ -474,3 +474,38 @@ fn writes_racing_eviction_are_never_lost() {
     }
     outcore::vm::set_cache_budget(1 << 30);
 }
+
+#[test]
+fn frames_of_dropped_read_only_memory_are_kept_within_the_budget() {
+    if !available() || !outcore::vm::fault_stats().move_available {
+        return;
+    }
+    let _serial = BUDGET_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+    outcore::vm::set_cache_budget(40 << 20);
+    let mem = BlockMemory::new(BLK, 16, false).unwrap();
+    mem.ensure_mapped(0..16, &Source(Arc::new(AtomicUsize::new(0))))
+        .unwrap();
+    for b in 0..16 {
+        assert_eq!(byte(&mem, b, 99), content(b)[99]);
+    }
+    drop(mem);
+    // The 32 MiB of clean pages became spare frames (the budget has room for them)...
+    let spare = outcore::vm::fault_stats().spare_bytes;
+    assert!(spare > 16 << 20 && spare <= 40 << 20, "{spare} bytes spare");
+    // ...which give way when the budget shrinks (down to the minimum of 8 frames).
+    outcore::vm::set_cache_budget(4 << 20);
+    let mem = BlockMemory::new(BLK, 4, false).unwrap();
+    mem.ensure_mapped(0..4, &Source(Arc::new(AtomicUsize::new(0))))
+        .unwrap();
+    for b in 0..4 {
+        assert_eq!(
+            byte(&mem, b, 7),
+            content(b)[7],
+            "a reused frame holds the new block"
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let spare = outcore::vm::fault_stats().spare_bytes;
+    assert!(spare <= 16 << 20, "{spare} bytes spare over a 4 MiB budget");
+    outcore::vm::set_cache_budget(1 << 30);
+}

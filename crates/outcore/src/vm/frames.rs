@@ -5,14 +5,17 @@
 //!
 //! A frame is owned by whoever took it from the pool until it is given back. Frames are never
 //! unmapped; their number is bounded by the loads and evictions in flight plus the spares kept.
+//! Spare frames (with pages) are kept within a byte limit the caller gives: the part of the RAM
+//! budget that loaded blocks do not use, but at least [`MIN_SPARES`] frames.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 /// Huge page size: frames are aligned to it so a whole-frame move is one page table entry.
 pub const HUGE: usize = 2 << 20;
-/// Frames with pages kept ready per size (each costs its size in RAM, outside the budget).
-const SPARES: usize = 8;
+/// Frames with pages always allowed per size, even with the budget used up by loaded blocks
+/// (each costs its size in RAM on top of the budget).
+pub const MIN_SPARES: usize = 8;
 
 /// A frame: its address (the pool knows its size).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,14 +51,16 @@ impl FramePool {
         new_frame(size, register)
     }
 
-    /// An empty frame to move an evicted block into, if the spares are not complete yet.
+    /// An empty frame to move an evicted block into, if another spare fits in `limit` bytes
+    /// of spares.
     pub fn take_for_eviction(
         &self,
         size: usize,
+        limit: usize,
         register: impl FnOnce(Frame) -> bool,
     ) -> Option<Frame> {
         let (wanted, empty) = self.with(size, |s| {
-            let wanted = s.full.len() < SPARES;
+            let wanted = fits(s, size, limit);
             (wanted, if wanted { s.empty.pop() } else { None })
         });
         if !wanted {
@@ -64,20 +69,51 @@ impl FramePool {
         empty.or_else(|| new_frame(size, register))
     }
 
-    /// Gives back a frame whose pages are (at least partly) still there.
-    pub fn put_full(&self, size: usize, frame: Frame) {
-        let keep = self.with(size, |s| s.full.len() < SPARES);
-        if !keep {
+    /// Gives back a frame whose pages are (at least partly) still there: kept as a spare if
+    /// it fits in `limit` bytes of spares, else its pages are freed.
+    pub fn put_full(&self, size: usize, frame: Frame, limit: usize) {
+        let kept = self.with(size, |s| {
+            let keep = fits(s, size, limit);
+            if keep {
+                s.full.push(frame);
+            }
+            keep
+        });
+        if !kept {
             release_pages(frame, size);
-            return self.put_empty(size, frame);
+            self.put_empty(size, frame);
         }
-        self.with(size, |s| s.full.push(frame));
+    }
+
+    /// Frees the pages of spares beyond `limit` bytes (per size).
+    pub fn trim(&self, limit: usize) {
+        let mut sizes = self.sizes.lock().unwrap_or_else(|p| p.into_inner());
+        for (&size, s) in sizes.iter_mut() {
+            let keep = (limit / size).max(MIN_SPARES);
+            let n = s.full.len().saturating_sub(keep);
+            let extra: Vec<Frame> = s.full.drain(..n).collect();
+            for f in extra {
+                release_pages(f, size);
+                s.empty.push(f);
+            }
+        }
+    }
+
+    /// Bytes held by spare frames (all sizes).
+    pub fn spare_bytes(&self) -> usize {
+        let sizes = self.sizes.lock().unwrap_or_else(|p| p.into_inner());
+        sizes.iter().map(|(size, s)| size * s.full.len()).sum()
     }
 
     /// Gives back a frame whose pages were moved out.
     pub fn put_empty(&self, size: usize, frame: Frame) {
         self.with(size, |s| s.empty.push(frame));
     }
+}
+
+/// Whether one more spare of `size` fits in `limit` bytes (or the minimum).
+fn fits(s: &Sized, size: usize, limit: usize) -> bool {
+    s.full.len() < MIN_SPARES || (s.full.len() + 1) * size <= limit
 }
 
 /// The bytes of `frame`.

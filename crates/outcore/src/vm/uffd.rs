@@ -285,6 +285,8 @@ pub struct FaultStats {
     pub moved_out: u64,
     /// Evicted blocks whose pages were freed.
     pub freed: u64,
+    /// Bytes held by spare frames now (pages kept for the next loads, within the budget).
+    pub spare_bytes: u64,
 }
 
 /// The fault server's counters (all zero if it is not running).
@@ -299,6 +301,7 @@ pub fn stats() -> FaultStats {
         copied_in: get(&s.stats.copied_in),
         moved_out: get(&s.stats.moved_out),
         freed: get(&s.stats.freed),
+        spare_bytes: s.frames.spare_bytes() as u64,
     }
 }
 
@@ -462,10 +465,24 @@ impl FaultServer {
             state = region.idle.wait(state).unwrap_or_else(|p| p.into_inner());
         }
         state.closed = true;
-        for b in state.blocks.values_mut().filter(|b| b.loaded) {
+        let mut clean = Vec::new();
+        for (&i, b) in state.blocks.iter_mut().filter(|(_, b)| b.loaded) {
             b.loaded = false;
             self.loaded_bytes
                 .fetch_sub(region.blksize as u64, Ordering::Relaxed);
+            if !b.dirty {
+                clean.push(i);
+            }
+        }
+        drop(state);
+        // Closed: nothing copies into the region any more. Its clean pages become spare
+        // frames (within the budget) before the reservation is unmapped.
+        if region.moves {
+            for block in clean {
+                if !self.move_to_spare(region, block) {
+                    break;
+                }
+            }
         }
     }
 
@@ -836,7 +853,7 @@ impl FaultServer {
             .remove(&(region.id, block));
         let give_back = |moved: bool| match frame {
             Some(f) if moved => self.frames.put_empty(size, f),
-            Some(f) => self.frames.put_full(size, f),
+            Some(f) => self.frames.put_full(size, f, self.spare_limit()),
             None => {}
         };
         let len = match fetched {
@@ -939,23 +956,38 @@ impl FaultServer {
             .unwrap_or_default()
     }
 
-    /// Drops the pages of a busy, clean block: moved into a spare frame where the region
-    /// moves (the pages are reused by the next load), otherwise freed.
-    fn drop_pages(&self, region: &RemoteRegion, block: u64) {
+    /// Bytes of spare frames allowed now: what loaded blocks leave of the budget.
+    fn spare_limit(&self) -> usize {
+        let budget = self.budget.load(Ordering::Relaxed);
+        budget.saturating_sub(self.loaded_bytes.load(Ordering::Relaxed)) as usize
+    }
+
+    /// Moves the pages of a clean block nobody else changes now (busy, or its region closed)
+    /// into a spare frame, if one may be kept: the next load reuses them instead of
+    /// allocating and zeroing new memory. True if moved.
+    fn move_to_spare(&self, region: &RemoteRegion, block: u64) -> bool {
         let range = region.block_range(block);
         let size = region.blksize;
-        if region.moves {
-            let spare = self
-                .frames
-                .take_for_eviction(size, |f| self.register_frame(f, size));
-            if let Some(frame) = spare {
-                if self.move_pages(frame.0, range.start as usize, size) {
-                    self.frames.put_full(size, frame);
-                    self.stats.moved_out.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                self.frames.put_full(size, frame);
-            }
+        let spare = self
+            .frames
+            .take_for_eviction(size, self.spare_limit(), |f| self.register_frame(f, size));
+        let Some(frame) = spare else {
+            return false;
+        };
+        let moved = self.move_pages(frame.0, range.start as usize, size);
+        self.frames.put_full(size, frame, self.spare_limit());
+        if moved {
+            self.stats.moved_out.fetch_add(1, Ordering::Relaxed);
+        }
+        moved
+    }
+
+    /// Drops the pages of a busy, clean block: moved into a spare frame where the region
+    /// moves, otherwise freed.
+    fn drop_pages(&self, region: &RemoteRegion, block: u64) {
+        let range = region.block_range(block);
+        if region.moves && self.move_to_spare(region, block) {
+            return;
         }
         // SAFETY: drops the pages of a clean block of our reservation (busy: nothing else
         // changes them now); the next touch faults and fetches it again.
@@ -972,6 +1004,8 @@ impl FaultServer {
     /// Drops the oldest clean loaded blocks while over the budget (step 6).
     fn evict_over_budget(&self) {
         let budget = self.budget.load(Ordering::Relaxed);
+        // Spares give way to loaded blocks (a lowered budget, or loads after an idle time).
+        self.frames.trim(self.spare_limit());
         let mut kept_dirty = 0;
         loop {
             let next = {
