@@ -121,7 +121,7 @@ def scan(cfg, readers, data, total, log):
         Bar("in-RAM sum", gbps(nbytes, ram.median)),
     ]
     sec.bars += [Bar(short(key), gbps(nbytes, t.median)) for key, t in times.items()]
-    for key in ("outcore", "outcore-lz4"):
+    for key in ("outcore", "outcore-lz4", "outcore-lz4-ro"):
         if key not in times:
             continue
         t, label = times[key].median, readers[key].label
@@ -154,6 +154,7 @@ def short(key):
     return {
         "outcore": "outcore",
         "outcore-lz4": "outcore lz4",
+        "outcore-lz4-ro": "outcore lz4 read-only",
         "outcore-prefetch": "outcore + prefetch",
         "memmap": "memmap",
         "h5-contig": "h5py contig",
@@ -284,9 +285,10 @@ def fault(cfg, readers, data, log):
         log(f"  {key}: cold {f['cold']:.0f} µs, touch {f['touch']:.0f} µs, warm {f['warm']:.0f} µs")
         if key == "outcore-prefetch":
             continue  # the same reads as "outcore"
-        if key == "outcore-lz4":
+        if key in ("outcore-lz4", "outcore-lz4-ro"):
             budget = data.nbytes + (64 << 20)
-            r = OutcoreReader(r.label.split(" (")[0] + " (budget ≥ array)", r.path, budget)
+            label = r.label.split(" (")[0] + " (budget ≥ array)"
+            r = OutcoreReader(label, r.path, budget, readonly=r.readonly)
         n = len(idx) // 10 if key in SLOW_POINTS else len(idx)
         points[key] = point_reads(r, data, idx[: max(1, n)], cfg.rounds)
         log(f"  {key}: point {points[key]:.2f} µs")
@@ -309,7 +311,7 @@ def fault(cfg, readers, data, log):
     sec.chart_higher_is_better = False
     sec.bars = [Bar(short(k), f["cold"]) for k, f in results.items()]
     sec.chart_target = (300, "target 300 µs")
-    for key in ("outcore", "outcore-prefetch", "outcore-lz4"):
+    for key in ("outcore", "outcore-prefetch", "outcore-lz4", "outcore-lz4-ro"):
         if key not in results:
             continue
         f, label = results[key], subjects[key].label

@@ -33,10 +33,11 @@ def slabs(n, slab_elems):
 # ---------------------------------------------------------------------------------- outcore
 
 
-def outcore_open(path, cache, compression=None):
+def outcore_open(path, cache, compression=None, readonly=False):
     """A database and a connection with its own transaction manager (so several stores in one
     process never commit together)."""
-    db = outcore.open(path, cache_bytes=cache, compression=compression)
+    kwargs = {"readonly": True} if readonly else {"compression": compression}
+    db = outcore.open(path, cache_bytes=cache, **kwargs)
     tm = transaction.TransactionManager()
     conn = db.open(transaction_manager=tm)
     return db, conn, tm
@@ -60,11 +61,12 @@ def outcore_build(path, data, cache, compression=None, chunk=256 * MiB):
 class OutcoreReader:
     """outcore: the embedded store (blocks mapped from its segment files) or, with
     ``compression``, the fault-filled path (blocks decoded into ``cache`` bytes of RAM). With
-    ``prefetch``, range reads call ``A.prefetch`` on the range first."""
+    ``prefetch``, range reads call ``A.prefetch`` on the range first. With ``readonly``, the
+    store is opened read-only (fault-filled blocks are then moved into place, not copied)."""
 
-    def __init__(self, label, path, cache, compression=None, prefetch=False):
+    def __init__(self, label, path, cache, compression=None, prefetch=False, readonly=False):
         self.label, self.path, self.cache, self.compression = label, path, cache, compression
-        self.prefetch = prefetch
+        self.prefetch, self.readonly = prefetch, readonly
         self.db = None
 
     def build(self, data):
@@ -74,7 +76,7 @@ class OutcoreReader:
         return [self.path]
 
     def open(self):
-        self.db, self.conn, self.tm = outcore_open(self.path, self.cache)
+        self.db, self.conn, self.tm = outcore_open(self.path, self.cache, readonly=self.readonly)
         self.A = self.conn.root()["A"]
         self.a = self.A[:]
 
@@ -284,7 +286,7 @@ class TensorStoreReader:
 
 
 #: Keys of the readers of workloads 1 and 2, in report order.
-READERS = ("outcore", "outcore-lz4", "memmap", "h5-contig", "h5-chunked", "zarr", "tensorstore")
+READERS = ("outcore", "outcore-lz4", "outcore-lz4-ro", "memmap", "h5-contig", "h5-chunked", "zarr", "tensorstore")
 
 
 @dataclasses.dataclass
@@ -309,6 +311,13 @@ def readers(cfg, names=None):
             "outcore-lz4",
             lz4,
             lambda label: OutcoreReader(label, cfg.path("outcore-lz4"), cfg.cache, "lz4"),
+        ),
+        (
+            "outcore-lz4-ro",
+            lz4.replace("fault-filled", "fault-filled, opened read-only: blocks moved in"),
+            lambda label: OutcoreReader(
+                label, cfg.path("outcore-lz4-ro"), cfg.cache, "lz4", readonly=True
+            ),
         ),
         (
             "memmap",
