@@ -5,9 +5,9 @@
 # Usage: scripts/sanitizers.sh [--quick]
 #   default: ASan over the unit tests and the database, memory, fault-path and storage tests;
 #            TSan over the fault-path race tests (tests/fault_races.rs) at 3x their iterations
-#            and tests/vm_fetch.rs.
-#   --quick: the test command's subset: TSan over tests/fault_races.rs (about 5 min on 2 cores,
-#            most of it building std and the crates with the sanitizer).
+#            and tests/vm_fetch.rs: about 8 min on 2 cores from scratch, 3.5 min once built.
+#   --quick: the test command's subset: TSan over tests/fault_races.rs (about 2.6 min on 2
+#            cores, most of it building std and the crates with the sanitizer).
 # Exits non-zero on any sanitizer report (or test failure). Without a nightly toolchain with
 # rust-src it says so and exits 0.
 set -euo pipefail
