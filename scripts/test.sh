@@ -2,7 +2,8 @@
 # Runs every test of outcore on a fresh machine: installs what is missing (a Python venv with
 # maturin, numpy, pytest, transaction), then the lints, the Rust tests (unit, integration,
 # conformance, multi-process, crash, memory-cgroup) and the Python tests.
-# Usage: scripts/test.sh [--long]   (--long: 500 crash rounds, a 16 GiB array in 1 GiB of RAM)
+# Usage: scripts/test.sh [--long]   (--long: 500 crash rounds, a 16 GiB array in 1 GiB of RAM,
+#   8 x 250 transaction histories, 120 s of fuzzing per decoder, full ASan and TSan runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
@@ -37,6 +38,21 @@ if command -v valgrind >/dev/null; then
   )
 else
   echo "valgrind not installed: memcheck runs skipped" >&2
+fi
+
+# Coverage-guided fuzzing of the decoders of stored bytes (nightly; skipped with a message
+# without one): 10 s per target, 120 s with AddressSanitizer under --long.
+if [[ -n "${OUTCORE_LONG_TESTS:-}" ]]; then
+  scripts/fuzz.sh --seconds 120 --asan
+else
+  scripts/fuzz.sh --seconds 10
+fi
+# Sanitizers (nightly): ThreadSanitizer over the fault-path race tests; under --long also
+# AddressSanitizer over the unit, database, memory, fault-path, history and storage tests.
+if [[ -n "${OUTCORE_LONG_TESTS:-}" ]]; then
+  scripts/sanitizers.sh
+else
+  scripts/sanitizers.sh --quick
 fi
 
 VIRTUAL_ENV="$PWD/$VENV" "$VENV/bin/maturin" develop --release --locked -q

@@ -7,18 +7,17 @@
 mod catalog;
 mod cli;
 mod commands;
-mod dtype;
 mod error;
 mod memory;
-mod npy;
 mod output;
 mod progress;
-mod pyliteral;
 mod rawio;
 mod rawmap;
 mod slice;
 mod store;
 mod time;
+
+use outcore_cli::{dtype, npy};
 
 use std::io::Write;
 

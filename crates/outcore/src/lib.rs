@@ -27,6 +27,8 @@
 pub mod array;
 pub mod db;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod storage;
 pub mod vm;
 

@@ -20,20 +20,13 @@
 mod bigarray;
 mod connection;
 mod handle;
-mod root;
+pub(crate) mod root;
 mod source;
 
 use std::sync::Arc;
 
 pub use bigarray::{BigArray, RawView};
 
-/// The root-record decoder, for the decoder fuzz tests.
-#[cfg(test)]
-pub(crate) fn root_decode_for_fuzzing(
-    bytes: &[u8],
-) -> Result<std::collections::BTreeMap<String, crate::storage::Oid>> {
-    root::decode(bytes)
-}
 pub use connection::{Connection, Savepoint};
 
 use crate::storage::{
