@@ -106,7 +106,6 @@ fn faults_race_discards_and_evictions() {
 /// Without the uffd fixes of main's a204eb2 ("re-registration keeps the registered mapping"),
 /// a reader racing a re-map of its block reads zeros.
 #[test]
-#[ignore = "fails before main's a204eb2 (a reader racing a remap saw zeros): remove after merging"]
 fn faults_race_remaps() {
     block_memory_races(true, false);
 }
@@ -114,7 +113,6 @@ fn faults_race_remaps() {
 /// Without the uffd fixes of main's a204eb2 ("closed regions refuse late copies"), a new
 /// memory at the address of a dropped one can show the dropped one's data.
 #[test]
-#[ignore = "fails before main's a204eb2 (late copies into a dropped region): remove after merging"]
 fn faults_race_memories_created_and_dropped() {
     block_memory_races(false, true);
 }
