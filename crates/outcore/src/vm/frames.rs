@@ -69,6 +69,41 @@ impl FramePool {
         empty.or_else(|| new_frame(size, register))
     }
 
+    /// Faults in the pages of one more spare frame of `size` if there are fewer than
+    /// [`MIN_SPARES`], so that a later load finds one ready (no page allocation or zeroing on
+    /// its path); false if there was nothing to do or it failed.
+    pub fn refill(&self, size: usize, register: impl FnOnce(Frame) -> bool) -> bool {
+        let empty = self.with(size, |s| {
+            (s.full.len() < MIN_SPARES)
+                .then(|| s.empty.pop())
+                .map(|e| e.ok_or(()))
+        });
+        let frame = match empty {
+            None => return false,
+            Some(Ok(f)) => f,
+            Some(Err(())) => match new_frame(size, register) {
+                Some(f) => f,
+                None => return false,
+            },
+        };
+        // SAFETY: our own frame; populating only faults in its (zeroed) pages.
+        let rc = unsafe {
+            libc::madvise(
+                frame.0 as *mut libc::c_void,
+                size,
+                libc::MADV_POPULATE_WRITE,
+            )
+        };
+        self.with(size, |s| {
+            if rc == 0 && s.full.len() < MIN_SPARES {
+                s.full.push(frame);
+            } else {
+                s.empty.push(frame);
+            }
+        });
+        rc == 0
+    }
+
     /// Gives back a frame whose pages are (at least partly) still there: kept as a spare if
     /// it fits in `limit` bytes of spares, else its pages are freed.
     pub fn put_full(&self, size: usize, frame: Frame, limit: usize) {

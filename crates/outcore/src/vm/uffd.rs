@@ -259,6 +259,8 @@ pub(crate) struct FaultServer {
     generation: AtomicU64,
     /// The kernel has `UFFDIO_MOVE` (Linux >= 6.8).
     move_available: bool,
+    /// A block was ever loaded by a move: keep a few spare frames ready.
+    moves_used: std::sync::atomic::AtomicBool,
     frames: FramePool,
     stats: Counters,
 }
@@ -413,6 +415,7 @@ impl FaultServer {
             budget: AtomicU64::new(default_budget()),
             generation: AtomicU64::new(0),
             move_available,
+            moves_used: std::sync::atomic::AtomicBool::new(false),
             frames: FramePool::default(),
             stats: Counters::default(),
         };
@@ -755,6 +758,7 @@ impl FaultServer {
                 Some(region) => {
                     self.load(&region, block, &mut scratch);
                     self.evict_over_budget();
+                    self.refill_spares();
                 }
                 None => {
                     self.queued
@@ -882,6 +886,9 @@ impl FaultServer {
         // Busy: nobody re-maps, drops or copies into this block until `end_busy`, so the copy
         // runs without the lock, in parallel with other workers.
         let moved = frame.is_some_and(|f| self.move_pages(range.start as usize, f.0, size));
+        if moved {
+            self.moves_used.store(true, Ordering::Relaxed);
+        }
         let installed = moved || {
             let mut copy = UffdioCopy {
                 dst: range.start,
@@ -954,6 +961,22 @@ impl FaultServer {
             .get(&region.base)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// With nothing queued, prepares one spare frame (up to the minimum), so that isolated
+    /// faults of read-only memory find their frame's pages ready.
+    fn refill_spares(&self) {
+        if !self.moves_used.load(Ordering::Relaxed)
+            || !self
+                .queued
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+        {
+            return;
+        }
+        let size = frames::HUGE;
+        self.frames.refill(size, |f| self.register_frame(f, size));
     }
 
     /// Bytes of spare frames allowed now: what loaded blocks leave of the budget.
