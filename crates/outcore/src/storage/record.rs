@@ -10,6 +10,7 @@
 //! | 10..18 | raw (uncompressed) length |
 //! | 18.. | kind 1: the stored bytes; kind 2: segment u32, offset u64, stored length u64 |
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::sync::Arc;
 
@@ -111,6 +112,32 @@ impl VersionRecord {
         })
     }
 
+    /// The stored (possibly compressed) bytes: borrowed when inline, read from the segment
+    /// otherwise. `None` for a tombstone.
+    fn stored(
+        &self,
+        key: Key,
+        segment_file: impl FnOnce(u32) -> Result<Arc<File>>,
+    ) -> Result<Option<Cow<'_, [u8]>>> {
+        Ok(Some(match &self.body {
+            Body::Tombstone => return Ok(None),
+            Body::Inline(bytes) => Cow::Borrowed(&bytes[..]),
+            Body::Segment {
+                seg,
+                offset,
+                stored_len,
+            } => {
+                let file = segment_file(*seg)?;
+                Cow::Owned(segment::read(
+                    &file,
+                    *offset,
+                    *stored_len,
+                    &key.to_string(),
+                )?)
+            }
+        }))
+    }
+
     /// Copies the payload out, decompressed and checksum-verified. `None` for a tombstone.
     pub fn load(
         &self,
@@ -118,19 +145,17 @@ impl VersionRecord {
         tid: Tid,
         segment_file: impl FnOnce(u32) -> Result<Arc<File>>,
     ) -> Result<Option<Version>> {
-        let stored = match &self.body {
-            Body::Tombstone => return Ok(None),
-            Body::Inline(bytes) => bytes.clone(),
-            Body::Segment {
-                seg,
-                offset,
-                stored_len,
-            } => {
-                let file = segment_file(*seg)?;
-                segment::read(&file, *offset, *stored_len, &key.to_string())?
-            }
+        let Some(stored) = self.stored(key, segment_file)? else {
+            return Ok(None);
         };
-        let data = codec::decode(stored, self.codec, self.raw_len, self.checksum, key, tid)?;
+        let data = codec::decode(
+            stored.into_owned(),
+            self.codec,
+            self.raw_len,
+            self.checksum,
+            key,
+            tid,
+        )?;
         Ok(Some(Version { tid, data }))
     }
 
@@ -142,22 +167,8 @@ impl VersionRecord {
         segment_file: impl FnOnce(u32) -> Result<Arc<File>>,
         out: &mut [u8],
     ) -> Result<Option<usize>> {
-        let stored = match &self.body {
-            Body::Tombstone => return Ok(None),
-            Body::Inline(bytes) => std::borrow::Cow::Borrowed(&bytes[..]),
-            Body::Segment {
-                seg,
-                offset,
-                stored_len,
-            } => {
-                let file = segment_file(*seg)?;
-                std::borrow::Cow::Owned(segment::read(
-                    &file,
-                    *offset,
-                    *stored_len,
-                    &key.to_string(),
-                )?)
-            }
+        let Some(stored) = self.stored(key, segment_file)? else {
+            return Ok(None);
         };
         codec::decode_into(
             &stored,
