@@ -375,6 +375,20 @@ fn load_many_matches_load(s: &dyn Storage) {
         let many = s.load_many(&keys, at).unwrap();
         let one: Vec<_> = keys.iter().map(|&k| s.load(k, at).unwrap()).collect();
         assert_eq!(many, one);
+        // load_into decodes the same bytes into a caller's buffer.
+        for (&k, v) in keys.iter().zip(&one) {
+            let mut buf = vec![0xEE; 8192];
+            let n = s.load_into(k, at, &mut buf).unwrap();
+            assert_eq!(n, v.as_ref().map(|v| v.data.len()), "{k}");
+            if let Some(v) = v {
+                assert_eq!(&buf[..v.data.len()], &v.data[..], "{k}");
+                let mut small = vec![0u8; v.data.len() - 1];
+                assert!(
+                    s.load_into(k, at, &mut small).is_err(),
+                    "{k}: too small a buffer"
+                );
+            }
+        }
     }
     assert!(s.load_many(&[], t).unwrap().is_empty());
     // The blocks holding data: block 3 was deleted at t.
