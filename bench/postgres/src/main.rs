@@ -72,7 +72,6 @@
 //! #   --parts scan,commit,inval (all)
 //! ```
 
-use std::error::Error;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write as _};
 use std::ops::Range;
@@ -80,7 +79,7 @@ use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ndarray::{s, ArrayView1, ArrayViewMut1, Ix1};
 use outcore::array::Order;
@@ -89,18 +88,14 @@ use outcore::storage::{
     CommitRequest, Key, Located, Oid, PackStats, PgStorage, Storage, Tid, TxnInfo, VerifyReport,
     Version,
 };
+use outcore_bench_common::{
+    add_one, as_bytes, expected_sum, fill, secs, sum1, utc_now, value, verdict, view1, BoxResult,
+    BLOCK_ELEMS, PERIOD,
+};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
 
-type BoxResult<T> = Result<T, Box<dyn Error>>;
-
-/// Elements per 2 MiB block (outcore's default block size) and per raw row.
-const BLOCK_ELEMS: u64 = (2 << 20) / 8;
 const BLOCK_BYTES: usize = 2 << 20;
-/// Elements per fill transaction (64 MiB).
-const FILL_ELEMS: u64 = (64 << 20) / 8;
-/// The data repeat with this period: element `i` is `i % PERIOD + 1` (+1 per rewrite).
-const PERIOD: u64 = 1009;
 /// Targets: scan ≥ 0.7× the raw single-connection SELECT.
 const SCAN_TARGET: f64 = 0.7;
 
@@ -201,32 +196,9 @@ fn elems_for(bytes: f64) -> u64 {
     ((bytes as u64) / 8 / BLOCK_ELEMS).max(1) * BLOCK_ELEMS
 }
 
-/// Element `i` after `plus` rewrites.
-fn value(i: u64, plus: u64) -> f64 {
-    (i % PERIOD + 1 + plus) as f64
-}
-
-/// The exact sum of `n` elements after `plus` rewrites (checked to be exact in f64).
-fn expected_sum(n: u64, plus: u64) -> BoxResult<f64> {
-    let (full, rem) = (n / PERIOD, n % PERIOD);
-    let s = u128::from(full) * u128::from(PERIOD * (PERIOD + 1) / 2)
-        + u128::from(rem * (rem + 1) / 2)
-        + u128::from(plus) * u128::from(n);
-    if s >= 1 << 53 {
-        return Err(format!("array too large for an exact f64 checksum ({s})").into());
-    }
-    Ok(s as f64)
-}
-
 /// The offset (in elements) checked in block `b`: varies from block to block.
 fn probe(b: u64) -> u64 {
     (b * 7919) % BLOCK_ELEMS
-}
-
-/// The sum outcore's scan uses: ndarray's `sum` over the contiguous 1-d view.
-#[inline(never)]
-fn sum1(v: ArrayView1<'_, f64>) -> f64 {
-    v.sum()
 }
 
 /// The sum the raw scans use: little-endian f64s of a byte slice (rows of the `postgres` crate
@@ -252,12 +224,6 @@ fn f64_at(b: &[u8], i: usize) -> f64 {
     f64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
 }
 
-/// The rewrite both commit variants use: `+= 1.0` on a contiguous 1-d view.
-#[inline(never)]
-fn add_one(mut v: ArrayViewMut1<'_, f64>) {
-    v += 1.0;
-}
-
 /// Checks a view: the exact sum, and one element per block at a varying offset.
 fn verify(v: ArrayView1<'_, f64>, sum: f64, plus: u64, what: &str) -> BoxResult<()> {
     let n = v.len() as u64;
@@ -275,16 +241,6 @@ fn verify(v: ArrayView1<'_, f64>, sum: f64, plus: u64, what: &str) -> BoxResult<
         }
     }
     Ok(())
-}
-
-/// The bytes of `v`.
-fn as_bytes(v: &[f64]) -> &[u8] {
-    // SAFETY: f64 has no padding and any byte is a valid u8; same memory, same lifetime.
-    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
-}
-
-fn secs(d: Duration) -> f64 {
-    d.as_secs_f64()
 }
 
 fn median<T: Copy + PartialOrd>(xs: &[T]) -> T {
@@ -609,27 +565,6 @@ impl Drop for Schemas {
             eprintln!("warning: could not drop the benchmark schemas: {e}");
         }
     }
-}
-
-/// Fills array `a` of `n` elements with the data, 64 MiB per transaction.
-fn fill(conn: &Connection, a: &mut BigArray, n: u64) -> BoxResult<()> {
-    let mut at = 0;
-    while at < n {
-        let end = (at + FILL_ELEMS).min(n);
-        let mut v = a.slice_mut::<f64, _>(s![at as usize..end as usize])?;
-        let slice = v.as_slice_mut().ok_or("slice_mut view is not contiguous")?;
-        for (j, x) in slice.iter_mut().enumerate() {
-            *x = value(at + j as u64, 0);
-        }
-        conn.commit()?;
-        at = end;
-    }
-    Ok(())
-}
-
-/// The whole array as a 1-d view.
-fn view1(a: &BigArray) -> BoxResult<ArrayView1<'_, f64>> {
-    Ok(a.view::<f64>()?.into_dimensionality::<Ix1>()?)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1537,37 +1472,6 @@ fn server_info(base: &str) -> BoxResult<Vec<String>> {
         fs.unwrap_or_else(|| "unknown".into())
     ));
     Ok(lines)
-}
-
-/// Now, as `YYYY-MM-DD HH:MM UTC`.
-fn utc_now() -> String {
-    let s = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rem) = ((s / 86_400) as i64, s % 86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60
-    )
-}
-
-fn verdict(ratio: f64, target: f64) -> &'static str {
-    if ratio >= target {
-        "PASS"
-    } else {
-        "FAIL"
-    }
 }
 
 fn med_s(xs: &[Duration]) -> f64 {

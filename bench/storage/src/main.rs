@@ -46,6 +46,7 @@ use heed::{Database, Env, EnvOpenOptions, WithoutTls};
 use outcore::storage::{
     CommitRequest, Key, LocalStorage, Located, Oid, Storage, Tid, TxnMeta, Write,
 };
+use outcore_bench_common::{secs, utc_now};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{RngCore, SeedableRng};
@@ -186,10 +187,6 @@ fn map_and_sum(file: &File, offset: u64, len: usize, i: u64, what: &str) -> BoxR
     // SAFETY: unmapping exactly the mapping made above; `bytes` is not used afterwards.
     unsafe { libc::munmap(ptr, len) };
     checked.map(|()| sum)
-}
-
-fn secs(d: Duration) -> f64 {
-    d.as_secs_f64()
 }
 
 /// A store under test, written in durable commits.
@@ -524,29 +521,6 @@ fn machine(dir: &Path) -> Vec<String> {
 /// The directory the benchmark directory was created in.
 fn root_parent(root: &Path) -> &Path {
     root.parent().unwrap_or(root)
-}
-
-/// Today's UTC date and time, `YYYY-MM-DD HH:MM UTC`.
-fn utc_now() -> String {
-    let s = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rem) = ((s / 86_400) as i64, s % 86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60
-    )
 }
 
 /// The results as a markdown table plus the target verdicts.

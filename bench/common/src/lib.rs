@@ -1,0 +1,113 @@
+//! What the Rust benchmarks share: the data every benchmark writes and checks, the scan and
+//! rewrite kernels (one copy, so every variant runs the same machine code), and timing and
+//! report helpers.
+
+use std::error::Error;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ndarray::{s, ArrayView1, ArrayViewMut1, Ix1};
+use outcore::db::{BigArray, Connection};
+
+/// Errors of the benchmarks: reported, never recovered from.
+pub type BoxResult<T> = Result<T, Box<dyn Error>>;
+
+/// f64 elements in one 2 MiB block.
+pub const BLOCK_ELEMS: u64 = (2 << 20) / 8;
+/// Elements per fill transaction (64 MiB).
+pub const FILL_ELEMS: u64 = (64 << 20) / 8;
+/// The data repeats every `PERIOD` elements.
+pub const PERIOD: u64 = 1009;
+
+/// Element `i` after `plus` rewrites.
+pub fn value(i: u64, plus: u64) -> f64 {
+    (i % PERIOD + 1 + plus) as f64
+}
+
+/// The exact sum of `n` elements after `plus` rewrites (checked to be exact in f64).
+pub fn expected_sum(n: u64, plus: u64) -> BoxResult<f64> {
+    let (full, rem) = (n / PERIOD, n % PERIOD);
+    let s = u128::from(full) * u128::from(PERIOD * (PERIOD + 1) / 2)
+        + u128::from(rem * (rem + 1) / 2)
+        + u128::from(plus) * u128::from(n);
+    if s >= 1 << 53 {
+        return Err(format!("array too large for an exact f64 checksum ({s})").into());
+    }
+    Ok(s as f64)
+}
+
+/// The sum every scan uses: ndarray's `sum` over a contiguous 1-d view (an unrolled loop over
+/// the slice). Not inlined, so that every variant runs the same machine code.
+#[inline(never)]
+pub fn sum1(v: ArrayView1<'_, f64>) -> f64 {
+    v.sum()
+}
+
+/// The rewrite every commit variant uses: `+= 1.0` on a contiguous 1-d view.
+#[inline(never)]
+pub fn add_one(mut v: ArrayViewMut1<'_, f64>) {
+    v += 1.0;
+}
+
+/// The bytes of `v`.
+pub fn as_bytes(v: &[f64]) -> &[u8] {
+    // SAFETY: f64 has no padding and any byte is a valid u8; same memory, same lifetime.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
+/// Fills array `a` of `n` elements with the data, 64 MiB per transaction.
+pub fn fill(conn: &Connection, a: &mut BigArray, n: u64) -> BoxResult<()> {
+    let mut at = 0;
+    while at < n {
+        let end = (at + FILL_ELEMS).min(n);
+        let mut v = a.slice_mut::<f64, _>(s![at as usize..end as usize])?;
+        let slice = v.as_slice_mut().ok_or("slice_mut view is not contiguous")?;
+        for (j, x) in slice.iter_mut().enumerate() {
+            *x = value(at + j as u64, 0);
+        }
+        conn.commit()?;
+        at = end;
+    }
+    Ok(())
+}
+
+/// The whole array as a 1-d view.
+pub fn view1(a: &BigArray) -> BoxResult<ArrayView1<'_, f64>> {
+    Ok(a.view::<f64>()?.into_dimensionality::<Ix1>()?)
+}
+
+/// A duration in seconds.
+pub fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Now, as `YYYY-MM-DD HH:MM UTC`.
+pub fn utc_now() -> String {
+    let s = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = ((s / 86_400) as i64, s % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+/// "PASS" if `ratio` reaches `target`, else "FAIL".
+pub fn verdict(ratio: f64, target: f64) -> &'static str {
+    if ratio >= target {
+        "PASS"
+    } else {
+        "FAIL"
+    }
+}
