@@ -36,7 +36,9 @@ fn to_py(e: outcore::Error) -> PyErr {
         | E::InvalidArgument(_)
         | E::ReadOnly(_)
         | E::Closed(_)
-        | E::HistoryPacked { .. } => PyValueError::new_err(msg),
+        | E::HistoryPacked { .. }
+        | E::DivergentWrites(_) => PyValueError::new_err(msg),
+        E::AddressSpace(_) => pyo3::exceptions::PyMemoryError::new_err(msg),
         E::Corrupt { .. } | E::Format { .. } | E::Lmdb(_) | E::Io { .. } | E::Postgres(_) => {
             PyOSError::new_err(msg)
         }
@@ -247,21 +249,11 @@ impl Array {
         hi: u64,
         owner: Option<Py<PyAny>>,
     ) -> PyResult<(Mapping, Vec<isize>)> {
-        let m = self.arr.meta().py()?;
         let raw = py.detach(|| self.arr.raw_view(lo..hi)).py()?;
-        let len = m.shape.get(m.major_axis()).copied().unwrap_or(1);
-        let (lo, hi) = (lo.min(len), hi.min(len).max(lo.min(len)));
-        let stride = if m.shape.is_empty() {
-            m.nbytes()
-        } else {
-            m.major_stride_bytes()
-        };
-        let offset = (lo * stride) as usize;
         let mapping = Mapping {
             keep: raw.keepalive.clone(),
-            // The address stays inside the reservation: offset < array bytes <= reservation.
-            addr: raw.ptr.wrapping_add(offset) as usize,
-            len: ((hi - lo) * stride) as usize,
+            addr: raw.ptr as usize,
+            len: raw.len,
             writable: raw.writable,
             _owner: owner,
         };

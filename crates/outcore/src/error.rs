@@ -54,6 +54,15 @@ pub enum Error {
     /// A write was attempted through a read-only handle (read-only open or historical view).
     #[error("read-only: {0}")]
     ReadOnly(String),
+    /// Not enough free address space for a view (or the reservation behind it). Views of
+    /// smaller parts of the array still work.
+    #[error("out of address space: {0}")]
+    AddressSpace(String),
+    /// Writes through two views of one array that do not share memory (one made before the
+    /// array outgrew its address-space window, one after) changed the same bytes
+    /// differently; the commit wrote nothing. Not retryable as is: take views again.
+    #[error("conflicting writes through views: {0}")]
+    DivergentWrites(String),
     /// The object was used after `close()`.
     #[error("closed: {0}")]
     Closed(String),

@@ -110,7 +110,8 @@ impl ArrayMeta {
                 Error::InvalidShape(format!("shape {:?} is too large", self.shape))
             })?;
         }
-        if n > (1u64 << 56) {
+        // Byte offsets must fit NumPy's (and ndarray's) signed index type.
+        if n > i64::MAX as u64 {
             return Err(Error::InvalidShape(format!(
                 "shape {:?} is too large ({n} bytes)",
                 self.shape

@@ -1,6 +1,7 @@
 //! [`BigArray`]: a persistent N-d array whose views point straight into managed memory.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use ndarray::{ArrayView, ArrayViewD, ArrayViewMut, IxDyn, ShapeBuilder, SliceArg};
@@ -9,7 +10,7 @@ use super::connection::ConnShared;
 use super::handle::ArrayHandle;
 use crate::array::slicing::touched_ranges;
 use crate::array::{ArrayMeta, Element, Order};
-use crate::vm::Reservation;
+use crate::vm::{BlockMemory, Reservation};
 use crate::{Error, Result};
 
 /// A persistent array in a connection. Cheap to clone (clones share the array).
@@ -23,12 +24,16 @@ pub struct BigArray {
     pub(crate) handle: Arc<ArrayHandle>,
 }
 
-/// A raw description of mapped array memory, for building views in other languages.
+/// A raw description of mapped array memory, for building views in other languages: the
+/// sub-array of the major-axis indices asked for.
 #[derive(Clone, Debug)]
 pub struct RawView {
-    /// Address of element `[0, 0, ...]` of the whole array.
+    /// Address of the first element of the sub-array (major-axis index `lo`).
     pub ptr: *mut u8,
-    /// Shape of the whole array.
+    /// Bytes from `ptr` to the end of the sub-array's last element.
+    pub len: usize,
+    /// Shape of the sub-array: the array's shape with the major axis cut to the indices asked
+    /// for.
     pub shape: Vec<usize>,
     /// Byte strides.
     pub strides: Vec<isize>,
@@ -80,61 +85,74 @@ impl BigArray {
         Ok(m)
     }
 
-    /// Maps the blocks under major-axis indices `major` and returns the raw whole-array view.
+    /// Maps the blocks under major-axis indices `major` (clamped to the array) and returns
+    /// the raw view of that sub-array. Address space is reserved in proportion to what is
+    /// viewed: a view too large for the free address space fails with
+    /// [`Error::AddressSpace`].
     pub fn raw_view(&self, major: Range<u64>) -> Result<RawView> {
         let m = self.meta()?;
-        let stride = m.major_stride_bytes();
-        let len = m.shape.get(m.major_axis()).copied().unwrap_or(1);
-        let (lo, hi) = (major.start.min(len), major.end.min(len));
-        let bytes = if m.shape.is_empty() {
-            0..m.nbytes()
-        } else {
-            lo * stride..hi.max(lo) * stride
-        };
-        let at = self.conn.snapshot()?;
-        self.handle.map_bytes(&self.conn.storage, at, bytes)?;
-        let to_usize = |d: u64| {
-            usize::try_from(d).map_err(|_| Error::InvalidShape(format!("dimension {d} too large")))
-        };
-        let memory = self.handle.memory();
+        let (bytes, shape) = sub_array(&m, major)?;
+        let memory = self.map(bytes.clone())?;
+        let origin = memory.blocks().start * m.blksize as u64;
+        // The sub-array lies in the window: `map_bytes` returned one holding its blocks.
+        let ptr = memory
+            .reservation()
+            .base()
+            .wrapping_add((bytes.start - origin) as usize);
         Ok(RawView {
-            ptr: memory.block_ptr(0),
-            shape: m
-                .shape
-                .iter()
-                .map(|&d| to_usize(d))
-                .collect::<Result<_>>()?,
+            ptr,
+            len: (bytes.end - bytes.start) as usize,
+            shape,
             strides: m.strides_bytes(),
             writable: self.conn.writable,
             keepalive: memory.reservation().clone(),
         })
     }
 
-    /// The bytes holding major-axis indices `major` (clamped to the array), mapped.
-    fn mapped_bytes(&self, major: Range<u64>) -> Result<Range<usize>> {
+    /// The mapped window and the bytes (offsets in the array) of major-axis indices `major`.
+    fn mapped_bytes(&self, major: Range<u64>) -> Result<(Arc<BlockMemory>, Range<usize>)> {
         let m = self.meta()?;
-        let len = m.shape.get(m.major_axis()).copied().unwrap_or(1);
-        let stride = if m.shape.is_empty() {
-            m.nbytes()
-        } else {
-            m.major_stride_bytes()
-        };
-        let (lo, hi) = (major.start.min(len), major.end.min(len));
-        self.raw_view(lo..hi)?;
-        Ok((lo * stride) as usize..(hi.max(lo) * stride) as usize)
+        let (bytes, _) = sub_array(&m, major)?;
+        let memory = self.map(bytes.clone())?;
+        Ok((memory, bytes.start as usize..bytes.end as usize))
+    }
+
+    /// Maps the blocks holding `bytes` and returns their window. Idle windows of the
+    /// connection's arrays are released when the process holds many, and when mapping runs
+    /// out of kernel mappings or address space (then the mapping is tried once more).
+    fn map(&self, bytes: Range<u64>) -> Result<Arc<BlockMemory>> {
+        if crate::vm::live_memories() > next_idle_sweep().load(Ordering::Relaxed) {
+            self.conn.release_idle_windows()?;
+            // Sweep again only after as many new windows again as the threshold's half: a
+            // transaction holding many written (unreleasable) windows does not sweep at every
+            // view.
+            let threshold = idle_sweep_threshold();
+            let next = (crate::vm::live_memories() + threshold / 2).max(threshold);
+            next_idle_sweep().store(next, Ordering::Relaxed);
+        }
+        let at = self.conn.snapshot()?;
+        match self.handle.map_bytes(&self.conn.storage, at, bytes.clone()) {
+            Err(Error::AddressSpace(why)) => {
+                if self.conn.release_idle_windows()? == 0 {
+                    return Err(Error::AddressSpace(why));
+                }
+                self.handle.map_bytes(&self.conn.storage, at, bytes)
+            }
+            other => other,
+        }
     }
 
     /// Reads the data under major-axis indices `major` into memory now (errors are returned
     /// here instead of surfacing at first touch).
     pub fn load(&self, major: Range<u64>) -> Result<()> {
-        let bytes = self.mapped_bytes(major)?;
-        self.handle.memory().populate(bytes)
+        let (memory, bytes) = self.mapped_bytes(major)?;
+        memory.populate(bytes)
     }
 
     /// Starts reading the data under major-axis indices `major` in the background.
     pub fn prefetch(&self, major: Range<u64>) -> Result<()> {
-        let bytes = self.mapped_bytes(major)?;
-        self.handle.memory().prefetch(bytes)
+        let (memory, bytes) = self.mapped_bytes(major)?;
+        memory.prefetch(bytes)
     }
 
     /// The major-axis range `elems` touches, after checking every index against the shape.
@@ -143,17 +161,26 @@ impl BigArray {
         Ok(ranges.get(m.major_axis()).cloned().unwrap_or(0..1))
     }
 
-    /// Checks `T`, maps the blocks under major-axis indices `major` (all of them if `None`,
-    /// else the range `elems` selects, after checking every index), and returns the
-    /// whole-array shape with element strides and the address of element zero.
-    fn whole<T: Element>(
+    /// Checks `T`, maps the blocks under the major-axis indices `elems` selects (all of them
+    /// if `None`, after checking every index) and returns the shape with element strides and
+    /// the address of that sub-array, and `elems` rewritten relative to it.
+    #[allow(clippy::type_complexity)]
+    fn sub_view<T: Element>(
         &self,
         elems: Option<&[ndarray::SliceInfoElem]>,
-    ) -> Result<(ndarray::StrideShape<IxDyn>, *mut T)> {
+    ) -> Result<(
+        ndarray::StrideShape<IxDyn>,
+        *mut T,
+        Vec<ndarray::SliceInfoElem>,
+    )> {
         let m = self.typed_meta::<T>()?;
-        let major = match elems {
-            None => 0..u64::MAX,
-            Some(elems) => self.major_range(&m, elems)?,
+        let (major, rebased) = match elems {
+            None => (0..u64::MAX, Vec::new()),
+            Some(elems) => {
+                let major = self.major_range(&m, elems)?;
+                let rebased = rebase_major(&m, elems, major.start);
+                (major, rebased)
+            }
         };
         let raw = self.raw_view(major)?;
         let strides: Vec<usize> = raw
@@ -164,15 +191,17 @@ impl BigArray {
         Ok((
             IxDyn(&raw.shape).strides(IxDyn(&strides)),
             raw.ptr.cast::<T>(),
+            rebased,
         ))
     }
 
     /// A view of the whole array.
     pub fn view<T: Element>(&self) -> Result<ArrayViewD<'_, T>> {
-        let (shape, ptr) = self.whole::<T>(None)?;
-        // SAFETY: the whole array's bytes lie in mapped memory of the reservation, which
-        // `self` keeps alive for the view's lifetime; strides describe the array's layout
-        // (non-negative, in elements); T is plain bytes of the array's element size.
+        let (shape, ptr, _) = self.sub_view::<T>(None)?;
+        // SAFETY: the array's bytes lie in mapped memory of the window `sub_view` returned,
+        // which `self`'s handle keeps (a window with views is never released); strides
+        // describe the array's layout (non-negative, in elements); T is plain bytes of the
+        // array's element size.
         Ok(unsafe { ArrayView::from_shape_ptr(shape, ptr.cast_const()) })
     }
 
@@ -182,18 +211,16 @@ impl BigArray {
         &self,
         info: I,
     ) -> Result<ArrayView<'_, T, I::OutDim>> {
-        let (shape, ptr) = self.whole::<T>(Some(info.as_ref()))?;
-        // SAFETY: as in `view`; the parts of the whole-array view outside the mapped blocks
-        // are never dereferenced because the slice below (checked in `whole`) excludes them.
-        let whole: ArrayViewD<'_, T> =
-            unsafe { ArrayView::from_shape_ptr(shape, ptr.cast_const()) };
-        Ok(whole.slice_move(info))
+        let (shape, ptr, rebased) = self.sub_view::<T>(Some(info.as_ref()))?;
+        // SAFETY: as in `view`, for the sub-array of the selected major-axis indices.
+        let sub: ArrayViewD<'_, T> = unsafe { ArrayView::from_shape_ptr(shape, ptr.cast_const()) };
+        Ok(sub.slice_move(same_slice::<I>(rebased)?))
     }
 
     /// A writable view of the whole array.
     pub fn view_mut<T: Element>(&mut self) -> Result<ndarray::ArrayViewMutD<'_, T>> {
         self.conn.check_writable()?;
-        let (shape, ptr) = self.whole::<T>(None)?;
+        let (shape, ptr, _) = self.sub_view::<T>(None)?;
         // SAFETY: as in `view`; the memory is mapped writable (writable connection) and
         // `&mut self` makes this the only Rust view derived from this handle.
         Ok(unsafe { ArrayViewMut::from_shape_ptr(shape, ptr) })
@@ -205,11 +232,11 @@ impl BigArray {
         info: I,
     ) -> Result<ArrayViewMut<'_, T, I::OutDim>> {
         self.conn.check_writable()?;
-        let (shape, ptr) = self.whole::<T>(Some(info.as_ref()))?;
+        let (shape, ptr, rebased) = self.sub_view::<T>(Some(info.as_ref()))?;
         // SAFETY: as in `slice` and `view_mut`.
-        let whole: ndarray::ArrayViewMutD<'_, T> =
+        let sub: ndarray::ArrayViewMutD<'_, T> =
             unsafe { ArrayViewMut::from_shape_ptr(shape, ptr) };
-        Ok(whole.slice_move(info))
+        Ok(sub.slice_move(same_slice::<I>(rebased)?))
     }
 
     /// Changes the shape in O(1); only the major axis (0 for C order, the last for F) may
@@ -278,4 +305,101 @@ impl BigArray {
         }
         Ok(())
     }
+}
+
+/// The bytes (offsets in the array) and shape of the sub-array of major-axis indices `major`
+/// (clamped to the array).
+fn sub_array(m: &ArrayMeta, major: Range<u64>) -> Result<(Range<u64>, Vec<usize>)> {
+    let to_usize = |d: u64| {
+        usize::try_from(d).map_err(|_| Error::InvalidShape(format!("dimension {d} too large")))
+    };
+    let mut shape: Vec<usize> = m
+        .shape
+        .iter()
+        .map(|&d| to_usize(d))
+        .collect::<Result<_>>()?;
+    if m.shape.is_empty() {
+        return Ok((0..m.nbytes(), shape));
+    }
+    let axis = m.major_axis();
+    let len = m.shape[axis];
+    let (lo, hi) = (
+        major.start.min(len),
+        major.end.min(len).max(major.start.min(len)),
+    );
+    let stride = m.major_stride_bytes();
+    shape[axis] = to_usize(hi - lo)?;
+    Ok((lo * stride..hi * stride, shape))
+}
+
+/// `elems` with the major axis's index or slice made relative to major-axis index `lo` (the
+/// start of the sub-array a view is built from). `elems` were checked against the shape.
+fn rebase_major(
+    m: &ArrayMeta,
+    elems: &[ndarray::SliceInfoElem],
+    lo: u64,
+) -> Vec<ndarray::SliceInfoElem> {
+    use ndarray::SliceInfoElem as E;
+    let major = m.major_axis();
+    let len = m.shape.get(major).copied().unwrap_or(0);
+    let absolute = |i: isize| {
+        if i < 0 {
+            len - i.unsigned_abs() as u64
+        } else {
+            i as u64
+        }
+    };
+    let rel = |i: isize| (absolute(i) - lo) as isize;
+    let mut axis = 0;
+    elems
+        .iter()
+        .map(|&e| {
+            let out = match e {
+                E::NewAxis => return e,
+                _ if axis != major => e,
+                E::Index(i) => E::Index(rel(i)),
+                E::Slice { start, end, step } => {
+                    let s = absolute(start);
+                    let e = end.map_or(len, absolute).max(s);
+                    E::Slice {
+                        start: (s - lo) as isize,
+                        end: Some((e - lo) as isize),
+                        step,
+                    }
+                }
+            };
+            axis += 1;
+            out
+        })
+        .collect()
+}
+
+/// `elems` (a rebased copy of the slice `I`) as a slice argument with `I`'s output dimension.
+fn same_slice<I: SliceArg<IxDyn>>(
+    elems: Vec<ndarray::SliceInfoElem>,
+) -> Result<ndarray::SliceInfo<Vec<ndarray::SliceInfoElem>, IxDyn, I::OutDim>> {
+    // SAFETY: a Vec's `as_ref` returns the same elements every time (the only requirement);
+    // the dimensions are checked by `new` (they match `I`'s: same kinds of elements).
+    unsafe { ndarray::SliceInfo::new(elems) }
+        .map_err(|e| Error::InvalidArgument(format!("slice does not fit the array: {e}")))
+}
+
+/// Array memories (windows) in the process above which a new view first releases the idle
+/// windows of its connection: an eighth of `vm.max_map_count` (each takes about two kernel
+/// mappings, and the rest of the process needs some too).
+fn idle_sweep_threshold() -> usize {
+    static THRESHOLD: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THRESHOLD.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/vm/max_map_count")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(65_530)
+            / 8
+    })
+}
+
+/// The live-window count at which the next view releases idle windows first.
+fn next_idle_sweep() -> &'static AtomicUsize {
+    static NEXT: std::sync::OnceLock<AtomicUsize> = std::sync::OnceLock::new();
+    NEXT.get_or_init(|| AtomicUsize::new(idle_sweep_threshold()))
 }

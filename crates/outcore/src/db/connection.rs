@@ -75,6 +75,17 @@ impl ConnShared {
         Ok(self.lock()?.lease.tid())
     }
 
+    /// Releases the idle windows (no view, no uncommitted write) of every open array, so
+    /// that kernel mappings and address space are available for new views.
+    pub fn release_idle_windows(&self) -> Result<usize> {
+        let st = self.lock()?;
+        let mut released = 0;
+        for h in st.arrays.values() {
+            released += h.release_idle_windows()?;
+        }
+        Ok(released)
+    }
+
     pub fn check_writable(&self) -> Result<()> {
         if self.writable {
             Ok(())
@@ -167,13 +178,7 @@ impl Connection {
         let ids = self.shared.storage.new_oids(2)?;
         let (oid, file) = (Oid(ids.start), Oid(ids.start + 1));
         let meta = ArrayMeta::new(dtype, itemsize, shape, order, blksize, file)?;
-        let handle = Arc::new(ArrayHandle::new(
-            oid,
-            meta,
-            None,
-            true,
-            self.shared.reserve,
-        )?);
+        let handle = Arc::new(ArrayHandle::new(oid, meta, None, true, self.shared.reserve));
         st.arrays.insert(oid, handle.clone());
         st.created.insert(oid);
         st.root.insert(name.to_string(), oid);
@@ -211,7 +216,7 @@ impl Connection {
             Some(meta),
             self.shared.writable,
             self.shared.reserve,
-        )?);
+        ));
         st.arrays.insert(oid, handle.clone());
         Ok(BigArray {
             conn: self.shared.clone(),
@@ -294,7 +299,7 @@ impl Connection {
             writes.push((Key::Meta(oid), Write::Delete));
         }
         for h in st.arrays.values().filter(|h| !h.is_detached()) {
-            h.collect_writes(&mut writes)?;
+            h.collect_writes(&self.shared.storage, base, &mut writes)?;
         }
         if st.root != st.root_committed {
             writes.push((ROOT_KEY, Write::Store(root::encode(&st.root))));

@@ -11,22 +11,30 @@ use crate::storage::{Key, Oid, Payload, Storage, Tid, Write};
 use crate::vm::BlockMemory;
 use crate::{Error, Result};
 
-/// Address space reserved per array holding `nbytes`: room to append without moving views.
-/// `configured` (from [`DbOptions::reserve_bytes`](super::DbOptions)) replaces the default
-/// clamp(16 × size, 64 GiB, 1 TiB); either way at least twice the size.
-fn reservation_bytes(nbytes: u64, configured: Option<u64>) -> u64 {
-    const MIN: u64 = 64 << 30;
-    const MAX: u64 = 1 << 40;
+/// Smallest and largest default reservation of a window (address space only: it costs no
+/// memory until blocks are mapped, and 100,000 small arrays fit in the 128 TiB of a process).
+const MIN_WINDOW: u64 = 64 << 20;
+const MAX_WINDOW: u64 = 1 << 40;
+
+/// Address space to reserve for a window that must hold `need` bytes: room to grow without
+/// moving views. `configured` (from [`DbOptions::reserve_bytes`](super::DbOptions) or
+/// `OUTCORE_RESERVE_BYTES`) replaces the default clamp(16 × need, 64 MiB, 1 TiB), at least
+/// twice `need`; either way at least `need`.
+fn window_bytes(need: u64, configured: Option<u64>) -> u64 {
     // Address-space-limited environments (ulimit -v, valgrind) can ask for less.
     let from_env = || {
         std::env::var("OUTCORE_RESERVE_BYTES")
             .ok()
             .and_then(|v| v.parse().ok())
     };
-    let base = configured
-        .or_else(from_env)
-        .unwrap_or_else(|| nbytes.saturating_mul(16).clamp(MIN, MAX));
-    base.max(nbytes.saturating_mul(2))
+    match configured.or_else(from_env) {
+        Some(bytes) => bytes,
+        None => need
+            .saturating_mul(16)
+            .clamp(MIN_WINDOW, MAX_WINDOW)
+            .max(need.saturating_mul(2)),
+    }
+    .max(need)
 }
 
 /// A written block handed to the store without a copy: the store reads it from the array's
@@ -52,29 +60,57 @@ fn all_zero(bytes: &[u8]) -> bool {
         .all(|page| page.iter().fold(0u8, |acc, &x| acc | x) == 0)
 }
 
+/// True if nothing but its array holds `window` (no view, no commit in progress) and it holds
+/// no uncommitted write: releasing it loses nothing.
+fn is_idle(window: &Arc<BlockMemory>) -> Result<bool> {
+    Ok(Arc::strong_count(window) == 1
+        && Arc::strong_count(window.reservation()) == 1
+        && window.dirty_blocks()?.is_empty())
+}
+
+/// Folds `older` (a page as an older window wrote it) into `newer` (the same page as newer
+/// windows left it), byte by byte against `base` (the committed page): a byte changed on one
+/// side only takes that change. Returns the offset of the first byte both sides changed
+/// differently, leaving `newer` partly merged (the caller then fails the commit).
+fn merge_page(newer: &mut [u8], older: &[u8], base: &[u8]) -> std::result::Result<(), usize> {
+    for (i, ((n, &o), &b)) in newer.iter_mut().zip(older).zip(base).enumerate() {
+        if *n == o || o == b {
+            continue;
+        }
+        if *n == b {
+            *n = o;
+        } else {
+            return Err(i);
+        }
+    }
+    Ok(())
+}
+
 /// One open array of a connection.
 ///
-/// Its memory is one reservation ([`BlockMemory`]). When the array outgrows it, a larger one
-/// replaces it for new views; older reservations that views still use are kept in
-/// `Regions::older` and kept showing committed data: at every transaction boundary their
-/// changed blocks are re-mapped and their private pages dropped. Writes made through them
-/// are committed (merged page by page: where both wrote one page, the newer reservation's page
-/// wins) but not seen through newer views before that commit, and savepoints cover only the
-/// current reservation.
+/// Its memory is a set of *windows* ([`BlockMemory`]): address-space reservations that each
+/// hold a range of the array's blocks, reserved when a view first needs them and in
+/// proportion to what is viewed (with room to grow), so arrays far larger than the address
+/// space can be viewed in parts and many arrays can be open at once. A view is served by the
+/// newest window holding its blocks; only when none does is a new one reserved (arrays up to
+/// 1 TiB get one window from block 0, so all their views alias).
+///
+/// Windows that hold the same block (a view made before the array outgrew its window, and
+/// one made after) do not share memory: the new window starts with a copy of the old one's
+/// uncommitted writes, later writes show only through the window written. At commit the
+/// windows' writes are merged byte by byte against the committed data; a byte changed
+/// differently through two windows fails the commit with [`Error::DivergentWrites`]
+/// (nothing is lost silently). Windows no view uses and without writes are released when a
+/// new one is reserved.
 #[derive(Debug)]
 pub(crate) struct ArrayHandle {
     /// The oid of the array's metadata record.
     pub oid: Oid,
     writable: bool,
     reserve: Option<u64>,
-    regions: Mutex<Regions>,
+    /// The windows, oldest first.
+    windows: Mutex<Vec<Arc<BlockMemory>>>,
     txn: Mutex<ArrayTxn>,
-}
-
-#[derive(Debug)]
-struct Regions {
-    current: Arc<BlockMemory>,
-    older: Vec<Arc<BlockMemory>>,
 }
 
 #[derive(Debug)]
@@ -97,104 +133,153 @@ type SavedPages = Vec<(Range<usize>, Vec<u8>)>;
 pub(crate) struct ArraySavepoint {
     meta: ArrayMeta,
     cut: Option<u64>,
-    /// Written pages at savepoint time and their bytes.
-    pages: BTreeMap<u64, SavedPages>,
+    /// Each window's written pages at savepoint time and their bytes, oldest window first.
+    pages: Vec<(Arc<BlockMemory>, BTreeMap<u64, SavedPages>)>,
 }
 
 impl ArrayHandle {
     /// A handle for an array whose metadata at the snapshot is `committed` (or a new one).
+    /// Reserves nothing: windows are reserved when views need them.
     pub fn new(
         oid: Oid,
         meta: ArrayMeta,
         committed: Option<ArrayMeta>,
         writable: bool,
         reserve: Option<u64>,
-    ) -> Result<Self> {
-        let blocks = reservation_bytes(meta.nbytes(), reserve).div_ceil(meta.blksize as u64);
-        let current = Arc::new(
-            BlockMemory::new(meta.blksize, blocks, writable)?.describe_as(format!("array {oid}")),
-        );
-        Ok(ArrayHandle {
+    ) -> Self {
+        ArrayHandle {
             oid,
             writable,
             reserve,
-            regions: Mutex::new(Regions {
-                current,
-                older: Vec::new(),
-            }),
+            windows: Mutex::new(Vec::new()),
             txn: Mutex::new(ArrayTxn {
                 committed,
                 meta,
                 cut: None,
                 detached: false,
             }),
-        })
+        }
     }
 
-    /// The reservation new views are made from.
-    pub fn memory(&self) -> Arc<BlockMemory> {
-        self.regions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .current
-            .clone()
+    /// Releases the windows no view uses and that hold no uncommitted write; returns how
+    /// many were released. Their blocks are mapped again when next viewed.
+    pub fn release_idle_windows(&self) -> Result<usize> {
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let before = windows.len();
+        let mut kept = Vec::with_capacity(before);
+        for w in windows.drain(..) {
+            if !is_idle(&w)? {
+                kept.push(w);
+            }
+        }
+        *windows = kept;
+        Ok(before - windows.len())
     }
 
-    /// Every reservation of the array: the current one first, then older ones, newest first.
+    /// Every window of the array, newest first.
     fn all_memory(&self) -> Vec<Arc<BlockMemory>> {
-        // Older reservations are kept as long as the handle: Rust views borrow them without
-        // holding a reference count.
-        let r = self.regions.lock().unwrap_or_else(|p| p.into_inner());
-        std::iter::once(r.current.clone())
-            .chain(r.older.iter().rev().cloned())
-            .collect()
+        let w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        w.iter().rev().cloned().collect()
     }
 
-    /// Makes sure the current reservation holds `nblocks` blocks, replacing it by a larger
-    /// one if needed. Written blocks are mapped from the store in the new one and only their
-    /// written pages copied over, so an abort there shows the stored data again.
-    fn ensure_capacity(
+    /// The newest window holding `blocks` (the block containing byte 0 of an empty range),
+    /// reserving one if none does, with those blocks mapped as of snapshot `at`.
+    fn window_for(
         &self,
         g: &ArrayTxn,
-        nblocks: u64,
+        blocks: Range<u64>,
         storage: &Arc<dyn Storage>,
         at: Tid,
-    ) -> Result<()> {
-        let mut r = self.regions.lock().unwrap_or_else(|p| p.into_inner());
-        if nblocks <= r.current.capacity_blocks() {
-            return Ok(());
-        }
-        let blk = g.meta.blksize as u64;
-        let bytes = reservation_bytes(nblocks * blk, self.reserve);
-        let grown = Arc::new(
-            BlockMemory::new(g.meta.blksize, bytes.div_ceil(blk), self.writable)?
-                .describe_as(format!("array {}", self.oid)),
-        );
-        let old = r.current.clone();
+    ) -> Result<Arc<BlockMemory>> {
         let source = SnapshotSource {
             storage,
             file: g.meta.file,
             at,
             cut: g.cut,
         };
-        for (block, ranges) in old.written_pages()? {
-            grown.ensure_mapped(block..block + 1, &source)?;
-            for range in ranges {
-                let mut bytes = vec![0u8; range.end - range.start];
-                old.read_into(block, range.start, &mut bytes);
-                grown.write_into(block, range.start, &bytes)?;
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = windows.iter().rev().find(|w| w.covers(&blocks)) {
+            let w = w.clone();
+            drop(windows);
+            w.ensure_mapped(blocks, &source)?;
+            return Ok(w);
+        }
+        let blk = g.meta.blksize as u64;
+        // Arrays up to the largest default window get one window from block 0 (every view
+        // aliases); larger ones a window starting at the view.
+        let end = blocks.end.max(g.meta.nblocks());
+        let first = if end.saturating_mul(blk) <= MAX_WINDOW {
+            0
+        } else {
+            blocks.start
+        };
+        let need = (blocks.end.max(first + 1) - first).saturating_mul(blk);
+        let window = self.reserve_window(g, first, need)?;
+        // Windows no view uses and that hold no writes are released first (they would only
+        // take address space).
+        let mut kept = Vec::with_capacity(windows.len() + 1);
+        for w in windows.drain(..) {
+            if !is_idle(&w)? {
+                kept.push(w);
             }
         }
-        tracing::warn!(
-            "array {} outgrew its address-space reservation of {} bytes; new views use a \
-             larger one. Views taken before keep working and show committed data after each \
-             transaction boundary, but not uncommitted writes made through newer views",
-            self.oid,
-            old.capacity_blocks() * blk
-        );
-        r.older.push(old);
-        r.current = grown;
-        Ok(())
+        // Uncommitted writes of older windows show in the new one (oldest first, so the
+        // newest write of a page wins).
+        for old in &kept {
+            for (block, ranges) in old.written_pages()? {
+                if !window.covers(&(block..block + 1)) {
+                    continue;
+                }
+                window.ensure_mapped(block..block + 1, &source)?;
+                for range in ranges {
+                    let mut bytes = vec![0u8; range.end - range.start];
+                    old.read_into(block, range.start, &mut bytes);
+                    window.write_into(block, range.start, &bytes)?;
+                }
+            }
+        }
+        if let Some(old) = kept
+            .iter()
+            .find(|w| !w.dirty_blocks().unwrap_or_default().is_empty())
+        {
+            tracing::warn!(
+                "array {} outgrew its address-space window of blocks {:?} while views of it \
+                 held uncommitted writes; new views use another window. Writes through views \
+                 taken before show through newer views only after commit (they are merged \
+                 then; the same bytes changed differently through both fail the commit)",
+                self.oid,
+                old.blocks()
+            );
+        }
+        kept.push(window.clone());
+        *windows = kept;
+        drop(windows);
+        window.ensure_mapped(blocks, &source)?;
+        Ok(window)
+    }
+
+    /// Reserves a window for blocks from `first`, room for at least `need` bytes: the
+    /// configured or default size, or just `need` if that much address space is not free.
+    fn reserve_window(&self, g: &ArrayTxn, first: u64, need: u64) -> Result<Arc<BlockMemory>> {
+        let blk = g.meta.blksize as u64;
+        let max_blocks = u64::MAX / blk - first;
+        let mut sizes = vec![window_bytes(need, self.reserve).div_ceil(blk)];
+        sizes.push(need.div_ceil(blk));
+        let mut last_error = None;
+        for capacity in sizes.into_iter().map(|c| c.clamp(1, max_blocks)) {
+            match BlockMemory::window(g.meta.blksize, first, capacity, self.writable) {
+                Ok(m) => return Ok(Arc::new(m.describe_as(format!("array {}", self.oid)))),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(match last_error {
+            Some(Error::AddressSpace(_)) | None => Error::AddressSpace(format!(
+                "a view of {need} bytes of array {} does not fit in this process's free \
+                 address space: view a smaller part",
+                self.oid
+            )),
+            Some(e) => e,
+        })
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, ArrayTxn>> {
@@ -232,8 +317,14 @@ impl ArrayHandle {
         Ok(())
     }
 
-    /// Maps the blocks holding bytes `bytes` of the array, as of snapshot `at`.
-    pub fn map_bytes(&self, storage: &Arc<dyn Storage>, at: Tid, bytes: Range<u64>) -> Result<()> {
+    /// Maps the blocks holding bytes `bytes` of the array, as of snapshot `at`, and returns
+    /// the window they are mapped in.
+    pub fn map_bytes(
+        &self,
+        storage: &Arc<dyn Storage>,
+        at: Tid,
+        bytes: Range<u64>,
+    ) -> Result<Arc<BlockMemory>> {
         let g = self.lock()?;
         self.map_locked(&g, storage, at, bytes)
     }
@@ -244,30 +335,24 @@ impl ArrayHandle {
         storage: &Arc<dyn Storage>,
         at: Tid,
         bytes: Range<u64>,
-    ) -> Result<()> {
-        if bytes.is_empty() {
-            return Ok(());
-        }
+    ) -> Result<Arc<BlockMemory>> {
         let blk = g.meta.blksize as u64;
-        let blocks = bytes.start / blk..bytes.end.div_ceil(blk);
-        // Another connection's append may have grown the array past the reservation.
-        self.ensure_capacity(g, blocks.end, storage, at)?;
-        let source = SnapshotSource {
-            storage,
-            file: g.meta.file,
-            at,
-            cut: g.cut,
-        };
-        self.memory().ensure_mapped(blocks, &source)
+        let blocks = bytes.start / blk..bytes.end.div_ceil(blk).max(bytes.start / blk);
+        self.window_for(g, blocks, storage, at)
     }
 
     /// Adds this array's changes to a commit: written blocks (all-zero ones as holes),
     /// blocks dropped by a shrink, and the metadata if it changed. True if anything changed.
-    pub fn collect_writes(&self, writes: &mut Vec<(Key, Write)>) -> Result<bool> {
+    pub fn collect_writes(
+        &self,
+        storage: &Arc<dyn Storage>,
+        at: Tid,
+        writes: &mut Vec<(Key, Write)>,
+    ) -> Result<bool> {
         let g = self.lock()?;
         let before = writes.len();
         let nblocks = g.meta.nblocks();
-        let blocks = self.written_blocks(nblocks)?;
+        let blocks = self.written_blocks(&g, storage, at, nblocks)?;
         let written: Vec<u64> = blocks.keys().copied().collect();
         for (b, write) in blocks {
             let key = Key::Block {
@@ -281,9 +366,17 @@ impl ArrayHandle {
             }
         }
         if let Some(cut) = g.cut {
-            let stored = g.committed.as_ref().map_or(0, ArrayMeta::nblocks);
+            // Only blocks that exist get a deletion: a shrink costs what is stored, not the
+            // logical size (an array of 2**60 bytes holding one block deletes one).
+            let stored = match g.committed {
+                Some(_) => storage.block_indices(g.meta.file, at)?,
+                None => Vec::new(),
+            };
             let written: BTreeSet<u64> = written.into_iter().collect();
-            for b in (cut..stored).filter(|b| !written.contains(b) || *b >= nblocks) {
+            for b in stored
+                .into_iter()
+                .filter(|&b| b >= cut && (!written.contains(&b) || b >= nblocks))
+            {
                 let key = Key::Block {
                     file: g.meta.file,
                     index: b,
@@ -298,61 +391,97 @@ impl ArrayHandle {
     }
 
     /// The new version of every written block below `nblocks`: read straight from the
-    /// current reservation during the commit, or (where pages were written through older
-    /// reservations) merged into a copy, older pages only where the current one has no write.
-    fn written_blocks(&self, nblocks: u64) -> Result<BTreeMap<u64, Write>> {
-        let regions = self.all_memory();
-        let current = &regions[0];
-        let current_pages = current.written_pages()?;
-        let mut blocks: BTreeMap<u64, Write> = current_pages
-            .keys()
-            .filter(|&&b| b < nblocks)
-            .map(|&b| {
+    /// window that wrote it during the commit, or, where several windows wrote one block,
+    /// their writes merged into a copy (see [`merge_page`]).
+    fn written_blocks(
+        &self,
+        g: &ArrayTxn,
+        storage: &Arc<dyn Storage>,
+        at: Tid,
+        nblocks: u64,
+    ) -> Result<BTreeMap<u64, Write>> {
+        let windows = self.all_memory();
+        let written: Vec<BTreeMap<u64, Vec<Range<usize>>>> = windows
+            .iter()
+            .map(|w| w.written_pages())
+            .collect::<Result<_>>()?;
+        let all: BTreeSet<u64> = written
+            .iter()
+            .flat_map(|pages| pages.keys().copied())
+            .filter(|&b| b < nblocks)
+            .collect();
+        let mut blocks = BTreeMap::new();
+        for b in all {
+            // Windows that wrote block b, newest first.
+            let writers: Vec<usize> = (0..windows.len())
+                .filter(|&i| written[i].contains_key(&b))
+                .collect();
+            if let [only] = writers[..] {
                 let payload = MappedBlock {
-                    memory: current.clone(),
+                    memory: windows[only].clone(),
                     block: b,
                 };
-                (b, Write::StoreFrom(Arc::new(payload)))
-            })
-            .collect();
-        // Page offsets already taken, per block: first the current reservation's writes.
-        let mut taken: BTreeMap<u64, BTreeSet<usize>> = current_pages
-            .iter()
-            .map(|(&b, ranges)| {
-                let pages = ranges
-                    .iter()
-                    .flat_map(|r| (r.start..r.end).step_by(crate::vm::PAGE))
-                    .collect();
-                (b, pages)
-            })
-            .collect();
-        for old in &regions[1..] {
-            for (b, ranges) in old.written_pages()? {
-                if b >= nblocks {
-                    continue;
-                }
-                let mut bytes = match blocks.remove(&b) {
-                    Some(Write::Store(v)) => v,
-                    // Written in the current reservation too: start from a copy of it.
-                    Some(_) => current.read_block(b),
-                    None if current.is_mapped(b) => current.read_block(b),
-                    None => old.read_block(b),
-                };
-                // Pages written through a newer reservation win.
-                let newer = taken.entry(b).or_default();
-                for r in ranges {
-                    for page in (r.start..r.end).step_by(crate::vm::PAGE) {
-                        if !newer.contains(&page) {
-                            let end = page + crate::vm::PAGE;
-                            old.read_into(b, page, &mut bytes[page..end]);
-                            newer.insert(page);
+                blocks.insert(b, Write::StoreFrom(Arc::new(payload)));
+                continue;
+            }
+            let mut bytes = windows[writers[0]].read_block(b);
+            let mut base: Option<Vec<u8>> = None;
+            let mut page = vec![0u8; crate::vm::PAGE];
+            for &i in &writers[1..] {
+                for r in &written[i][&b] {
+                    for at_page in (r.start..r.end).step_by(crate::vm::PAGE) {
+                        let end = at_page + crate::vm::PAGE;
+                        windows[i].read_into(b, at_page, &mut page);
+                        if page[..] == bytes[at_page..end] {
+                            continue;
                         }
+                        if base.is_none() {
+                            base = Some(self.committed_block(g, storage, at, b)?);
+                        }
+                        let base = base.as_deref().expect("loaded above");
+                        merge_page(&mut bytes[at_page..end], &page, &base[at_page..end]).map_err(
+                            |offset| {
+                                Error::DivergentWrites(format!(
+                                    "byte {} of array {} (block {b}) was changed differently \
+                                     through a view made before the array outgrew its \
+                                     address-space window and through one made after; nothing \
+                                     was committed: abort, and take views again after growing \
+                                     the array",
+                                    b * g.meta.blksize as u64 + (at_page + offset) as u64,
+                                    self.oid
+                                ))
+                            },
+                        )?;
                     }
                 }
-                blocks.insert(b, Write::Store(bytes));
             }
+            blocks.insert(b, Write::Store(bytes));
         }
         Ok(blocks)
+    }
+
+    /// The bytes of `block` at snapshot `at` as this transaction started from (zeros past a
+    /// shrink's cut), `blksize` long.
+    fn committed_block(
+        &self,
+        g: &ArrayTxn,
+        storage: &Arc<dyn Storage>,
+        at: Tid,
+        block: u64,
+    ) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; g.meta.blksize];
+        if g.cut.is_some_and(|c| block >= c) {
+            return Ok(out);
+        }
+        let key = Key::Block {
+            file: g.meta.file,
+            index: block,
+        };
+        if let Some(v) = storage.load(key, at)? {
+            let n = v.data.len().min(out.len());
+            out[..n].copy_from_slice(&v.data[..n]);
+        }
+        Ok(out)
     }
 
     /// After a successful commit: the current state is the committed one. Written pages of
@@ -462,24 +591,21 @@ impl ArrayHandle {
         )?;
         let (old_bytes, new_bytes) = (old.nbytes(), meta.nbytes());
         let blk = meta.blksize as u64;
-        self.ensure_capacity(&g, meta.nblocks(), storage, at)?;
-        let memory = self.memory();
+        // Growing touches no memory: blocks past the old end are mapped when viewed.
         if new_bytes < old_bytes {
             let keep = meta.nblocks();
             let tail = new_bytes % blk;
             if tail != 0 {
                 // Zero the dropped part of the last kept block.
-                self.map_locked(&g, storage, at, new_bytes..new_bytes + 1)?;
+                let window = self.map_locked(&g, storage, at, new_bytes - 1..new_bytes)?;
                 let zeros = vec![0u8; (blk - tail) as usize];
-                memory.write_into(keep - 1, tail as usize, &zeros)?;
+                window.write_into(keep - 1, tail as usize, &zeros)?;
             }
-            let doomed: Vec<u64> = memory
-                .mapped_blocks()
-                .into_iter()
-                .filter(|&b| b >= keep)
-                .collect();
-            for &b in &doomed {
-                memory.install(b, crate::vm::Backing::Hole)?;
+            for window in self.all_memory() {
+                let doomed = window.mapped_blocks_from(keep);
+                for b in doomed {
+                    window.install(b, crate::vm::Backing::Hole)?;
+                }
             }
             g.cut = Some(g.cut.map_or(keep, |c| c.min(keep)));
         }
@@ -504,8 +630,7 @@ impl ArrayHandle {
                 g.meta.nbytes()
             )));
         }
-        self.map_locked(&g, storage, at, at_byte..end)?;
-        let memory = self.memory();
+        let memory = self.map_locked(&g, storage, at, at_byte..end)?;
         let blk = g.meta.blksize as u64;
         let mut pos = at_byte;
         let mut rest = bytes;
@@ -537,18 +662,21 @@ impl ArrayHandle {
     /// Remembers the current changes.
     pub fn savepoint(&self) -> Result<ArraySavepoint> {
         let g = self.lock()?;
-        let memory = self.memory();
-        let mut pages: BTreeMap<u64, SavedPages> = BTreeMap::new();
-        for (block, ranges) in memory.written_pages()? {
-            let saved = ranges
-                .into_iter()
-                .map(|r| {
-                    let mut bytes = vec![0u8; r.end - r.start];
-                    memory.read_into(block, r.start, &mut bytes);
-                    (r, bytes)
-                })
-                .collect();
-            pages.insert(block, saved);
+        let mut pages = Vec::new();
+        for memory in self.all_memory().into_iter().rev() {
+            let mut saved_pages: BTreeMap<u64, SavedPages> = BTreeMap::new();
+            for (block, ranges) in memory.written_pages()? {
+                let saved = ranges
+                    .into_iter()
+                    .map(|r| {
+                        let mut bytes = vec![0u8; r.end - r.start];
+                        memory.read_into(block, r.start, &mut bytes);
+                        (r, bytes)
+                    })
+                    .collect();
+                saved_pages.insert(block, saved);
+            }
+            pages.push((memory, saved_pages));
         }
         Ok(ArraySavepoint {
             meta: g.meta.clone(),
@@ -557,27 +685,39 @@ impl ArrayHandle {
         })
     }
 
-    /// Restores the state remembered by `sp`.
+    /// Restores the state remembered by `sp`. Windows reserved after the savepoint get the
+    /// saved writes of every window for the blocks they have mapped, as if reserved then.
     pub fn rollback(&self, sp: &ArraySavepoint, storage: &Arc<dyn Storage>, at: Tid) -> Result<()> {
         let mut g = self.lock()?;
-        let memory = self.memory();
-        // Blocks at or past either cut are re-mapped as the savepoint saw them (stored data
-        // below its cut, holes from it on)...
-        if g.cut != sp.cut {
-            let lo = g.cut.unwrap_or(u64::MAX).min(sp.cut.unwrap_or(u64::MAX));
-            let source = SnapshotSource {
-                storage,
-                file: g.meta.file,
-                at,
-                cut: sp.cut,
+        for memory in self.all_memory().into_iter().rev() {
+            // Blocks at or past either cut are re-mapped as the savepoint saw them (stored
+            // data below its cut, holes from it on)...
+            if g.cut != sp.cut {
+                let lo = g.cut.unwrap_or(u64::MAX).min(sp.cut.unwrap_or(u64::MAX));
+                let source = SnapshotSource {
+                    storage,
+                    file: g.meta.file,
+                    at,
+                    cut: sp.cut,
+                };
+                memory.remap_from(lo, &source)?;
+            }
+            // ...then every written page is dropped and the saved ones written back.
+            memory.discard(&memory.dirty_blocks()?)?;
+            let own = sp.pages.iter().find(|(m, _)| Arc::ptr_eq(m, &memory));
+            let sources: Vec<&BTreeMap<u64, SavedPages>> = match own {
+                Some((_, saved)) => vec![saved],
+                None => sp.pages.iter().map(|(_, saved)| saved).collect(),
             };
-            memory.remap_from(lo, &source)?;
-        }
-        // ...then every written page is dropped and the saved ones written back.
-        memory.discard(&memory.dirty_blocks()?)?;
-        for (&block, saved) in &sp.pages {
-            for (r, bytes) in saved {
-                memory.write_into(block, r.start, bytes)?;
+            for saved in sources {
+                for (&block, pages) in saved {
+                    if !memory.is_mapped(block) {
+                        continue;
+                    }
+                    for (r, bytes) in pages {
+                        memory.write_into(block, r.start, bytes)?;
+                    }
+                }
             }
         }
         g.meta = sp.meta.clone();

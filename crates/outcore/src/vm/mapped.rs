@@ -99,11 +99,15 @@ enum Mapped {
     Remote,
 }
 
-/// The memory of one open array: a reservation of `capacity` blocks of `blksize` bytes.
+/// The memory of one open array, or of a window of it: a reservation of `capacity` blocks of
+/// `blksize` bytes holding blocks `first..first + capacity` of the array. Blocks are always
+/// named by their index in the array; byte ranges by their offset in the array.
 /// All methods may be called from any thread.
 #[derive(Debug)]
 pub struct BlockMemory {
     blksize: usize,
+    /// The array block at the reservation's first byte.
+    first: u64,
     writable: bool,
     /// What the memory holds, for messages from the fault path ("array 5").
     what: String,
@@ -120,6 +124,38 @@ struct State {
     next_fragmentation_check: usize,
 }
 
+/// How many [`BlockMemory`] values exist in the process (each takes at least one kernel
+/// mapping, usually two).
+static LIVE_MEMORIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many array memories (windows) exist in this process. Callers release idle ones when
+/// this grows large, so that kernel mappings (`vm.max_map_count`) do not run out.
+pub fn live_memories() -> usize {
+    LIVE_MEMORIES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+impl Drop for BlockMemory {
+    fn drop(&mut self) {
+        LIVE_MEMORIES.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The error for a failed `mmap` of array memory: running out of kernel mappings (or address
+/// space) is [`Error::AddressSpace`], which callers can cure by releasing idle memory.
+fn map_error(what: String, e: std::io::Error) -> Error {
+    if e.raw_os_error() == Some(libc::ENOMEM) {
+        let limit = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "?".into());
+        Error::AddressSpace(format!(
+            "{what}: the process has no kernel mapping left (vm.max_map_count = {limit}) or \
+             no address space: {e}"
+        ))
+    } else {
+        Error::io(what, e)
+    }
+}
+
 /// Kernel mappings per process allowed by default (`vm.max_map_count` is 65530); warn well
 /// before one array uses this many.
 const FRAGMENTED_RUNS: usize = 16_384;
@@ -128,6 +164,18 @@ impl BlockMemory {
     /// Reserves address space for `capacity_blocks` blocks of `blksize` bytes (a positive
     /// multiple of 4096). `writable` false maps everything read-only.
     pub fn new(blksize: usize, capacity_blocks: u64, writable: bool) -> Result<Self> {
+        Self::window(blksize, 0, capacity_blocks, writable)
+    }
+
+    /// Reserves address space for blocks `first..first + capacity_blocks` of an array (a
+    /// window onto a part of it). Fails with [`Error::AddressSpace`] when the process has no
+    /// free address range that large.
+    pub fn window(
+        blksize: usize,
+        first: u64,
+        capacity_blocks: u64,
+        writable: bool,
+    ) -> Result<Self> {
         if blksize == 0 || blksize % PAGE != 0 {
             return Err(Error::InvalidArgument(format!(
                 "block size {blksize} is not a positive multiple of {PAGE}"
@@ -139,11 +187,19 @@ impl BlockMemory {
             .ok_or_else(|| {
                 Error::InvalidArgument(format!("{capacity_blocks} blocks do not fit in memory"))
             })?;
+        if first.checked_add(capacity_blocks).is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "blocks {first}..+{capacity_blocks} overflow"
+            )));
+        }
+        let reservation = Arc::new(Reservation::new(len.max(blksize))?);
+        LIVE_MEMORIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(BlockMemory {
             blksize,
+            first,
             writable,
             what: "an array".into(),
-            reservation: Arc::new(Reservation::new(len.max(blksize))?),
+            reservation,
             state: Mutex::new(State::default()),
         })
     }
@@ -164,6 +220,22 @@ impl BlockMemory {
         (self.reservation.len() / self.blksize) as u64
     }
 
+    /// The array blocks this memory can hold: `first..first + capacity`.
+    pub fn blocks(&self) -> Range<u64> {
+        self.first..self.first + self.capacity_blocks()
+    }
+
+    /// True if every block of `blocks` lies in this memory.
+    pub fn covers(&self, blocks: &Range<u64>) -> bool {
+        let mine = self.blocks();
+        mine.start <= blocks.start && blocks.end <= mine.end
+    }
+
+    /// Index of `block` within the reservation (the fault server's numbering).
+    fn rel(&self, block: u64) -> u64 {
+        block - self.first
+    }
+
     /// The reservation; views hold a clone so the memory outlives them.
     pub fn reservation(&self) -> &Arc<Reservation> {
         &self.reservation
@@ -171,11 +243,11 @@ impl BlockMemory {
 
     /// The address of the first byte of `block`.
     pub fn block_ptr(&self, block: u64) -> *mut u8 {
-        debug_assert!(block < self.capacity_blocks());
-        // The offset stays inside the reservation for block < capacity.
+        debug_assert!(self.covers(&(block..block + 1)));
+        // The offset stays inside the reservation for blocks it covers.
         self.reservation
             .base()
-            .wrapping_add(block as usize * self.blksize)
+            .wrapping_add(block.wrapping_sub(self.first) as usize * self.blksize)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -183,10 +255,10 @@ impl BlockMemory {
     }
 
     fn check_range(&self, blocks: &Range<u64>) -> Result<()> {
-        if blocks.end > self.capacity_blocks() {
+        if !self.covers(blocks) {
             return Err(Error::IndexOutOfBounds(format!(
-                "blocks {blocks:?} exceed the reservation of {} blocks",
-                self.capacity_blocks()
+                "blocks {blocks:?} lie outside the reservation of blocks {:?}",
+                self.blocks()
             )));
         }
         Ok(())
@@ -240,6 +312,9 @@ impl BlockMemory {
     /// True if `backing` of block `b` continues `run` in the same file, so one `mmap` can
     /// cover both (and the kernel keeps a single mapping).
     fn extends_run(&self, run: &[(u64, Backing)], b: u64, backing: &Backing) -> bool {
+        if let (Some((last_b, Backing::Hole)), Backing::Hole) = (run.last(), backing) {
+            return *last_b + 1 == b;
+        }
         let Some((
             last_b,
             Backing::File {
@@ -263,18 +338,45 @@ impl BlockMemory {
         }
     }
 
-    /// Maps a run of consecutive blocks (a single file run, or one block of any kind).
+    /// Maps a run of consecutive blocks (a single file run, a run of holes, or one block of
+    /// any kind).
     fn map_run(&self, state: &mut State, run: Vec<(u64, Backing)>) -> Result<()> {
         let first = run[0].0;
-        if let (Backing::File { file, offset, len }, true) = (&run[0].1, run.len() > 1) {
-            debug_assert_eq!(*len, self.blksize as u64);
-            let inode = inode_of(file)?;
-            self.map_file(first, run.len(), file, *offset, run.len() * self.blksize)?;
-            for (i, (b, _)) in run.iter().enumerate() {
-                let offset = offset + (i * self.blksize) as u64;
-                let previous = state.mapped.insert(*b, Mapped::File { inode, offset });
+        let whole_run: Option<Box<dyn Fn(u64) -> Result<Mapped>>> = match &run[0].1 {
+            _ if run.len() == 1 => None,
+            Backing::File { file, offset, len } => {
+                debug_assert_eq!(*len, self.blksize as u64);
+                let inode = inode_of(file)?;
+                let (offset, blksize) = (*offset, self.blksize as u64);
+                Some(Box::new(move |b| {
+                    Ok(Mapped::File {
+                        inode,
+                        offset: offset + (b - first) * blksize,
+                    })
+                }))
+            }
+            Backing::Hole => Some(Box::new(|_| Ok(Mapped::Hole))),
+            _ => None,
+        };
+        if let Some(mapped_as) = whole_run {
+            // Before the memory changes: no fetch of an old registration may land in it.
+            if let Some((server, region)) = self.reservation.remote_if_any() {
+                for (b, _) in &run {
+                    if state.mapped.get(b) == Some(&Mapped::Remote) {
+                        server.retire(region, self.rel(*b));
+                    }
+                }
+            }
+            match &run[0].1 {
+                Backing::File { file, offset, .. } => {
+                    self.map_file(first, run.len(), file, *offset, run.len() * self.blksize)?
+                }
+                _ => self.map_anonymous(first, 0, run.len() * self.blksize)?,
+            }
+            for (b, _) in &run {
+                let previous = state.mapped.insert(*b, mapped_as(*b)?);
                 if let (Some(Mapped::Decoded), Some(d)) = (previous, &state.decoded) {
-                    punch_hole(d, b * self.blksize as u64, self.blksize as u64)?;
+                    punch_hole(d, self.rel(*b) * self.blksize as u64, self.blksize as u64)?;
                 }
             }
             return Ok(());
@@ -297,7 +399,7 @@ impl BlockMemory {
         if was_remote {
             // Before the memory changes: no fetch of the old registration may land in it.
             if let Some((server, region)) = self.reservation.remote_if_any() {
-                server.retire(region, block);
+                server.retire(region, self.rel(block));
             }
         }
         let mapped = match backing {
@@ -331,13 +433,14 @@ impl BlockMemory {
                             self.map_fetched(block, region.moves())?;
                             // A forked child would inherit the memory but not its registration,
                             // and read zeros where blocks are not fetched yet: give it no mapping.
+                            let start = block as usize * self.blksize;
                             self.advise(
-                                block as usize * self.blksize..(block as usize + 1) * self.blksize,
+                                start..start + self.blksize,
                                 libc::MADV_DONTFORK,
                                 "marking fetched memory",
                             )?;
                         }
-                        server.register(region, block, fetch)?;
+                        server.register(region, self.rel(block), fetch)?;
                         Mapped::Remote
                     }
                     Err(why) => {
@@ -348,7 +451,7 @@ impl BlockMemory {
             }
             Backing::Bytes(bytes) => {
                 let len = bytes.len().min(self.blksize);
-                let at = block * self.blksize as u64;
+                let at = self.rel(block) * self.blksize as u64;
                 if state.decoded.is_none() {
                     state.decoded = Some(memfd()?);
                 }
@@ -370,7 +473,11 @@ impl BlockMemory {
         match state.mapped.insert(block, mapped.clone()) {
             Some(Mapped::Decoded) if mapped != Mapped::Decoded => {
                 if let Some(d) = &state.decoded {
-                    punch_hole(d, block * self.blksize as u64, self.blksize as u64)?;
+                    punch_hole(
+                        d,
+                        self.rel(block) * self.blksize as u64,
+                        self.blksize as u64,
+                    )?;
                 }
             }
             _ => {}
@@ -409,7 +516,7 @@ impl BlockMemory {
             )
         };
         if r == libc::MAP_FAILED {
-            return Err(Error::io(
+            return Err(map_error(
                 format!("mapping block {block} (+{nblocks}) from a segment at offset {offset}"),
                 std::io::Error::last_os_error(),
             ));
@@ -456,7 +563,7 @@ impl BlockMemory {
             )
         };
         if r == libc::MAP_FAILED {
-            return Err(Error::io(
+            return Err(map_error(
                 format!("mapping zeros for block {block}"),
                 std::io::Error::last_os_error(),
             ));
@@ -467,15 +574,22 @@ impl BlockMemory {
         Ok(())
     }
 
-    /// Applies `advice` to the mapped bytes `range` (offsets from the first block).
+    /// Applies `advice` to the mapped bytes `range` (offsets in the array).
     fn advise(&self, range: Range<usize>, advice: libc::c_int, what: &str) -> Result<()> {
         if range.is_empty() {
             return Ok(());
         }
+        let origin = self.first as usize * self.blksize;
+        if range.start < origin || range.end - origin > self.reservation.len() {
+            return Err(Error::IndexOutOfBounds(format!(
+                "bytes {range:?} lie outside the reservation of blocks {:?}",
+                self.blocks()
+            )));
+        }
         // madvise wants whole pages; blocks are page-aligned, so the rounded range stays
         // inside the mapped blocks.
-        let start = range.start / PAGE * PAGE;
-        let end = range.end.div_ceil(PAGE) * PAGE;
+        let start = (range.start - origin) / PAGE * PAGE;
+        let end = (range.end - origin).div_ceil(PAGE) * PAGE;
         let addr = self.reservation.base().wrapping_add(start);
         // SAFETY: advice on a range inside our reservation; callers mapped it first. Neither
         // WILLNEED nor POPULATE_READ changes what the memory holds.
@@ -511,7 +625,7 @@ impl BlockMemory {
         };
         if let Some((server, region)) = self.reservation.remote_if_any() {
             for b in remote {
-                server.load_now(region, b)?;
+                server.load_now(region, self.rel(b))?;
             }
         }
         // Read the whole range ahead at once (the page faults of POPULATE_READ alone read
@@ -525,6 +639,11 @@ impl BlockMemory {
         self.lock().mapped.contains_key(&block)
     }
 
+    /// The mapped blocks at or after `first`, ascending.
+    pub fn mapped_blocks_from(&self, first: u64) -> Vec<u64> {
+        self.lock().mapped.range(first..).map(|(&b, _)| b).collect()
+    }
+
     /// The mapped blocks, ascending.
     pub fn mapped_blocks(&self) -> Vec<u64> {
         self.lock().mapped.keys().copied().collect()
@@ -533,7 +652,6 @@ impl BlockMemory {
     /// Written pages of every mapped block: block → byte ranges within the block, sorted.
     pub fn written_pages(&self) -> Result<BTreeMap<u64, Vec<Range<usize>>>> {
         let state = self.lock();
-        let base = self.reservation.base() as usize;
         let mut out: BTreeMap<u64, Vec<Range<usize>>> = BTreeMap::new();
         // Scan only the span of mapped blocks (one call for the whole span).
         let (Some(first), Some(last)) = (
@@ -542,7 +660,7 @@ impl BlockMemory {
         ) else {
             return Ok(out);
         };
-        let span = base + first as usize * self.blksize..base + (last as usize + 1) * self.blksize;
+        let span = self.block_ptr(first) as usize..self.block_ptr(last) as usize + self.blksize;
         let is_remote = |b: &u64| state.mapped.get(b) == Some(&Mapped::Remote);
         self.add_by_block(&mut out, dirty::written_pages(span.clone())?, |b| {
             !is_remote(b)
@@ -551,6 +669,7 @@ impl BlockMemory {
             // Fetched blocks are private memory from the start; the fault server tracks which
             // were written, whole.
             for block in region.dirty_blocks() {
+                let block = block + self.first;
                 if is_remote(&block) {
                     out.insert(block, std::iter::once(0..self.blksize).collect());
                 }
@@ -582,9 +701,10 @@ impl BlockMemory {
             let mut at = r.start - base;
             let end = r.end - base;
             while at < end {
-                let block = (at / self.blksize) as u64;
-                let block_start = block as usize * self.blksize;
+                let rel = (at / self.blksize) as u64;
+                let block_start = rel as usize * self.blksize;
                 let stop = end.min(block_start + self.blksize);
+                let block = rel + self.first;
                 if keep(&block) {
                     out.entry(block)
                         .or_default()
@@ -627,7 +747,7 @@ impl BlockMemory {
 
     /// Copies bytes of `block` starting at `from` into `out`.
     pub fn read_into(&self, block: u64, from: usize, out: &mut [u8]) {
-        assert!(from + out.len() <= self.blksize && block < self.capacity_blocks());
+        assert!(from + out.len() <= self.blksize && self.covers(&(block..block + 1)));
         debug_assert!(
             self.is_mapped(block),
             "block {block} read before being mapped"
@@ -649,7 +769,7 @@ impl BlockMemory {
         if !self.writable {
             return Err(Error::ReadOnly("this memory is mapped read-only".into()));
         }
-        assert!(from + bytes.len() <= self.blksize && block < self.capacity_blocks());
+        assert!(from + bytes.len() <= self.blksize && self.covers(&(block..block + 1)));
         if !self.is_mapped(block) {
             return Err(Error::InvalidArgument(format!(
                 "block {block} is not mapped"
@@ -674,7 +794,8 @@ impl BlockMemory {
             let whole = 0..self.blksize;
             return match self.reservation.remote_if_any() {
                 Some((server, region)) => {
-                    server.drop_block(region, block, || self.madvise_dontneed(block, &whole))
+                    let rel = self.rel(block);
+                    server.drop_block(region, rel, || self.madvise_dontneed(block, &whole))
                 }
                 None => self.madvise_dontneed(block, &whole),
             };

@@ -42,7 +42,9 @@ impl Reservation {
             .checked_next_multiple_of(ALIGN)
             .filter(|&l| l > 0)
             .ok_or_else(|| Error::InvalidArgument(format!("cannot reserve {len} bytes")))?;
-        let over = len + ALIGN;
+        let over = len
+            .checked_add(ALIGN)
+            .ok_or_else(|| Error::AddressSpace(format!("{len} bytes exceed any address space")))?;
         // SAFETY: a fresh anonymous PROT_NONE mapping at a kernel-chosen address; it touches
         // no existing memory.
         let raw = unsafe {
@@ -56,9 +58,15 @@ impl Reservation {
             )
         };
         if raw == libc::MAP_FAILED {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOMEM) {
+                return Err(Error::AddressSpace(format!(
+                    "no free range of {len} bytes of address space"
+                )));
+            }
             return Err(Error::io(
                 format!("reserving {len} bytes of address space"),
-                std::io::Error::last_os_error(),
+                e,
             ));
         }
         let start = raw as usize;
