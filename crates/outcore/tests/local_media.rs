@@ -197,3 +197,57 @@ fn other_users_store_opens_readonly() {
     );
     assert!(text.contains("1 passed"), "{text}");
 }
+
+/// A reader through a read-only mount holds no lease, so another process's view of the store
+/// (here: a writable handle) may pack away its snapshot: its reads then fail with
+/// `HistoryPacked` instead of returning what the pack left (zeros, here).
+#[test]
+fn unleased_reader_sees_history_packed_not_wrong_data() {
+    use outcore::storage::{CommitRequest, Key, Oid, TxnMeta, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let rw = LocalStorage::open(&store).unwrap();
+    let key = Key::Block {
+        file: Oid(rw.new_oids(1).unwrap().start),
+        index: 0,
+    };
+    let commit = |v: u8| {
+        rw.commit(CommitRequest {
+            base: rw.head().unwrap(),
+            writes: vec![(key, Write::Store(vec![v; 8192]))],
+            meta: TxnMeta::new("test", "a version"),
+        })
+        .unwrap()
+    };
+    let t1 = commit(1);
+    let ro_dir = tmp.path().join("ro");
+    std::fs::create_dir(&ro_dir).unwrap();
+    let Some(mount) = Mount::new(&["--bind", store.to_str().unwrap()], &ro_dir) else {
+        eprintln!("SKIPPED: cannot bind-mount (needs root)");
+        return;
+    };
+    mount.remount_ro(true);
+    let ro = LocalStorage::open_with(
+        &ro_dir,
+        LocalOptions {
+            create: false,
+            ..LocalOptions::default()
+        },
+    )
+    .unwrap();
+    let lease = ro.acquire_lease(t1).unwrap();
+    ro.renew_lease(lease, t1).unwrap();
+    assert_eq!(ro.load(key, t1).unwrap().unwrap().data[0], 1);
+    let t2 = commit(2);
+    rw.pack(Tid::MAX).unwrap();
+    match ro.load(key, t1) {
+        Err(Error::HistoryPacked { packed, requested }) => {
+            assert_eq!((packed, requested), (t2, t1));
+        }
+        other => panic!("expected HistoryPacked, got {other:?}"),
+    }
+    assert_eq!(ro.load(key, t2).unwrap().unwrap().data[0], 2);
+    ro.release_lease(lease);
+    drop(ro);
+    drop(mount);
+}
