@@ -175,7 +175,7 @@ pub(super) fn nearly_full(path: &Path) -> bool {
         return false;
     }
     // Less than 1 MiB for unprivileged writers (root's reserve is no comfort either).
-    u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)) < 1 << 20
+    st.f_bavail.saturating_mul(st.f_frsize) < 1 << 20
 }
 
 /// fsyncs a directory, so that entries created in it survive a crash.
