@@ -11,12 +11,29 @@ struct Mount(std::path::PathBuf);
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
+        let unmounted = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            // Still busy (memory the process has not given back yet): detach it now.
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
     }
+}
+
+/// Serialises the tests of this file: a process forked by one test (`mount`) holds copies of
+/// every descriptor the other has open at that moment, which would keep the space of a
+/// deleted file in use and the mount busy.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[test]
 fn disk_full_is_a_clear_error_and_recoverable() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path().join("small");
     std::fs::create_dir(&mnt).unwrap();
@@ -115,6 +132,7 @@ fn says_no_space(err: &Error) -> bool {
 
 #[test]
 fn failed_pack_leaves_nothing_and_readonly_open_needs_no_space() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path().join("small");
     std::fs::create_dir(&mnt).unwrap();

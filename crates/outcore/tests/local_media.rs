@@ -15,6 +15,15 @@ use outcore::Error;
 /// Something mounted by a test; unmounted when dropped, also when the test fails.
 struct Mount(PathBuf);
 
+/// Serialises the tests of this file: a process forked by one test (`mount`, a child reader)
+/// holds copies of every descriptor another test has open at that moment, which makes
+/// `remount,ro` and `umount` of that test's mount fail as busy.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Mount {
     /// Runs `mount ARGS... target` and guards `target`, or `None` if mounting is impossible.
     fn new(args: &[&str], target: &Path) -> Option<Mount> {
@@ -46,7 +55,15 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
+        let unmounted = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            // Still busy (memory the process has not given back yet): detach it now, the
+            // kernel frees it when the last user is gone.
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
     }
 }
 
@@ -98,6 +115,7 @@ fn check_readonly(dir: &Path, first: Tid) {
 
 #[test]
 fn readonly_bind_mount_opens_and_reads() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
     let first = populate(&store);
@@ -118,6 +136,7 @@ fn readonly_bind_mount_opens_and_reads() {
 
 #[test]
 fn readonly_filesystem_opens_and_reads() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path().join("small");
     std::fs::create_dir(&mnt).unwrap();
@@ -161,6 +180,7 @@ fn child_reads_other_users_store() {
 
 #[test]
 fn other_users_store_opens_readonly() {
+    let _serial = serial();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("SKIPPED: needs root to run a reader as another user");
@@ -203,6 +223,7 @@ fn other_users_store_opens_readonly() {
 /// `HistoryPacked` instead of returning what the pack left (zeros, here).
 #[test]
 fn unleased_reader_sees_history_packed_not_wrong_data() {
+    let _serial = serial();
     use outcore::storage::{CommitRequest, Key, Oid, TxnMeta, Write};
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
