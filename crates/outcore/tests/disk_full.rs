@@ -62,9 +62,12 @@ fn disk_full_is_a_clear_error_and_recoverable() {
     for round in 2u8..40 {
         a.append(ndarray::Array1::from_elem(2 << 20, round).view().into_dyn())
             .unwrap();
+        let free = free_bytes(&mnt);
         match conn.commit() {
             Ok(_) => {}
             Err(e) => {
+                // The failed commit gave back the space its block bodies took.
+                assert!(free_bytes(&mnt) >= free, "{e}");
                 failure = Some(e);
                 break;
             }
