@@ -608,3 +608,63 @@ fn postgres_store() {
     ok(&["pack", &store, "--keep", "0s"]);
     fails(&["cat", &store, "c[7]"], 1);
 }
+
+/// A read-only bind mount, unmounted when dropped (also when the test fails).
+struct ReadOnlyMount(PathBuf);
+
+impl ReadOnlyMount {
+    /// Mounts `source` read-only at `target`, or `None` if mounting is impossible.
+    fn new(source: &Path, target: &Path) -> Option<Self> {
+        let mount = |args: &[&str], path: &Path| {
+            Command::new("mount")
+                .args(args)
+                .arg(path)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !mount(&["--bind", source.to_str()?], target) {
+            return None;
+        }
+        let guard = ReadOnlyMount(target.to_path_buf());
+        assert!(
+            mount(&["-o", "remount,bind,ro"], target),
+            "remount read-only"
+        );
+        Some(guard)
+    }
+}
+
+impl Drop for ReadOnlyMount {
+    fn drop(&mut self) {
+        let done = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !done {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+#[test]
+fn read_commands_work_on_a_readonly_mount() {
+    let fx = Fixture::new();
+    let store = fx.store();
+    let input = fx.write("c.npy", &c_f8());
+    ok(&["import", &store, "c", &input]);
+    let ro = fx.path("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let Some(_mount) = ReadOnlyMount::new(Path::new(&store), Path::new(&ro)) else {
+        eprintln!("SKIPPED: cannot bind-mount (needs root)");
+        return;
+    };
+    assert!(ok(&["ls", &ro]).contains("(3, 4)"));
+    assert_eq!(ok(&["cat", &ro, "c[0]"]), "[0.0 1.0 2.0 3.0]\n");
+    assert_eq!(json(&["log", "--json", &ro]).as_array().unwrap().len(), 1);
+    assert!(json(&["verify", "--json", &ro])["ok"] == true);
+    let out = fx.path("out.npy");
+    ok(&["export", &ro, "c", &out]);
+    assert_eq!(std::fs::read(&out).unwrap(), c_f8());
+    let err = fails(&["pack", &ro, "--keep", "0s"], 1);
+    assert!(err.contains("read-only"), "{err}");
+}

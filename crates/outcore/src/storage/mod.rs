@@ -104,7 +104,10 @@ pub trait Storage: Send + Sync + Debug {
     fn log(&self, after: Tid, upto: Tid) -> Result<Vec<TxnInfo>>;
 
     /// Registers a reader at snapshot `at`; pack will not remove what it can see.
-    /// Prefer [`ReaderLease`], which calls this and releases on drop.
+    /// Prefer [`ReaderLease`], which calls this and releases on drop. The embedded store on
+    /// media it cannot write hands out an unrecorded lease instead: its reads then fail with
+    /// [`Error::HistoryPacked`](crate::Error::HistoryPacked) once another process packed past
+    /// the snapshot, never return what that pack removed.
     fn acquire_lease(&self, at: Tid) -> Result<u64>;
 
     /// Moves lease `id` to snapshot `at`.

@@ -24,9 +24,11 @@ struct Cache {
 }
 
 impl SegmentDir {
-    /// Uses (creating if needed) `dir` for segments.
-    pub fn open(dir: PathBuf) -> Result<Self> {
-        super::create_private_dir(&dir)?;
+    /// Uses `dir` for segments, creating it if `create`.
+    pub fn open(dir: PathBuf, create: bool) -> Result<Self> {
+        if create {
+            super::create_private_dir(&dir)?;
+        }
         Ok(SegmentDir {
             dir,
             cache: Mutex::new(Cache::default()),
@@ -98,6 +100,82 @@ impl SegmentDir {
         cache.files.retain(|&id, _| id >= first_live);
         Ok(deleted)
     }
+}
+
+/// What a writer (commit or pack) appended to the segments and has not committed yet: undone
+/// when dropped unless [`Uncommitted::keep`] was called, so a failed write (a full disk, a
+/// failed index commit) leaves the segments as the index last recorded them and frees the
+/// space it took. Only the holder of the index's writer lock may create one: nobody else
+/// writes segments meanwhile, and nothing references bytes past the recorded tail.
+pub(super) struct Uncommitted<'a> {
+    segments: &'a SegmentDir,
+    /// The current segment and its tail as recorded in the index.
+    seg: u32,
+    tail: u64,
+    keep: bool,
+}
+
+impl<'a> Uncommitted<'a> {
+    /// Starts tracking writes made after the recorded state (`seg`, `tail`).
+    pub fn new(segments: &'a SegmentDir, seg: u32, tail: u64) -> Self {
+        Uncommitted {
+            segments,
+            seg,
+            tail,
+            keep: false,
+        }
+    }
+
+    /// The index now references the writes: keep them.
+    pub fn keep(mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for Uncommitted<'_> {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        // Best effort: what cannot be undone here is unreferenced and overwritten (the
+        // current segment's tail) or truncated (newer segments) by the next writer.
+        if let Ok(entries) = fs::read_dir(&self.segments.dir) {
+            for entry in entries.flatten() {
+                let id = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".seg"))
+                    .and_then(|n| n.parse::<u32>().ok());
+                if id.is_some_and(|id| id > self.seg) {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
+        let current = self.segments.path(self.seg);
+        if let Ok(file) = OpenOptions::new().write(true).open(&current) {
+            if file.metadata().is_ok_and(|m| m.len() > self.tail) {
+                let _ = file.set_len(self.tail);
+            }
+        }
+        let _ = sync_dir(&self.segments.dir);
+    }
+}
+
+/// True if the filesystem holding `path` has (almost) no space left: LMDB reports a write cut
+/// short by a full disk as EIO, and this tells that case from a failing device.
+pub(super) fn nearly_full(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: all-zero bytes are a valid `statvfs` (plain integers).
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a live, writable statvfs buffer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    // Less than 1 MiB for unprivileged writers (root's reserve is no comfort either).
+    st.f_bavail.saturating_mul(st.f_frsize) < 1 << 20
 }
 
 /// fsyncs a directory, so that entries created in it survive a crash.

@@ -16,6 +16,18 @@
 //! **Processes.** Any number of processes may open the same directory. Within a process one
 //! LMDB environment per store is shared by every `LocalStorage` handle (a registry), as LMDB
 //! requires.
+//!
+//! **Read-only media.** An open with `create: false` that cannot open the index for writing
+//! (read-only filesystem or mount, a directory of another user, a full disk) opens it
+//! read-only instead: LMDB's `MDB_RDONLY`, and `MDB_NOLOCK` where even LMDB's lock file cannot
+//! be written (LMDB itself drops the lock file on a read-only filesystem). Such a store refuses
+//! changes with [`Error::ReadOnly`]; its readers hold no lease (see `leases.rs`). Without the
+//! lock file, LMDB cannot tell writers of other processes about this reader: reads are
+//! consistent only while nobody commits to the store (published data, snapshots).
+//!
+//! **Failed writes.** A commit or pack that fails (a full disk above all) undoes what it
+//! appended to the segments (`files::Uncommitted`), and errors of a full disk or index say
+//! "no space left on device" (`Shared::explain_full`).
 
 mod files;
 mod leases;
@@ -28,7 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
 use heed::types::{Bytes, Str};
-use heed::{Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
+use heed::{Database, Env, EnvFlags, EnvOpenOptions, MdbError, RoTxn, RwTxn, WithoutTls};
 
 use super::codec::{self, Compression};
 use super::lease::pack_removals;
@@ -38,7 +50,7 @@ use super::{
     Version, Write,
 };
 use crate::{Error, Result};
-use files::{sync_dir, SegmentDir};
+use files::{nearly_full, sync_dir, SegmentDir, Uncommitted};
 use leases::LeaseDir;
 
 /// The on-disk format version this code writes and reads.
@@ -49,7 +61,8 @@ const FORMAT_VERSION: u64 = 1;
 pub struct LocalOptions {
     /// Block compression for a *new* store (an existing store keeps its own setting).
     pub compression: Compression,
-    /// Create the store if the directory holds none (default true).
+    /// Create the store if the directory holds none (default true). `false` also allows a
+    /// read-only open of media this process cannot write (see the module documentation).
     pub create: bool,
     /// A commit starts a new segment file once the current one is this big (default 1 GiB).
     pub segment_bytes: u64,
@@ -97,6 +110,8 @@ struct Shared {
     segment_bytes: u64,
     segments: SegmentDir,
     leases: LeaseDir,
+    /// False when the index could only be opened read-only: every change is refused.
+    writable: bool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -188,6 +203,13 @@ impl LocalStorage {
         let mut registry = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
         let registry = registry.get_or_insert_with(HashMap::new);
         if let Some(shared) = registry.get(&canonical).and_then(Weak::upgrade) {
+            if options.create && !shared.writable {
+                return Err(Error::ReadOnly(format!(
+                    "the store at {} is open read-only in this process (its media could not \
+                     be written when it was opened): close it first to open it for writing",
+                    canonical.display()
+                )));
+            }
             if shared.identity != dir_identity(&canonical.join("index"))? {
                 // LMDB (and heed) allow one environment per path and process.
                 return Err(Error::InvalidArgument(format!(
@@ -199,7 +221,13 @@ impl LocalStorage {
             }
             return Ok(LocalStorage { shared });
         }
-        let shared = Arc::new(Shared::open(canonical.clone(), &options)?);
+        let shared = match Shared::open(canonical.clone(), &options) {
+            Err(e) if !options.create && cannot_write(&e) => {
+                Shared::open_readonly(canonical.clone(), &options)?
+            }
+            other => other?,
+        };
+        let shared = Arc::new(shared);
         registry.retain(|_, w| w.strong_count() > 0);
         registry.insert(canonical, Arc::downgrade(&shared));
         Ok(LocalStorage { shared })
@@ -214,6 +242,32 @@ impl LocalStorage {
     pub fn compression(&self) -> Compression {
         self.shared.compression
     }
+}
+
+/// True for errors that say this process cannot write the store's files (read-only media,
+/// permissions, a full disk), after which a read-only open may still work.
+fn cannot_write(e: &Error) -> bool {
+    let io = match e {
+        Error::Lmdb(heed::Error::Io(io)) | Error::Io { source: io, .. } => io,
+        _ => return false,
+    };
+    use std::io::ErrorKind as K;
+    matches!(
+        io.kind(),
+        K::ReadOnlyFilesystem | K::PermissionDenied | K::StorageFull | K::QuotaExceeded
+    )
+}
+
+/// The store's compression setting as recorded in its index.
+fn stored_compression(meta: &Database<Str, Bytes>, txn: &RoTxn, dir: &Path) -> Result<Compression> {
+    let code = meta
+        .get(txn, META_COMPRESSION)?
+        .and_then(|b| b.first().copied());
+    code.and_then(Compression::from_code)
+        .ok_or_else(|| Error::Format {
+            path: dir.to_path_buf(),
+            reason: "unknown compression setting".into(),
+        })
 }
 
 fn get_u64(meta: &Database<Str, Bytes>, txn: &RoTxn, name: &str) -> Result<u64> {
@@ -254,20 +308,13 @@ impl Shared {
                 reason: format!("format version {format}, this build reads {FORMAT_VERSION}"),
             });
         } else {
-            let code = meta
-                .get(&wtxn, META_COMPRESSION)?
-                .and_then(|b| b.first().copied());
-            code.and_then(Compression::from_code)
-                .ok_or_else(|| Error::Format {
-                    path: dir.clone(),
-                    reason: "unknown compression setting".into(),
-                })?
+            stored_compression(&meta, &wtxn, &dir)?
         };
         wtxn.commit()?;
         Ok(Shared {
             identity: dir_identity(&dir.join("index"))?,
-            segments: SegmentDir::open(dir.join("segments"))?,
-            leases: LeaseDir::open(dir.join("leases"))?,
+            segments: SegmentDir::open(dir.join("segments"), true)?,
+            leases: LeaseDir::open(dir.join("leases"), true)?,
             dir,
             env,
             versions,
@@ -275,7 +322,142 @@ impl Shared {
             meta,
             compression,
             segment_bytes: options.segment_bytes.max(segment::PAGE),
+            writable: true,
         })
+    }
+
+    /// Opens an existing store without writing anything: the index read-only (without LMDB's
+    /// lock file if it cannot be written), no directory created, readers unleased.
+    fn open_readonly(dir: PathBuf, options: &LocalOptions) -> Result<Self> {
+        let index = dir.join("index");
+        let open = |flags: EnvFlags| {
+            let mut env_options = EnvOpenOptions::new().read_txn_without_tls();
+            env_options.map_size(options.map_size).max_dbs(8);
+            // SAFETY: READ_ONLY makes LMDB write nothing. NO_LOCK (only tried when the lock
+            // file cannot be written) drops the reader table: LMDB then cannot keep writers
+            // of other processes from reusing pages this reader is on, the documented
+            // limit of read-only opens of media others still write (module comment). The
+            // registry guarantees this process opens the environment once.
+            unsafe {
+                env_options.flags(flags);
+                env_options.open(&index)
+            }
+        };
+        let env = match open(EnvFlags::READ_ONLY) {
+            Err(heed::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::PermissionDenied
+                        | std::io::ErrorKind::ReadOnlyFilesystem
+                        | std::io::ErrorKind::StorageFull
+                        | std::io::ErrorKind::QuotaExceeded
+                ) =>
+            {
+                open(EnvFlags::READ_ONLY | EnvFlags::NO_LOCK)?
+            }
+            other => other?,
+        };
+        let rtxn = env.read_txn()?;
+        let not_a_store = || Error::Format {
+            path: dir.clone(),
+            reason: "the index holds no outcore store".into(),
+        };
+        let versions = env
+            .open_database(&rtxn, Some("versions"))?
+            .ok_or_else(not_a_store)?;
+        let log = env
+            .open_database(&rtxn, Some("log"))?
+            .ok_or_else(not_a_store)?;
+        let meta: Database<Str, Bytes> = env
+            .open_database(&rtxn, Some("meta"))?
+            .ok_or_else(not_a_store)?;
+        let format = get_u64(&meta, &rtxn, META_FORMAT)?;
+        if format != FORMAT_VERSION {
+            return Err(Error::Format {
+                path: dir,
+                reason: format!("format version {format}, this build reads {FORMAT_VERSION}"),
+            });
+        }
+        let compression = stored_compression(&meta, &rtxn, &dir)?;
+        // Makes the database handles valid beyond this transaction.
+        rtxn.commit()?;
+        Ok(Shared {
+            identity: dir_identity(&index)?,
+            segments: SegmentDir::open(dir.join("segments"), false)?,
+            leases: LeaseDir::open(dir.join("leases"), false)?,
+            dir,
+            env,
+            versions,
+            log,
+            meta,
+            compression,
+            segment_bytes: options.segment_bytes.max(segment::PAGE),
+            writable: false,
+        })
+    }
+
+    /// Refuses changes to a store opened read-only.
+    fn check_writable(&self) -> Result<()> {
+        if self.writable {
+            return Ok(());
+        }
+        Err(Error::ReadOnly(format!(
+            "the store at {} was opened read-only: this process cannot write its directory",
+            self.dir.display()
+        )))
+    }
+
+    /// Says "no space left on device" for the index errors a full disk causes: ENOSPC or
+    /// EDQUOT, and EIO — LMDB's report of a write cut short — when the disk is indeed full;
+    /// and "the index is full" when LMDB's map size is reached.
+    fn explain_full(&self, e: Error) -> Error {
+        let index = self.dir.join("index");
+        let no_space = |what: &str| Error::Io {
+            context: format!("{what}: the disk holding {} is full", index.display()),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        match e {
+            Error::Lmdb(heed::Error::Io(io))
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                ) || (io.raw_os_error() == Some(libc::EIO) && nearly_full(&index)) =>
+            {
+                no_space("writing the index")
+            }
+            Error::Lmdb(heed::Error::Mdb(MdbError::Panic)) if nearly_full(&index) => no_space(
+                "an earlier index write failed (close every handle of the store and open it \
+                 again)",
+            ),
+            Error::Lmdb(heed::Error::Mdb(MdbError::MapFull)) => Error::Io {
+                context: format!(
+                    "the index {} is full: its map size is reached (open it with a larger \
+                     LocalOptions::map_size or OUTCORE_LMDB_MAP_BYTES)",
+                    index.display()
+                ),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "no space left in the index",
+                ),
+            },
+            e => e,
+        }
+    }
+
+    /// For readers without a lease: fails if pack removed history that snapshot `at` needs.
+    /// `txn` must be the index snapshot the caller reads the version from.
+    fn check_unleased(&self, txn: &RoTxn, at: Tid) -> Result<()> {
+        if !self.leases.unleased() {
+            return Ok(());
+        }
+        let packed = Tid(get_u64(&self.meta, txn, META_HORIZON)?);
+        if at < packed {
+            return Err(Error::HistoryPacked {
+                packed,
+                requested: at,
+            });
+        }
+        Ok(())
     }
 
     /// The newest version of `key` at or before `at`, as seen by `txn`.
@@ -304,6 +486,7 @@ impl Shared {
         let mut attempt = 0;
         loop {
             let txn = self.env.read_txn()?;
+            self.check_unleased(&txn, at)?;
             let epoch = get_u64(&self.meta, &txn, META_EPOCH)?;
             let found = self.newest(&txn, key, at)?;
             drop(txn);
@@ -382,11 +565,15 @@ impl Storage for LocalStorage {
 
     fn new_oids(&self, n: u64) -> Result<Range<u64>> {
         let s = &self.shared;
-        let mut txn = s.env.write_txn()?;
-        let start = get_u64(&s.meta, &txn, META_NEXT_OID)?.max(1);
-        put_u64(&s.meta, &mut txn, META_NEXT_OID, start + n)?;
-        txn.commit()?;
-        Ok(start..start + n)
+        s.check_writable()?;
+        let allocate = || {
+            let mut txn = s.env.write_txn()?;
+            let start = get_u64(&s.meta, &txn, META_NEXT_OID)?.max(1);
+            put_u64(&s.meta, &mut txn, META_NEXT_OID, start + n)?;
+            txn.commit()?;
+            Ok(start..start + n)
+        };
+        allocate().map_err(|e| s.explain_full(e))
     }
 
     fn load(&self, key: Key, at: Tid) -> Result<Option<Version>> {
@@ -418,6 +605,63 @@ impl Storage for LocalStorage {
 
     fn commit(&self, req: CommitRequest) -> Result<Tid> {
         let s = &self.shared;
+        s.check_writable()?;
+        s.commit(req).map_err(|e| s.explain_full(e))
+    }
+
+    fn log(&self, after: Tid, upto: Tid) -> Result<Vec<TxnInfo>> {
+        self.shared.log(after, upto)
+    }
+
+    fn block_indices(&self, file: Oid, at: Tid) -> Result<Vec<u64>> {
+        self.shared.block_indices(file, at)
+    }
+
+    fn acquire_lease(&self, at: Tid) -> Result<u64> {
+        self.shared.leases.acquire(at)
+    }
+
+    fn renew_lease(&self, id: u64, at: Tid) -> Result<()> {
+        self.shared.leases.renew(id, at)
+    }
+
+    fn release_lease(&self, id: u64) {
+        self.shared.leases.release(id)
+    }
+
+    fn fence(&self) -> Result<()> {
+        let s = &self.shared;
+        if !s.writable {
+            // No writer lock to take; readers here hold no lease and check the horizon
+            // with every read instead.
+            return Ok(());
+        }
+        // Pack holds LMDB's writer lock from start to commit.
+        s.env.write_txn()?.abort();
+        Ok(())
+    }
+
+    fn pack_horizon(&self) -> Result<Tid> {
+        let s = &self.shared;
+        let txn = s.env.read_txn()?;
+        Ok(Tid(get_u64(&s.meta, &txn, META_HORIZON)?))
+    }
+
+    fn pack(&self, upto: Tid) -> Result<PackStats> {
+        let s = &self.shared;
+        s.check_writable()?;
+        s.pack(upto).map_err(|e| s.explain_full(e))
+    }
+
+    fn verify(&self) -> Result<VerifyReport> {
+        self.shared.verify()
+    }
+}
+
+/// The work of the [`Storage`] methods that are more than a line.
+impl Shared {
+    fn commit(&self, req: CommitRequest) -> Result<Tid> {
+        let s = self;
         let mut txn = s.env.write_txn()?;
         for (key, _) in &req.writes {
             if let Some((committed, _)) = s.newest(&txn, *key, Tid::MAX)? {
@@ -435,6 +679,8 @@ impl Storage for LocalStorage {
             get_u64(&s.meta, &txn, META_SEGMENT)? as u32,
             get_u64(&s.meta, &txn, META_TAIL)?,
         );
+        // Declared before the segment file so that the file is closed first on failure.
+        let appended = Uncommitted::new(&s.segments, seg_state.0, seg_state.1);
         let mut segment_file = None;
         let mut records = Vec::with_capacity(req.writes.len());
         for (key, write) in &req.writes {
@@ -460,11 +706,12 @@ impl Storage for LocalStorage {
         put_u64(&s.meta, &mut txn, META_SEGMENT, u64::from(seg_state.0))?;
         put_u64(&s.meta, &mut txn, META_TAIL, seg_state.1)?;
         txn.commit()?;
+        appended.keep();
         Ok(tid)
     }
 
     fn log(&self, after: Tid, upto: Tid) -> Result<Vec<TxnInfo>> {
-        let s = &self.shared;
+        let s = self;
         let txn = s.env.read_txn()?;
         let packed = Tid(get_u64(&s.meta, &txn, META_HORIZON)?);
         if after < packed {
@@ -498,8 +745,9 @@ impl Storage for LocalStorage {
     }
 
     fn block_indices(&self, file: Oid, at: Tid) -> Result<Vec<u64>> {
-        let s = &self.shared;
+        let s = self;
         let txn = s.env.read_txn()?;
+        s.check_unleased(&txn, at)?;
         let lo = version_key(Key::Block { file, index: 0 }, Tid::ZERO);
         let hi = version_key(
             Key::Block {
@@ -539,32 +787,8 @@ impl Storage for LocalStorage {
         Ok(out)
     }
 
-    fn acquire_lease(&self, at: Tid) -> Result<u64> {
-        self.shared.leases.acquire(at)
-    }
-
-    fn renew_lease(&self, id: u64, at: Tid) -> Result<()> {
-        self.shared.leases.renew(id, at)
-    }
-
-    fn release_lease(&self, id: u64) {
-        self.shared.leases.release(id)
-    }
-
-    fn fence(&self) -> Result<()> {
-        // Pack holds LMDB's writer lock from start to commit.
-        self.shared.env.write_txn()?.abort();
-        Ok(())
-    }
-
-    fn pack_horizon(&self) -> Result<Tid> {
-        let s = &self.shared;
-        let txn = s.env.read_txn()?;
-        Ok(Tid(get_u64(&s.meta, &txn, META_HORIZON)?))
-    }
-
     fn pack(&self, upto: Tid) -> Result<PackStats> {
-        let s = &self.shared;
+        let s = self;
         let mut txn = s.env.write_txn()?;
         let head = Tid(get_u64(&s.meta, &txn, META_HEAD)?);
         let old_horizon = Tid(get_u64(&s.meta, &txn, META_HORIZON)?);
@@ -599,7 +823,10 @@ impl Storage for LocalStorage {
 
         // Copy live bodies, in key order, into fresh segments after the current one.
         let epoch = get_u64(&s.meta, &txn, META_EPOCH)?;
-        let first_new = get_u64(&s.meta, &txn, META_SEGMENT)? as u32 + 1;
+        let current = get_u64(&s.meta, &txn, META_SEGMENT)? as u32;
+        let first_new = current + 1;
+        // Declared before the segment file so that the file is closed first on failure.
+        let written = Uncommitted::new(&s.segments, current, get_u64(&s.meta, &txn, META_TAIL)?);
         let mut seg_state = (first_new, 0u64);
         let mut out: Option<(File, u32)> = None;
         for (key, tid, mut rec) in all {
@@ -659,12 +886,13 @@ impl Storage for LocalStorage {
         put_u64(&s.meta, &mut txn, META_EPOCH, epoch + 1)?;
         put_u64(&s.meta, &mut txn, META_HORIZON, horizon.0)?;
         txn.commit()?;
+        written.keep();
         s.segments.delete_below(first_new)?;
         Ok(stats)
     }
 
     fn verify(&self) -> Result<VerifyReport> {
-        let s = &self.shared;
+        let s = self;
         let txn = s.env.read_txn()?;
         let epoch = get_u64(&s.meta, &txn, META_EPOCH)?;
         let mut report = VerifyReport::default();
