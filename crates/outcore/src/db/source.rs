@@ -99,7 +99,12 @@ impl BlockSource for SnapshotSource<'_> {
                 len: e.len,
             },
             Located::CopyOnly(tid) => Backing::Fetch(Arc::new(StoredBlock {
-                storage: self.storage.clone(),
+                // The store itself, not a closable wrapper: closing the database must not
+                // leave views with blocks that can no longer be fetched.
+                storage: self
+                    .storage
+                    .fetch_store()
+                    .unwrap_or_else(|| self.storage.clone()),
                 key,
                 // Exactly the version located.
                 at: tid,
