@@ -127,6 +127,12 @@ impl Database {
     fn describe(&self) -> String {
         self.db.storage().describe()
     }
+
+    /// Closes the store now (leases, files, network connections), even while connections,
+    /// arrays and views of it live on; their later calls raise `ValueError`.
+    fn close(&self, py: Python<'_>) {
+        py.detach(|| self.db.close());
+    }
 }
 
 /// One connection: a snapshot and a transaction.
