@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use outcore::array::Order;
-use outcore::db::Database;
-use outcore::storage::Tid;
+use outcore::db::{Database, DbOptions};
+use outcore::storage::{Compression, Tid};
 use outcore::Error;
 
 const N: u64 = 1 << 20; // 8 MiB of f64: 4 blocks
@@ -82,4 +82,34 @@ fn a_closed_database_closes_its_files_and_views_stay_readable() {
         vec![N]
     );
     drop((view, array, conn));
+}
+
+#[test]
+fn untouched_views_of_a_closed_compressed_store_survive_pack() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let options = DbOptions {
+        compression: Compression::Lz4,
+        ..DbOptions::default()
+    };
+    let db = Database::open_with(path.to_str().unwrap(), options).unwrap();
+    write_all(&db, 1.0);
+    let reader = db.connect().unwrap();
+    let array = reader.array("a").unwrap();
+    // Compressed blocks are fetched on first touch: nothing is read yet.
+    let view = array.raw_view(0..N).unwrap();
+    reader.close().unwrap();
+    db.close();
+    let other = Database::open(path.to_str().unwrap()).unwrap();
+    write_all(&other, 2.0);
+    other.storage().pack(Tid::MAX).unwrap();
+    // SAFETY: `view.keepalive` keeps the reservation mapped; the array has N f64s.
+    let data = unsafe { std::slice::from_raw_parts(view.ptr as *const f64, N as usize) };
+    assert!(
+        data.iter().all(|&x| x == 1.0),
+        "the view still reads its snapshot"
+    );
+    // Released once the view is gone (when the fetch workers let go of its memory, which
+    // may be a moment later: checked without them in the unit tests of ClosableStorage).
+    drop((view, array, reader));
 }

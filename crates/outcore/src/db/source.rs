@@ -99,8 +99,8 @@ impl BlockSource for SnapshotSource<'_> {
                 len: e.len,
             },
             Located::CopyOnly(tid) => Backing::Fetch(Arc::new(StoredBlock {
-                // The store itself, not a closable wrapper: closing the database must not
-                // leave views with blocks that can no longer be fetched.
+                // Through what the store names for this (a closable wrapper's pin): closing
+                // the database must not leave views with blocks that cannot be fetched.
                 storage: self
                     .storage
                     .fetch_store()

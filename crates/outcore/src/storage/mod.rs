@@ -149,9 +149,9 @@ pub trait Storage: Send + Sync + Debug {
         keys.iter().map(|&k| self.load(k, at)).collect()
     }
 
-    /// The store that memory fetching blocks on first touch should hold on to, if not this
-    /// one: a wrapper names what it wraps, so such memory keeps working after the wrapper is
-    /// closed ([`ClosableStorage`]).
+    /// The store that memory fetching blocks on first touch should read through, if not this
+    /// one: [`ClosableStorage`] hands out one that keeps the store and the snapshots such
+    /// memory may still fetch after the database is closed.
     fn fetch_store(&self) -> Option<std::sync::Arc<dyn Storage>> {
         None
     }
