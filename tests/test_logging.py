@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import transaction
 
 import outcore
@@ -83,3 +84,10 @@ print("delivered")
     env = {**os.environ, "OUTCORE_LOG": "outcore=loud"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout == "delivered\n", out.stderr
+
+
+def test_bad_levels_are_refused():
+    with pytest.raises(ValueError, match="bad log filter"):
+        outcore.set_log_level("outcore=loud")
+    with pytest.raises(TypeError, match="logging level"):
+        outcore.set_log_level(None)

@@ -60,11 +60,8 @@ def set_log_level(level):
     if isinstance(level, bool) or not isinstance(level, (int, str)):
         raise TypeError(f"level must be a logging level or a filter string, not {level!r}")
     if isinstance(level, int):
-        spec = next(
-            name
-            for floor, name in ((40, "error"), (30, "warn"), (20, "info"), (10, "debug"), (0, "trace"))
-            if level >= floor or floor == 0
-        )
+        floors = ((40, "error"), (30, "warn"), (20, "info"), (10, "debug"))
+        spec = next((name for floor, name in floors if level >= floor), "trace")
     else:
         spec = _LEVEL_NAMES.get(level.upper(), level)
     _native.set_log_filter(spec)

@@ -129,7 +129,7 @@ class DB:
         if self._closed:
             return
         for conn in list(self._connections):
-            conn._close(stacklevel=4)
+            conn._close(stacklevel=3)
         self._closed = True
         self._native.close()
 
