@@ -9,6 +9,7 @@
 >>> transaction.commit()
 """
 
+from . import _native
 from ._array import DEFAULT_BLKSIZE, BigArray, ZBigArray
 from ._db import DB, DEFAULT_CACHE_BYTES, ConflictError, Connection, Root
 
@@ -20,6 +21,7 @@ __all__ = [
     "Root",
     "ConflictError",
     "open",
+    "set_log_level",
     "DEFAULT_BLKSIZE",
     "DEFAULT_CACHE_BYTES",
 ]
@@ -43,3 +45,23 @@ def open(  # noqa: A001
         compression=compression,
         reserve_bytes=reserve_bytes,
     )
+
+
+#: ``logging`` level names that differ from the Rust ones.
+_LEVEL_NAMES = {"WARNING": "warn", "CRITICAL": "error", "FATAL": "error"}
+
+
+def set_log_level(level):
+    """Chooses which events of the Rust core reach the ``outcore`` logger (and its children
+    such as ``outcore.db.handle``): a ``logging`` level (``logging.INFO``, ``"DEBUG"``) or a
+    filter in ``OUTCORE_LOG`` syntax (``"outcore::vm=debug,warn"``). The default is
+    ``OUTCORE_LOG`` from the environment, else WARNING. The logger's own level and handlers
+    apply on top, as for any logger."""
+    if isinstance(level, bool) or not isinstance(level, (int, str)):
+        raise TypeError(f"level must be a logging level or a filter string, not {level!r}")
+    if isinstance(level, int):
+        floors = ((40, "error"), (30, "warn"), (20, "info"), (10, "debug"))
+        spec = next((name for floor, name in floors if level >= floor), "trace")
+    else:
+        spec = _LEVEL_NAMES.get(level.upper(), level)
+    _native.set_log_filter(spec)

@@ -143,6 +143,8 @@ class BigArray:
         return shape[self._major()]
 
     def __repr__(self):
+        if self._native is not None and self._conn._is_closed():
+            return f"<outcore.BigArray in {self._conn._describe()} closed>"
         where = "not stored yet" if self._native is None else f"in {self._conn._describe()}"
         return (
             f"<outcore.BigArray shape={self.shape} dtype={self.dtype} "
@@ -151,17 +153,22 @@ class BigArray:
 
     # ------------------------------------------------------------------ data
 
-    def _stored(self):
+    def _stored(self, change=False):
+        """The native array; a ``change`` joins the transaction (reads do not: writes through
+        views are found when the transaction completes)."""
         if self._native is None:
             raise ValueError(
                 "this BigArray is not stored in a database yet: "
                 "store it first, e.g. root['name'] = A"
             )
-        self._conn._join()
+        if change:
+            self._conn._join()
+        else:
+            self._conn._check_open()
         return self._native
 
-    def _view(self, lo, hi):
-        native = self._stored()
+    def _view(self, lo, hi, change=False):
+        native = self._stored(change)
         mapping, strides = native.map(lo, hi, self._conn)
         shape = list(self.shape)
         if shape:
@@ -174,7 +181,7 @@ class BigArray:
 
     def __setitem__(self, index, value):
         lo, hi, rel = _index.split(index, self.shape, self._major())
-        view = self._view(lo, hi)
+        view = self._view(lo, hi, change=True)
         if not view.flags.writeable:
             raise ValueError("this array is read-only (read-only or historical database)")
         view[rel] = value
@@ -196,7 +203,7 @@ class BigArray:
 
         Costs O(len(values)). Every other axis must match; on error nothing changes.
         """
-        native = self._stored()
+        native = self._stored(change=True)
         arr = np.asarray(values, dtype=self.dtype)
         if arr.ndim != self.ndim:
             raise ValueError(
@@ -216,7 +223,7 @@ class BigArray:
         shape = _shape_tuple(shape)
         if len(shape) != self.ndim:
             raise ValueError(f"cannot resize a {self.ndim}-d array to shape {shape}")
-        self._stored().resize(list(shape))
+        self._stored(change=True).resize(list(shape))
 
     def _major_range(self, index):
         lo, hi, _ = _index.split(index, self.shape, self._major())

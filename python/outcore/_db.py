@@ -3,6 +3,7 @@
 import contextlib
 import logging
 import os
+import warnings
 import weakref
 from collections.abc import MutableMapping
 from datetime import datetime, timezone
@@ -122,12 +123,15 @@ class DB:
         ]
 
     def close(self):
-        """Closes every connection; uncommitted changes are lost. Views stay readable."""
+        """Closes every connection (see :meth:`Connection.close`), then the store: its files
+        and network connections are released now, even while objects of this database live
+        on. Views stay readable."""
         if self._closed:
             return
         for conn in list(self._connections):
-            conn.close()
+            conn._close(stacklevel=3)
         self._closed = True
+        self._native.close()
 
     def __enter__(self):
         return self
@@ -153,10 +157,15 @@ class Connection:
         self.transaction_manager.registerSynch(self)
 
     def __repr__(self):
+        if self._is_closed():
+            return f"<outcore.Connection to {self._describe()} closed>"
         return f"<outcore.Connection to {self._describe()} at tid {self._native.tid():#x}>"
 
     def _describe(self):
         return self._db._url
+
+    def _is_closed(self):
+        return self._closed or self._db._closed
 
     def _check_open(self):
         if self._closed:
@@ -169,6 +178,8 @@ class Connection:
         return self._root
 
     def _join(self):
+        """Joins the current transaction: called before every change (reads do not join;
+        writes through views are found by :meth:`beforeCompletion`)."""
         self._check_open()
         txn = self.transaction_manager.get()
         if self._joined is not txn:
@@ -176,15 +187,33 @@ class Connection:
             self._joined = txn
 
     def close(self):
-        """Closes the connection; uncommitted changes are discarded. Views stay readable."""
+        """Closes the connection and leaves its transaction: uncommitted changes are
+        discarded (with a warning naming the database if there were any), the snapshot is
+        released (pack may reclaim what only it kept). Views stay readable."""
+        self._close(stacklevel=3)
+
+    def _close(self, stacklevel):
         if self._closed:
             return
+        try:
+            dirty = not self._db._closed and self._native.is_dirty()
+        except Exception:  # closing must not fail on a broken store; the close reports it
+            dirty = False
+        # From here on every data manager method is a no-op: the transaction this connection
+        # joined may still list it, and must commit or abort without it.
         self._closed = True
+        self._joined = None
         try:
             self.transaction_manager.unregisterSynch(self)
         except KeyError:
             pass
         self._native.close()
+        if dirty:
+            warnings.warn(
+                f"outcore: closing a connection to {self._describe()} discarded its "
+                "uncommitted changes (commit before closing to keep them)",
+                stacklevel=stacklevel,
+            )
 
     # ISynchronizer: writes through views never call Python, so join when anything is dirty.
     def beforeCompletion(self, txn):
@@ -228,7 +257,8 @@ class Connection:
         pass
 
     def tpc_vote(self, txn):
-        self._native.commit(str(txn.user or ""), str(txn.description or ""))
+        if not self._closed:
+            self._native.commit(str(txn.user or ""), str(txn.description or ""))
 
     def tpc_finish(self, txn):
         self._joined = None
@@ -242,7 +272,7 @@ class Connection:
             log.exception("outcore: abort after a failed commit failed")
 
     def savepoint(self):
-        return _Savepoint(self, self._native.savepoint())
+        return _Savepoint(self, None if self._closed else self._native.savepoint())
 
     def should_retry(self, error):
         return isinstance(error, ConflictError)
@@ -254,7 +284,8 @@ class _Savepoint:
         self._native = native
 
     def rollback(self):
-        self._conn._native.rollback(self._native)
+        if not self._conn._closed:  # a closed connection has nothing left to roll back
+            self._conn._native.rollback(self._native)
 
 
 class Root(MutableMapping):
@@ -270,7 +301,7 @@ class Root(MutableMapping):
 
     def __getitem__(self, name):
         self._check_name(name)
-        self._conn._join()
+        self._conn._check_open()
         if not self._conn._native.contains(name):
             raise KeyError(name)
         return BigArray._bind(self._conn, self._conn._native.array(name))
@@ -319,4 +350,6 @@ class Root(MutableMapping):
         return isinstance(name, str) and self._conn._native.contains(name)
 
     def __repr__(self):
+        if self._conn._is_closed():
+            return f"<outcore.Root of {self._conn._describe()} closed>"
         return f"<outcore.Root {list(self)!r}>"

@@ -2,7 +2,8 @@
 //!
 //! Subcommands list, inspect, import, export, print, verify and pack stores, and run the demo
 //! and a quick benchmark; see `outcore --help` and the crate's README. Errors are one line
-//! `outcore: error: ...` on stderr with the exit codes of [`error::exit`].
+//! `outcore: error: ...` on stderr with the exit codes of [`error::exit`]. Warnings of the core
+//! (`tracing` events) go to stderr too, filtered by `OUTCORE_LOG` (default `warn`).
 
 mod catalog;
 mod cli;
@@ -26,7 +27,32 @@ use clap::Parser;
 use crate::error::{exit, CliError};
 
 fn main() {
+    init_logging();
     std::process::exit(run());
+}
+
+/// Prints the core's `tracing` events to stderr: those `OUTCORE_LOG` selects (`warn`, `info`,
+/// `outcore::vm=debug,warn`, ...), warnings and errors by default.
+fn init_logging() {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let configured = std::env::var("OUTCORE_LOG")
+        .ok()
+        .map(|spec| spec.parse::<Targets>().map_err(|e| (spec, e)));
+    let filter = match &configured {
+        Some(Ok(filter)) => filter.clone(),
+        _ => Targets::new().with_default(LevelFilter::WARN),
+    };
+    let printer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .without_time();
+    let subscriber = tracing_subscriber::registry().with(filter).with(printer);
+    if tracing::subscriber::set_global_default(subscriber).is_ok() {
+        if let Some(Err((spec, e))) = configured {
+            tracing::warn!("ignoring OUTCORE_LOG={spec:?}: {e}");
+        }
+    }
 }
 
 /// Parses the command line, runs the command, reports any error; returns the exit code.

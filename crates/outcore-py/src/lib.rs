@@ -3,7 +3,10 @@
 //! Thin glue only: the pure-Python package `outcore` (python/outcore) builds the public API
 //! (`outcore.open`, `BigArray`, the `transaction` data manager) on these classes. Every call
 //! that may block (storage I/O, fsync, locks) releases the GIL; no Rust code here ever calls
-//! back into Python while holding a core lock.
+//! back into Python while holding a core lock: `tracing` events reach Python's `logging`
+//! through a queue ([`logging`]).
+
+mod logging;
 
 use std::ffi::c_int;
 use std::sync::{Arc, Mutex};
@@ -87,30 +90,28 @@ impl Database {
             reserve_bytes,
             cache_bytes,
         };
-        let db = py
-            .detach(move || db::Database::open_with(&url, options))
-            .py()?;
+        let db = logging::call(py, move || db::Database::open_with(&url, options)).py()?;
         Ok(Database { db })
     }
 
     /// A connection at the newest snapshot.
     fn connect(&self, py: Python<'_>) -> PyResult<Connection> {
         let db = self.db.clone();
-        let conn = py.detach(move || db.connect()).py()?;
+        let conn = logging::call(py, move || db.connect()).py()?;
         Ok(Connection { conn })
     }
 
     /// A read-only connection at snapshot `tid`.
     fn connect_at(&self, py: Python<'_>, tid: u64) -> PyResult<Connection> {
         let db = self.db.clone();
-        let conn = py.detach(move || db.connect_at(Tid(tid))).py()?;
+        let conn = logging::call(py, move || db.connect_at(Tid(tid))).py()?;
         Ok(Connection { conn })
     }
 
     /// The newest transactions: a list of (tid, unix time, user, description).
     fn history(&self, py: Python<'_>, limit: usize) -> PyResult<Vec<(u64, f64, String, String)>> {
         let db = self.db.clone();
-        let log = py.detach(move || db.history(limit)).py()?;
+        let log = logging::call(py, move || db.history(limit)).py()?;
         Ok(log
             .into_iter()
             .map(|t| {
@@ -128,6 +129,12 @@ impl Database {
     /// The store's location.
     fn describe(&self) -> String {
         self.db.storage().describe()
+    }
+
+    /// Closes the store now (leases, files, network connections), even while connections,
+    /// arrays and views of it live on; their later calls raise `ValueError`.
+    fn close(&self, py: Python<'_>) {
+        logging::call(py, || self.db.close());
     }
 }
 
@@ -159,17 +166,16 @@ impl Connection {
         blksize: usize,
     ) -> PyResult<Array> {
         let order: Order = order.parse().py()?;
-        let arr = py
-            .detach(|| {
-                self.conn
-                    .create_raw(name, dtype, itemsize, &shape, order, blksize)
-            })
-            .py()?;
+        let arr = logging::call(py, || {
+            self.conn
+                .create_raw(name, dtype, itemsize, &shape, order, blksize)
+        })
+        .py()?;
         Ok(Array { arr })
     }
 
     fn array(&self, py: Python<'_>, name: &str) -> PyResult<Array> {
-        let arr = py.detach(|| self.conn.array(name)).py()?;
+        let arr = logging::call(py, || self.conn.array(name)).py()?;
         Ok(Array { arr })
     }
 
@@ -182,31 +188,33 @@ impl Connection {
     }
 
     fn is_dirty(&self, py: Python<'_>) -> PyResult<bool> {
-        py.detach(|| self.conn.is_dirty()).py()
+        logging::call(py, || self.conn.is_dirty()).py()
     }
 
     #[pyo3(signature = (user="", description=""))]
     fn commit(&self, py: Python<'_>, user: &str, description: &str) -> PyResult<u64> {
         let meta = TxnMeta::new(user, description);
-        py.detach(|| self.conn.commit_with(meta)).py().map(|t| t.0)
+        logging::call(py, || self.conn.commit_with(meta))
+            .py()
+            .map(|t| t.0)
     }
 
     fn abort(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| self.conn.abort()).py()
+        logging::call(py, || self.conn.abort()).py()
     }
 
     fn discard(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| self.conn.discard()).py()
+        logging::call(py, || self.conn.discard()).py()
     }
 
     fn savepoint(&self, py: Python<'_>) -> PyResult<Savepoint> {
-        let sp = py.detach(|| self.conn.savepoint()).py()?;
+        let sp = logging::call(py, || self.conn.savepoint()).py()?;
         Ok(Savepoint { sp: Mutex::new(sp) })
     }
 
     fn rollback(&self, py: Python<'_>, savepoint: &Savepoint) -> PyResult<()> {
         let sp = savepoint.sp.lock().unwrap_or_else(|p| p.into_inner());
-        py.detach(|| self.conn.rollback(&sp)).py()
+        logging::call(py, || self.conn.rollback(&sp)).py()
     }
 
     fn tid(&self) -> PyResult<u64> {
@@ -214,7 +222,7 @@ impl Connection {
     }
 
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| self.conn.close()).py()
+        logging::call(py, || self.conn.close()).py()
     }
 }
 
@@ -249,7 +257,7 @@ impl Array {
         hi: u64,
         owner: Option<Py<PyAny>>,
     ) -> PyResult<(Mapping, Vec<isize>)> {
-        let raw = py.detach(|| self.arr.raw_view(lo..hi)).py()?;
+        let raw = logging::call(py, || self.arr.raw_view(lo..hi)).py()?;
         let mapping = Mapping {
             keep: raw.keepalive.clone(),
             addr: raw.ptr as usize,
@@ -261,20 +269,20 @@ impl Array {
     }
 
     fn resize(&self, py: Python<'_>, shape: Vec<u64>) -> PyResult<()> {
-        py.detach(|| self.arr.resize(&shape)).py()
+        logging::call(py, || self.arr.resize(&shape)).py()
     }
 
     /// Appends raw bytes (in the array's order) of `shape`.
     fn append_bytes(&self, py: Python<'_>, data: &[u8], shape: Vec<u64>) -> PyResult<()> {
-        py.detach(|| self.arr.append_bytes(data, &shape)).py()
+        logging::call(py, || self.arr.append_bytes(data, &shape)).py()
     }
 
     fn load(&self, py: Python<'_>, lo: u64, hi: u64) -> PyResult<()> {
-        py.detach(|| self.arr.load(lo..hi)).py()
+        logging::call(py, || self.arr.load(lo..hi)).py()
     }
 
     fn prefetch(&self, py: Python<'_>, lo: u64, hi: u64) -> PyResult<()> {
-        py.detach(|| self.arr.prefetch(lo..hi)).py()
+        logging::call(py, || self.arr.prefetch(lo..hi)).py()
     }
 }
 
@@ -341,5 +349,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Mapping>()?;
     m.add_class::<Savepoint>()?;
     m.add_function(wrap_pyfunction!(set_conflict_error, m)?)?;
+    m.add_function(wrap_pyfunction!(logging::set_log_filter, m)?)?;
+    logging::install();
     Ok(())
 }

@@ -463,21 +463,29 @@ impl Connection {
         Ok(())
     }
 
-    /// Closes the connection: uncommitted changes are discarded, later calls fail with
-    /// [`Error::Closed`]. Views stay valid memory (they show the last snapshot).
+    /// Closes the connection: uncommitted changes are discarded, the reader lease is released
+    /// (pack may reclaim what only this snapshot kept), later calls fail with
+    /// [`Error::Closed`]. Views stay valid memory (they show the last snapshot). The
+    /// connection is closed even if discarding fails; the first such error is returned.
     pub fn close(&self) -> Result<()> {
         let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
         if st.closed {
             return Ok(());
         }
+        let mut failed = None;
         for h in st.arrays.values() {
             if !h.is_detached() {
-                h.discard_all()?;
+                if let Err(e) = h.discard_all() {
+                    failed.get_or_insert(e);
+                }
             }
         }
         st.closed = true;
         st.arrays.clear();
-        Ok(())
+        // Now, not when the last reference goes: views and Python objects may keep this
+        // connection alive long after it was closed.
+        st.lease.release();
+        failed.map_or(Ok(()), Err)
     }
 }
 

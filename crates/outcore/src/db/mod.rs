@@ -30,8 +30,8 @@ pub use bigarray::{BigArray, RawView};
 pub use connection::{Connection, Savepoint};
 
 use crate::storage::{
-    Compression, LocalOptions, LocalStorage, MemStorage, PgOptions, PgStorage, Storage, Tid,
-    TxnInfo,
+    ClosableStorage, Compression, LocalOptions, LocalStorage, MemStorage, PgOptions, PgStorage,
+    Storage, Tid, TxnInfo,
 };
 use crate::{Error, Result};
 
@@ -52,9 +52,14 @@ pub struct DbOptions {
     pub reserve_bytes: Option<u64>,
 }
 
-/// A database: a store plus the means to open connections to it.
+/// A database: a store plus the means to open connections to it. Clones share the store
+/// (and [`close`](Database::close) it for each other).
 #[derive(Clone, Debug)]
 pub struct Database {
+    /// The store, wrapped so that [`Database::close`] can release it while connections,
+    /// arrays and views still hold references.
+    closable: Arc<ClosableStorage>,
+    /// The same object as `closable`, as the trait object connections use.
     storage: Arc<dyn Storage>,
     options: DbOptions,
 }
@@ -96,15 +101,31 @@ impl Database {
                 },
             )?)
         };
-        Ok(Database { storage, options })
+        Ok(Self::wrap(storage, options))
     }
 
     /// Wraps an existing store.
     pub fn from_storage(storage: Arc<dyn Storage>) -> Self {
+        Self::wrap(storage, DbOptions::default())
+    }
+
+    fn wrap(storage: Arc<dyn Storage>, options: DbOptions) -> Self {
+        let closable = Arc::new(ClosableStorage::new(storage));
         Database {
-            storage,
-            options: DbOptions::default(),
+            storage: closable.clone(),
+            closable,
+            options,
         }
+    }
+
+    /// Closes the store for this database, its clones and every connection: their reader
+    /// leases are released, files, the index and network connections are closed, and later
+    /// calls fail with [`Error::Closed`]. Close connections first to discard their changes
+    /// cleanly. Views stay readable; blocks of compressed and remote stores that views have
+    /// not fetched yet keep the store itself open until those views are gone. Closing again
+    /// does nothing.
+    pub fn close(&self) {
+        self.closable.close();
     }
 
     /// A new connection at the newest snapshot.

@@ -99,7 +99,12 @@ impl BlockSource for SnapshotSource<'_> {
                 len: e.len,
             },
             Located::CopyOnly(tid) => Backing::Fetch(Arc::new(StoredBlock {
-                storage: self.storage.clone(),
+                // Through what the store names for this (a closable wrapper's pin): closing
+                // the database must not leave views with blocks that cannot be fetched.
+                storage: self
+                    .storage
+                    .fetch_store()
+                    .unwrap_or_else(|| self.storage.clone()),
                 key,
                 // Exactly the version located.
                 at: tid,

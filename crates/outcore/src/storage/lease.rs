@@ -6,12 +6,14 @@ use super::{Storage, Tid};
 use crate::{Error, Result};
 
 /// A registered reader snapshot. Pack never removes a version visible at [`ReaderLease::tid`].
-/// Released when dropped.
+/// Released by [`ReaderLease::release`] or when dropped.
 #[derive(Debug)]
 pub struct ReaderLease {
     storage: Arc<dyn Storage>,
     id: u64,
     at: Tid,
+    /// Set by [`ReaderLease::release`]: the store no longer knows `id`.
+    released: bool,
 }
 
 impl ReaderLease {
@@ -25,6 +27,7 @@ impl ReaderLease {
             storage,
             id,
             at: Tid::ZERO,
+            released: false,
         };
         lease.advance_to_head()?;
         Ok(lease)
@@ -34,7 +37,12 @@ impl ReaderLease {
     /// [`Error::HistoryPacked`] if pack already removed history that `at` needs.
     pub fn at(storage: Arc<dyn Storage>, at: Tid) -> Result<Self> {
         let id = storage.acquire_lease(at)?;
-        let lease = ReaderLease { storage, id, at };
+        let lease = ReaderLease {
+            storage,
+            id,
+            at,
+            released: false,
+        };
         // A pack that started before the lease existed may still be running: wait for it, so
         // the horizon read next is the one it published.
         lease.storage.fence()?;
@@ -57,21 +65,34 @@ impl ReaderLease {
     }
 
     /// Moves the lease to `tid`, a head read while this lease pinned an older snapshot.
+    /// Fails with [`Error::Closed`] once the lease is released.
     pub fn advance_to(&mut self, tid: Tid) -> Result<()> {
+        if self.released {
+            return Err(Error::Closed("the reader lease was released".into()));
+        }
         self.storage.renew_lease(self.id, tid)?;
         self.at = tid;
         Ok(())
     }
 
-    /// The snapshot this lease protects.
+    /// The snapshot this lease protects (or protected, once released).
     pub fn tid(&self) -> Tid {
         self.at
+    }
+
+    /// Unregisters the lease now, so pack may remove what only it kept, instead of when the
+    /// lease is dropped (its owner may live on, e.g. a closed connection that views still
+    /// reference). Releasing again does nothing.
+    pub fn release(&mut self) {
+        if !std::mem::replace(&mut self.released, true) {
+            self.storage.release_lease(self.id);
+        }
     }
 }
 
 impl Drop for ReaderLease {
     fn drop(&mut self) {
-        self.storage.release_lease(self.id);
+        self.release();
     }
 }
 

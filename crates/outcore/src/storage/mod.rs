@@ -25,6 +25,7 @@
 //! * **Mapping**: [`Storage::locate`] tells where an uncompressed block version lies in a file
 //!   (page-aligned, immutable while referenced), so the memory layer can `mmap` it directly.
 
+mod closable;
 pub(crate) mod codec;
 mod lease;
 pub mod local;
@@ -34,6 +35,7 @@ pub(crate) mod record;
 mod segment;
 mod types;
 
+pub use closable::ClosableStorage;
 pub use codec::Compression;
 pub use lease::ReaderLease;
 pub use local::{LocalOptions, LocalStorage};
@@ -148,6 +150,13 @@ pub trait Storage: Send + Sync + Debug {
     /// fetch them in parallel over several connections.
     fn load_many(&self, keys: &[Key], at: Tid) -> Result<Vec<Option<Version>>> {
         keys.iter().map(|&k| self.load(k, at)).collect()
+    }
+
+    /// The store that memory fetching blocks on first touch should read through, if not this
+    /// one: [`ClosableStorage`] hands out one that keeps the store and the snapshots such
+    /// memory may still fetch after the database is closed.
+    fn fetch_store(&self) -> Option<std::sync::Arc<dyn Storage>> {
+        None
     }
 
     /// The keys changed by each commit with `after < tid <= upto`, oldest first.
