@@ -41,9 +41,10 @@ use crate::{Error, Result};
 ///   threads instead.
 ///
 /// Waiting threads can deadlock like threads taking two locks in opposite orders (a thread
-/// holding a view of `A` and waiting for `B` while another holds `B` and waits for `A`).
-/// A guard leaked with `std::mem::forget` holds its array forever. [`raw_view`](BigArray::raw_view)
-/// is outside all this: raw pointers for other languages (the Python layer), unguarded, whose
+/// holding a view of `A` and waiting for `B` while another holds `B` and waits for `A`; a
+/// thread joining a scoped thread that commits while the first holds a view). A guard leaked
+/// with `std::mem::forget` holds its array forever. [`raw_view`](BigArray::raw_view) is
+/// outside all this: raw pointers for other languages (the Python layer), unguarded, whose
 /// users keep these rules themselves.
 ///
 /// Two mutable views through one handle do not compile:
