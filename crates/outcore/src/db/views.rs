@@ -157,6 +157,18 @@ impl fmt::Debug for Hold<'_> {
 /// While it lives, no mutable view of the same array exists and no transaction boundary of
 /// the connection changes the memory (they wait, or fail in this thread). Not `Send`: it
 /// stays in the thread that made it (share `&View` or `v.view()` with scoped threads).
+///
+/// ```compile_fail,E0277
+/// # use outcore::{array::Order, db::Database};
+/// # let db = Database::open("mem:")?;
+/// # let conn = db.connect()?;
+/// let a = conn.create::<f64>("a", &[10], Order::C)?;
+/// let v = a.view::<f64>()?;
+/// std::thread::scope(|s| {
+///     s.spawn(move || v.sum()); // error: the guard is not `Send`
+/// });
+/// # Ok::<(), outcore::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct View<'a, T, D: Dimension> {
     view: ArrayView<'a, T, D>,
@@ -180,7 +192,21 @@ impl<T, D: Dimension> Deref for View<'_, T, D> {
 /// [`view_mut`](super::BigArray::view_mut) or [`slice_mut`](super::BigArray::slice_mut).
 ///
 /// Dereferences (mutably) to [`ArrayRef`] like [`View`]. While it lives it is the only view
-/// of its array in the connection, and no transaction boundary changes the memory.
+/// of its array in the connection, and no transaction boundary changes the memory. The view
+/// cannot be moved out of its guard (`ArrayRef` is unsized):
+///
+/// ```compile_fail,E0277
+/// # use outcore::{array::Order, db::Database};
+/// # let db = Database::open("mem:")?;
+/// # let conn = db.connect()?;
+/// let (mut a, mut b) = (
+///     conn.create::<f64>("a", &[10], Order::C)?,
+///     conn.create::<f64>("b", &[10], Order::C)?,
+/// );
+/// let (mut va, mut vb) = (a.view_mut::<f64>()?, b.view_mut::<f64>()?);
+/// std::mem::swap(&mut *va, &mut *vb); // error: the size of `ArrayRef` is not known
+/// # Ok::<(), outcore::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct ViewMut<'a, T, D: Dimension> {
     view: ArrayViewMut<'a, T, D>,
