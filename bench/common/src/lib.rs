@@ -6,7 +6,7 @@ use std::error::Error;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ndarray::{s, ArrayView1, ArrayViewMut1, Ix1};
-use outcore::db::{BigArray, Connection};
+use outcore::db::{BigArray, Connection, View};
 
 /// Errors of the benchmarks: reported, never recovered from.
 pub type BoxResult<T> = Result<T, Box<dyn Error>>;
@@ -59,20 +59,22 @@ pub fn fill(conn: &Connection, a: &mut BigArray, n: u64) -> BoxResult<()> {
     let mut at = 0;
     while at < n {
         let end = (at + FILL_ELEMS).min(n);
-        let mut v = a.slice_mut::<f64, _>(s![at as usize..end as usize])?;
-        let slice = v.as_slice_mut().ok_or("slice_mut view is not contiguous")?;
-        for (j, x) in slice.iter_mut().enumerate() {
-            *x = value(at + j as u64, 0);
-        }
+        {
+            let mut v = a.slice_mut::<f64, _>(s![at as usize..end as usize])?;
+            let slice = v.as_slice_mut().ok_or("slice_mut view is not contiguous")?;
+            for (j, x) in slice.iter_mut().enumerate() {
+                *x = value(at + j as u64, 0);
+            }
+        } // the view goes before the commit
         conn.commit()?;
         at = end;
     }
     Ok(())
 }
 
-/// The whole array as a 1-d view.
-pub fn view1(a: &BigArray) -> BoxResult<ArrayView1<'_, f64>> {
-    Ok(a.view::<f64>()?.into_dimensionality::<Ix1>()?)
+/// The whole (1-d) array as a view; `.view()` of it is an `ArrayView1`.
+pub fn view1(a: &BigArray) -> BoxResult<View<'_, f64, Ix1>> {
+    Ok(a.slice::<f64, _>(s![..])?)
 }
 
 /// A duration in seconds.

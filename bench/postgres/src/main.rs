@@ -81,7 +81,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ndarray::{s, ArrayView1, ArrayViewMut1, Ix1};
+use ndarray::{s, ArrayView1, ArrayViewMut1};
 use outcore::array::Order;
 use outcore::db::{BigArray, Connection, Database};
 use outcore::storage::{
@@ -710,6 +710,7 @@ fn scan_part(args: &Args, base: &str, schema: &str) -> BoxResult<ScanResults> {
             );
         }
         let t4 = Instant::now();
+        drop(v);
         drop(a);
         drop(conn);
         let t5 = Instant::now();
@@ -849,7 +850,7 @@ impl OutcoreCommit<'_> {
     fn round(&mut self, m: &mut Commit) -> BoxResult<()> {
         let sr = self.timed.stats();
         let t0 = Instant::now();
-        add_one(self.b.view_mut::<f64>()?.into_dimensionality::<Ix1>()?);
+        add_one(self.b.slice_mut::<f64, _>(s![..])?.view_mut());
         let rewrite = t0.elapsed();
         m.rewrite_fetched.push((self.timed.stats() - sr).loaded);
         let (s0, c0) = (self.timed.stats(), cpu());

@@ -237,7 +237,7 @@ fn fault_pass(
         let a = conn.array("a")?;
         let v = view1(&a)?;
         marks.ready = Some(Instant::now());
-        sum = std::hint::black_box(sum1(v));
+        sum = std::hint::black_box(sum1(v.view()));
         marks.summed = Some(Instant::now());
         Ok(())
     })?;

@@ -71,7 +71,7 @@ use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ndarray::{ArrayView1, ArrayViewMut1, Ix1};
+use ndarray::{s, ArrayView1, ArrayViewMut1};
 use outcore::array::Order;
 use outcore::db::{BigArray, Connection, Database};
 use outcore_bench_common::{
@@ -440,9 +440,8 @@ fn scan_part(root: &Path, gib: f64, rounds: usize) -> BoxResult<ScanResults> {
     let a = conn.array("a")?;
     let s = sum1(raw_map.view());
     verify(raw_map.view(), s, 0, "raw warm-up")?;
-    let v = view1(&a)?;
-    let s = sum1(v.view());
-    verify(v, s, 0, "outcore warm-up")?;
+    let s = sum1(view1(&a)?.view());
+    verify(view1(&a)?.view(), s, 0, "outcore warm-up")?;
     let (mut warm_raw, mut warm_outcore) = (Scan::default(), Scan::default());
     let raw_pass = |scan: &mut Scan| {
         let mut sum = 0.0;
@@ -455,10 +454,10 @@ fn scan_part(root: &Path, gib: f64, rounds: usize) -> BoxResult<ScanResults> {
     let outcore_pass = |scan: &mut Scan| -> BoxResult<()> {
         let mut sum = 0.0;
         scan.time(|_| {
-            sum = std::hint::black_box(sum1(view1(&a)?));
+            sum = std::hint::black_box(sum1(view1(&a)?.view()));
             Ok(())
         })?;
-        verify(view1(&a)?, sum, 0, "outcore warm pass")
+        verify(view1(&a)?.view(), sum, 0, "outcore warm pass")
     };
     for r in 0..rounds {
         if r % 2 == 0 {
@@ -502,13 +501,14 @@ fn scan_part(root: &Path, gib: f64, rounds: usize) -> BoxResult<ScanResults> {
             let a = conn.array("a")?;
             let v = view1(&a)?;
             marks.ready = Some(Instant::now());
-            sum = std::hint::black_box(sum1(v));
+            sum = std::hint::black_box(sum1(v.view()));
             marks.summed = Some(Instant::now());
             Ok(())
         })?;
         let conn = db.connect()?;
         let a = conn.array("a")?;
-        verify(view1(&a)?, sum, 0, "outcore first-touch pass")
+        let v = view1(&a)?;
+        verify(v.view(), sum, 0, "outcore first-touch pass")
     };
     for r in 0..rounds {
         if r % 2 == 0 {
@@ -668,7 +668,7 @@ impl OutcoreVariant {
     fn round(&mut self, m: &mut Commit) -> BoxResult<()> {
         let u0 = usage();
         let t0 = Instant::now();
-        add_one(self.b.view_mut::<f64>()?.into_dimensionality::<Ix1>()?);
+        add_one(self.b.slice_mut::<f64, _>(s![..])?.view_mut());
         let rewrite = t0.elapsed();
         let u1 = usage();
         // Diagnostic, outside the timed spans: the cost of finding the written pages.

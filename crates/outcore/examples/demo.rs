@@ -60,6 +60,7 @@ fn main() -> outcore::Result<()> {
                 for (i, x) in view.iter_mut().enumerate() {
                     *x = 15.0 * (0.2 * (start + i as u64) as f64).sin();
                 }
+                drop(view); // views go before the commit
                 conn.commit_with(TxnMeta::new("demo", format!("signal {start}..{end}")))?;
                 start = end;
                 eprint!("\rgen: {:5.1} %", 100.0 * end as f64 / n as f64);

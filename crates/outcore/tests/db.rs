@@ -55,7 +55,8 @@ fn abort_reverts_data_and_shape() {
         assert_eq!(v[10], 1);
         assert_eq!(v.sum(), 1000);
         assert!(!conn.is_dirty().unwrap());
-        // An array created in an aborted transaction is gone.
+        drop(v); // views go before transaction boundaries
+                 // An array created in an aborted transaction is gone.
         conn.create::<u8>("tmp", &[10], Order::C).unwrap();
         conn.abort().unwrap();
         assert!(!conn.contains("tmp").unwrap());
@@ -80,6 +81,7 @@ fn savepoint_rollback() {
         assert_eq!(a.shape().unwrap(), vec![BLK]);
         let v = a.view::<u32>().unwrap();
         assert_eq!((v[0], v[3 * BLK as usize / 4], v[1]), (10, 1, 1));
+        drop(v);
         conn.commit().unwrap();
         let other = db.connect().unwrap();
         assert_eq!(other.array("a").unwrap().view::<u32>().unwrap()[0], 10);
@@ -107,11 +109,9 @@ fn isolation_and_visibility_between_connections() {
             v2[5], 0.0,
             "committed changes appear only at the next transaction"
         );
+        drop(v2);
         c2.begin().unwrap();
-        assert_eq!(
-            v2[5], 1.0,
-            "a view from the earlier transaction shows the new snapshot"
-        );
+        assert_eq!(a2.view::<f64>().unwrap()[5], 1.0, "the new snapshot");
     }
 }
 
@@ -189,6 +189,7 @@ fn fortran_order_grows_on_the_last_axis() {
         let v = a.view::<f32>().unwrap();
         assert_eq!(v.slice(s![.., 2..]), cols);
         assert_eq!(v.strides(), &[1, 4]);
+        drop(v);
         c.commit().unwrap();
     }
 }
@@ -259,6 +260,7 @@ fn bad_input_is_an_error() {
         #[allow(clippy::reversed_empty_ranges)] // an empty slice is valid input
         let empty = a.slice::<f64, _>(s![-1, 3..1]).unwrap();
         assert_eq!(empty.len(), 0);
+        drop(empty);
         assert_eq!(a.slice::<f64, _>(s![..;-3, 0]).unwrap().len(), 4);
         assert!(a.resize(&[10]).is_err());
         assert!(a.resize(&[10, 11]).is_err());
@@ -430,6 +432,7 @@ fn abort_after_shrink_and_refill_keeps_stored_data() {
         fresh.abort().unwrap();
         let v = b.view::<u32>().unwrap();
         assert!(v.iter().all(|&x| x == 3), "stored data after abort");
+        drop(v);
         // And a rollback to before the shrink does the same.
         let sp = fresh.savepoint().unwrap();
         b.resize(&[1]).unwrap();

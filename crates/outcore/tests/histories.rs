@@ -66,7 +66,7 @@ impl Rng {
 }
 
 /// The stamp of block `b` as seen in `v`; panics on a torn block.
-fn stamp(v: &ndarray::ArrayViewD<'_, i64>, b: u64) -> i64 {
+fn stamp(v: &ndarray::ArrayRef<i64, ndarray::IxDyn>, b: u64) -> i64 {
     let at = |i: u64| v[(b * E + i) as usize];
     let s = at(0);
     assert!(

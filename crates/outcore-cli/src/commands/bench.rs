@@ -149,6 +149,7 @@ pub fn run(args: &BenchArgs, ctx: &Ctx) -> Result<()> {
             for (k, x) in v.iter_mut().enumerate() {
                 *x = value(start + k as u64);
             }
+            drop(v); // views go before the commit
             conn.commit_with(TxnMeta::new(user(), format!("bench {start}..{stop}")))?;
         }
         Ok(())

@@ -70,6 +70,7 @@ fn gen(args: &DemoArgs, ctx: &Ctx) -> Result<()> {
         for (i, x) in view.iter_mut().enumerate() {
             *x = 15.0 * ((start + i as u64) as f64 * 0.2).sin();
         }
+        drop(view); // views go before the commit
         conn.commit_with(TxnMeta::new(user(), format!("signal {start}..{stop}")))?;
         bar.inc((stop - start) * 8);
         start = stop;

@@ -8,6 +8,7 @@ use ndarray::{ArrayView, ArrayViewD, ArrayViewMut, IxDyn, ShapeBuilder, SliceArg
 
 use super::connection::ConnShared;
 use super::handle::ArrayHandle;
+use super::views::{Hold, Scope, View, ViewMut};
 use crate::array::slicing::touched_ranges;
 use crate::array::{ArrayMeta, Element, Order};
 use crate::vm::{BlockMemory, Reservation};
@@ -16,8 +17,81 @@ use crate::{Error, Result};
 /// A persistent array in a connection. Cheap to clone (clones share the array).
 ///
 /// Views ([`view`](BigArray::view), [`slice`](BigArray::slice) and their `_mut` forms) are
-/// `ndarray` views of the array's memory: no copy, blocks load when touched, writes are
-/// plain stores that the next [`Connection::commit`](super::Connection::commit) saves.
+/// guards ([`View`], [`ViewMut`]) that dereference to ndarray's [`ArrayRef`](ndarray::ArrayRef)
+/// over the array's memory: no copy, blocks load when touched, writes are plain stores that
+/// the next [`Connection::commit`](super::Connection::commit) saves.
+///
+/// # Soundness
+///
+/// Safe code never sees memory change under a live view, nor two views of which one is
+/// mutable over the same bytes:
+///
+/// * Borrowing: a view borrows its handle (`view_mut`/`slice_mut` mutably), so one handle
+///   cannot give a mutable view next to any other view, and no view outlives its handle.
+/// * The connection's view book, for clones of a handle and for the connection: each guard
+///   holds its array (shared, or exclusive for mutable views) until dropped. A mutable view
+///   waits while any other view of the array exists in another thread; a view waits while a
+///   mutable one does. Commit, abort, begin, discard, rollback and close (which remap or drop
+///   memory) wait until no view of the connection's arrays is alive, savepoints (which read
+///   written pages) until no mutable one is, resize and append until their array has none.
+///   When the conflicting view belongs to the calling thread, waiting would never end: these
+///   calls return [`Error::InvalidArgument`] ("... is alive in this thread: drop it first").
+/// * The guards let nothing with the view's lifetime out: `ArrayRef` cannot be cloned,
+///   copied or swapped, and views taken from it (`v.view()`) borrow the guard. Guards are not
+///   `Send` (the book knows holds by thread); share `&View`, or `v.view()`, with scoped
+///   threads instead.
+///
+/// Waiting threads can deadlock like threads taking two locks in opposite orders (a thread
+/// holding a view of `A` and waiting for `B` while another holds `B` and waits for `A`; a
+/// thread joining a scoped thread that commits while the first holds a view). A guard leaked
+/// with `std::mem::forget` holds its array forever. [`raw_view`](BigArray::raw_view) is
+/// outside all this: raw pointers for other languages (the Python layer), unguarded, whose
+/// users keep these rules themselves.
+///
+/// Two mutable views through one handle do not compile:
+///
+/// ```compile_fail,E0499
+/// # use outcore::{array::Order, db::Database};
+/// let db = Database::open("mem:")?;
+/// let conn = db.connect()?;
+/// let mut a = conn.create::<f64>("a", &[10], Order::C)?;
+/// let mut first = a.view_mut::<f64>()?;
+/// let second = a.view_mut::<f64>()?; // error: `a` is already borrowed mutably
+/// first[0] = second[0];
+/// # Ok::<(), outcore::Error>(())
+/// ```
+///
+/// nor does a view that outlives its handle:
+///
+/// ```compile_fail,E0597
+/// # use outcore::{array::Order, db::Database};
+/// let db = Database::open("mem:")?;
+/// let conn = db.connect()?;
+/// let view = {
+///     let a = conn.create::<f64>("a", &[10], Order::C)?;
+///     a.view::<f64>()?  // error: `a` does not live long enough
+/// };
+/// assert_eq!(view.sum(), 0.0);
+/// # Ok::<(), outcore::Error>(())
+/// ```
+///
+/// Through clones the book decides at run time:
+///
+/// ```
+/// # use outcore::{array::Order, db::Database};
+/// let db = Database::open("mem:")?;
+/// let conn = db.connect()?;
+/// let mut a = conn.create::<f64>("a", &[10], Order::C)?;
+/// let mut b = a.clone();
+/// let mut first = a.view_mut::<f64>()?;
+/// assert!(b.view_mut::<f64>().is_err()); // this thread holds `first`
+/// assert!(conn.commit().is_err());        // likewise
+/// first[0] = 1.0;
+/// drop(first);
+/// assert_eq!(b.view_mut::<f64>()?[0], 1.0);
+/// conn.commit()?;
+/// # Ok::<(), outcore::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct BigArray {
     pub(crate) conn: Arc<ConnShared>,
@@ -163,7 +237,8 @@ impl BigArray {
 
     /// Checks `T`, maps the blocks under the major-axis indices `elems` selects (all of them
     /// if `None`, after checking every index) and returns the shape with element strides and
-    /// the address of that sub-array, and `elems` rewritten relative to it.
+    /// the address of that sub-array, `elems` rewritten relative to it, and the reservation
+    /// to keep while a view of it lives.
     #[allow(clippy::type_complexity)]
     fn sub_view<T: Element>(
         &self,
@@ -172,6 +247,7 @@ impl BigArray {
         ndarray::StrideShape<IxDyn>,
         *mut T,
         Vec<ndarray::SliceInfoElem>,
+        Arc<Reservation>,
     )> {
         let m = self.typed_meta::<T>()?;
         let (major, rebased) = match elems {
@@ -192,57 +268,84 @@ impl BigArray {
             IxDyn(&raw.shape).strides(IxDyn(&strides)),
             raw.ptr.cast::<T>(),
             rebased,
+            raw.keepalive,
         ))
     }
 
-    /// A view of the whole array.
-    pub fn view<T: Element>(&self) -> Result<ArrayViewD<'_, T>> {
-        let (shape, ptr, _) = self.sub_view::<T>(None)?;
+    /// Registers a hold on this array in the connection's view book (see [`BigArray`]).
+    fn hold(&self, exclusive: bool, what: &str) -> Result<Hold<'_>> {
+        let oid = self.handle.oid;
+        self.conn.views.hold(Scope::Array(oid), exclusive, || {
+            format!("{what} array {oid}")
+        })
+    }
+
+    /// A view of the whole array. Waits while a mutable view of the array exists in another
+    /// thread; an error if one exists in this thread.
+    pub fn view<T: Element>(&self) -> Result<View<'_, T, IxDyn>> {
+        let hold = self.hold(false, "take a view of")?;
+        let (shape, ptr, _, memory) = self.sub_view::<T>(None)?;
         // SAFETY: the array's bytes lie in mapped memory of the window `sub_view` returned,
-        // which `self`'s handle keeps (a window with views is never released); strides
-        // describe the array's layout (non-negative, in elements); T is plain bytes of the
-        // array's element size.
-        Ok(unsafe { ArrayView::from_shape_ptr(shape, ptr.cast_const()) })
+        // which the guard keeps reserved (`memory`) for the view's lifetime; strides describe
+        // the array's layout (non-negative, in elements); T is plain bytes of the array's
+        // element size. The hold keeps mutable views and memory changes away while the guard
+        // lives, and the guard lets no part of the view outlive it.
+        let view = unsafe { ArrayView::from_shape_ptr(shape, ptr.cast_const()) };
+        Ok(View::new(view, hold, memory))
     }
 
     /// A view of `info` (an `ndarray::s![...]` slice). Only the blocks under the selected
     /// part of the major axis are mapped. Out-of-range indices are an error, not a panic.
-    pub fn slice<T: Element, I: SliceArg<IxDyn>>(
-        &self,
-        info: I,
-    ) -> Result<ArrayView<'_, T, I::OutDim>> {
-        let (shape, ptr, rebased) = self.sub_view::<T>(Some(info.as_ref()))?;
+    /// Waits and fails like [`view`](BigArray::view).
+    pub fn slice<T: Element, I: SliceArg<IxDyn>>(&self, info: I) -> Result<View<'_, T, I::OutDim>> {
+        let hold = self.hold(false, "take a view of")?;
+        let (shape, ptr, rebased, memory) = self.sub_view::<T>(Some(info.as_ref()))?;
         // SAFETY: as in `view`, for the sub-array of the selected major-axis indices.
         let sub: ArrayViewD<'_, T> = unsafe { ArrayView::from_shape_ptr(shape, ptr.cast_const()) };
-        Ok(sub.slice_move(same_slice::<I>(rebased)?))
+        Ok(View::new(
+            sub.slice_move(same_slice::<I>(rebased)?),
+            hold,
+            memory,
+        ))
     }
 
-    /// A writable view of the whole array.
-    pub fn view_mut<T: Element>(&mut self) -> Result<ndarray::ArrayViewMutD<'_, T>> {
+    /// A writable view of the whole array. Waits while another view of the array exists in
+    /// another thread (through a clone of this handle); an error if one exists in this thread.
+    pub fn view_mut<T: Element>(&mut self) -> Result<ViewMut<'_, T, IxDyn>> {
         self.conn.check_writable()?;
-        let (shape, ptr, _) = self.sub_view::<T>(None)?;
-        // SAFETY: as in `view`; the memory is mapped writable (writable connection) and
-        // `&mut self` makes this the only Rust view derived from this handle.
-        Ok(unsafe { ArrayViewMut::from_shape_ptr(shape, ptr) })
+        let hold = self.hold(true, "take a mutable view of")?;
+        let (shape, ptr, _, memory) = self.sub_view::<T>(None)?;
+        // SAFETY: as in `view`; the memory is mapped writable (writable connection), `&mut
+        // self` makes this the only view derived from this handle and the exclusive hold
+        // the only view of the array in the connection.
+        let view = unsafe { ArrayViewMut::from_shape_ptr(shape, ptr) };
+        Ok(ViewMut::new(view, hold, memory))
     }
 
-    /// A writable view of `info`; see [`slice`](BigArray::slice).
+    /// A writable view of `info`; see [`slice`](BigArray::slice) and
+    /// [`view_mut`](BigArray::view_mut).
     pub fn slice_mut<T: Element, I: SliceArg<IxDyn>>(
         &mut self,
         info: I,
-    ) -> Result<ArrayViewMut<'_, T, I::OutDim>> {
+    ) -> Result<ViewMut<'_, T, I::OutDim>> {
         self.conn.check_writable()?;
-        let (shape, ptr, rebased) = self.sub_view::<T>(Some(info.as_ref()))?;
+        let hold = self.hold(true, "take a mutable view of")?;
+        let (shape, ptr, rebased, memory) = self.sub_view::<T>(Some(info.as_ref()))?;
         // SAFETY: as in `slice` and `view_mut`.
         let sub: ndarray::ArrayViewMutD<'_, T> =
             unsafe { ArrayViewMut::from_shape_ptr(shape, ptr) };
-        Ok(sub.slice_move(same_slice::<I>(rebased)?))
+        Ok(ViewMut::new(
+            sub.slice_move(same_slice::<I>(rebased)?),
+            hold,
+            memory,
+        ))
     }
 
     /// Changes the shape in O(1); only the major axis (0 for C order, the last for F) may
     /// change. Shrinking then growing shows zeros in the regrown part.
     pub fn resize(&self, shape: &[u64]) -> Result<()> {
         self.conn.check_writable()?;
+        let _hold = self.hold(true, "resize")?;
         let at = self.conn.snapshot()?;
         self.handle.resize(&self.conn.storage, at, shape)
     }
@@ -272,6 +375,7 @@ impl BigArray {
     /// entry point); see [`append`](BigArray::append).
     pub fn append_bytes(&self, bytes: &[u8], shape: &[u64]) -> Result<()> {
         self.conn.check_writable()?;
+        let _hold = self.hold(true, "append to")?;
         let m = self.meta()?;
         let major = m.major_axis();
         if shape.len() != m.shape.len()

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::bigarray::BigArray;
 use super::handle::{ArrayHandle, ArraySavepoint};
 use super::root::{self, ROOT_KEY};
+use super::views::{Scope, ViewBook};
 use crate::array::{ArrayMeta, Element, Order, DEFAULT_BLKSIZE};
 use crate::storage::{CommitRequest, Key, Oid, ReaderLease, Storage, Tid, TxnMeta, Write};
 use crate::{Error, Result};
@@ -15,8 +16,10 @@ use crate::{Error, Result};
 /// The snapshot moves to the newest commit at every transaction boundary ([`commit`],
 /// [`abort`], [`begin`]); other connections' commits become visible then, never in between.
 /// Arrays opened through a connection share its transaction. A connection may be used from
-/// any thread, but one transaction is one unit: do not commit from one thread while another
-/// writes into views.
+/// any thread, but one transaction is one unit. The memory under views changes only at
+/// boundaries, and those wait until the views of the connection's arrays
+/// ([`BigArray::view`](super::BigArray::view) and friends) held by other threads are dropped;
+/// a view held by the calling thread makes them fail instead (drop it first).
 ///
 /// [`commit`]: Connection::commit
 /// [`abort`]: Connection::abort
@@ -35,6 +38,8 @@ pub(crate) struct ConnShared {
     reserve: Option<u64>,
     /// True for a connection pinned at an old tid.
     historical: bool,
+    /// The live views of the connection's arrays: memory changes wait for them.
+    pub views: ViewBook,
     state: Mutex<ConnState>,
 }
 
@@ -86,6 +91,13 @@ impl ConnShared {
         Ok(released)
     }
 
+    /// Holds every array of the connection for `what` (a transaction boundary): waits
+    /// until the views of other threads are dropped; an error if this thread has one.
+    fn boundary(&self, what: &str) -> Result<super::views::Hold<'_>> {
+        self.views
+            .hold(Scope::Connection, true, || what.to_string())
+    }
+
     pub fn check_writable(&self) -> Result<()> {
         if self.writable {
             Ok(())
@@ -120,6 +132,7 @@ impl Connection {
                 writable: writable && at.is_none(),
                 reserve,
                 historical: at.is_some(),
+                views: ViewBook::default(),
                 state: Mutex::new(ConnState {
                     lease,
                     closed: false,
@@ -271,6 +284,7 @@ impl Connection {
 
     /// [`commit`](Connection::commit) with a user and description for the log.
     pub fn commit_with(&self, meta: TxnMeta) -> Result<Tid> {
+        let _views = self.shared.boundary("commit")?;
         let mut st = self.shared.lock()?;
         let mut writes: Vec<(Key, Write)> = Vec::new();
         // Arrays no longer named in the root are gone: nothing of theirs is written, and
@@ -332,6 +346,7 @@ impl Connection {
 
     /// Discards every change of the transaction, then moves to the newest snapshot.
     pub fn abort(&self) -> Result<()> {
+        let _views = self.shared.boundary("abort")?;
         let mut st = self.shared.lock()?;
         self.discard_locked(&mut st)?;
         self.sync(&mut st)
@@ -341,6 +356,7 @@ impl Connection {
     /// `transaction` package calls this when a savepoint from before this connection joined
     /// is rolled back; the snapshot moves at the transaction boundary).
     pub fn discard(&self) -> Result<()> {
+        let _views = self.shared.boundary("discard the transaction's changes")?;
         let mut st = self.shared.lock()?;
         self.discard_locked(&mut st)
     }
@@ -363,7 +379,10 @@ impl Connection {
     /// Starts a new transaction at the newest snapshot, discarding uncommitted changes (as
     /// [`abort`](Connection::abort) does).
     pub fn begin(&self) -> Result<()> {
-        self.abort()
+        let _views = self.shared.boundary("begin a transaction")?;
+        let mut st = self.shared.lock()?;
+        self.discard_locked(&mut st)?;
+        self.sync(&mut st)
     }
 
     /// Moves to the newest snapshot, applying other transactions' commits from the log.
@@ -417,6 +436,11 @@ impl Connection {
 
     /// Remembers the current state of the transaction.
     pub fn savepoint(&self) -> Result<Savepoint> {
+        // Reads the written pages: no mutable view may write them meanwhile.
+        let _views = self
+            .shared
+            .views
+            .hold(Scope::Connection, false, || "take a savepoint".into())?;
         let st = self.shared.lock()?;
         let mut arrays = Vec::new();
         for h in st.arrays.values().filter(|h| !h.is_detached()) {
@@ -433,6 +457,7 @@ impl Connection {
     /// Restores the transaction to `savepoint` (data, shapes, names). The savepoint stays
     /// usable for further rollbacks within the same transaction.
     pub fn rollback(&self, savepoint: &Savepoint) -> Result<()> {
+        let _views = self.shared.boundary("roll back")?;
         let mut st = self.shared.lock()?;
         if savepoint.serial != st.serial {
             return Err(Error::InvalidArgument(
@@ -465,9 +490,13 @@ impl Connection {
 
     /// Closes the connection: uncommitted changes are discarded, the reader lease is released
     /// (pack may reclaim what only this snapshot kept), later calls fail with
-    /// [`Error::Closed`]. Views stay valid memory (they show the last snapshot). The
-    /// connection is closed even if discarding fails; the first such error is returned.
+    /// [`Error::Closed`]. Raw views ([`BigArray::raw_view`](super::BigArray::raw_view)) stay
+    /// valid memory (they show the last snapshot). The connection is closed even if
+    /// discarding fails; the first such error is returned. Waits for views like
+    /// [`commit`](Connection::commit); dropping a connection while this thread holds a view
+    /// leaves it open until its arrays are dropped.
     pub fn close(&self) -> Result<()> {
+        let _views = self.shared.boundary("close the connection")?;
         let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
         if st.closed {
             return Ok(());

@@ -22,10 +22,12 @@ mod connection;
 mod handle;
 pub(crate) mod root;
 mod source;
+mod views;
 
 use std::sync::Arc;
 
 pub use bigarray::{BigArray, RawView};
+pub use views::{View, ViewMut};
 
 pub use connection::{Connection, Savepoint};
 

@@ -27,7 +27,8 @@
 //! re-mapping) first waits until the block is not busy and marks it busy itself, so these
 //! never interleave, and a fetch that finishes after its block was re-registered is dropped.
 //!
-//! A fetch that keeps failing cannot be reported to the faulting instruction: after retries
+//! A fetch that keeps failing (an error, or a panic, which is caught and counts as one)
+//! cannot be reported to the faulting instruction: after retries
 //! the block is poisoned (`UFFDIO_POISON`: the thread gets SIGBUS) after logging an error naming
 //! the array and block. `BigArray::load` fetches under the caller's control and returns
 //! errors normally. The handler and workers never call Python or need the GIL.
@@ -843,7 +844,7 @@ impl FaultServer {
         let mut fetched = Err(Error::NotFound(String::new()));
         for &delay in delays_ms {
             std::thread::sleep(Duration::from_millis(delay));
-            fetched = fetch.fetch_into(buf);
+            fetched = fetch_caught(&*fetch, buf);
             if fetched.is_ok() {
                 break;
             }
@@ -1075,6 +1076,29 @@ impl FaultServer {
             region.end_busy(block, |_| {});
         }
     }
+}
+
+/// `fetch.fetch_into(buf)`, with a panic (a bug in a store or decoder) turned into an error
+/// naming the block: a worker that unwound would leave its block queued and the threads
+/// faulting it suspended forever, and a caller of `load` would get a panic instead of an error.
+fn fetch_caught(fetch: &dyn Fetch, buf: &mut [u8]) -> Result<usize> {
+    // AssertUnwindSafe: after a panic `buf` holds arbitrary bytes, which is fine because a
+    // failed fetch's buffer is never installed (the next attempt rewrites it, and the rest
+    // beyond the fetched length is zeroed before any copy); `fetch` is only borrowed, and
+    // whatever state it left behind is still valid memory, so retrying or dropping it is safe.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fetch.fetch_into(buf))).unwrap_or_else(
+        |payload| {
+            let why = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            Err(Error::io(
+                format!("fetching {}", fetch.describe()),
+                std::io::Error::other(format!("the fetch panicked: {why}")),
+            ))
+        },
+    )
 }
 
 /// A block to fetch: its region, the region's id and the block index.
