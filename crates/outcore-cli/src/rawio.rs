@@ -34,6 +34,8 @@ pub fn major_range(meta: &ArrayMeta, bytes: &Range<u64>) -> Range<u64> {
 /// Part of an array's memory, mapped: `bytes` of the array in its memory order.
 pub struct Mapped<'a> {
     raw: RawView,
+    /// The bytes asked for, as offsets from `raw.ptr` (the first byte of the first major-axis
+    /// index mapped).
     bytes: Range<u64>,
     _array: &'a BigArray,
 }
@@ -52,11 +54,16 @@ impl<'a> Mapped<'a> {
         let major = major_range(&meta, &bytes);
         let raw = array.raw_view(major.clone())?;
         if load && !bytes.is_empty() {
-            array.load(major)?;
+            array.load(major.clone())?;
         }
+        let origin = if meta.shape.is_empty() {
+            0
+        } else {
+            major.start * meta.major_stride_bytes()
+        };
         Ok(Mapped {
             raw,
-            bytes,
+            bytes: bytes.start - origin..bytes.end - origin,
             _array: array,
         })
     }
@@ -67,9 +74,9 @@ impl<'a> Mapped<'a> {
         if len == 0 {
             return &[];
         }
-        // SAFETY: `raw.ptr` is element zero of the array's reservation, which `raw.keepalive`
+        // SAFETY: `raw.ptr` is the first byte of the mapped sub-array, which `raw.keepalive`
         // keeps mapped; `new` checked that `bytes` lies inside the array and mapped every block
-        // under it, so the range is readable memory. Nothing in this process writes there
+        // under it (`bytes` is relative to `raw.ptr`), so the range is readable memory. Nothing in this process writes there
         // while the slice lives (`bytes_mut` needs `&mut self`).
         unsafe { std::slice::from_raw_parts(self.raw.ptr.add(self.bytes.start as usize), len) }
     }
