@@ -174,14 +174,21 @@ fn killed_clients_leave_no_partial_commit() {
     for round in 0..12u64 {
         let mut child = spawn("crasher", &url, &[]);
         let stdout = child.stdout.take().unwrap();
+        let (first_ack, acked_once) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
             BufReader::new(stdout)
                 .lines()
                 .map_while(Result::ok)
                 .filter_map(|l| l.split_once("@ok ").map(|(_, n)| n.parse::<i64>().unwrap()))
+                .inspect(|_| {
+                    let _ = first_ack.send(());
+                })
                 .last()
         });
-        std::thread::sleep(Duration::from_millis(150 + (round * 37) % 200));
+        // Kill mid-run: after the first acknowledged commit (however slow the machine is to
+        // start the child), then a little later.
+        let _ = acked_once.recv_timeout(Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(20 + (round * 37) % 200));
         // SAFETY: sends SIGKILL to our own child process.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         child.wait().unwrap();
