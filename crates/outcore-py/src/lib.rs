@@ -29,10 +29,12 @@ fn to_py(e: outcore::Error) -> PyErr {
     use outcore::Error as E;
     let msg = e.to_string();
     match e {
-        E::Conflict { .. } => Python::attach(|py| match CONFLICT_ERROR.get(py) {
-            Some(cls) => PyErr::from_type(cls.bind(py).clone(), msg),
-            None => PyRuntimeError::new_err(msg),
-        }),
+        E::Conflict { .. } | E::SnapshotStale(_) => {
+            Python::attach(|py| match CONFLICT_ERROR.get(py) {
+                Some(cls) => PyErr::from_type(cls.bind(py).clone(), msg),
+                None => PyRuntimeError::new_err(msg),
+            })
+        }
         E::NotFound(_) => PyKeyError::new_err(msg),
         E::IndexOutOfBounds(_) => PyIndexError::new_err(msg),
         E::InvalidShape(_)

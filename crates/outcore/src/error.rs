@@ -63,6 +63,12 @@ pub enum Error {
     /// differently; the commit wrote nothing. Not retryable as is: take views again.
     #[error("conflicting writes through views: {0}")]
     DivergentWrites(String),
+    /// The connection could not move to the newest snapshot at its last transaction boundary
+    /// (e.g. the store was unreachable right after a commit), so a commit now could build on a
+    /// snapshot missing that commit. Retryable: abort (which tries to catch up again) and redo
+    /// the transaction.
+    #[error("snapshot out of date: {0}")]
+    SnapshotStale(String),
     /// The object was used after `close()`.
     #[error("closed: {0}")]
     Closed(String),
@@ -94,7 +100,7 @@ pub enum Error {
 impl Error {
     /// True for errors that a retry of the whole transaction may cure.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Conflict { .. })
+        matches!(self, Error::Conflict { .. } | Error::SnapshotStale(_))
     }
 
     /// Wraps an I/O error with a description of what was being done.

@@ -55,6 +55,9 @@ struct ConnState {
     created: BTreeSet<Oid>,
     /// Incremented at every transaction boundary; savepoints of older transactions are void.
     serial: u64,
+    /// Why the last boundary could not move to the newest snapshot (then commits are
+    /// refused: the snapshot may miss this connection's own last commit).
+    behind: Option<String>,
 }
 
 /// A point inside a transaction to roll back to ([`Connection::rollback`]).
@@ -141,6 +144,7 @@ impl Connection {
                     arrays: BTreeMap::new(),
                     created: BTreeSet::new(),
                     serial: 0,
+                    behind: None,
                 }),
             }),
         })
@@ -323,6 +327,13 @@ impl Connection {
             return Ok(st.lease.tid());
         }
         self.shared.check_writable()?;
+        if let Some(why) = &st.behind {
+            return Err(Error::SnapshotStale(format!(
+                "this connection could not move to the newest snapshot at its last transaction \
+                 boundary ({why}), so its changes cannot be committed safely: abort and redo \
+                 the transaction"
+            )));
+        }
         let tid = self.shared.storage.commit(CommitRequest {
             base: st.lease.tid(),
             writes,
@@ -387,13 +398,54 @@ impl Connection {
 
     /// Moves to the newest snapshot, applying other transactions' commits from the log.
     /// Called with no uncommitted changes. Historical connections stay where they are.
+    ///
+    /// If applying the log fails (history packed away, no kernel mapping left to re-map a
+    /// block, a store error), every mapped block of every array is re-mapped at the newest
+    /// snapshot instead. If that fails too, the connection stays *behind*: its commits are
+    /// refused with [`Error::SnapshotStale`] (retryable) until a later boundary catches up,
+    /// so it never commits on a snapshot that misses its own last commit.
     fn sync(&self, st: &mut ConnState) -> Result<()> {
         st.serial += 1;
         if self.shared.historical {
             return Ok(());
         }
+        let from_log = self.sync_from_log(st);
+        let result = match from_log {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::warn!(
+                    "moving to the newest snapshot from the commit log failed ({e}); re-mapping \
+                     every block of the open arrays instead"
+                );
+                self.reload(st)
+            }
+        };
+        st.behind = result.as_ref().err().map(|e| e.to_string());
+        result
+    }
+
+    /// Moves to the newest snapshot without the log: reloads the root and every open
+    /// array's metadata and re-maps all their mapped blocks. Called with no uncommitted
+    /// changes.
+    fn reload(&self, st: &mut ConnState) -> Result<()> {
+        let storage = &self.shared.storage;
+        let head = storage.head()?;
+        st.root_committed = match storage.load(ROOT_KEY, head)? {
+            Some(v) => root::decode(&v.data)?,
+            None => BTreeMap::new(),
+        };
+        st.root = st.root_committed.clone();
+        for h in st.arrays.values().filter(|h| !h.is_detached()) {
+            h.reload(storage, head)?;
+        }
+        st.arrays.retain(|_, h| !h.is_detached());
+        st.lease.advance_to(head)
+    }
+
+    /// Moves to the newest snapshot by applying the commits since this one from the log.
+    fn sync_from_log(&self, st: &mut ConnState) -> Result<()> {
         // The snapshot moves only once every cached block is invalidated: if anything below
-        // fails, the next boundary starts again from the old snapshot.
+        // fails, the caller re-maps everything or the next boundary starts again.
         let old = st.lease.tid();
         let head = self.shared.storage.head()?;
         if head == old {

@@ -560,6 +560,27 @@ impl ArrayHandle {
         Ok(())
     }
 
+    /// Moves to snapshot `at` without knowing what changed: reloads the metadata (detaching
+    /// a deleted array) and re-maps every mapped block of every window. Called with no
+    /// uncommitted changes.
+    pub fn reload(&self, storage: &Arc<dyn Storage>, at: Tid) -> Result<()> {
+        self.invalidate(storage, at, &[], true)?;
+        if self.is_detached() {
+            return Ok(());
+        }
+        let g = self.lock()?;
+        let source = SnapshotSource {
+            storage,
+            file: g.meta.file,
+            at,
+            cut: None,
+        };
+        for m in self.all_memory() {
+            m.remap_from(0, &source)?;
+        }
+        Ok(())
+    }
+
     /// Changes the shape; only the major axis may change. Shrinking drops the blocks past the
     /// new end (and zeroes the tail of the last block) so that growing again shows zeros.
     pub fn resize(&self, storage: &Arc<dyn Storage>, at: Tid, shape: &[u64]) -> Result<()> {

@@ -122,6 +122,10 @@ struct State {
     decoded: Option<File>,
     /// Mapped-block count at which fragmentation is checked next.
     next_fragmentation_check: usize,
+    /// Every block is fetched on touch (file extents and holes included): set once the
+    /// blocks' file extents would need more kernel mappings than the budget allows (see
+    /// [`BlockMemory::ensure_mapped`]). Fetched blocks of a window share a few mappings.
+    fetch_mode: bool,
 }
 
 /// How many [`BlockMemory`] values exist in the process (each takes at least one kernel
@@ -156,9 +160,63 @@ fn map_error(what: String, e: std::io::Error) -> Error {
     }
 }
 
-/// Kernel mappings per process allowed by default (`vm.max_map_count` is 65530); warn well
-/// before one array uses this many.
-const FRAGMENTED_RUNS: usize = 16_384;
+/// Kernel mappings one array memory may use for file extents before it switches to fetching
+/// blocks on touch: a quarter of `vm.max_map_count` (65,530 by default), so a few fragmented
+/// arrays and the rest of the process (its allocator maps memory too) stay under the limit.
+fn mapping_budget() -> usize {
+    static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/vm/max_map_count")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(65_530)
+            / 4
+    })
+}
+
+/// A block version in a file extent, read when first touched (fetch mode).
+struct FileExtent {
+    file: Arc<File>,
+    offset: u64,
+    len: u64,
+}
+
+impl Fetch for FileExtent {
+    fn fetch(&self) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; self.len as usize];
+        self.fetch_into(&mut out)?;
+        Ok(out)
+    }
+
+    fn fetch_into(&self, out: &mut [u8]) -> Result<usize> {
+        let len = self.len as usize;
+        let target = out.get_mut(..len).ok_or_else(|| {
+            Error::InvalidArgument(format!("{}: larger than a block", self.describe()))
+        })?;
+        self.file
+            .read_exact_at(target, self.offset)
+            .map_err(|e| Error::io(format!("reading {}", self.describe()), e))?;
+        Ok(len)
+    }
+
+    fn describe(&self) -> String {
+        format!("{} bytes at offset {} of a segment", self.len, self.offset)
+    }
+}
+
+/// A hole, fetched on touch as zeros (fetch mode: holes then share the mappings of fetched
+/// blocks).
+struct Zeros;
+
+impl Fetch for Zeros {
+    fn fetch(&self) -> Result<Vec<u8>> {
+        Ok(Vec::new())
+    }
+
+    fn describe(&self) -> String {
+        "a hole".into()
+    }
+}
 
 impl BlockMemory {
     /// Reserves address space for `capacity_blocks` blocks of `blksize` bytes (a positive
@@ -266,23 +324,70 @@ impl BlockMemory {
 
     /// Maps every not yet mapped block in `blocks`, asking `source` for its backing. Reads
     /// nothing: pages come in when touched.
+    ///
+    /// When the blocks' file extents need more kernel mappings than the budget (a quarter of
+    /// `vm.max_map_count`), or mapping runs out of them, and nothing uncommitted lives in this
+    /// memory, it switches to *fetch mode*: every block is fetched on touch into memory
+    /// that takes a few mappings, slower but never failing for lack of mappings.
     pub fn ensure_mapped(&self, blocks: Range<u64>, source: &dyn BlockSource) -> Result<()> {
         self.check_range(&blocks)?;
         let mut state = self.lock();
         let todo: Vec<u64> = blocks.filter(|b| !state.mapped.contains_key(b)).collect();
-        self.map_blocks(&mut state, todo, source)?;
-        if state.mapped.len() >= state.next_fragmentation_check {
-            state.next_fragmentation_check = state.mapped.len() + 4096;
-            let runs = self.runs_locked(&state);
-            if runs > FRAGMENTED_RUNS {
-                tracing::warn!(
-                    "an array's mapped blocks need {runs} separate kernel mappings (the \
-                     default vm.max_map_count is 65530 per process): its blocks are scattered \
-                     in the store; `pack` rewrites them contiguously"
-                );
+        let mapped = self.map_blocks(&mut state, todo.clone(), source);
+        let over_budget =
+            !state.fetch_mode && state.mapped.len() >= state.next_fragmentation_check && {
+                state.next_fragmentation_check = state.mapped.len() + 4096;
+                self.runs_locked(&state) > mapping_budget()
+            };
+        let out_of_mappings = matches!(mapped, Err(Error::AddressSpace(_)));
+        if (over_budget || out_of_mappings) && !state.fetch_mode {
+            if self.written_pages_locked(&state)?.is_empty() {
+                return self.enter_fetch_mode(&mut state, todo, source);
             }
+            tracing::warn!(
+                "{}: its mapped blocks need {} kernel mappings (budget {}): its blocks are \
+                 scattered in the store (`pack` rewrites them contiguously); it switches to \
+                 fetching blocks on touch at the next transaction boundary",
+                self.what,
+                self.runs_locked(&state),
+                mapping_budget()
+            );
         }
-        Ok(())
+        mapped
+    }
+
+    /// Switches to fetch mode: maps every mapped block, and `more`, again as fetched on
+    /// touch. Private pages of mapped blocks are dropped: callers make sure there are none
+    /// that matter (nothing uncommitted, or a boundary that re-maps anyway).
+    fn enter_fetch_mode(
+        &self,
+        state: &mut State,
+        more: Vec<u64>,
+        source: &dyn BlockSource,
+    ) -> Result<()> {
+        tracing::info!(
+            "{} switches to fetching blocks on touch: its blocks' file extents would need more \
+             than {} kernel mappings",
+            self.what,
+            mapping_budget()
+        );
+        state.fetch_mode = true;
+        let mut blocks: Vec<u64> = state
+            .mapped
+            .iter()
+            .filter(|(_, m)| **m != Mapped::Remote)
+            .map(|(&b, _)| b)
+            .chain(more)
+            .collect();
+        blocks.sort_unstable();
+        blocks.dedup();
+        self.map_blocks(state, blocks, source)
+    }
+
+    /// True once this memory fetches every block on touch (see
+    /// [`ensure_mapped`](BlockMemory::ensure_mapped)).
+    pub fn fetches_everything(&self) -> bool {
+        self.lock().fetch_mode
     }
 
     /// Maps `blocks` (ascending) with their backings from `source`, replacing what was
@@ -297,6 +402,13 @@ impl BlockMemory {
         let mut run: Vec<(u64, Backing)> = Vec::new();
         for batch in blocks.chunks(FETCH_BATCH) {
             for (&b, backing) in batch.iter().zip(source.backings(batch)?) {
+                let backing = match backing {
+                    Backing::File { file, offset, len } if state.fetch_mode => {
+                        Backing::Fetch(Arc::new(FileExtent { file, offset, len }))
+                    }
+                    Backing::Hole if state.fetch_mode => Backing::Fetch(Arc::new(Zeros)),
+                    other => other,
+                };
                 if !run.is_empty() && !self.extends_run(&run, b, &backing) {
                     self.map_run(state, std::mem::take(&mut run))?;
                 }
@@ -651,7 +763,10 @@ impl BlockMemory {
 
     /// Written pages of every mapped block: block → byte ranges within the block, sorted.
     pub fn written_pages(&self) -> Result<BTreeMap<u64, Vec<Range<usize>>>> {
-        let state = self.lock();
+        self.written_pages_locked(&self.lock())
+    }
+
+    fn written_pages_locked(&self, state: &State) -> Result<BTreeMap<u64, Vec<Range<usize>>>> {
         let mut out: BTreeMap<u64, Vec<Range<usize>>> = BTreeMap::new();
         // Scan only the span of mapped blocks (one call for the whole span).
         let (Some(first), Some(last)) = (
@@ -831,6 +946,13 @@ impl BlockMemory {
 
     /// Re-maps those of `blocks` that are mapped, with their current backing from `source`
     /// (used when other transactions changed them). Unmapped blocks are left alone.
+    ///
+    /// Called where private pages of the re-mapped blocks may be dropped (transaction
+    /// boundaries, rollbacks). Like [`ensure_mapped`](BlockMemory::ensure_mapped), it
+    /// switches to fetch mode when the mapped file extents exceed the mapping budget or
+    /// mapping runs out of kernel mappings; private pages of other blocks are dropped then
+    /// too, so callers make sure no uncommitted write lives there (boundaries) or restore them
+    /// (rollbacks).
     pub fn remap(&self, blocks: &[u64], source: &dyn BlockSource) -> Result<()> {
         let mut state = self.lock();
         let mut mapped: Vec<u64> = blocks
@@ -840,7 +962,15 @@ impl BlockMemory {
             .collect();
         mapped.sort_unstable();
         mapped.dedup();
-        self.map_blocks(&mut state, mapped, source)
+        let changed = !mapped.is_empty();
+        let result = self.map_blocks(&mut state, mapped, source);
+        if !state.fetch_mode
+            && (matches!(result, Err(Error::AddressSpace(_)))
+                || (changed && self.runs_locked(&state) > mapping_budget()))
+        {
+            return self.enter_fetch_mode(&mut state, Vec::new(), source);
+        }
+        result
     }
 
     /// Re-maps every mapped block at or after `first` with its backing from `source`.
@@ -882,7 +1012,8 @@ impl BlockMemory {
                     )),
                     Mapped::File { inode, offset },
                 ) => pb + 1 == b && pi == inode && po + self.blksize as u64 == *offset,
-                (Some((pb, Mapped::Hole)), Mapped::Hole) => pb + 1 == b,
+                (Some((pb, Mapped::Hole)), Mapped::Hole)
+                | (Some((pb, Mapped::Remote)), Mapped::Remote) => pb + 1 == b,
                 _ => false,
             };
             if !continues {
