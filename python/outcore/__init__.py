@@ -35,8 +35,8 @@ def open(  # noqa: A001
     historical snapshot ``tid`` read-only; ``compression`` ("zstd" or "lz4") applies when a
     store is created; ``cache_bytes`` is the RAM budget for blocks that cannot be mapped
     (default 1 GiB or ``OUTCORE_CACHE_BYTES``); ``reserve_bytes`` the address space reserved
-    per open array (default clamp(16 x size, 64 GiB, 1 TiB); an array growing past it gets a
-    larger reservation for new views)."""
+    per window of an array (default clamp(16 x the bytes viewed, 64 MiB, 1 TiB); an array
+    growing past its window gets another for new views)."""
     return DB(
         url,
         cache_bytes=cache_bytes,

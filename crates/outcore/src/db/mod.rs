@@ -49,8 +49,10 @@ pub struct DbOptions {
     /// budget is process-wide; `None` keeps the current one (default 1 GiB, or
     /// `OUTCORE_CACHE_BYTES`).
     pub cache_bytes: Option<u64>,
-    /// Address space each connection reserves per open array (default: clamp(16 × size,
-    /// 64 GiB, 1 TiB)). An array that outgrows it gets a larger reservation for new views.
+    /// Address space reserved for each address-space window of an array (default:
+    /// clamp(16 × the bytes viewed, 64 MiB, 1 TiB), at least twice those bytes; at least the
+    /// bytes viewed either way). Windows are reserved when views first need them; an array
+    /// that outgrows its window gets another for new views (see README, "Address space").
     pub reserve_bytes: Option<u64>,
 }
 
