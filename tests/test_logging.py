@@ -10,13 +10,16 @@ import transaction
 
 import outcore
 
-OUTGREW = "outgrew its address-space reservation"
+OUTGREW = "outgrew its address-space window"
 
 
 def _outgrow(db):
-    """Makes the Rust core warn: an array grows past the address space reserved for it."""
+    """Makes the Rust core warn: an array grows past the address-space window its views
+    (one with an uncommitted write) live in, and a new view needs another."""
     db.root()["A"] = A = outcore.BigArray((4096,), "u1", blksize=4096)
-    A.resize((8 << 20,))  # 2048 blocks; the reservation (rounded up to 2 MiB) holds 512
+    A[0] = 1
+    A.resize((8 << 20,))  # 2048 blocks; the window (rounded up to 2 MiB) holds 512
+    A[-1] = 2
     return A
 
 

@@ -34,9 +34,10 @@ pub fn major_range(meta: &ArrayMeta, bytes: &Range<u64>) -> Range<u64> {
 /// Part of an array's memory, mapped: `bytes` of the array in its memory order.
 pub struct Mapped<'a> {
     raw: RawView,
-    /// The bytes asked for, as offsets from `raw.ptr` (the first byte of the first major-axis
-    /// index mapped).
+    /// The bytes asked for (offsets in the array).
     bytes: Range<u64>,
+    /// The array offset of `raw.ptr` (the first byte of the first major-axis index mapped).
+    origin: u64,
     _array: &'a BigArray,
 }
 
@@ -63,7 +64,8 @@ impl<'a> Mapped<'a> {
         };
         Ok(Mapped {
             raw,
-            bytes: bytes.start - origin..bytes.end - origin,
+            bytes,
+            origin,
             _array: array,
         })
     }
@@ -76,9 +78,14 @@ impl<'a> Mapped<'a> {
         }
         // SAFETY: `raw.ptr` is the first byte of the mapped sub-array, which `raw.keepalive`
         // keeps mapped; `new` checked that `bytes` lies inside the array and mapped every block
-        // under it (`bytes` is relative to `raw.ptr`), so the range is readable memory. Nothing in this process writes there
+        // under it (`raw.ptr` is its byte `origin`), so the range is readable memory. Nothing in this process writes there
         // while the slice lives (`bytes_mut` needs `&mut self`).
-        unsafe { std::slice::from_raw_parts(self.raw.ptr.add(self.bytes.start as usize), len) }
+        unsafe {
+            std::slice::from_raw_parts(
+                self.raw.ptr.add((self.bytes.start - self.origin) as usize),
+                len,
+            )
+        }
     }
 
     /// The mapped bytes, writable (a writable connection is needed).
@@ -93,7 +100,10 @@ impl<'a> Mapped<'a> {
         // SAFETY: as in `bytes`, and the mapping is writable (checked above); `&mut self`
         // makes this the only slice of these bytes.
         Ok(unsafe {
-            std::slice::from_raw_parts_mut(self.raw.ptr.add(self.bytes.start as usize), len)
+            std::slice::from_raw_parts_mut(
+                self.raw.ptr.add((self.bytes.start - self.origin) as usize),
+                len,
+            )
         })
     }
 
