@@ -334,11 +334,7 @@ impl Connection {
                  the transaction"
             )));
         }
-        let tid = self.shared.storage.commit(CommitRequest {
-            base: st.lease.tid(),
-            writes,
-            meta,
-        })?;
+        let tid = self.commit_merging_root(&mut st, writes, meta)?;
         // The commit is durable: what follows must not make the caller think otherwise (a
         // retry would apply it twice). A failure here leaves the snapshot where it was; the
         // next transaction boundary catches up from the log.
@@ -353,6 +349,118 @@ impl Connection {
             tracing::warn!("after commit {tid}, moving to the newest snapshot failed: {e}");
         }
         Ok(tid)
+    }
+
+    /// Commits `writes` on this connection's snapshot. When the only conflict is the root
+    /// record (another transaction added, removed or renamed *other* names since this
+    /// snapshot), the root changes are merged by name onto the newest root and the commit is
+    /// retried on the newest snapshot — provided nothing else this transaction writes (or
+    /// the arrays it writes) changed meanwhile. The same name changed by both is a conflict.
+    fn commit_merging_root(
+        &self,
+        st: &mut ConnState,
+        mut writes: Vec<(Key, Write)>,
+        meta: TxnMeta,
+    ) -> Result<Tid> {
+        let storage = &self.shared.storage;
+        let snapshot = st.lease.tid();
+        let mut base = snapshot;
+        // The root as of `base`, and as this transaction wants it on top of that.
+        let mut base_root = st.root_committed.clone();
+        let mut ours = st.root.clone();
+        // Root merges retried before giving up (each retry follows a newer commit).
+        const ROOT_MERGES: usize = 8;
+        for _ in 0..ROOT_MERGES {
+            let request = CommitRequest {
+                base,
+                writes: writes.clone(),
+                meta: meta.clone(),
+            };
+            let head = match storage.commit(request) {
+                Ok(tid) => {
+                    st.root = ours;
+                    return Ok(tid);
+                }
+                Err(Error::Conflict { key: ROOT_KEY, .. }) if ours != base_root => {
+                    storage.head()?
+                }
+                Err(e) => return Err(e),
+            };
+            self.check_only_root_changed(st, &writes, base, head)?;
+            let theirs = match storage.load(ROOT_KEY, head)? {
+                Some(v) => root::decode(&v.data)?,
+                None => BTreeMap::new(),
+            };
+            let merged = merge_roots(&base_root, &ours, &theirs).map_err(|name| {
+                tracing::debug!("root name {name:?} changed by this transaction and another");
+                Error::Conflict {
+                    key: ROOT_KEY,
+                    base,
+                    committed: head,
+                }
+            })?;
+            for (key, write) in writes.iter_mut() {
+                if *key == ROOT_KEY {
+                    *write = Write::Store(root::encode(&merged));
+                }
+            }
+            ours = merged;
+            base_root = theirs;
+            base = head;
+        }
+        Err(Error::Conflict {
+            key: ROOT_KEY,
+            base: snapshot,
+            committed: base,
+        })
+    }
+
+    /// Fails with [`Error::Conflict`] if a commit in `(base, head]` changed a key other than
+    /// the root that `writes` write, or any key of an array they change or delete.
+    fn check_only_root_changed(
+        &self,
+        st: &ConnState,
+        writes: &[(Key, Write)],
+        base: Tid,
+        head: Tid,
+    ) -> Result<()> {
+        let mut files: BTreeSet<Oid> = BTreeSet::new();
+        let mut metas: BTreeSet<Oid> = BTreeSet::new();
+        for (key, _) in writes {
+            match *key {
+                Key::Block { file, .. } => {
+                    files.insert(file);
+                }
+                Key::Meta(oid) => {
+                    metas.insert(oid);
+                }
+            }
+        }
+        // The arrays whose blocks are written: their metadata matters too (a deletion).
+        for h in st.arrays.values() {
+            if let Ok(meta) = h.meta() {
+                if files.contains(&meta.file) {
+                    metas.insert(h.oid);
+                }
+            }
+        }
+        for (tid, keys) in self.shared.storage.changes(base, head)? {
+            for key in keys {
+                let clash = match key {
+                    ROOT_KEY => false,
+                    Key::Meta(oid) => metas.contains(&oid),
+                    Key::Block { file, .. } => files.contains(&file),
+                };
+                if clash {
+                    return Err(Error::Conflict {
+                        key,
+                        base,
+                        committed: tid,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Discards every change of the transaction, then moves to the newest snapshot.
@@ -574,4 +682,30 @@ impl Drop for Connection {
     fn drop(&mut self) {
         let _ = self.close();
     }
+}
+
+/// The root `ours` made from `base`, applied onto `theirs` (a newer root): names this
+/// transaction added, removed or re-pointed take its value; the others keep `theirs`. A name
+/// both changed differently is returned as the error.
+fn merge_roots(
+    base: &BTreeMap<String, Oid>,
+    ours: &BTreeMap<String, Oid>,
+    theirs: &BTreeMap<String, Oid>,
+) -> std::result::Result<BTreeMap<String, Oid>, String> {
+    let mut merged = theirs.clone();
+    let names: BTreeSet<&String> = base.keys().chain(ours.keys()).collect();
+    for name in names {
+        let (b, o, t) = (base.get(name), ours.get(name), theirs.get(name));
+        if o == b {
+            continue; // not ours to change
+        }
+        if t != b && t != o {
+            return Err(name.clone());
+        }
+        match o {
+            Some(oid) => merged.insert(name.clone(), *oid),
+            None => merged.remove(name),
+        };
+    }
+    Ok(merged)
 }
