@@ -9,8 +9,8 @@ use outcore::Result;
 
 const BLK: usize = 2 << 20;
 
-/// Tests that change the process-wide budget, measure memory or load many blocks run one at a
-/// time.
+/// Every test here loads blocks, which count against the process-wide budget that some tests
+/// change or measure (spare frames, evictions): they run one at a time.
 static BUDGET_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn content(block: u64) -> Vec<u8> {
@@ -63,6 +63,8 @@ fn byte(mem: &BlockMemory, block: u64, at: usize) -> u8 {
 
 #[test]
 fn touching_one_element_fetches_one_block_and_writes_are_tracked() {
+    // Loaded blocks count against the process-wide budget the budget tests measure.
+    let _serial = BUDGET_TESTS.lock().unwrap_or_else(|p| p.into_inner());
     if !available() {
         return;
     }
@@ -97,6 +99,8 @@ fn touching_one_element_fetches_one_block_and_writes_are_tracked() {
 
 #[test]
 fn concurrent_faults_on_one_block_fetch_it_once() {
+    // Loaded blocks count against the process-wide budget the budget tests measure.
+    let _serial = BUDGET_TESTS.lock().unwrap_or_else(|p| p.into_inner());
     if !available() {
         return;
     }
@@ -114,6 +118,8 @@ fn concurrent_faults_on_one_block_fetch_it_once() {
 
 #[test]
 fn the_kernel_can_read_unloaded_memory() {
+    // Loaded blocks count against the process-wide budget the budget tests measure.
+    let _serial = BUDGET_TESTS.lock().unwrap_or_else(|p| p.into_inner());
     if !available() {
         return;
     }
@@ -130,6 +136,8 @@ fn the_kernel_can_read_unloaded_memory() {
 
 #[test]
 fn the_kernel_can_write_into_fetched_memory_and_it_counts_as_written() {
+    // Loaded blocks count against the process-wide budget the budget tests measure.
+    let _serial = BUDGET_TESTS.lock().unwrap_or_else(|p| p.into_inner());
     if !available() {
         return;
     }
