@@ -345,6 +345,7 @@ impl Mapping {
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<Database>()?;
     m.add_class::<Connection>()?;
     m.add_class::<Array>()?;
