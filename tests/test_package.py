@@ -23,3 +23,19 @@ def test_the_extension_carries_no_debug_info():
     so = pathlib.Path(outcore._native.__file__)
     data = so.read_bytes()
     assert b".debug_info" not in data, f"{so} ({len(data) >> 20} MiB) has debug info"
+
+
+def test_one_bigarray_per_array_and_connection():
+    import transaction
+
+    transaction.abort()
+    db = outcore.open("mem:")
+    root = db.root()
+    root["A"] = A = outcore.BigArray((3,), "u1")
+    assert root["A"] is A and root["A"] is root["A"]
+    transaction.commit()
+    assert root["A"] is A
+    other = db.open(transaction_manager=transaction.TransactionManager())
+    assert other.root()["A"] is not A and other.root()["A"] is other.root()["A"]
+    other.close()
+    db.close()

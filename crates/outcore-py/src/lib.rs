@@ -242,6 +242,11 @@ struct Array {
 
 #[pymethods]
 impl Array {
+    /// The array's identity (the oid of its metadata record).
+    fn oid(&self) -> u64 {
+        self.arr.oid().0
+    }
+
     /// (dtype descriptor, itemsize, shape, order, blksize).
     fn meta(&self) -> PyResult<(String, usize, Vec<u64>, String, usize)> {
         let m = self.arr.meta().py()?;
