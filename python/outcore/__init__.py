@@ -13,7 +13,11 @@ from . import _native
 from ._array import DEFAULT_BLKSIZE, BigArray, ZBigArray
 from ._db import DB, DEFAULT_CACHE_BYTES, ConflictError, Connection, Root
 
+#: The version of this package (the Rust core's crate version).
+__version__ = _native.__version__
+
 __all__ = [
+    "__version__",
     "BigArray",
     "ZBigArray",
     "DB",

@@ -154,6 +154,8 @@ class Connection:
         self._joined = None
         self._closed = False
         self._root = Root(self)
+        #: The BigArrays handed out, by oid (weakly: unused ones go).
+        self._arrays = weakref.WeakValueDictionary()
         self.transaction_manager.registerSynch(self)
 
     def __repr__(self):
@@ -304,7 +306,15 @@ class Root(MutableMapping):
         self._conn._check_open()
         if not self._conn._native.contains(name):
             raise KeyError(name)
-        return BigArray._bind(self._conn, self._conn._native.array(name))
+        native = self._conn._native.array(name)
+        # One BigArray per array and connection, as ZODB gives one object per oid:
+        # root["A"] is root["A"].
+        cached = self._conn._arrays.get(native.oid())
+        if cached is not None:
+            return cached
+        array = BigArray._bind(self._conn, native)
+        self._conn._arrays[native.oid()] = array
+        return array
 
     def __setitem__(self, name, value):
         self._check_name(name)
@@ -322,6 +332,7 @@ class Root(MutableMapping):
                 value._blksize,
             )
             value._attach(self._conn, native)
+            self._conn._arrays[native.oid()] = value
         elif value._conn is self._conn:
             self._conn._native.link(name, value._native)
         else:

@@ -242,6 +242,11 @@ struct Array {
 
 #[pymethods]
 impl Array {
+    /// The array's identity (the oid of its metadata record).
+    fn oid(&self) -> u64 {
+        self.arr.oid().0
+    }
+
     /// (dtype descriptor, itemsize, shape, order, blksize).
     fn meta(&self) -> PyResult<(String, usize, Vec<u64>, String, usize)> {
         let m = self.arr.meta().py()?;
@@ -345,6 +350,7 @@ impl Mapping {
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<Database>()?;
     m.add_class::<Connection>()?;
     m.add_class::<Array>()?;

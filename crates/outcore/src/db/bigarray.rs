@@ -124,6 +124,12 @@ unsafe impl Send for RawView {}
 unsafe impl Sync for RawView {}
 
 impl BigArray {
+    /// The array's identity: the oid of its metadata record, the same in every connection
+    /// and snapshot.
+    pub fn oid(&self) -> crate::storage::Oid {
+        self.handle.oid
+    }
+
     /// The current metadata (shape, dtype, order, block size).
     pub fn meta(&self) -> Result<ArrayMeta> {
         self.handle.meta()

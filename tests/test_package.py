@@ -1,0 +1,41 @@
+"""The package as shipped: version, licenses, an extension without debug info."""
+
+import pathlib
+import re
+
+import outcore
+
+
+def test_version_is_the_crate_version():
+    root = pathlib.Path(__file__).resolve().parents[1]
+    cargo = (root / "Cargo.toml").read_text()
+    version = re.search(r'^version = "([^"]+)"', cargo, re.M).group(1)
+    assert outcore.__version__ == version
+
+
+def test_license_files_exist():
+    root = pathlib.Path(__file__).resolve().parents[1]
+    assert "MIT License" in (root / "LICENSE-MIT").read_text()
+    assert "Apache License" in (root / "LICENSE-APACHE").read_text()
+
+
+def test_the_extension_carries_no_debug_info():
+    so = pathlib.Path(outcore._native.__file__)
+    data = so.read_bytes()
+    assert b".debug_info" not in data, f"{so} ({len(data) >> 20} MiB) has debug info"
+
+
+def test_one_bigarray_per_array_and_connection():
+    import transaction
+
+    transaction.abort()
+    db = outcore.open("mem:")
+    root = db.root()
+    root["A"] = A = outcore.BigArray((3,), "u1")
+    assert root["A"] is A and root["A"] is root["A"]
+    transaction.commit()
+    assert root["A"] is A
+    other = db.open(transaction_manager=transaction.TransactionManager())
+    assert other.root()["A"] is not A and other.root()["A"] is other.root()["A"]
+    other.close()
+    db.close()
