@@ -9,9 +9,23 @@
 >>> transaction.commit()
 """
 
-from . import _native
+from . import _native, errors
 from ._array import DEFAULT_BLKSIZE, BigArray, ZBigArray
-from ._db import DB, DEFAULT_CACHE_BYTES, ConflictError, Connection, Root
+from ._db import DB, DEFAULT_CACHE_BYTES, Connection, Root
+from .errors import (
+    AddressSpaceError,
+    ClosedError,
+    ConflictError,
+    CorruptionError,
+    DivergentWritesError,
+    Error,
+    HistoryPackedError,
+    NotFoundError,
+    ReadOnlyError,
+    StorageError,
+    StoreFormatError,
+    StoreNotFoundError,
+)
 
 #: The version of this package (the Rust core's crate version).
 __version__ = _native.__version__
@@ -23,11 +37,11 @@ __all__ = [
     "DB",
     "Connection",
     "Root",
-    "ConflictError",
     "open",
     "set_log_level",
     "DEFAULT_BLKSIZE",
     "DEFAULT_CACHE_BYTES",
+    *errors.__all__,
 ]
 
 

@@ -6,6 +6,7 @@ import operator
 import numpy as np
 
 from . import _index
+from .errors import ReadOnlyError
 
 #: Default block size: 2 MiB.
 DEFAULT_BLKSIZE = 2 << 20
@@ -183,7 +184,7 @@ class BigArray:
         lo, hi, rel = _index.split(index, self.shape, self._major())
         view = self._view(lo, hi, change=True)
         if not view.flags.writeable:
-            raise ValueError("this array is read-only (read-only or historical database)")
+            raise ReadOnlyError("this array is read-only (read-only or historical database)")
         view[rel] = value
 
     def __array__(self, dtype=None, copy=None):

@@ -14,23 +14,13 @@ from zope.interface import implementer
 
 from . import _native
 from ._array import BigArray, dtype_descriptor
+from .errors import ClosedError, ConflictError, NotFoundError
 
 log = logging.getLogger("outcore")
 
 #: RAM budget for blocks that cannot be mapped from local files (remote or compressed
 #: stores), unless ``cache_bytes`` or ``OUTCORE_CACHE_BYTES`` says otherwise.
 DEFAULT_CACHE_BYTES = 1 << 30
-
-
-class ConflictError(transaction.interfaces.TransientError):
-    """Another transaction committed a change to the same block or array metadata first.
-
-    Retryable: ``transaction.abort()`` and redo the work (``transaction.manager.attempts()``
-    does it for you).
-    """
-
-
-_native.set_conflict_error(ConflictError)
 
 
 def _cache_bytes(value):
@@ -40,6 +30,21 @@ def _cache_bytes(value):
     if value <= 0:
         raise ValueError(f"cache_bytes must be positive, not {value}")
     return value
+
+
+def _check_compression(native, requested):
+    """Refuses a ``compression`` other than the store's own: it applies only when a store is
+    created, and silently ignoring it would leave the user believing the data compressed."""
+    actual = native.compression()
+    if requested is None or actual is None or actual == requested:
+        return
+    where = native.describe()  # the url without its password
+    native.close()
+    state = "is not compressed" if actual == "none" else f"is compressed with {actual}"
+    raise ValueError(
+        f"{where} {state}; compression={requested!r} applies only when a store is created "
+        "(omit it to open this store)"
+    )
 
 
 class DB:
@@ -64,6 +69,7 @@ class DB:
             reserve_bytes=reserve_bytes,
             cache_bytes=self.cache_bytes,
         )
+        _check_compression(self._native, compression)
         self._default = None
         self._connections = weakref.WeakSet()
         self._closed = False
@@ -74,7 +80,7 @@ class DB:
 
     def _check_open(self):
         if self._closed:
-            raise ValueError("the database is closed")
+            raise ClosedError("the database is closed")
 
     def open(self, transaction_manager=None):
         """A new connection with its own snapshot, joined to ``transaction_manager`` (the
@@ -171,7 +177,7 @@ class Connection:
 
     def _check_open(self):
         if self._closed:
-            raise ValueError("the connection is closed")
+            raise ClosedError("the connection is closed")
         self._db._check_open()
 
     def root(self):
@@ -305,7 +311,7 @@ class Root(MutableMapping):
         self._check_name(name)
         self._conn._check_open()
         if not self._conn._native.contains(name):
-            raise KeyError(name)
+            raise NotFoundError(f"no array named {name!r} in the root")
         native = self._conn._native.array(name)
         # One BigArray per array and connection, as ZODB gives one object per oid:
         # root["A"] is root["A"].
@@ -345,7 +351,7 @@ class Root(MutableMapping):
         self._check_name(name)
         self._conn._join()
         if not self._conn._native.contains(name):
-            raise KeyError(name)
+            raise NotFoundError(f"no array named {name!r} in the root")
         self._conn._native.remove(name)
 
     def __iter__(self):

@@ -109,11 +109,16 @@ fn split_typestr(s: &str) -> Result<(char, char, usize), String> {
 
 /// Bytes per element of a simple typestr.
 fn typestr_size(s: &str) -> Result<usize, String> {
+    // Object typestrs (`|O`) have no element size, so check them before parsing one.
+    if s.trim_start_matches(['<', '>', '|', '=']).starts_with('O') {
+        return Err(format!(
+            "dtype {s:?} holds Python objects (an object array): objects are pointers into \
+             one process's memory and cannot be stored; convert the data to fixed-size types \
+             (numbers, 'S' or 'U' strings, structured) first"
+        ));
+    }
     let (_, kind, count) = split_typestr(s)?;
     match kind {
-        'O' => Err(format!(
-            "dtype {s:?} holds Python objects, which outcore cannot store"
-        )),
         'b' | '?' | 'i' | 'u' | 'f' | 'c' | 'V' | 'S' | 'a' | 'M' | 'm' => Ok(count),
         'U' => count
             .checked_mul(4)

@@ -501,7 +501,17 @@ fn bad_input_is_one_line_with_exit_code() {
     let err = fails(&["import", &store, "x", &fx.write("t.npy", &truncated)], 1);
     assert!(err.contains("truncated"), "{err}");
     let objects = npy("'|O'", false, &[1], &[0; 8]);
-    fails(&["import", &store, "x", &fx.write("o.npy", &objects)], 1);
+    let err = fails(&["import", &store, "x", &fx.write("o.npy", &objects)], 1);
+    assert!(
+        err.contains("object array") && err.contains("cannot be stored"),
+        "{err}"
+    );
+    let in_struct = npy("[('a', '<f8'), ('b', '|O')]", false, &[1], &[0; 16]);
+    let err = fails(&["import", &store, "x", &fx.write("so.npy", &in_struct)], 1);
+    assert!(err.contains("Python objects"), "{err}");
+    let file = fx.write("file.txt", b"not a store");
+    let err = fails(&["ls", &file], 1);
+    assert!(err.contains("is a file, not an outcore store"), "{err}");
     fails(&["import", &store, "x", &fx.path("absent.npy")], 1);
     let err = fails(&["import", &store, "c", &fx.path("c.npy")], 1);
     assert!(err.contains("--force"), "{err}");

@@ -6,6 +6,7 @@
 //! back into Python while holding a core lock: `tracing` events reach Python's `logging`
 //! through a queue ([`logging`]).
 
+mod errors;
 mod logging;
 
 use std::ffi::c_int;
@@ -15,40 +16,9 @@ use outcore::array::Order;
 use outcore::db;
 use outcore::storage::{Compression, Tid, TxnMeta};
 use outcore::vm::Reservation;
-use pyo3::exceptions::{PyIndexError, PyKeyError, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
-use pyo3::types::PyType;
 
-/// The exception class raised for write conflicts, set by the Python package (a subclass of
-/// `transaction.interfaces.TransientError`); `RuntimeError` until then.
-static CONFLICT_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-
-/// Converts a core error into the Python exception users expect.
-fn to_py(e: outcore::Error) -> PyErr {
-    use outcore::Error as E;
-    let msg = e.to_string();
-    match e {
-        E::Conflict { .. } | E::SnapshotStale(_) => {
-            Python::attach(|py| match CONFLICT_ERROR.get(py) {
-                Some(cls) => PyErr::from_type(cls.bind(py).clone(), msg),
-                None => PyRuntimeError::new_err(msg),
-            })
-        }
-        E::NotFound(_) => PyKeyError::new_err(msg),
-        E::IndexOutOfBounds(_) => PyIndexError::new_err(msg),
-        E::InvalidShape(_)
-        | E::InvalidArgument(_)
-        | E::ReadOnly(_)
-        | E::Closed(_)
-        | E::HistoryPacked { .. }
-        | E::DivergentWrites(_) => PyValueError::new_err(msg),
-        E::AddressSpace(_) => pyo3::exceptions::PyMemoryError::new_err(msg),
-        E::Corrupt { .. } | E::Format { .. } | E::Lmdb(_) | E::Io { .. } | E::Postgres(_) => {
-            PyOSError::new_err(msg)
-        }
-    }
-}
+use errors::to_py;
 
 trait IntoPy<T> {
     fn py(self) -> PyResult<T>;
@@ -58,13 +28,6 @@ impl<T> IntoPy<T> for outcore::Result<T> {
     fn py(self) -> PyResult<T> {
         self.map_err(to_py)
     }
-}
-
-/// Registers the class raised on write conflicts.
-#[pyfunction]
-fn set_conflict_error(py: Python<'_>, cls: Bound<'_, PyType>) -> PyResult<()> {
-    let _ = CONFLICT_ERROR.set(py, cls.unbind());
-    Ok(())
 }
 
 /// A database (store + connection factory).
@@ -92,8 +55,14 @@ impl Database {
             reserve_bytes,
             cache_bytes,
         };
-        let db = logging::call(py, move || db::Database::open_with(&url, options)).py()?;
+        let db = logging::call(py, move || db::Database::open_with(&url, options))
+            .map_err(errors::open_error)?;
         Ok(Database { db })
+    }
+
+    /// The store's block compression ("none", "lz4", "zstd"); None if unknown.
+    fn compression(&self) -> Option<String> {
+        self.db.compression().map(|c| c.to_string())
     }
 
     /// A connection at the newest snapshot.
@@ -196,9 +165,18 @@ impl Connection {
     #[pyo3(signature = (user="", description=""))]
     fn commit(&self, py: Python<'_>, user: &str, description: &str) -> PyResult<u64> {
         let meta = TxnMeta::new(user, description);
-        logging::call(py, || self.conn.commit_with(meta))
-            .py()
-            .map(|t| t.0)
+        logging::call(py, || {
+            self.conn.commit_with(meta).map_err(|e| {
+                // Named in the terms of the database while the snapshot still names them.
+                let described = self.conn.describe_conflict(&e);
+                (e, described)
+            })
+        })
+        .map(|t| t.0)
+        .map_err(|(e, described)| match described {
+            Some(msg) => errors::Class::of(&e).err(msg),
+            None => to_py(e),
+        })
     }
 
     fn abort(&self, py: Python<'_>) -> PyResult<()> {
@@ -356,7 +334,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Array>()?;
     m.add_class::<Mapping>()?;
     m.add_class::<Savepoint>()?;
-    m.add_function(wrap_pyfunction!(set_conflict_error, m)?)?;
+    m.add_function(wrap_pyfunction!(errors::set_error_classes, m)?)?;
     m.add_function(wrap_pyfunction!(logging::set_log_filter, m)?)?;
     logging::install();
     Ok(())

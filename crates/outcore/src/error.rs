@@ -80,8 +80,9 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
-    /// An error from PostgreSQL (connection or server); never shows credentials.
-    #[error("PostgreSQL: {0}")]
+    /// An error from PostgreSQL (connection or server); never shows credentials. Its text is
+    /// the server's own message for server errors, the chain of causes for the others.
+    #[error("PostgreSQL: {}", postgres_text(.0))]
     Postgres(#[from] postgres::Error),
     /// An error from the LMDB index.
     #[error("index error: {0}")]
@@ -103,6 +104,31 @@ impl Error {
         matches!(self, Error::Conflict { .. } | Error::SnapshotStale(_))
     }
 
+    /// The message without the variant's own prefix (`invalid argument: `, `closed: `...):
+    /// for the Python layer, whose exception class already says what kind of error it is.
+    /// The prefixes that carry information (the PostgreSQL and index errors, an I/O error's
+    /// context) stay.
+    pub fn message(&self) -> String {
+        match self {
+            Error::NotFound(m)
+            | Error::InvalidShape(m)
+            | Error::IndexOutOfBounds(m)
+            | Error::InvalidArgument(m)
+            | Error::ReadOnly(m)
+            | Error::AddressSpace(m)
+            | Error::DivergentWrites(m)
+            | Error::SnapshotStale(m)
+            | Error::Closed(m) => m.clone(),
+            Error::Format { path, reason } => format!("{}: {reason}", path.display()),
+            Error::Conflict { .. }
+            | Error::Corrupt { .. }
+            | Error::HistoryPacked { .. }
+            | Error::Postgres(_)
+            | Error::Lmdb(_)
+            | Error::Io { .. } => self.to_string(),
+        }
+    }
+
     /// Wraps an I/O error with a description of what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
@@ -110,6 +136,30 @@ impl Error {
             source,
         }
     }
+}
+
+/// The text of a PostgreSQL error. The client's own text says too little ("db error",
+/// "error connecting to server", "invalid connection string"): server errors give the
+/// server's message, detail, hint and SQLSTATE; the others their chain of causes (the refused
+/// connection, the unknown url option).
+pub(crate) fn postgres_text(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut text = db.message().to_string();
+        for extra in [db.detail(), db.hint()].into_iter().flatten() {
+            text.push_str("; ");
+            text.push_str(extra);
+        }
+        text.push_str(&format!(" (SQLSTATE {})", db.code().code()));
+        return text;
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// Shorthand for `std::result::Result<T, outcore::Error>`.

@@ -19,6 +19,7 @@
 
 mod bigarray;
 mod connection;
+mod describe;
 mod handle;
 pub(crate) mod root;
 mod source;
@@ -42,7 +43,8 @@ use crate::{Error, Result};
 pub struct DbOptions {
     /// Refuse every change.
     pub readonly: bool,
-    /// Block compression when the store is created (ignored for existing stores).
+    /// Block compression when the store is created (ignored for existing stores; see
+    /// [`Database::compression`]).
     pub compression: Compression,
     /// RAM budget (bytes) for fetched blocks of stores that cannot be mapped (PostgreSQL,
     /// compressed): clean ones beyond it are dropped and fetched again when touched. The
@@ -66,6 +68,20 @@ pub struct Database {
     /// The same object as `closable`, as the trait object connections use.
     storage: Arc<dyn Storage>,
     options: DbOptions,
+    /// The store's block compression, when known.
+    compression: Option<Compression>,
+}
+
+/// Refuses a path that names a regular file (or anything but a directory): the embedded
+/// store would otherwise call it a foreign directory, or not found.
+fn check_not_a_file(path: &str) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_dir() => Err(Error::Format {
+            path: path.into(),
+            reason: "this is a file, not an outcore store (a store is a directory)".into(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 impl Database {
@@ -81,45 +97,61 @@ impl Database {
         if let Some(bytes) = options.cache_bytes {
             crate::vm::set_cache_budget(bytes);
         }
-        let storage: Arc<dyn Storage> = if url == "mem:" {
-            Arc::new(MemStorage::with_compression(options.compression))
+        let (storage, compression): (Arc<dyn Storage>, _) = if url == "mem:" {
+            let store = MemStorage::with_compression(options.compression);
+            (Arc::new(store), options.compression)
         } else if url.starts_with("postgresql://") || url.starts_with("postgres://") {
-            Arc::new(PgStorage::open_with(
-                url,
-                PgOptions {
-                    compression: options.compression,
-                    ..PgOptions::default()
-                },
-            )?)
+            let pg_options = PgOptions {
+                compression: options.compression,
+                ..PgOptions::default()
+            };
+            let store = PgStorage::open_with(url, pg_options)?;
+            let compression = store.compression();
+            (Arc::new(store), compression)
         } else if url.is_empty() || url.contains("://") {
             return Err(Error::InvalidArgument(format!(
                 "cannot open {url:?}: use a directory path, \"mem:\" or a postgresql:// url"
             )));
         } else {
-            Arc::new(LocalStorage::open_with(
+            check_not_a_file(url)?;
+            let store = LocalStorage::open_with(
                 url,
                 LocalOptions {
                     compression: options.compression,
                     create: !options.readonly,
                     ..LocalOptions::default()
                 },
-            )?)
+            )?;
+            let compression = store.compression();
+            (Arc::new(store), compression)
         };
-        Ok(Self::wrap(storage, options))
+        Ok(Self::wrap(storage, options, Some(compression)))
     }
 
     /// Wraps an existing store.
     pub fn from_storage(storage: Arc<dyn Storage>) -> Self {
-        Self::wrap(storage, DbOptions::default())
+        Self::wrap(storage, DbOptions::default(), None)
     }
 
-    fn wrap(storage: Arc<dyn Storage>, options: DbOptions) -> Self {
+    fn wrap(
+        storage: Arc<dyn Storage>,
+        options: DbOptions,
+        compression: Option<Compression>,
+    ) -> Self {
         let closable = Arc::new(ClosableStorage::new(storage));
         Database {
             storage: closable.clone(),
             closable,
             options,
+            compression,
         }
+    }
+
+    /// The block compression of the store: its own setting, which for an existing store need
+    /// not be the one [`DbOptions::compression`] asked for. `None` for stores wrapped with
+    /// [`from_storage`](Database::from_storage).
+    pub fn compression(&self) -> Option<Compression> {
+        self.compression
     }
 
     /// Closes the store for this database, its clones and every connection: their reader

@@ -217,6 +217,11 @@ impl PgStorage {
         spawn_heartbeat(Arc::downgrade(&inner));
         Ok(PgStorage { inner })
     }
+
+    /// The block compression of this store (its own setting, chosen when it was created).
+    pub fn compression(&self) -> Compression {
+        self.inner.compression
+    }
 }
 
 /// The url without its password, for messages.

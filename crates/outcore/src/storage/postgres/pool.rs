@@ -75,8 +75,12 @@ impl Pool {
     pub fn new(url: &str, schema: &str, max_idle: usize) -> Result<Self> {
         let (url, verify) = tls::split_tls_params(url)?;
         let tls = tls::connector(&verify)?;
-        let mut config = Config::from_str(&url)
-            .map_err(|e| Error::InvalidArgument(format!("bad PostgreSQL url: {e}")))?;
+        let mut config = Config::from_str(&url).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "bad PostgreSQL url: {}",
+                crate::error::postgres_text(&e)
+            ))
+        })?;
         if config.get_application_name().is_none() {
             config.application_name("outcore");
         }
