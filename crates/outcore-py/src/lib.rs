@@ -39,7 +39,7 @@ fn to_py(e: outcore::Error) -> PyErr {
         | E::InvalidArgument(_)
         | E::ReadOnly(_)
         | E::Closed(_)
-        | E::HistoryPacked { .. }
+        | E::SnapshotTooOld { .. }
         | E::DivergentWrites(_) => PyValueError::new_err(msg),
         E::AddressSpace(_) => pyo3::exceptions::PyMemoryError::new_err(msg),
         E::Corrupt { .. } | E::Format { .. } | E::Lmdb(_) | E::Io { .. } | E::Postgres(_) => {

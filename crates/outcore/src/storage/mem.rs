@@ -83,6 +83,17 @@ fn memfd() -> Result<File> {
 }
 
 impl Inner {
+    /// Fails for snapshots older than the pack horizon: what they see may be gone.
+    fn check_horizon(&self, at: Tid) -> Result<()> {
+        if at < self.horizon {
+            return Err(Error::SnapshotTooOld {
+                requested: at,
+                horizon: self.horizon,
+            });
+        }
+        Ok(())
+    }
+
     fn newest(&self, key: Key, at: Tid) -> Option<(Tid, &VersionRecord)> {
         self.versions
             .range((key, Tid::ZERO)..=(key, at))
@@ -129,6 +140,7 @@ impl Storage for MemStorage {
 
     fn load(&self, key: Key, at: Tid) -> Result<Option<Version>> {
         let g = self.lock();
+        g.check_horizon(at)?;
         match g.newest(key, at) {
             None => Ok(None),
             Some((tid, rec)) => rec.load(key, tid, |s| g.segment(s)),
@@ -137,6 +149,7 @@ impl Storage for MemStorage {
 
     fn load_into(&self, key: Key, at: Tid, out: &mut [u8]) -> Result<Option<usize>> {
         let g = self.lock();
+        g.check_horizon(at)?;
         match g.newest(key, at) {
             None => Ok(None),
             Some((tid, rec)) => rec.load_into(key, tid, |s| g.segment(s), out),
@@ -145,6 +158,7 @@ impl Storage for MemStorage {
 
     fn locate(&self, key: Key, at: Tid) -> Result<Located> {
         let g = self.lock();
+        g.check_horizon(at)?;
         match g.newest(key, at) {
             None => Ok(Located::Absent),
             Some((tid, rec)) => rec.locate(key, tid, |s| g.segment(s)),
@@ -216,8 +230,8 @@ impl Storage for MemStorage {
     fn log(&self, after: Tid, upto: Tid) -> Result<Vec<TxnInfo>> {
         let g = self.lock();
         if after < g.horizon {
-            return Err(Error::HistoryPacked {
-                packed: g.horizon,
+            return Err(Error::SnapshotTooOld {
+                horizon: g.horizon,
                 requested: after,
             });
         }
@@ -232,6 +246,7 @@ impl Storage for MemStorage {
 
     fn block_indices(&self, file: Oid, at: Tid) -> Result<Vec<u64>> {
         let g = self.lock();
+        g.check_horizon(at)?;
         let lo = (Key::Block { file, index: 0 }, Tid::ZERO);
         let hi = (
             Key::Block {

@@ -101,14 +101,14 @@ pub trait Storage: Send + Sync + Debug {
     fn commit(&self, req: CommitRequest) -> Result<Tid>;
 
     /// The commit log for `after < tid <= upto`, oldest first: tid, user, description and keys.
-    /// Fails with [`Error::HistoryPacked`](crate::Error::HistoryPacked) if `after` is older than
+    /// Fails with [`Error::SnapshotTooOld`](crate::Error::SnapshotTooOld) if `after` is older than
     /// what pack kept of the log.
     fn log(&self, after: Tid, upto: Tid) -> Result<Vec<TxnInfo>>;
 
     /// Registers a reader at snapshot `at`; pack will not remove what it can see.
     /// Prefer [`ReaderLease`], which calls this and releases on drop. The embedded store on
     /// media it cannot write hands out an unrecorded lease instead: its reads then fail with
-    /// [`Error::HistoryPacked`](crate::Error::HistoryPacked) once another process packed past
+    /// [`Error::SnapshotTooOld`](crate::Error::SnapshotTooOld) once another process packed past
     /// the snapshot, never return what that pack removed.
     fn acquire_lease(&self, at: Tid) -> Result<u64>;
 
