@@ -83,15 +83,19 @@ fn memfd() -> Result<File> {
 }
 
 impl Inner {
-    /// Fails for snapshots older than the pack horizon: what they see may be gone.
+    /// Fails for snapshots older than the pack horizon (see [`super::check_horizon`]).
     fn check_horizon(&self, at: Tid) -> Result<()> {
-        if at < self.horizon {
-            return Err(Error::SnapshotTooOld {
-                requested: at,
-                horizon: self.horizon,
-            });
+        super::check_horizon(at, self.horizon)
+    }
+
+    /// The newest version of `key` at `at`; if there is none, fails for snapshots older than
+    /// the pack horizon (see [`super::check_horizon`]).
+    fn newest_checked(&self, key: Key, at: Tid) -> Result<Option<(Tid, &VersionRecord)>> {
+        let found = self.newest(key, at);
+        if found.is_none() {
+            self.check_horizon(at)?;
         }
-        Ok(())
+        Ok(found)
     }
 
     fn newest(&self, key: Key, at: Tid) -> Option<(Tid, &VersionRecord)> {
@@ -140,8 +144,7 @@ impl Storage for MemStorage {
 
     fn load(&self, key: Key, at: Tid) -> Result<Option<Version>> {
         let g = self.lock();
-        g.check_horizon(at)?;
-        match g.newest(key, at) {
+        match g.newest_checked(key, at)? {
             None => Ok(None),
             Some((tid, rec)) => rec.load(key, tid, |s| g.segment(s)),
         }
@@ -149,8 +152,7 @@ impl Storage for MemStorage {
 
     fn load_into(&self, key: Key, at: Tid, out: &mut [u8]) -> Result<Option<usize>> {
         let g = self.lock();
-        g.check_horizon(at)?;
-        match g.newest(key, at) {
+        match g.newest_checked(key, at)? {
             None => Ok(None),
             Some((tid, rec)) => rec.load_into(key, tid, |s| g.segment(s), out),
         }
@@ -158,8 +160,7 @@ impl Storage for MemStorage {
 
     fn locate(&self, key: Key, at: Tid) -> Result<Located> {
         let g = self.lock();
-        g.check_horizon(at)?;
-        match g.newest(key, at) {
+        match g.newest_checked(key, at)? {
             None => Ok(Located::Absent),
             Some((tid, rec)) => rec.locate(key, tid, |s| g.segment(s)),
         }

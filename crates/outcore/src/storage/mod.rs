@@ -18,7 +18,10 @@
 //!   it changed; it is written atomically with the data and is the source of truth for
 //!   invalidating caches of other clients.
 //! * **History** stays readable until [`Storage::pack`], which removes versions shadowed at or
-//!   before its horizon and never passes the snapshot of a live [`ReaderLease`].
+//!   before its horizon and never passes the snapshot of a live [`ReaderLease`]. A read at a
+//!   snapshot older than the horizon (a reader without a live lease) never returns other data:
+//!   it fails with [`Error::SnapshotTooOld`](crate::Error::SnapshotTooOld) unless what it finds
+//!   is provably what that snapshot saw (see `check_horizon`).
 //! * **Integrity**: every stored payload carries an xxh3-64 checksum of its bytes, checked
 //!   whenever bytes are copied out; [`Storage::verify`] checks the whole store. Blocks may be
 //!   compressed (lz4 or zstd, a store setting); compressed blocks cannot be mapped.
@@ -50,6 +53,26 @@ use std::fmt::Debug;
 use std::ops::Range;
 
 use crate::{Error, Result};
+
+/// The pack-horizon rule every backend applies to a read at snapshot `at` that found nothing,
+/// with the `horizon` of the same engine snapshot as the read.
+///
+/// Pack keeps, for each key, only the newest version at or before its horizon (none if that
+/// is a deletion), plus all newer ones. So a version found at `at < horizon` is that newest
+/// one and is exactly what the snapshot saw (no version can lie between it and `at`): such
+/// reads succeed, which keeps blocks untouched since before a pack fetchable at the version
+/// located. Finding nothing at `at < horizon` is ambiguous — a hole, or a version pack removed
+/// — and fails with [`Error::SnapshotTooOld`] rather than read zeros. Listings
+/// ([`Storage::block_indices`]) apply it to every snapshot below the horizon.
+pub(crate) fn check_horizon(at: Tid, horizon: Tid) -> Result<()> {
+    if at < horizon {
+        return Err(Error::SnapshotTooOld {
+            requested: at,
+            horizon,
+        });
+    }
+    Ok(())
+}
 
 /// A transactional, multi-version store of metadata records and array blocks.
 ///

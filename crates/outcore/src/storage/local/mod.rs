@@ -444,18 +444,13 @@ impl Shared {
         }
     }
 
-    /// Fails if pack removed history that snapshot `at` needs (a lease-less reader, or a
-    /// read at a snapshot nobody leased). `txn` must be the index snapshot the caller reads the
-    /// version from, so a pack committing meanwhile cannot slip between check and read.
+    /// Fails if snapshot `at` is older than the pack horizon (a lease-less reader, or a read at
+    /// a snapshot nobody leased): see [`super::check_horizon`]. `txn` must be the index
+    /// snapshot the caller reads from, so a pack committing meanwhile cannot slip between
+    /// check and read.
     fn check_horizon(&self, txn: &RoTxn, at: Tid) -> Result<()> {
         let packed = Tid(get_u64(&self.meta, txn, META_HORIZON)?);
-        if at < packed {
-            return Err(Error::SnapshotTooOld {
-                horizon: packed,
-                requested: at,
-            });
-        }
-        Ok(())
+        super::check_horizon(at, packed)
     }
 
     /// The newest version of `key` at or before `at`, as seen by `txn`.
@@ -484,9 +479,12 @@ impl Shared {
         let mut attempt = 0;
         loop {
             let txn = self.env.read_txn()?;
-            self.check_horizon(&txn, at)?;
             let epoch = get_u64(&self.meta, &txn, META_EPOCH)?;
             let found = self.newest(&txn, key, at)?;
+            if found.is_none() {
+                // Nothing at `at`: a hole, or a version pack removed? (See `check_horizon`.)
+                self.check_horizon(&txn, at)?;
+            }
             drop(txn);
             let Some((tid, rec)) = found else {
                 return Ok(absent());

@@ -393,15 +393,21 @@ impl Inner {
             )
         })?;
         let mut found = std::collections::HashMap::with_capacity(rows.len());
+        let mut horizon = Tid::ZERO;
         for row in &rows {
-            check_horizon(row, at)?;
+            horizon = Tid(row.get::<_, i64>("pack_horizon") as u64);
             let Some(tag) = row.get::<_, Option<i16>>("tag") else {
                 continue;
             };
             let key = key_from_cols(tag, row.get("oid"), row.get("idx"));
             found.insert(key, self.row_to_version(key, row)?);
         }
-        Ok(keys.iter().map(|k| found.remove(k).flatten()).collect())
+        keys.iter()
+            .map(|k| match found.remove(k) {
+                Some(v) => Ok(v),
+                None => super::check_horizon(at, horizon).map(|()| None),
+            })
+            .collect()
     }
 }
 
@@ -414,17 +420,13 @@ const LOAD_SQL: &str = "SELECT h.pack_horizon, v.* FROM outcore_head h LEFT JOIN
          WHERE o.tag = $1 AND o.oid = $2 AND o.idx = $3 AND o.tid <= $4
          ORDER BY o.tid DESC LIMIT 1) v ON true";
 
-/// Fails if snapshot `at` is older than the pack horizon in `row` (column `pack_horizon`):
-/// pack may have removed versions it sees, and the row would then show other data.
+/// Applies [`super::check_horizon`] to a read at `at` whose `row` (columns `pack_horizon` and
+/// `tid`, NULL when no version was found) came from one statement.
 fn check_horizon(row: &postgres::Row, at: Tid) -> Result<()> {
-    let horizon = Tid(row.get::<_, i64>("pack_horizon") as u64);
-    if at < horizon {
-        return Err(Error::SnapshotTooOld {
-            requested: at,
-            horizon,
-        });
+    if row.get::<_, Option<i64>>("tid").is_some() {
+        return Ok(());
     }
-    Ok(())
+    super::check_horizon(at, Tid(row.get::<_, i64>("pack_horizon") as u64))
 }
 
 impl Storage for PgStorage {
@@ -585,7 +587,7 @@ impl Storage for PgStorage {
         })?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
-            check_horizon(r, at)?;
+            super::check_horizon(at, Tid(r.get::<_, i64>("pack_horizon") as u64))?;
             out.extend(r.get::<_, Option<i64>>("idx").map(|i| i as u64));
         }
         Ok(out)
