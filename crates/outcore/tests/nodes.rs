@@ -76,6 +76,22 @@ fn child_entry() {
             );
         }
         "crasher" => common::stamp_forever(&conn),
+        "many" => {
+            let node = std::env::var("OUTCORE_NODE").unwrap();
+            let a = conn.array("a").unwrap();
+            let sum: i64 = a.view::<i64>().unwrap().sum();
+            // Every node adds a name to the root: conflicts, retried.
+            loop {
+                conn.create::<i64>(&format!("c{node}"), &[4], Order::C)
+                    .unwrap();
+                match conn.commit() {
+                    Ok(_) => break,
+                    Err(Error::Conflict { .. }) => conn.abort().unwrap(),
+                    Err(e) => panic!("node {node}: {e}"),
+                }
+            }
+            println!("\n@ok {sum}");
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -272,4 +288,84 @@ fn paused_reader_gets_snapshot_too_old_after_pack_on_postgresql() {
     let r2 = reader_db.connect().unwrap();
     let v = r2.array("b").unwrap();
     assert!(v.view::<i64>().unwrap().iter().all(|&x| x == 8));
+}
+
+/// Issue "many nodes" 5: 100 processes each reading, touching and committing, against a
+/// limit of 100 connections (a role's `CONNECTION LIMIT`, which refuses like a server at
+/// `max_connections`: "too many clients"). Each process holds at most `pool_size` (2)
+/// connections, waits for a slot when the server has none, and all 100 succeed; at the limit
+/// the error shows the server's text.
+#[test]
+fn a_hundred_processes_within_a_hundred_connections() {
+    let Some(base) = common::pg_server() else {
+        return;
+    };
+    let role = format!("oc100_{}", std::process::id());
+    let mut admin = postgres::Client::connect(&base, postgres::NoTls).unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN CONNECTION LIMIT 100;
+             GRANT CREATE ON DATABASE postgres TO {role}"
+        ))
+        .unwrap();
+    let (scheme, rest) = base.split_once("://").unwrap();
+    let host = rest.split_once('@').map_or(rest, |(_, h)| h);
+    let url = format!("{scheme}://{role}@{host}?outcore_schema={role}");
+    {
+        let db = Database::open(&url).unwrap();
+        let conn = db.connect().unwrap();
+        let mut a = conn.create::<i64>("a", &[2 << 18], Order::C).unwrap();
+        a.view_mut::<i64>().unwrap().fill(1);
+        conn.commit().unwrap();
+        db.close();
+    }
+    let started = std::time::Instant::now();
+    let mut children: Vec<Child> = (0..100)
+        .map(|i| {
+            let url = format!("{url}&application_name={role}_{i}");
+            spawn("many", &url, &[("OUTCORE_NODE", i.to_string())])
+        })
+        .collect();
+    // Watch the server meanwhile: the most connections any one process (and all) held.
+    let (mut most_per_process, mut most_in_all) = (0i64, 0i64);
+    while children.iter_mut().any(|c| c.try_wait().unwrap().is_none()) {
+        let rows = admin
+            .query(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1
+                 GROUP BY application_name",
+                &[&role],
+            )
+            .unwrap();
+        let counts: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        most_per_process = most_per_process.max(counts.iter().copied().max().unwrap_or(0));
+        most_in_all = most_in_all.max(counts.iter().sum());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut ok = 0;
+    for c in &mut children {
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut c.stdout.take().unwrap(), &mut out).unwrap();
+        if c.wait().unwrap().success() && out.contains(&format!("@ok {}", 2 << 18)) {
+            ok += 1;
+        }
+    }
+    eprintln!(
+        "100 processes in {:?}: at most {most_per_process} connections per process, \
+         {most_in_all} in all",
+        started.elapsed()
+    );
+    assert_eq!(ok, 100, "every process read, touched and committed");
+    assert!(most_per_process <= 2, "{most_per_process} connections in one process");
+    // At the limit, the error says what the server said.
+    admin
+        .batch_execute(&format!("ALTER ROLE {role} CONNECTION LIMIT 0"))
+        .unwrap();
+    let err = Database::open(&format!("{url}&outage_window=1")).unwrap_err();
+    assert!(err.to_string().contains("too many connections"), "{err}");
+    admin
+        .batch_execute(&format!(
+            "DROP SCHEMA {role} CASCADE; REVOKE ALL ON DATABASE postgres FROM {role};
+             DROP ROLE {role}"
+        ))
+        .unwrap();
 }

@@ -12,7 +12,9 @@
 //! error (`load()`, view creation, commits) gives up after [`PROMPT`] (0.05 + 0.2 + 1 + 3 s
 //! between 5 attempts); the threads that fill memory on first touch — whose failure is a
 //! SIGBUS — keep retrying until the store has been unreachable for the outage window (url
-//! option `outage_window`, default 60 s), counted from the first failure of the outage.
+//! option `outage_window`, default 60 s), counted from the first failure of the outage. A
+//! process without any connection that finds the server full waits for a slot for up to the
+//! outage window as well (other processes finish), whatever the caller.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -272,7 +274,8 @@ impl Pool {
         schema: &str,
         mut f: impl FnMut(&mut Client) -> std::result::Result<T, postgres::Error>,
     ) -> Result<T> {
-        let patient = on_fault_path();
+        let fault_path = on_fault_path();
+        let mut since = None;
         let mut attempt = 0;
         loop {
             let result = self.take(schema).and_then(|mut c| {
@@ -283,34 +286,72 @@ impl Pool {
             let e = match result {
                 Err(e) if is_connection_error(&e) => e,
                 other => {
-                    if patient {
+                    if fault_path {
                         OUTAGE_SINCE.set(None);
                     }
                     return other;
                 }
             };
-            self.drop_idle();
-            let delay = if patient {
-                let since = OUTAGE_SINCE.get().unwrap_or_else(Instant::now);
-                OUTAGE_SINCE.set(Some(since));
-                let left = self.outage_window.saturating_sub(since.elapsed());
-                if left.is_zero() {
-                    return Err(e);
+            if !is_too_many_clients(&e) {
+                self.drop_idle();
+            }
+            let delay = if fault_path || is_too_many_clients(&e) {
+                // The fault path counts the outage across the memory layer's own retries.
+                let start = match fault_path {
+                    true => OUTAGE_SINCE.get(),
+                    false => since,
                 }
-                PROMPT
-                    .get(attempt)
-                    .copied()
-                    .unwrap_or(PATIENT_STEP)
-                    .min(PATIENT_STEP)
-                    .min(left)
+                .unwrap_or_else(Instant::now);
+                since = Some(start);
+                if fault_path {
+                    OUTAGE_SINCE.set(Some(start));
+                }
+                match self.patient_delay(start, attempt) {
+                    Some(d) => d,
+                    None => return Err(e),
+                }
             } else {
                 match PROMPT.get(attempt) {
                     Some(&d) => d,
                     None => return Err(e),
                 }
             };
-            tracing::warn!("PostgreSQL connection lost ({e}); retrying");
+            tracing::warn!("PostgreSQL connection lost or refused ({e}); retrying");
             std::thread::sleep(delay);
+            attempt += 1;
+        }
+    }
+
+    /// The pause before attempt `attempt + 1` of work waiting out an outage (or a full server)
+    /// that began at `start`; `None` once the outage window is over.
+    fn patient_delay(&self, start: Instant, attempt: usize) -> Option<Duration> {
+        let left = self.outage_window.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return None;
+        }
+        Some(
+            PROMPT
+                .get(attempt)
+                .copied()
+                .unwrap_or(PATIENT_STEP)
+                .min(PATIENT_STEP)
+                .min(left),
+        )
+    }
+
+    /// A connection for work that is not retried; waits for a slot while the server has none
+    /// free (for up to the outage window).
+    fn take_waiting_for_a_slot(&self, schema: &str) -> Result<Conn> {
+        let start = Instant::now();
+        let mut attempt = 0;
+        loop {
+            match self.take(schema) {
+                Err(e) if is_too_many_clients(&e) => match self.patient_delay(start, attempt) {
+                    Some(d) => std::thread::sleep(d),
+                    None => return Err(e),
+                },
+                other => return other,
+            }
             attempt += 1;
         }
     }
@@ -322,13 +363,13 @@ impl Pool {
         schema: &str,
         f: impl FnOnce(&mut Client) -> Result<T>,
     ) -> Result<T> {
-        let mut c = self.take(schema)?;
+        let mut c = self.take_waiting_for_a_slot(schema)?;
         // A pooled connection may have died with a server restart: check before relying on
         // it for work that is not retried.
         if c.client.is_valid(Duration::from_secs(5)).is_err() {
             self.put(c);
             self.drop_idle();
-            c = self.take(schema)?;
+            c = self.take_waiting_for_a_slot(schema)?;
         }
         let r = f(&mut c.client);
         self.put(c);
