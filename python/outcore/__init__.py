@@ -11,7 +11,15 @@
 
 from . import _native
 from ._array import DEFAULT_BLKSIZE, BigArray, ZBigArray
-from ._db import DB, DEFAULT_CACHE_BYTES, ConflictError, Connection, Root
+from ._db import (
+    DB,
+    DEFAULT_CACHE_BYTES,
+    CommitOutcomeUnknownError,
+    ConflictError,
+    Connection,
+    Root,
+    SnapshotTooOldError,
+)
 
 __all__ = [
     "BigArray",
@@ -20,6 +28,8 @@ __all__ = [
     "Connection",
     "Root",
     "ConflictError",
+    "SnapshotTooOldError",
+    "CommitOutcomeUnknownError",
     "open",
     "set_log_level",
     "DEFAULT_BLKSIZE",

@@ -30,7 +30,18 @@ class ConflictError(transaction.interfaces.TransientError):
     """
 
 
-_native.set_conflict_error(ConflictError)
+class SnapshotTooOldError(ConflictError):
+    """This transaction's snapshot is older than the pack horizon: another node packed away
+    history it reads (the process was paused longer than the lease timeout). Retryable like
+    a conflict: the next transaction reads a newer snapshot."""
+
+
+class CommitOutcomeUnknownError(Exception):
+    """The connection was lost at COMMIT and the store stayed unreachable: the commit may or
+    may not be applied. Not retryable blindly; the message says how to find out."""
+
+
+_native.set_error_classes(ConflictError, SnapshotTooOldError, CommitOutcomeUnknownError)
 
 
 def _cache_bytes(value):

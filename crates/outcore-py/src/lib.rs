@@ -23,23 +23,35 @@ use pyo3::types::PyType;
 /// The exception class raised for write conflicts, set by the Python package (a subclass of
 /// `transaction.interfaces.TransientError`); `RuntimeError` until then.
 static CONFLICT_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+/// The class raised for reads at a snapshot older than the pack horizon (a retryable
+/// subclass of the conflict class), set by the Python package; `RuntimeError` until then.
+static SNAPSHOT_TOO_OLD_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+/// The class raised when a commit's outcome is unknown, set by the Python package;
+/// `RuntimeError` until then.
+static OUTCOME_UNKNOWN_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+/// An exception of the class registered in `cell`, or `RuntimeError` before registration.
+fn registered(cell: &PyOnceLock<Py<PyType>>, msg: String) -> PyErr {
+    Python::attach(|py| match cell.get(py) {
+        Some(cls) => PyErr::from_type(cls.bind(py).clone(), msg),
+        None => PyRuntimeError::new_err(msg),
+    })
+}
 
 /// Converts a core error into the Python exception users expect.
 fn to_py(e: outcore::Error) -> PyErr {
     use outcore::Error as E;
     let msg = e.to_string();
     match e {
-        E::Conflict { .. } => Python::attach(|py| match CONFLICT_ERROR.get(py) {
-            Some(cls) => PyErr::from_type(cls.bind(py).clone(), msg),
-            None => PyRuntimeError::new_err(msg),
-        }),
+        E::Conflict { .. } => registered(&CONFLICT_ERROR, msg),
+        E::SnapshotTooOld { .. } => registered(&SNAPSHOT_TOO_OLD_ERROR, msg),
+        E::CommitOutcomeUnknown { .. } => registered(&OUTCOME_UNKNOWN_ERROR, msg),
         E::NotFound(_) => PyKeyError::new_err(msg),
         E::IndexOutOfBounds(_) => PyIndexError::new_err(msg),
         E::InvalidShape(_)
         | E::InvalidArgument(_)
         | E::ReadOnly(_)
         | E::Closed(_)
-        | E::SnapshotTooOld { .. }
         | E::DivergentWrites(_) => PyValueError::new_err(msg),
         E::AddressSpace(_) => pyo3::exceptions::PyMemoryError::new_err(msg),
         E::Corrupt { .. } | E::Format { .. } | E::Lmdb(_) | E::Io { .. } | E::Postgres(_) => {
@@ -58,10 +70,18 @@ impl<T> IntoPy<T> for outcore::Result<T> {
     }
 }
 
-/// Registers the class raised on write conflicts.
+/// Registers the classes raised on write conflicts, on reads at a snapshot older than the
+/// pack horizon, and when a commit's outcome is unknown.
 #[pyfunction]
-fn set_conflict_error(py: Python<'_>, cls: Bound<'_, PyType>) -> PyResult<()> {
-    let _ = CONFLICT_ERROR.set(py, cls.unbind());
+fn set_error_classes(
+    py: Python<'_>,
+    conflict: Bound<'_, PyType>,
+    snapshot_too_old: Bound<'_, PyType>,
+    outcome_unknown: Bound<'_, PyType>,
+) -> PyResult<()> {
+    let _ = CONFLICT_ERROR.set(py, conflict.unbind());
+    let _ = SNAPSHOT_TOO_OLD_ERROR.set(py, snapshot_too_old.unbind());
+    let _ = OUTCOME_UNKNOWN_ERROR.set(py, outcome_unknown.unbind());
     Ok(())
 }
 
@@ -348,7 +368,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Array>()?;
     m.add_class::<Mapping>()?;
     m.add_class::<Savepoint>()?;
-    m.add_function(wrap_pyfunction!(set_conflict_error, m)?)?;
+    m.add_function(wrap_pyfunction!(set_error_classes, m)?)?;
     m.add_function(wrap_pyfunction!(logging::set_log_filter, m)?)?;
     logging::install();
     Ok(())

@@ -128,7 +128,12 @@ impl Error {
 /// said (e.g. "FATAL: sorry, too many clients already"), which the summary alone omits.
 fn postgres_message(e: &postgres::Error) -> String {
     match e.as_db_error() {
-        Some(db) => format!("{e}: {} {} ({})", db.severity(), db.message(), db.code().code()),
+        Some(db) => format!(
+            "{e}: {} {} ({})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        ),
         None => e.to_string(),
     }
 }

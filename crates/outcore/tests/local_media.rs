@@ -262,7 +262,10 @@ fn unleased_reader_sees_history_packed_not_wrong_data() {
     let t2 = commit(2);
     rw.pack(Tid::MAX).unwrap();
     match ro.load(key, t1) {
-        Err(Error::SnapshotTooOld { horizon: packed, requested }) => {
+        Err(Error::SnapshotTooOld {
+            horizon: packed,
+            requested,
+        }) => {
             assert_eq!((packed, requested), (t2, t1));
         }
         other => panic!("expected SnapshotTooOld, got {other:?}"),

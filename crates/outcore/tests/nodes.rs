@@ -248,7 +248,10 @@ fn paused_reader_gets_snapshot_too_old_after_pack_on_postgresql() {
     let rewritten = w.commit().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let stats = writer_db.storage().pack(outcore::storage::Tid::now()).unwrap();
+        let stats = writer_db
+            .storage()
+            .pack(outcore::storage::Tid::now())
+            .unwrap();
         if stats.horizon >= rewritten {
             break;
         }
@@ -355,7 +358,10 @@ fn a_hundred_processes_within_a_hundred_connections() {
         started.elapsed()
     );
     assert_eq!(ok, 100, "every process read, touched and committed");
-    assert!(most_per_process <= 2, "{most_per_process} connections in one process");
+    assert!(
+        most_per_process <= 2,
+        "{most_per_process} connections in one process"
+    );
     // At the limit, the error says what the server said.
     admin
         .batch_execute(&format!("ALTER ROLE {role} CONNECTION LIMIT 0"))

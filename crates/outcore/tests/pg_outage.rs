@@ -86,11 +86,18 @@ fn commit_reply_lost_past_the_window_is_outcome_unknown() {
         Err(e @ Error::CommitOutcomeUnknown { .. }) => {
             assert!(!e.is_retryable());
             let msg = e.to_string();
-            assert!(msg.contains("outcore log") && msg.contains("token"), "{msg}");
+            assert!(
+                msg.contains("outcore log") && msg.contains("token"),
+                "{msg}"
+            );
         }
         other => panic!("expected CommitOutcomeUnknown, got {other:?}"),
     }
-    assert_eq!(commits_named(&direct, "unknown"), 1, "the commit is durable");
+    assert_eq!(
+        commits_named(&direct, "unknown"),
+        1,
+        "the commit is durable"
+    );
 }
 
 /// Issue "many nodes" 4: memory filled on first touch waits out an outage longer than
@@ -120,7 +127,9 @@ fn touches_survive_an_outage_and_load_fails_promptly() {
     let view = a.view::<i64>().unwrap();
     let started = Instant::now();
     proxy.go_down();
-    let err = a.load(n / 3..2 * n / 3).expect_err("load() while the server is down");
+    let err = a
+        .load(n / 3..2 * n / 3)
+        .expect_err("load() while the server is down");
     let prompt = started.elapsed();
     assert!(matches!(err, Error::Postgres(_)), "{err}");
     std::thread::scope(|s| {

@@ -480,7 +480,10 @@ fn pack_respects_leases(s: Arc<dyn Storage>) {
     reads_fail_below_horizon(&*s, k, t1, t3);
     reads_fail_below_horizon(&*s, gone, t1b, t3);
     // A version pack kept is still exactly what an older snapshot saw: served.
-    assert_eq!(s.load(k, Tid(t3.0 - 1)).unwrap().unwrap().data, pattern(2, 4096));
+    assert_eq!(
+        s.load(k, Tid(t3.0 - 1)).unwrap().unwrap().data,
+        pattern(2, 4096)
+    );
     // Listings cannot tell: every snapshot below the horizon fails.
     assert!(matches!(
         s.block_indices(k_file(k), Tid(t3.0 - 1)),

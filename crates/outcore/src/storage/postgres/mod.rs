@@ -318,7 +318,10 @@ impl Inner {
     }
 
     /// [`Pool::with_fresh_client`] in this store's schema.
-    fn with_fresh_client<T>(&self, f: impl FnOnce(&mut postgres::Client) -> Result<T>) -> Result<T> {
+    fn with_fresh_client<T>(
+        &self,
+        f: impl FnOnce(&mut postgres::Client) -> Result<T>,
+    ) -> Result<T> {
         self.pool.with_fresh_client(&self.schema, f)
     }
 
@@ -1020,7 +1023,10 @@ mod tests {
         );
         for bad in ["lease_timeout=0", "outage_window=x", "pool_size=0"] {
             let e = PgStorage::split_options(&format!("postgresql://h/x?{bad}"), &mut o);
-            assert!(e.unwrap_err().to_string().contains(bad.split('=').next().unwrap()));
+            assert!(e
+                .unwrap_err()
+                .to_string()
+                .contains(bad.split('=').next().unwrap()));
         }
     }
 }

@@ -65,10 +65,14 @@ const PROMPT: [Duration; 4] = [
 /// The longest pause between attempts while the fault path waits out an outage.
 const PATIENT_STEP: Duration = Duration::from_secs(2);
 
+/// A fault-path thread's failures further apart than this belong to different outages.
+const OUTAGE_GAP: Duration = Duration::from_secs(30);
+
 thread_local! {
-    /// When the store became unreachable for this (fault-path) thread: the outage window
-    /// counts from there across the memory layer's own retries of one fetch.
-    static OUTAGE_SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// When the store became unreachable for this (fault-path) thread, and when it last
+    /// failed: the outage window counts from the start across the memory layer's own retries
+    /// of one fetch (a few seconds apart), not across unrelated outages.
+    static OUTAGE_SINCE: Cell<Option<(Instant, Instant)>> = const { Cell::new(None) };
 }
 
 /// True on the memory layer's threads that fill memory on first touch: a failure there cannot
@@ -225,7 +229,10 @@ impl Pool {
         };
         drop(state);
         if conn.schema != schema {
-            if let Err(e) = conn.client.batch_execute(&format!("SET search_path TO {schema}")) {
+            if let Err(e) = conn
+                .client
+                .batch_execute(&format!("SET search_path TO {schema}"))
+            {
                 self.put(conn);
                 return Err(e.into());
             }
@@ -298,13 +305,16 @@ impl Pool {
             let delay = if fault_path || is_too_many_clients(&e) {
                 // The fault path counts the outage across the memory layer's own retries.
                 let start = match fault_path {
-                    true => OUTAGE_SINCE.get(),
+                    true => OUTAGE_SINCE
+                        .get()
+                        .filter(|(_, last)| last.elapsed() < OUTAGE_GAP)
+                        .map(|(start, _)| start),
                     false => since,
                 }
                 .unwrap_or_else(Instant::now);
                 since = Some(start);
                 if fault_path {
-                    OUTAGE_SINCE.set(Some(start));
+                    OUTAGE_SINCE.set(Some((start, Instant::now())));
                 }
                 match self.patient_delay(start, attempt) {
                     Some(d) => d,
