@@ -145,6 +145,20 @@ impl PgStorage {
         Self::open_with(url, PgOptions::default())
     }
 
+    /// Splits outcore's own parameters off `url`: the url libpq accepts, and the schema that
+    /// `outcore_schema` names, if any. A url whose options are invalid comes back unchanged
+    /// (opening it reports the error).
+    pub fn split_schema(url: &str) -> (String, Option<String>) {
+        let mut o = PgOptions {
+            schema: String::new(),
+            ..PgOptions::default()
+        };
+        match Self::split_options(url, &mut o) {
+            Ok(base) => (base, Some(o.schema).filter(|s| !s.is_empty())),
+            Err(_) => (url.to_string(), None),
+        }
+    }
+
     /// Splits outcore's own parameters off `url` (libpq does not know them) into `options`:
     /// `outcore_schema=NAME`, `lease_timeout=SECONDS`, `pool_size=N`, `outage_window=SECONDS`.
     /// Returns the url left for libpq.
@@ -1020,6 +1034,10 @@ mod tests {
         assert_eq!(
             (o.schema.as_str(), o.lease_timeout, o.pool_size),
             ("s", Duration::from_millis(2500), 1)
+        );
+        assert_eq!(
+            PgStorage::split_schema("postgresql://h/x?a=1&outcore_schema=s&pool_size=1"),
+            ("postgresql://h/x?a=1".to_string(), Some("s".to_string()))
         );
         for bad in ["lease_timeout=0", "outage_window=x", "pool_size=0"] {
             let e = PgStorage::split_options(&format!("postgresql://h/x?{bad}"), &mut o);
