@@ -375,3 +375,34 @@ fn a_hundred_processes_within_a_hundred_connections() {
         ))
         .unwrap();
 }
+
+/// A reader lease that expired while its process was paused, and that pack then deleted, is
+/// registered again when the reader moves to a new snapshot (it used to fail with NotFound),
+/// and protects that snapshot from the next pack.
+#[test]
+fn an_expired_lease_is_registered_again_at_the_next_snapshot() {
+    use outcore::storage::{ReaderLease, Tid};
+    let Some(base) = common::pg_server() else {
+        return;
+    };
+    let url = common::store_url(&base, "release");
+    let reader = Database::open(&format!("{url}&lease_timeout=600")).unwrap();
+    let packer = Database::open(&format!("{url}&lease_timeout=3")).unwrap();
+    let w = packer.connect().unwrap();
+    w.create::<i64>("a", &[4], Order::C).unwrap();
+    w.commit().unwrap();
+    let mut lease = ReaderLease::at_head(reader.storage().clone()).unwrap();
+    w.begin().unwrap();
+    w.array("a").unwrap().view_mut::<i64>().unwrap()[0] = 1;
+    let head = w.commit().unwrap();
+    // Wait until pack ignores (and deletes) the silent lease.
+    while packer.storage().pack(Tid::now()).unwrap().horizon < head {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(lease.advance_to_head().unwrap(), head);
+    w.begin().unwrap();
+    w.array("a").unwrap().view_mut::<i64>().unwrap()[0] = 2;
+    w.commit().unwrap();
+    // The lease counts again (its heartbeat is fresh): pack stops at its snapshot.
+    assert_eq!(packer.storage().pack(Tid::now()).unwrap().horizon, head);
+}

@@ -628,11 +628,28 @@ impl Storage for PgStorage {
 
     fn renew_lease(&self, id: u64, at: Tid) -> Result<()> {
         let id = id as i64;
+        let held = self
+            .inner
+            .leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id);
+        // A held lease that expired (its process paused past the lease timeout) and was
+        // deleted by pack is registered again: the reader moves on to a new snapshot. Safe
+        // even if a pack slips in first: reads below its horizon fail, never show other data.
         let n = self.inner.with_client(|c| {
-            c.execute(
-                "UPDATE outcore_lease SET tid = $2, heartbeat = now() WHERE id = $1",
-                &[&id, &db_tid(at)],
-            )
+            if held {
+                c.execute(
+                    "INSERT INTO outcore_lease (id, tid) VALUES ($1, $2)
+                     ON CONFLICT (id) DO UPDATE SET tid = $2, heartbeat = now()",
+                    &[&id, &db_tid(at)],
+                )
+            } else {
+                c.execute(
+                    "UPDATE outcore_lease SET tid = $2, heartbeat = now() WHERE id = $1",
+                    &[&id, &db_tid(at)],
+                )
+            }
         })?;
         if n == 0 {
             return Err(Error::NotFound(format!(
