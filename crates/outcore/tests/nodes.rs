@@ -1,6 +1,8 @@
 //! Many nodes on one store: OS processes appending to and updating the same arrays
 //! concurrently (embedded store and PostgreSQL), and PostgreSQL clients killed mid-commit.
-//! (The server-restart test is in `pg_restart.rs`.)
+//! (The server-restart test is in `pg_restart.rs`, lost COMMIT replies and outages in
+//! `pg_outage.rs`.) Also: readers paused past the lease timeout, and 100 processes against a
+//! connection limit of 100.
 //!
 //! The PostgreSQL tests need `OUTCORE_TEST_PG` (scripts/test.sh starts a private server) and
 //! are skipped loudly without.
