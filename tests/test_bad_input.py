@@ -218,13 +218,14 @@ def test_exception_hierarchy():
         "NotFoundError": KeyError,
         "ReadOnlyError": ValueError,
         "ClosedError": ValueError,
-        "HistoryPackedError": ValueError,
+        "SnapshotTooOldError": transaction.interfaces.TransientError,
         "DivergentWritesError": ValueError,
         "AddressSpaceError": MemoryError,
         "StorageError": OSError,
         "StoreNotFoundError": FileNotFoundError,
         "StoreFormatError": OSError,
         "CorruptionError": OSError,
+        "CommitOutcomeUnknownError": OSError,
     }
     readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
     for name, builtin in expected.items():

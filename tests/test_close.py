@@ -154,3 +154,26 @@ def test_repr_of_closed_objects():
     db.close()
     for obj in (db, conn, root, A):
         assert "closed" in repr(obj)
+
+
+def test_snapshot_packed_away_raises_a_retryable_error(tmp_path):
+    """Reads at a snapshot older than the pack horizon raise SnapshotTooOldError, a retryable
+    ConflictError (it was a ValueError), never other data."""
+    if not CLI.exists():
+        pytest.skip(f"{CLI} is not built (cargo build --release -p outcore-cli)")
+    url = str(tmp_path / "db")
+    tm = transaction.TransactionManager()
+    db = outcore.open(url)
+    root = db.open(transaction_manager=tm).root()
+    root["A"] = outcore.BigArray((1 << 18,), "f8")
+    root["A"][:] = 1
+    tm.commit()
+    old = db.history(1)[0]["tid"]
+    root["A"][:] = 2
+    tm.commit()
+    db.close()
+    subprocess.run([str(CLI), "pack", url, "--keep", "0s"], capture_output=True, check=True)
+    with pytest.raises(outcore.SnapshotTooOldError, match="pack horizon") as info:
+        outcore.open(url, at=old).root()
+    assert isinstance(info.value, outcore.ConflictError)
+    assert isinstance(info.value, transaction.interfaces.TransientError)

@@ -19,7 +19,8 @@ __all__ = [
     "NotFoundError",
     "ReadOnlyError",
     "ClosedError",
-    "HistoryPackedError",
+    "SnapshotTooOldError",
+    "CommitOutcomeUnknownError",
     "DivergentWritesError",
     "AddressSpaceError",
     "StorageError",
@@ -58,8 +59,10 @@ class ClosedError(Error, ValueError):
     """A database or connection (or an array or view of one) used after ``close()``."""
 
 
-class HistoryPackedError(Error, ValueError):
-    """The snapshot asked for is older than what ``pack`` kept."""
+class SnapshotTooOldError(ConflictError):
+    """The snapshot read is older than the pack horizon: another node packed away history it
+    needs (e.g. this process was paused longer than the lease timeout, or ``at=`` names a
+    packed tid). Retryable like a conflict: the next transaction reads a newer snapshot."""
 
 
 class DivergentWritesError(Error, ValueError):
@@ -74,6 +77,12 @@ class AddressSpaceError(Error, MemoryError):
 class StorageError(Error, OSError):
     """The store failed: file system, index or PostgreSQL (the message has the server's
     own text)."""
+
+
+class CommitOutcomeUnknownError(StorageError):
+    """The connection to the store was lost at COMMIT and the store stayed unreachable: the
+    commit may or may not be applied. Not retryable blindly; the message says how to find
+    out (``outcore log`` lists applied commits)."""
 
 
 class StoreNotFoundError(StorageError, FileNotFoundError):

@@ -38,8 +38,10 @@ pub enum Class {
     ReadOnly,
     /// `ClosedError(Error, ValueError)`.
     Closed,
-    /// `HistoryPackedError(Error, ValueError)`.
-    HistoryPacked,
+    /// `SnapshotTooOldError(ConflictError)`: retryable.
+    SnapshotTooOld,
+    /// `CommitOutcomeUnknownError(StorageError)`.
+    CommitOutcomeUnknown,
     /// `DivergentWritesError(Error, ValueError)`.
     DivergentWrites,
     /// `AddressSpaceError(Error, MemoryError)`.
@@ -66,7 +68,8 @@ impl Class {
             E::NotFound(_) => Class::NotFound,
             E::ReadOnly(_) => Class::ReadOnly,
             E::Closed(_) => Class::Closed,
-            E::HistoryPacked { .. } => Class::HistoryPacked,
+            E::SnapshotTooOld { .. } => Class::SnapshotTooOld,
+            E::CommitOutcomeUnknown { .. } => Class::CommitOutcomeUnknown,
             E::DivergentWrites(_) => Class::DivergentWrites,
             E::AddressSpace(_) => Class::AddressSpace,
             E::Corrupt { .. } => Class::Corruption,
@@ -85,7 +88,8 @@ impl Class {
             Class::StoreNotFound => "StoreNotFoundError",
             Class::ReadOnly => "ReadOnlyError",
             Class::Closed => "ClosedError",
-            Class::HistoryPacked => "HistoryPackedError",
+            Class::SnapshotTooOld => "SnapshotTooOldError",
+            Class::CommitOutcomeUnknown => "CommitOutcomeUnknownError",
             Class::DivergentWrites => "DivergentWritesError",
             Class::AddressSpace => "AddressSpaceError",
             Class::Storage => "StorageError",
@@ -99,16 +103,18 @@ impl Class {
     /// imported (only `outcore._native` was).
     fn builtin(self, msg: String) -> PyErr {
         match self {
-            Class::Conflict => PyRuntimeError::new_err(msg),
+            Class::Conflict | Class::SnapshotTooOld => PyRuntimeError::new_err(msg),
             Class::NotFound => PyKeyError::new_err(msg),
             Class::StoreNotFound => PyFileNotFoundError::new_err(msg),
             Class::ReadOnly
             | Class::Closed
-            | Class::HistoryPacked
             | Class::DivergentWrites
             | Class::BadValue => PyValueError::new_err(msg),
             Class::AddressSpace => PyMemoryError::new_err(msg),
-            Class::Storage | Class::StoreFormat | Class::Corruption => PyOSError::new_err(msg),
+            Class::Storage
+            | Class::StoreFormat
+            | Class::Corruption
+            | Class::CommitOutcomeUnknown => PyOSError::new_err(msg),
             Class::BadIndex => PyIndexError::new_err(msg),
         }
     }

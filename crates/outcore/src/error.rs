@@ -1,7 +1,8 @@
 //! The one error type of the crate.
 //!
 //! Every fallible public function returns [`Result<T>`]. Variants are meant to be matched on:
-//! [`Error::Conflict`] is the only retryable one (abort, then redo the transaction).
+//! [`Error::Conflict`] and [`Error::SnapshotTooOld`] are the retryable ones (abort, then redo the
+//! transaction).
 
 use std::path::PathBuf;
 
@@ -34,13 +35,29 @@ pub enum Error {
     /// A named thing (array, store, version) does not exist.
     #[error("not found: {0}")]
     NotFound(String),
-    /// History at or before `packed` was removed by `pack`; the requested tid is older.
-    #[error("history before {packed} was packed away; {requested} is no longer readable")]
-    HistoryPacked {
-        /// The pack horizon.
-        packed: Tid,
-        /// The tid that was asked for.
+    /// A read (or log read) at snapshot `requested`, older than the pack horizon `horizon`:
+    /// pack may have removed versions that snapshot sees, so nothing is returned rather than
+    /// other data. Happens to a reader whose lease expired (paused longer than the lease
+    /// timeout) or to time travel past a pack. Retryable: a new transaction reads a newer
+    /// snapshot.
+    #[error("snapshot {requested} is older than the pack horizon {horizon}: pack removed history it needs (was the reader paused longer than the lease timeout?); abort and retry with a newer snapshot")]
+    SnapshotTooOld {
+        /// The snapshot (or log position) that was asked for.
         requested: Tid,
+        /// The pack horizon.
+        horizon: Tid,
+    },
+    /// The connection to the store was lost while the commit was being confirmed, and looking
+    /// it up again failed within the window: it may or may not have been applied. Not
+    /// retryable as is (a retry could apply it twice): look for its token in the commit log.
+    #[error("commit outcome unknown: the connection was lost at COMMIT and the store stayed unreachable for {waited:?}; commit token {token} may or may not be applied. Do not retry blindly: look for the commit in the log (`outcore log`; its description and time, or token {token} in the outcore_log table) once the store is reachable ({cause})")]
+    CommitOutcomeUnknown {
+        /// The random token stored in the commit's log row.
+        token: i64,
+        /// How long outcore kept looking the commit up.
+        waited: std::time::Duration,
+        /// The last error seen.
+        cause: String,
     },
     /// A shape, dtype, order or size that cannot be used.
     #[error("invalid shape: {0}")]
@@ -101,7 +118,10 @@ pub enum Error {
 impl Error {
     /// True for errors that a retry of the whole transaction may cure.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Conflict { .. } | Error::SnapshotStale(_))
+        matches!(
+            self,
+            Error::Conflict { .. } | Error::SnapshotStale(_) | Error::SnapshotTooOld { .. }
+        )
     }
 
     /// The message without the variant's own prefix (`invalid argument: `, `closed: `...):
@@ -122,7 +142,8 @@ impl Error {
             Error::Format { path, reason } => format!("{}: {reason}", path.display()),
             Error::Conflict { .. }
             | Error::Corrupt { .. }
-            | Error::HistoryPacked { .. }
+            | Error::SnapshotTooOld { .. }
+            | Error::CommitOutcomeUnknown { .. }
             | Error::Postgres(_)
             | Error::Lmdb(_)
             | Error::Io { .. } => self.to_string(),

@@ -220,7 +220,7 @@ fn other_users_store_opens_readonly() {
 
 /// A reader through a read-only mount holds no lease, so another process's view of the store
 /// (here: a writable handle) may pack away its snapshot: its reads then fail with
-/// `HistoryPacked` instead of returning what the pack left (zeros, here).
+/// `SnapshotTooOld` instead of returning what the pack left (zeros, here).
 #[test]
 fn unleased_reader_sees_history_packed_not_wrong_data() {
     let _serial = serial();
@@ -262,10 +262,13 @@ fn unleased_reader_sees_history_packed_not_wrong_data() {
     let t2 = commit(2);
     rw.pack(Tid::MAX).unwrap();
     match ro.load(key, t1) {
-        Err(Error::HistoryPacked { packed, requested }) => {
+        Err(Error::SnapshotTooOld {
+            horizon: packed,
+            requested,
+        }) => {
             assert_eq!((packed, requested), (t2, t1));
         }
-        other => panic!("expected HistoryPacked, got {other:?}"),
+        other => panic!("expected SnapshotTooOld, got {other:?}"),
     }
     assert_eq!(ro.load(key, t2).unwrap().unwrap().data[0], 2);
     ro.release_lease(lease);

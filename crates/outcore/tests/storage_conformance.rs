@@ -475,20 +475,62 @@ fn pack_respects_leases(s: Arc<dyn Storage>) {
     assert!(stats.versions_removed >= 3, "{stats:?}");
     assert!(stats.body_bytes_after < stats.body_bytes_before);
     assert_eq!(s.load(k, t3).unwrap().unwrap().data, pattern(2, 4096));
-    assert!(s.load(k, t1).unwrap().is_none(), "shadowed version removed");
-    assert!(s.load(gone, t1b).unwrap().is_none(), "deleted key removed");
+    // Snapshots older than the horizon whose version pack removed fail loudly on every read
+    // path, never show a hole (zeros) instead.
+    reads_fail_below_horizon(&*s, k, t1, t3);
+    reads_fail_below_horizon(&*s, gone, t1b, t3);
+    // A version pack kept is still exactly what an older snapshot saw: served.
+    assert_eq!(
+        s.load(k, Tid(t3.0 - 1)).unwrap().unwrap().data,
+        pattern(2, 4096)
+    );
+    // Listings cannot tell: every snapshot below the horizon fails.
+    assert!(matches!(
+        s.block_indices(k_file(k), Tid(t3.0 - 1)),
+        Err(Error::SnapshotTooOld { .. })
+    ));
+    assert_eq!(s.block_indices(k_file(k), t3).unwrap(), vec![0]);
     assert_eq!(s.pack_horizon().unwrap(), t3);
     assert!(matches!(
         ReaderLease::at(s.clone(), t1),
-        Err(Error::HistoryPacked { .. })
+        Err(Error::SnapshotTooOld { .. })
     ));
-    assert!(matches!(s.log(t1, t3), Err(Error::HistoryPacked { .. })));
+    assert!(matches!(s.log(t1, t3), Err(Error::SnapshotTooOld { .. })));
     // The store keeps working after pack: commits, reads, conflicts.
     let t4 = store_one(&*s, t3, k, pattern(4, 4096)).unwrap();
     assert_eq!(s.load(k, t4).unwrap().unwrap().data, pattern(4, 4096));
     assert!(store_one(&*s, t3, k, pattern(5, 4096)).is_err());
     assert_eq!(s.log(t3, t4).unwrap().len(), 1);
     assert!(s.verify().unwrap().problems.is_empty());
+}
+
+fn k_file(key: Key) -> Oid {
+    match key {
+        Key::Block { file, .. } => file,
+        Key::Meta(oid) => oid,
+    }
+}
+
+/// Every read of `key` at `at`, older than the pack horizon `horizon`, fails with
+/// `SnapshotTooOld` naming both.
+fn reads_fail_below_horizon(s: &dyn Storage, key: Key, at: Tid, horizon: Tid) {
+    let too_old = |what: &str, r: outcore::Result<()>| match r {
+        Err(Error::SnapshotTooOld {
+            requested,
+            horizon: h,
+        }) => {
+            assert_eq!((requested, h), (at, horizon), "{what}");
+        }
+        other => panic!("{what} of {key} at {at} below the horizon {horizon}: {other:?}"),
+    };
+    too_old("load", s.load(key, at).map(drop));
+    too_old("load_into", s.load_into(key, at, &mut [0; 8192]).map(drop));
+    too_old("locate", s.locate(key, at).map(drop));
+    too_old("load_many", s.load_many(&[key, key], at).map(drop));
+    too_old("block_indices", s.block_indices(k_file(key), at).map(drop));
+    let e = s.load(key, at).unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+    assert!(e.to_string().contains("pack horizon"), "{e}");
 }
 
 fn checksum_mismatch_detected(fx: &Fixture) {

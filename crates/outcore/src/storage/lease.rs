@@ -34,7 +34,7 @@ impl ReaderLease {
     }
 
     /// A lease at an older snapshot `at` (time travel). Fails with
-    /// [`Error::HistoryPacked`] if pack already removed history that `at` needs.
+    /// [`Error::SnapshotTooOld`] if pack already removed history that `at` needs.
     pub fn at(storage: Arc<dyn Storage>, at: Tid) -> Result<Self> {
         let id = storage.acquire_lease(at)?;
         let lease = ReaderLease {
@@ -48,8 +48,8 @@ impl ReaderLease {
         lease.storage.fence()?;
         let packed = lease.storage.pack_horizon()?;
         if at < packed {
-            return Err(Error::HistoryPacked {
-                packed,
+            return Err(Error::SnapshotTooOld {
+                horizon: packed,
                 requested: at,
             });
         }

@@ -83,6 +83,21 @@ fn memfd() -> Result<File> {
 }
 
 impl Inner {
+    /// Fails for snapshots older than the pack horizon (see [`super::check_horizon`]).
+    fn check_horizon(&self, at: Tid) -> Result<()> {
+        super::check_horizon(at, self.horizon)
+    }
+
+    /// The newest version of `key` at `at`; if there is none, fails for snapshots older than
+    /// the pack horizon (see [`super::check_horizon`]).
+    fn newest_checked(&self, key: Key, at: Tid) -> Result<Option<(Tid, &VersionRecord)>> {
+        let found = self.newest(key, at);
+        if found.is_none() {
+            self.check_horizon(at)?;
+        }
+        Ok(found)
+    }
+
     fn newest(&self, key: Key, at: Tid) -> Option<(Tid, &VersionRecord)> {
         self.versions
             .range((key, Tid::ZERO)..=(key, at))
@@ -129,7 +144,7 @@ impl Storage for MemStorage {
 
     fn load(&self, key: Key, at: Tid) -> Result<Option<Version>> {
         let g = self.lock();
-        match g.newest(key, at) {
+        match g.newest_checked(key, at)? {
             None => Ok(None),
             Some((tid, rec)) => rec.load(key, tid, |s| g.segment(s)),
         }
@@ -137,7 +152,7 @@ impl Storage for MemStorage {
 
     fn load_into(&self, key: Key, at: Tid, out: &mut [u8]) -> Result<Option<usize>> {
         let g = self.lock();
-        match g.newest(key, at) {
+        match g.newest_checked(key, at)? {
             None => Ok(None),
             Some((tid, rec)) => rec.load_into(key, tid, |s| g.segment(s), out),
         }
@@ -145,7 +160,7 @@ impl Storage for MemStorage {
 
     fn locate(&self, key: Key, at: Tid) -> Result<Located> {
         let g = self.lock();
-        match g.newest(key, at) {
+        match g.newest_checked(key, at)? {
             None => Ok(Located::Absent),
             Some((tid, rec)) => rec.locate(key, tid, |s| g.segment(s)),
         }
@@ -216,8 +231,8 @@ impl Storage for MemStorage {
     fn log(&self, after: Tid, upto: Tid) -> Result<Vec<TxnInfo>> {
         let g = self.lock();
         if after < g.horizon {
-            return Err(Error::HistoryPacked {
-                packed: g.horizon,
+            return Err(Error::SnapshotTooOld {
+                horizon: g.horizon,
                 requested: after,
             });
         }
@@ -232,6 +247,7 @@ impl Storage for MemStorage {
 
     fn block_indices(&self, file: Oid, at: Tid) -> Result<Vec<u64>> {
         let g = self.lock();
+        g.check_horizon(at)?;
         let lo = (Key::Block { file, index: 0 }, Tid::ZERO);
         let hi = (
             Key::Block {

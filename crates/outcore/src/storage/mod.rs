@@ -18,7 +18,10 @@
 //!   it changed; it is written atomically with the data and is the source of truth for
 //!   invalidating caches of other clients.
 //! * **History** stays readable until [`Storage::pack`], which removes versions shadowed at or
-//!   before its horizon and never passes the snapshot of a live [`ReaderLease`].
+//!   before its horizon and never passes the snapshot of a live [`ReaderLease`]. A read at a
+//!   snapshot older than the horizon (a reader without a live lease) never returns other data:
+//!   it fails with [`Error::SnapshotTooOld`](crate::Error::SnapshotTooOld) unless what it finds
+//!   is provably what that snapshot saw (see `check_horizon`).
 //! * **Integrity**: every stored payload carries an xxh3-64 checksum of its bytes, checked
 //!   whenever bytes are copied out; [`Storage::verify`] checks the whole store. Blocks may be
 //!   compressed (lz4 or zstd, a store setting); compressed blocks cannot be mapped.
@@ -50,6 +53,26 @@ use std::fmt::Debug;
 use std::ops::Range;
 
 use crate::{Error, Result};
+
+/// The pack-horizon rule every backend applies to a read at snapshot `at` that found nothing,
+/// with the `horizon` of the same engine snapshot as the read.
+///
+/// Pack keeps, for each key, only the newest version at or before its horizon (none if that
+/// is a deletion), plus all newer ones. So a version found at `at < horizon` is that newest
+/// one and is exactly what the snapshot saw (no version can lie between it and `at`): such
+/// reads succeed, which keeps blocks untouched since before a pack fetchable at the version
+/// located. Finding nothing at `at < horizon` is ambiguous — a hole, or a version pack removed
+/// — and fails with [`Error::SnapshotTooOld`] rather than read zeros. Listings
+/// ([`Storage::block_indices`]) apply it to every snapshot below the horizon.
+pub(crate) fn check_horizon(at: Tid, horizon: Tid) -> Result<()> {
+    if at < horizon {
+        return Err(Error::SnapshotTooOld {
+            requested: at,
+            horizon,
+        });
+    }
+    Ok(())
+}
 
 /// A transactional, multi-version store of metadata records and array blocks.
 ///
@@ -101,14 +124,14 @@ pub trait Storage: Send + Sync + Debug {
     fn commit(&self, req: CommitRequest) -> Result<Tid>;
 
     /// The commit log for `after < tid <= upto`, oldest first: tid, user, description and keys.
-    /// Fails with [`Error::HistoryPacked`](crate::Error::HistoryPacked) if `after` is older than
+    /// Fails with [`Error::SnapshotTooOld`](crate::Error::SnapshotTooOld) if `after` is older than
     /// what pack kept of the log.
     fn log(&self, after: Tid, upto: Tid) -> Result<Vec<TxnInfo>>;
 
     /// Registers a reader at snapshot `at`; pack will not remove what it can see.
     /// Prefer [`ReaderLease`], which calls this and releases on drop. The embedded store on
     /// media it cannot write hands out an unrecorded lease instead: its reads then fail with
-    /// [`Error::HistoryPacked`](crate::Error::HistoryPacked) once another process packed past
+    /// [`Error::SnapshotTooOld`](crate::Error::SnapshotTooOld) once another process packed past
     /// the snapshot, never return what that pack removed.
     fn acquire_lease(&self, at: Tid) -> Result<u64>;
 

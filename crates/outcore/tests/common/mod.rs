@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests (each test crate uses some of them).
 #![allow(dead_code)]
 
+pub mod proxy;
+
 /// A `kB` field of `/proc/self/status` (e.g. `"RssAnon:"`).
 pub fn status_kb(field: &str) -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();

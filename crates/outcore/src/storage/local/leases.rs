@@ -8,15 +8,15 @@
 //! **Unleased readers.** Where a lease file cannot be written — read-only media, a directory
 //! of another user, a full disk — the reader goes on without one rather than failing: on media
 //! nobody can write nobody can pack either. Where others can still pack, this process's reads
-//! check the pack horizon in the same index snapshot as the version they read, so a reader
-//! whose snapshot was packed away gets [`Error::HistoryPacked`] instead of wrong data (see
-//! [`LeaseDir::unleased`]).
+//! check the pack horizon in the same index snapshot as the version they read (every read of
+//! the store does), so a reader whose snapshot was packed away gets [`Error::SnapshotTooOld`]
+//! instead of wrong data.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::storage::Tid;
@@ -28,8 +28,6 @@ pub(super) struct LeaseDir {
     dir: PathBuf,
     held: Mutex<HashMap<u64, File>>,
     counter: AtomicU64,
-    /// Set once a reader of this process went on without a lease file.
-    unleased: AtomicBool,
 }
 
 /// The id handed out for a reader that holds no lease file. Real ids carry a pid in their
@@ -61,14 +59,7 @@ impl LeaseDir {
             dir,
             held: Mutex::new(HashMap::new()),
             counter: AtomicU64::new(0),
-            unleased: AtomicBool::new(false),
         })
-    }
-
-    /// True once a reader of this process holds no lease file (see the module comment):
-    /// reads must then check the pack horizon themselves.
-    pub fn unleased(&self) -> bool {
-        self.unleased.load(Ordering::Relaxed)
     }
 
     fn path(&self, id: u64) -> PathBuf {
@@ -97,7 +88,6 @@ impl LeaseDir {
         let file = match written {
             Ok(file) => file,
             Err(e) if cannot_write_here(&e) => {
-                self.unleased.store(true, Ordering::Relaxed);
                 return Ok(UNLEASED);
             }
             Err(e) => return Err(Error::io(format!("writing lease {}", path.display()), e)),

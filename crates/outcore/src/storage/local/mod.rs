@@ -444,20 +444,13 @@ impl Shared {
         }
     }
 
-    /// For readers without a lease: fails if pack removed history that snapshot `at` needs.
-    /// `txn` must be the index snapshot the caller reads the version from.
-    fn check_unleased(&self, txn: &RoTxn, at: Tid) -> Result<()> {
-        if !self.leases.unleased() {
-            return Ok(());
-        }
+    /// Fails if snapshot `at` is older than the pack horizon (a lease-less reader, or a read at
+    /// a snapshot nobody leased): see [`super::check_horizon`]. `txn` must be the index
+    /// snapshot the caller reads from, so a pack committing meanwhile cannot slip between
+    /// check and read.
+    fn check_horizon(&self, txn: &RoTxn, at: Tid) -> Result<()> {
         let packed = Tid(get_u64(&self.meta, txn, META_HORIZON)?);
-        if at < packed {
-            return Err(Error::HistoryPacked {
-                packed,
-                requested: at,
-            });
-        }
-        Ok(())
+        super::check_horizon(at, packed)
     }
 
     /// The newest version of `key` at or before `at`, as seen by `txn`.
@@ -486,9 +479,12 @@ impl Shared {
         let mut attempt = 0;
         loop {
             let txn = self.env.read_txn()?;
-            self.check_unleased(&txn, at)?;
             let epoch = get_u64(&self.meta, &txn, META_EPOCH)?;
             let found = self.newest(&txn, key, at)?;
+            if found.is_none() {
+                // Nothing at `at`: a hole, or a version pack removed? (See `check_horizon`.)
+                self.check_horizon(&txn, at)?;
+            }
             drop(txn);
             let Some((tid, rec)) = found else {
                 return Ok(absent());
@@ -715,8 +711,8 @@ impl Shared {
         let txn = s.env.read_txn()?;
         let packed = Tid(get_u64(&s.meta, &txn, META_HORIZON)?);
         if after < packed {
-            return Err(Error::HistoryPacked {
-                packed,
+            return Err(Error::SnapshotTooOld {
+                horizon: packed,
                 requested: after,
             });
         }
@@ -747,7 +743,7 @@ impl Shared {
     fn block_indices(&self, file: Oid, at: Tid) -> Result<Vec<u64>> {
         let s = self;
         let txn = s.env.read_txn()?;
-        s.check_unleased(&txn, at)?;
+        s.check_horizon(&txn, at)?;
         let lo = version_key(Key::Block { file, index: 0 }, Tid::ZERO);
         let hi = version_key(
             Key::Block {

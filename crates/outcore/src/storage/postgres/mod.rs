@@ -15,8 +15,15 @@
 //! connection drops during `COMMIT`, the store reconnects and looks the token up, so a commit is
 //! reported exactly once and never applied twice.
 //!
-//! **Leases** are rows with a heartbeat, renewed by a background thread; pack ignores leases
-//! whose heartbeat is older than [`LEASE_TIMEOUT`], so a crashed node stops pinning history.
+//! **Leases** are rows with a heartbeat, renewed by a background thread every sixth of the
+//! lease timeout; pack ignores leases whose heartbeat is older than the lease timeout (url
+//! option `lease_timeout=SECONDS`, default [`LEASE_TIMEOUT`]), so a crashed node stops pinning
+//! history. A reader paused for longer loses that protection: every read checks the pack
+//! horizon in the same statement as the version it reads, and fails with
+//! [`Error::SnapshotTooOld`] rather than return what pack left.
+//!
+//! **Url options** of outcore's own (removed before the url reaches libpq): `outcore_schema`,
+//! `lease_timeout`, `pool_size` and `outage_window` (see [`PgOptions`]).
 //!
 //! Blocks are copied out of the database (never mapped); the memory layer decodes them into
 //! private memory.
@@ -40,10 +47,13 @@ use super::{
 use crate::{Error, Result};
 use pool::Pool;
 
-/// A lease whose heartbeat is older than this no longer protects history from pack.
+/// A lease whose heartbeat is older than this no longer protects history from pack (the
+/// default of [`PgOptions::lease_timeout`]).
 pub const LEASE_TIMEOUT: Duration = Duration::from_secs(120);
-/// How often held leases are renewed.
-const HEARTBEAT: Duration = Duration::from_secs(20);
+/// The default of [`PgOptions::outage_window`].
+pub const OUTAGE_WINDOW: Duration = Duration::from_secs(60);
+/// The default of [`PgOptions::pool_size`].
+pub const POOL_SIZE: usize = 2;
 
 /// How to open a [`PgStorage`].
 #[derive(Clone, Debug)]
@@ -52,8 +62,19 @@ pub struct PgOptions {
     pub schema: String,
     /// Block compression for a new store.
     pub compression: Compression,
-    /// Connections kept open for parallel work (default 4).
-    pub connections: usize,
+    /// At most this many connections per process to this url, shared by every store opened
+    /// on it (the first open sets it); parallel fetches use them all. Url option `pool_size`;
+    /// default [`POOL_SIZE`].
+    pub pool_size: usize,
+    /// A reader lease whose heartbeat is older than this no longer protects history from
+    /// pack; heartbeats run every sixth of it. Url option `lease_timeout=SECONDS`; default
+    /// [`LEASE_TIMEOUT`]. All nodes should use the same value: pack uses its own.
+    pub lease_timeout: Duration,
+    /// How long memory filled on first touch waits out an unreachable server before the
+    /// touch fails (SIGBUS), and how long a commit whose reply was lost is looked up before
+    /// [`Error::CommitOutcomeUnknown`]. Url option `outage_window=SECONDS` (the first open
+    /// of a url sets it); default [`OUTAGE_WINDOW`].
+    pub outage_window: Duration,
 }
 
 impl Default for PgOptions {
@@ -61,7 +82,9 @@ impl Default for PgOptions {
         PgOptions {
             schema: "outcore".into(),
             compression: Compression::None,
-            connections: 4,
+            pool_size: POOL_SIZE,
+            lease_timeout: LEASE_TIMEOUT,
+            outage_window: OUTAGE_WINDOW,
         }
     }
 }
@@ -73,7 +96,10 @@ pub struct PgStorage {
 }
 
 struct Inner {
-    pool: Pool,
+    pool: Arc<Pool>,
+    /// The schema every statement runs in.
+    schema: String,
+    lease_timeout: Duration,
     compression: Compression,
     describe: String,
     /// Lease ids this process holds (renewed by the heartbeat thread).
@@ -119,37 +145,65 @@ impl PgStorage {
         Self::open_with(url, PgOptions::default())
     }
 
-    /// Splits the `outcore_schema` parameter off `url` (libpq does not know it).
+    /// Splits outcore's own parameters off `url`: the url libpq accepts, and the schema that
+    /// `outcore_schema` names, if any. A url whose options are invalid comes back unchanged
+    /// (opening it reports the error).
     pub fn split_schema(url: &str) -> (String, Option<String>) {
-        let Some((base, query)) = url.split_once('?') else {
-            return (url.to_string(), None);
+        let mut o = PgOptions {
+            schema: String::new(),
+            ..PgOptions::default()
         };
-        let mut schema = None;
-        let rest: Vec<&str> = query
-            .split('&')
-            .filter(|p| match p.strip_prefix("outcore_schema=") {
-                Some(s) => {
-                    schema = Some(s.to_string());
-                    false
+        match Self::split_options(url, &mut o) {
+            Ok(base) => (base, Some(o.schema).filter(|s| !s.is_empty())),
+            Err(_) => (url.to_string(), None),
+        }
+    }
+
+    /// Splits outcore's own parameters off `url` (libpq does not know them) into `options`:
+    /// `outcore_schema=NAME`, `lease_timeout=SECONDS`, `pool_size=N`, `outage_window=SECONDS`.
+    /// Returns the url left for libpq.
+    pub fn split_options(url: &str, options: &mut PgOptions) -> Result<String> {
+        let Some((base, query)) = url.split_once('?') else {
+            return Ok(url.to_string());
+        };
+        let seconds = |name: &str, v: &str| -> Result<Duration> {
+            v.parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "url option {name}={v:?} must be a positive number of seconds"
+                    ))
+                })
+        };
+        let mut rest = Vec::new();
+        for p in query.split('&').filter(|p| !p.is_empty()) {
+            match p.split_once('=') {
+                Some(("outcore_schema", v)) => options.schema = v.to_string(),
+                Some(("lease_timeout", v)) => options.lease_timeout = seconds("lease_timeout", v)?,
+                Some(("outage_window", v)) => options.outage_window = seconds("outage_window", v)?,
+                Some(("pool_size", v)) => {
+                    options.pool_size = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        Error::InvalidArgument(format!(
+                            "url option pool_size={v:?} must be a positive integer"
+                        ))
+                    })?
                 }
-                None => !p.is_empty(),
-            })
-            .collect();
-        let url = if rest.is_empty() {
+                _ => rest.push(p),
+            }
+        }
+        Ok(if rest.is_empty() {
             base.to_string()
         } else {
             format!("{base}?{}", rest.join("&"))
-        };
-        (url, schema)
+        })
     }
 
-    /// Opens the store at `url` with `options`.
+    /// Opens the store at `url` with `options` (url options override them).
     pub fn open_with(url: &str, mut options: PgOptions) -> Result<Self> {
-        let (url, schema) = Self::split_schema(url);
+        let url = Self::split_options(url, &mut options)?;
         let url = url.as_str();
-        if let Some(schema) = schema {
-            options.schema = schema;
-        }
         if options.schema.is_empty()
             || !options
                 .schema
@@ -161,8 +215,9 @@ impl PgStorage {
                 options.schema
             )));
         }
-        let pool = Pool::new(url, &options.schema, options.connections.max(1))?;
-        let compression = pool.with_client(|c| {
+        let pool = pool::shared(url, options.pool_size, options.outage_window)?;
+        let schema = options.schema.clone();
+        let compression = pool.with_client(&schema, |c| {
             let mut t = c.transaction()?;
             // One creator at a time, across every client of this database.
             t.execute("SELECT pg_advisory_xact_lock(7311)", &[])?;
@@ -210,6 +265,8 @@ impl PgStorage {
             })?;
         let inner = Arc::new(Inner {
             pool,
+            schema,
+            lease_timeout: options.lease_timeout,
             compression,
             describe: format!("{} (schema {})", url_for_messages(url), options.schema),
             leases: Mutex::new(HashSet::new()),
@@ -241,7 +298,10 @@ fn spawn_heartbeat(inner: Weak<Inner>) {
     std::thread::Builder::new()
         .name("outcore-pg-heartbeat".into())
         .spawn(move || loop {
-            std::thread::sleep(HEARTBEAT);
+            let Some(period) = inner.upgrade().map(|i| i.lease_timeout / 6) else {
+                return;
+            };
+            std::thread::sleep(period);
             let Some(inner) = inner.upgrade() else {
                 return;
             };
@@ -253,7 +313,7 @@ fn spawn_heartbeat(inner: Weak<Inner>) {
                 .copied()
                 .collect();
             if !ids.is_empty() {
-                let r = inner.pool.with_client(|c| {
+                let r = inner.with_client(|c| {
                     c.execute(
                         "UPDATE outcore_lease SET heartbeat = now() WHERE id = ANY($1)",
                         &[&ids],
@@ -268,6 +328,22 @@ fn spawn_heartbeat(inner: Weak<Inner>) {
 }
 
 impl Inner {
+    /// [`Pool::with_client`] in this store's schema.
+    fn with_client<T>(
+        &self,
+        f: impl FnMut(&mut postgres::Client) -> std::result::Result<T, postgres::Error>,
+    ) -> Result<T> {
+        self.pool.with_client(&self.schema, f)
+    }
+
+    /// [`Pool::with_fresh_client`] in this store's schema.
+    fn with_fresh_client<T>(
+        &self,
+        f: impl FnOnce(&mut postgres::Client) -> Result<T>,
+    ) -> Result<T> {
+        self.pool.with_fresh_client(&self.schema, f)
+    }
+
     fn row_to_version(&self, key: Key, row: &postgres::Row) -> Result<Option<Version>> {
         let Some(p) = StoredRow::from_row(key, row)? else {
             return Ok(None);
@@ -288,7 +364,11 @@ struct StoredRow {
 
 impl StoredRow {
     fn from_row(key: Key, row: &postgres::Row) -> Result<Option<Self>> {
-        let tid = Tid(row.get::<_, i64>("tid") as u64);
+        // NULL when the horizon-checked queries found no version.
+        let Some(tid) = row.get::<_, Option<i64>>("tid") else {
+            return Ok(None);
+        };
+        let tid = Tid(tid as u64);
         let data_id: Option<i64> = row.get("data_id");
         let inline: Option<Vec<u8>> = row.get("inline");
         let stored = match (inline, data_id) {
@@ -320,31 +400,56 @@ impl Inner {
         let tags: Vec<i16> = cols.iter().map(|c| c.0).collect();
         let oids: Vec<i64> = cols.iter().map(|c| c.1).collect();
         let idxs: Vec<i64> = cols.iter().map(|c| c.2).collect();
-        let rows = self.pool.with_client(|c| {
+        // One statement, so one snapshot: the horizon checked is the one the rows belong to.
+        let rows = self.with_client(|c| {
             c.query(
-                "SELECT DISTINCT ON (o.tag, o.oid, o.idx) o.tag, o.oid, o.idx, o.tid,
-                        o.data_id, o.codec, o.checksum, o.raw_len, o.inline, d.bytes
-                 FROM unnest($1::smallint[], $2::bigint[], $3::bigint[]) AS k(tag, oid, idx)
-                 JOIN outcore_obj o
-                   ON o.tag = k.tag AND o.oid = k.oid AND o.idx = k.idx AND o.tid <= $4
-                 LEFT JOIN outcore_data d ON d.id = o.data_id
-                 ORDER BY o.tag, o.oid, o.idx, o.tid DESC",
+                "SELECT h.pack_horizon, v.* FROM outcore_head h LEFT JOIN (
+                     SELECT DISTINCT ON (o.tag, o.oid, o.idx) o.tag, o.oid, o.idx, o.tid,
+                            o.data_id, o.codec, o.checksum, o.raw_len, o.inline, d.bytes
+                     FROM unnest($1::smallint[], $2::bigint[], $3::bigint[]) AS k(tag, oid, idx)
+                     JOIN outcore_obj o
+                       ON o.tag = k.tag AND o.oid = k.oid AND o.idx = k.idx AND o.tid <= $4
+                     LEFT JOIN outcore_data d ON d.id = o.data_id
+                     ORDER BY o.tag, o.oid, o.idx, o.tid DESC) v ON true",
                 &[&tags, &oids, &idxs, &db_tid(at)],
             )
         })?;
         let mut found = std::collections::HashMap::with_capacity(rows.len());
+        let mut horizon = Tid::ZERO;
         for row in &rows {
-            let key = key_from_cols(row.get(0), row.get(1), row.get(2));
+            horizon = Tid(row.get::<_, i64>("pack_horizon") as u64);
+            let Some(tag) = row.get::<_, Option<i16>>("tag") else {
+                continue;
+            };
+            let key = key_from_cols(tag, row.get("oid"), row.get("idx"));
             found.insert(key, self.row_to_version(key, row)?);
         }
-        Ok(keys.iter().map(|k| found.remove(k).flatten()).collect())
+        keys.iter()
+            .map(|k| match found.remove(k) {
+                Some(v) => Ok(v),
+                None => super::check_horizon(at, horizon).map(|()| None),
+            })
+            .collect()
     }
 }
 
-const LOAD_SQL: &str = "SELECT o.tid, o.data_id, o.codec, o.checksum, o.raw_len, o.inline, d.bytes
-     FROM outcore_obj o LEFT JOIN outcore_data d ON d.id = o.data_id
-     WHERE o.tag = $1 AND o.oid = $2 AND o.idx = $3 AND o.tid <= $4
-     ORDER BY o.tid DESC LIMIT 1";
+/// The newest version of one key `<= $4`, with the pack horizon in the same statement (one
+/// snapshot: a pack committing meanwhile is seen entirely or not at all). Always one row;
+/// its version columns are NULL when there is no version.
+const LOAD_SQL: &str = "SELECT h.pack_horizon, v.* FROM outcore_head h LEFT JOIN LATERAL (
+         SELECT o.tid, o.data_id, o.codec, o.checksum, o.raw_len, o.inline, d.bytes
+         FROM outcore_obj o LEFT JOIN outcore_data d ON d.id = o.data_id
+         WHERE o.tag = $1 AND o.oid = $2 AND o.idx = $3 AND o.tid <= $4
+         ORDER BY o.tid DESC LIMIT 1) v ON true";
+
+/// Applies [`super::check_horizon`] to a read at `at` whose `row` (columns `pack_horizon` and
+/// `tid`, NULL when no version was found) came from one statement.
+fn check_horizon(row: &postgres::Row, at: Tid) -> Result<()> {
+    if row.get::<_, Option<i64>>("tid").is_some() {
+        return Ok(());
+    }
+    super::check_horizon(at, Tid(row.get::<_, i64>("pack_horizon") as u64))
+}
 
 impl Storage for PgStorage {
     fn describe(&self) -> String {
@@ -352,7 +457,7 @@ impl Storage for PgStorage {
     }
 
     fn head(&self) -> Result<Tid> {
-        self.inner.pool.with_client(|c| {
+        self.inner.with_client(|c| {
             let tid: i64 = c.query_one("SELECT tid FROM outcore_head", &[])?.get(0);
             Ok(Tid(tid as u64))
         })
@@ -360,7 +465,7 @@ impl Storage for PgStorage {
 
     fn new_oids(&self, n: u64) -> Result<Range<u64>> {
         let n = n as i64;
-        self.inner.pool.with_client(|c| {
+        self.inner.with_client(|c| {
             let end: i64 = c
                 .query_one(
                     "UPDATE outcore_head SET next_oid = next_oid + $1 RETURNING next_oid",
@@ -375,25 +480,18 @@ impl Storage for PgStorage {
         let (tag, oid, idx) = key_cols(key);
         let row = self
             .inner
-            .pool
-            .with_client(|c| c.query_opt(LOAD_SQL, &[&tag, &oid, &idx, &db_tid(at)]))?;
-        match row {
-            None => Ok(None),
-            Some(row) => self.inner.row_to_version(key, &row),
-        }
+            .with_client(|c| c.query_one(LOAD_SQL, &[&tag, &oid, &idx, &db_tid(at)]))?;
+        check_horizon(&row, at)?;
+        self.inner.row_to_version(key, &row)
     }
 
     fn load_into(&self, key: Key, at: Tid, out: &mut [u8]) -> Result<Option<usize>> {
         let (tag, oid, idx) = key_cols(key);
         let row = self
             .inner
-            .pool
-            .with_client(|c| c.query_opt(LOAD_SQL, &[&tag, &oid, &idx, &db_tid(at)]))?;
-        let Some(p) = row
-            .map(|r| StoredRow::from_row(key, &r))
-            .transpose()?
-            .flatten()
-        else {
+            .with_client(|c| c.query_one(LOAD_SQL, &[&tag, &oid, &idx, &db_tid(at)]))?;
+        check_horizon(&row, at)?;
+        let Some(p) = StoredRow::from_row(key, &row)? else {
             return Ok(None);
         };
         codec::decode_into(&p.stored, p.codec, p.raw_len, p.checksum, key, p.tid, out).map(Some)
@@ -433,25 +531,24 @@ impl Storage for PgStorage {
 
     fn locate(&self, key: Key, at: Tid) -> Result<Located> {
         let (tag, oid, idx) = key_cols(key);
-        let row = self.inner.pool.with_client(|c| {
-            c.query_opt(
-                "SELECT tid, data_id, inline FROM outcore_obj
-                 WHERE tag = $1 AND oid = $2 AND idx = $3 AND tid <= $4
-                 ORDER BY tid DESC LIMIT 1",
+        let r = self.inner.with_client(|c| {
+            c.query_one(
+                "SELECT h.pack_horizon, v.* FROM outcore_head h LEFT JOIN LATERAL (
+                     SELECT tid, data_id, inline IS NOT NULL AS inline FROM outcore_obj
+                     WHERE tag = $1 AND oid = $2 AND idx = $3 AND tid <= $4
+                     ORDER BY tid DESC LIMIT 1) v ON true",
                 &[&tag, &oid, &idx, &db_tid(at)],
             )
         })?;
-        Ok(match row {
-            None => Located::Absent,
-            Some(r) => {
-                let data_id: Option<i64> = r.get(1);
-                let inline: Option<Vec<u8>> = r.get(2);
-                if data_id.is_none() && inline.is_none() {
-                    Located::Absent
-                } else {
-                    Located::CopyOnly(Tid(r.get::<_, i64>(0) as u64))
-                }
+        check_horizon(&r, at)?;
+        let tid: Option<i64> = r.get("tid");
+        let data_id: Option<i64> = r.get("data_id");
+        let inline: Option<bool> = r.get("inline");
+        Ok(match tid {
+            Some(tid) if data_id.is_some() || inline == Some(true) => {
+                Located::CopyOnly(Tid(tid as u64))
             }
+            _ => Located::Absent,
         })
     }
 
@@ -460,13 +557,13 @@ impl Storage for PgStorage {
     }
 
     fn log(&self, after: Tid, upto: Tid) -> Result<Vec<TxnInfo>> {
-        let rows = self.inner.pool.with_client(|c| {
+        let rows = self.inner.with_client(|c| {
             let packed: i64 = c
                 .query_one("SELECT pack_horizon FROM outcore_head", &[])?
                 .get(0);
             if db_tid(after) < packed {
-                return Ok(Err(Error::HistoryPacked {
-                    packed: Tid(packed as u64),
+                return Ok(Err(Error::SnapshotTooOld {
+                    horizon: Tid(packed as u64),
                     requested: after,
                 }));
             }
@@ -500,21 +597,26 @@ impl Storage for PgStorage {
 
     fn block_indices(&self, file: Oid, at: Tid) -> Result<Vec<u64>> {
         let oid = file.0 as i64;
-        let rows = self.inner.pool.with_client(|c| {
+        let rows = self.inner.with_client(|c| {
             c.query(
-                "SELECT idx FROM (
+                "SELECT h.pack_horizon, v.idx FROM outcore_head h LEFT JOIN (
                      SELECT DISTINCT ON (idx) idx, data_id FROM outcore_obj
                      WHERE tag = 1 AND oid = $1 AND tid <= $2
-                     ORDER BY idx, tid DESC) v
-                 WHERE data_id IS NOT NULL ORDER BY idx",
+                     ORDER BY idx, tid DESC) v ON v.data_id IS NOT NULL
+                 ORDER BY v.idx",
                 &[&oid, &db_tid(at)],
             )
         })?;
-        Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            super::check_horizon(at, Tid(r.get::<_, i64>("pack_horizon") as u64))?;
+            out.extend(r.get::<_, Option<i64>>("idx").map(|i| i as u64));
+        }
+        Ok(out)
     }
 
     fn acquire_lease(&self, at: Tid) -> Result<u64> {
-        let id: i64 = self.inner.pool.with_client(|c| {
+        let id: i64 = self.inner.with_client(|c| {
             Ok(c.query_one(
                 "INSERT INTO outcore_lease (tid) VALUES ($1) RETURNING id",
                 &[&db_tid(at)],
@@ -531,15 +633,33 @@ impl Storage for PgStorage {
 
     fn renew_lease(&self, id: u64, at: Tid) -> Result<()> {
         let id = id as i64;
-        let n = self.inner.pool.with_client(|c| {
-            c.execute(
-                "UPDATE outcore_lease SET tid = $2, heartbeat = now() WHERE id = $1",
-                &[&id, &db_tid(at)],
-            )
+        let held = self
+            .inner
+            .leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id);
+        // A held lease that expired (its process paused past the lease timeout) and was
+        // deleted by pack is registered again: the reader moves on to a new snapshot. Safe
+        // even if a pack slips in first: reads below its horizon fail, never show other data.
+        let n = self.inner.with_client(|c| {
+            if held {
+                c.execute(
+                    "INSERT INTO outcore_lease (id, tid) VALUES ($1, $2)
+                     ON CONFLICT (id) DO UPDATE SET tid = $2, heartbeat = now()",
+                    &[&id, &db_tid(at)],
+                )
+            } else {
+                c.execute(
+                    "UPDATE outcore_lease SET tid = $2, heartbeat = now() WHERE id = $1",
+                    &[&id, &db_tid(at)],
+                )
+            }
         })?;
         if n == 0 {
             return Err(Error::NotFound(format!(
-                "lease {id} (expired after {LEASE_TIMEOUT:?} without heartbeat?)"
+                "lease {id} (expired after {:?} without heartbeat?)",
+                self.inner.lease_timeout
             )));
         }
         Ok(())
@@ -554,13 +674,12 @@ impl Storage for PgStorage {
         let id = id as i64;
         let _ = self
             .inner
-            .pool
             .with_client(|c| c.execute("DELETE FROM outcore_lease WHERE id = $1", &[&id]));
     }
 
     fn fence(&self) -> Result<()> {
         // Pack holds the head row from start to commit.
-        self.inner.pool.with_client(|c| {
+        self.inner.with_client(|c| {
             let mut t = c.transaction()?;
             t.query_one("SELECT tid FROM outcore_head FOR UPDATE", &[])?;
             t.rollback()
@@ -568,7 +687,7 @@ impl Storage for PgStorage {
     }
 
     fn pack_horizon(&self) -> Result<Tid> {
-        self.inner.pool.with_client(|c| {
+        self.inner.with_client(|c| {
             let t: i64 = c
                 .query_one("SELECT pack_horizon FROM outcore_head", &[])?
                 .get(0);
@@ -577,8 +696,8 @@ impl Storage for PgStorage {
     }
 
     fn pack(&self, upto: Tid) -> Result<PackStats> {
-        let timeout = LEASE_TIMEOUT.as_secs_f64();
-        self.inner.pool.with_client(|c| {
+        let timeout = self.inner.lease_timeout.as_secs_f64();
+        self.inner.with_client(|c| {
             let mut t = c.transaction()?;
             // Serialise with commits: no version can appear below the horizon meanwhile.
             let head: i64 = t
@@ -644,7 +763,7 @@ impl Storage for PgStorage {
     }
 
     fn verify(&self) -> Result<VerifyReport> {
-        let rows = self.inner.pool.with_client(|c| {
+        let rows = self.inner.with_client(|c| {
             c.query(
                 "SELECT o.tag, o.oid, o.idx, o.tid, o.data_id, o.codec, o.checksum, o.raw_len,
                         o.inline, d.bytes
@@ -725,7 +844,7 @@ impl Inner {
         let token: i64 = rand_token();
         let base = db_tid(req.base);
 
-        let outcome = self.pool.with_fresh_client(|c| -> Result<Result<Tid>> {
+        let outcome = self.with_fresh_client(|c| -> Result<Result<Tid>> {
             let mut t = c.transaction()?;
             // 1. Bodies first, outside any lock.
             let insert_body =
@@ -851,24 +970,53 @@ impl Inner {
         match outcome {
             Ok(result) => result,
             // The connection died somewhere in the transaction: did COMMIT happen?
-            Err(e) if pool::is_connection_error(&e) => {
-                // If the old server process is still finishing that transaction it holds the
-                // head row: wait for it (FOR UPDATE) before looking the token up.
-                let found: Option<i64> = self.pool.with_client(|c| {
-                    let mut t = c.transaction()?;
-                    t.query_one("SELECT tid FROM outcore_head FOR UPDATE", &[])?;
-                    let found = t
-                        .query_opt("SELECT tid FROM outcore_log WHERE token = $1", &[&token])?
-                        .map(|r| r.get(0));
-                    t.rollback()?;
-                    Ok(found)
-                })?;
-                match found {
-                    Some(tid) => Ok(Tid(tid as u64)),
-                    None => Err(e),
+            Err(e) if pool::is_connection_error(&e) => self.commit_outcome(token, e),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Inner {
+    /// Finds out whether the commit with `token`, whose connection failed with `lost`, was
+    /// applied: looks its token up in the log, again and again while the server stays
+    /// unreachable, for up to the outage window. Past it, [`Error::CommitOutcomeUnknown`]:
+    /// reporting a failure could make the caller apply a durable commit twice.
+    fn commit_outcome(&self, token: i64, lost: Error) -> Result<Tid> {
+        let start = std::time::Instant::now();
+        let window = self.pool.outage_window();
+        let mut last = lost;
+        loop {
+            // If the old server process is still finishing that transaction it holds the
+            // head row: wait for it (FOR UPDATE) before looking the token up.
+            let found = self.with_client(|c| {
+                let mut t = c.transaction()?;
+                t.query_one("SELECT tid FROM outcore_head FOR UPDATE", &[])?;
+                let found: Option<i64> = t
+                    .query_opt("SELECT tid FROM outcore_log WHERE token = $1", &[&token])?
+                    .map(|r| r.get(0));
+                t.rollback()?;
+                Ok(found)
+            });
+            match found {
+                Ok(Some(tid)) => return Ok(Tid(tid as u64)),
+                // Not in the log, and no transaction of it can still commit: it failed.
+                Ok(None) => return Err(last),
+                Err(e) if pool::is_connection_error(&e) && start.elapsed() < window => {
+                    tracing::warn!(
+                        "looking up commit token {token} after a lost connection: {e}; \
+                         still trying"
+                    );
+                    last = e;
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => {
+                    return Err(Error::CommitOutcomeUnknown {
+                        token,
+                        waited: start.elapsed(),
+                        cause: e.to_string(),
+                    })
                 }
             }
-            Err(e) => Err(e),
         }
     }
 }
@@ -898,10 +1046,27 @@ mod tests {
         );
         let err = PgStorage::open("postgresql://me:secret@127.0.0.1:1/x").unwrap_err();
         assert!(!err.to_string().contains("secret"), "{err}");
-        let (url, schema) = PgStorage::split_schema("postgresql://h/x?a=1&outcore_schema=s&b=2");
+        let mut o = PgOptions::default();
+        let url = PgStorage::split_options(
+            "postgresql://h/x?a=1&outcore_schema=s&lease_timeout=2.5&b=2&pool_size=1",
+            &mut o,
+        )
+        .unwrap();
+        assert_eq!(url, "postgresql://h/x?a=1&b=2");
         assert_eq!(
-            (url.as_str(), schema.as_deref()),
-            ("postgresql://h/x?a=1&b=2", Some("s"))
+            (o.schema.as_str(), o.lease_timeout, o.pool_size),
+            ("s", Duration::from_millis(2500), 1)
         );
+        assert_eq!(
+            PgStorage::split_schema("postgresql://h/x?a=1&outcore_schema=s&pool_size=1"),
+            ("postgresql://h/x?a=1".to_string(), Some("s".to_string()))
+        );
+        for bad in ["lease_timeout=0", "outage_window=x", "pool_size=0"] {
+            let e = PgStorage::split_options(&format!("postgresql://h/x?{bad}"), &mut o);
+            assert!(e
+                .unwrap_err()
+                .to_string()
+                .contains(bad.split('=').next().unwrap()));
+        }
     }
 }
