@@ -300,6 +300,18 @@ fn paused_reader_gets_snapshot_too_old_after_pack_on_postgresql() {
     let r2 = reader_db.connect().unwrap();
     let v = r2.array("b").unwrap();
     assert!(v.view::<i64>().unwrap().iter().all(|&x| x == 8));
+    // Issue "many nodes" 2: the paused connection itself recovers at its next boundary: it
+    // moves to the newest snapshot (its log since the packed snapshot is gone, so it re-maps
+    // everything), reads the new data through old handles, and commits.
+    r.abort().expect("the boundary moves past the packed snapshot");
+    assert!(r.tid().unwrap() >= rewritten);
+    assert!(ra.view::<i64>().unwrap().iter().all(|&x| x == 8));
+    assert!(rb.view::<i64>().unwrap().iter().all(|&x| x == 8));
+    let mut ra = ra;
+    ra.view_mut::<i64>().unwrap()[0] = 9;
+    r.commit().expect("no conflict: nobody else wrote since");
+    w.abort().unwrap();
+    assert_eq!(w.array("a").unwrap().view::<i64>().unwrap()[0], 9);
 }
 
 /// Issue "many nodes" 5: 100 processes each reading, touching and committing, against a
