@@ -106,10 +106,9 @@ impl Class {
             Class::Conflict | Class::SnapshotTooOld => PyRuntimeError::new_err(msg),
             Class::NotFound => PyKeyError::new_err(msg),
             Class::StoreNotFound => PyFileNotFoundError::new_err(msg),
-            Class::ReadOnly
-            | Class::Closed
-            | Class::DivergentWrites
-            | Class::BadValue => PyValueError::new_err(msg),
+            Class::ReadOnly | Class::Closed | Class::DivergentWrites | Class::BadValue => {
+                PyValueError::new_err(msg)
+            }
             Class::AddressSpace => PyMemoryError::new_err(msg),
             Class::Storage
             | Class::StoreFormat

@@ -303,7 +303,8 @@ fn paused_reader_gets_snapshot_too_old_after_pack_on_postgresql() {
     // Issue "many nodes" 2: the paused connection itself recovers at its next boundary: it
     // moves to the newest snapshot (its log since the packed snapshot is gone, so it re-maps
     // everything), reads the new data through old handles, and commits.
-    r.abort().expect("the boundary moves past the packed snapshot");
+    r.abort()
+        .expect("the boundary moves past the packed snapshot");
     assert!(r.tid().unwrap() >= rewritten);
     assert!(ra.view::<i64>().unwrap().iter().all(|&x| x == 8));
     assert!(rb.view::<i64>().unwrap().iter().all(|&x| x == 8));

@@ -112,7 +112,14 @@ struct Shared {
     leases: LeaseDir,
     /// False when the index could only be opened read-only: every change is refused.
     writable: bool,
+    /// Oids allocated durably but not handed out yet (see `new_oids`).
+    spare_oids: std::sync::Mutex<Range<u64>>,
 }
+
+/// Oids taken from the index at a time: allocating is a durable index commit (an fsync), so
+/// creating 100,000 arrays one by one would cost that 100,000 times. Oids of a batch unused
+/// when the process ends are skipped for good (there are 2**64).
+const OID_BATCH: u64 = 1024;
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -323,6 +330,7 @@ impl Shared {
             compression,
             segment_bytes: options.segment_bytes.max(segment::PAGE),
             writable: true,
+            spare_oids: std::sync::Mutex::new(0..0),
         })
     }
 
@@ -393,6 +401,7 @@ impl Shared {
             compression,
             segment_bytes: options.segment_bytes.max(segment::PAGE),
             writable: false,
+            spare_oids: std::sync::Mutex::new(0..0),
         })
     }
 
@@ -562,14 +571,21 @@ impl Storage for LocalStorage {
     fn new_oids(&self, n: u64) -> Result<Range<u64>> {
         let s = &self.shared;
         s.check_writable()?;
-        let allocate = || {
-            let mut txn = s.env.write_txn()?;
-            let start = get_u64(&s.meta, &txn, META_NEXT_OID)?.max(1);
-            put_u64(&s.meta, &mut txn, META_NEXT_OID, start + n)?;
-            txn.commit()?;
-            Ok(start..start + n)
-        };
-        allocate().map_err(|e| s.explain_full(e))
+        let mut spare = s.spare_oids.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.end - spare.start < n {
+            let batch = n.max(OID_BATCH);
+            let allocate = || {
+                let mut txn = s.env.write_txn()?;
+                let start = get_u64(&s.meta, &txn, META_NEXT_OID)?.max(1);
+                put_u64(&s.meta, &mut txn, META_NEXT_OID, start + batch)?;
+                txn.commit()?;
+                Ok(start..start + batch)
+            };
+            *spare = allocate().map_err(|e| s.explain_full(e))?;
+        }
+        let out = spare.start..spare.start + n;
+        spare.start += n;
+        Ok(out)
     }
 
     fn load(&self, key: Key, at: Tid) -> Result<Option<Version>> {

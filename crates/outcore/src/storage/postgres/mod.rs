@@ -104,7 +104,14 @@ struct Inner {
     describe: String,
     /// Lease ids this process holds (renewed by the heartbeat thread).
     leases: Mutex<HashSet<i64>>,
+    /// Oids allocated on the server but not handed out yet: allocating is a round trip and
+    /// a commit on the head row every committer updates, so it is done `OID_BATCH` at a
+    /// time. Unused oids of a batch are skipped for good.
+    spare_oids: Mutex<Range<u64>>,
 }
+
+/// Oids taken from the server at a time (see `Inner::spare_oids`).
+const OID_BATCH: u64 = 1024;
 
 impl std::fmt::Debug for PgStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -270,6 +277,7 @@ impl PgStorage {
             compression,
             describe: format!("{} (schema {})", url_for_messages(url), options.schema),
             leases: Mutex::new(HashSet::new()),
+            spare_oids: Mutex::new(0..0),
         });
         spawn_heartbeat(Arc::downgrade(&inner));
         Ok(PgStorage { inner })
@@ -464,16 +472,26 @@ impl Storage for PgStorage {
     }
 
     fn new_oids(&self, n: u64) -> Result<Range<u64>> {
-        let n = n as i64;
-        self.inner.with_client(|c| {
-            let end: i64 = c
-                .query_one(
-                    "UPDATE outcore_head SET next_oid = next_oid + $1 RETURNING next_oid",
-                    &[&n],
-                )?
-                .get(0);
-            Ok((end - n) as u64..end as u64)
-        })
+        let mut spare = self
+            .inner
+            .spare_oids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if spare.end - spare.start < n {
+            let batch = n.max(OID_BATCH) as i64;
+            *spare = self.inner.with_client(|c| {
+                let end: i64 = c
+                    .query_one(
+                        "UPDATE outcore_head SET next_oid = next_oid + $1 RETURNING next_oid",
+                        &[&batch],
+                    )?
+                    .get(0);
+                Ok((end - batch) as u64..end as u64)
+            })?;
+        }
+        let out = spare.start..spare.start + n;
+        spare.start += n;
+        Ok(out)
     }
 
     fn load(&self, key: Key, at: Tid) -> Result<Option<Version>> {
