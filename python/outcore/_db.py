@@ -2,11 +2,12 @@
 
 import contextlib
 import logging
+import operator
 import os
 import warnings
 import weakref
 from collections.abc import MutableMapping
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import transaction
 import transaction.interfaces
@@ -47,6 +48,34 @@ def _check_compression(native, requested):
     )
 
 
+def tid(value):
+    """A transaction id from what people have: an ``int``, the hexadecimal text ``outcore log``
+    and :meth:`DB.history` print (``"18eef36ab8db58fc"``, ``0x`` optional), or a ``datetime``
+    (the snapshot as of that moment; naive datetimes are local time)."""
+    if isinstance(value, bool):
+        raise TypeError("a tid is an int, a hex string or a datetime, not a bool")
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.astimezone()
+        ns = (value - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
+        return max(ns, 0) * 1000
+    if isinstance(value, str):
+        text = value.strip().lower().removeprefix("0x")
+        try:
+            value = int(text, 16)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a tid (hexadecimal, as `outcore log` prints)") from None
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"a tid is an int, a hex string or a datetime, not {type(value).__name__}"
+        ) from None
+    if not 0 <= value < 2**64:
+        raise ValueError(f"tid {value} is out of range")
+    return value
+
+
 class DB:
     """An outcore database. Open it with :func:`outcore.open`."""
 
@@ -60,7 +89,7 @@ class DB:
         url = os.fspath(url)
         self.cache_bytes = _cache_bytes(cache_bytes)
         self.readonly = bool(readonly) or at is not None
-        self._at = None if at is None else int(at)
+        self._at = None if at is None else tid(at)
         self._url = url
         self._native = _native.Database(
             url,
@@ -113,6 +142,42 @@ class DB:
             tm.abort()
             raise
         tm.commit()
+
+    def pack(self, keep=None, before=None):
+        """Drops history no snapshot needs: versions replaced before the horizon, and the log
+        up to it. Give exactly one of ``keep`` (history to keep: seconds or a
+        ``datetime.timedelta``) or ``before`` (a tid as :func:`tid` accepts: an int, the hex
+        text ``outcore log`` prints, or a ``datetime``). Live readers hold the horizon back
+        (``horizon`` in the result says where it ended up). Returns a dict: horizon,
+        versions_removed, versions_kept, bytes_before, bytes_after (block bodies)."""
+        self._check_open()
+        if (keep is None) == (before is None):
+            raise ValueError("give exactly one of keep= (history to keep) or before= (a tid)")
+        if keep is not None:
+            if isinstance(keep, timedelta):
+                keep = keep.total_seconds()
+            keep = float(keep)
+            if keep < 0:
+                raise ValueError(f"keep must not be negative, not {keep}")
+            upto = tid(datetime.now(timezone.utc) - timedelta(seconds=keep))
+        else:
+            upto = tid(before)
+        horizon, removed, kept, before_bytes, after_bytes = self._native.pack(upto)
+        return {
+            "horizon": horizon,
+            "versions_removed": removed,
+            "versions_kept": kept,
+            "bytes_before": before_bytes,
+            "bytes_after": after_bytes,
+        }
+
+    def verify(self):
+        """Reads every stored version and checks its checksum. Returns a dict:
+        versions_checked, bytes_checked, problems (messages naming each damaged block and
+        tid; empty when the store is sound)."""
+        self._check_open()
+        checked, nbytes, problems = self._native.verify()
+        return {"versions_checked": checked, "bytes_checked": nbytes, "problems": problems}
 
     def history(self, limit=20):
         """The most recent transactions, newest first: dicts with tid, time, user,

@@ -97,6 +97,29 @@ impl Database {
             .collect())
     }
 
+    /// Drops history older than `upto` (bounded by live readers): (horizon used, versions
+    /// removed, versions kept, block bytes before, block bytes after).
+    fn pack(&self, py: Python<'_>, upto: u64) -> PyResult<(u64, u64, u64, u64, u64)> {
+        let db = self.db.clone();
+        let s = logging::call(py, move || db.storage().pack(Tid(upto))).py()?;
+        Ok((
+            s.horizon.0,
+            s.versions_removed,
+            s.versions_kept,
+            s.body_bytes_before,
+            s.body_bytes_after,
+        ))
+    }
+
+    /// Reads every stored version and checks it: (versions checked, bytes checked, the
+    /// problems found as messages).
+    fn verify(&self, py: Python<'_>) -> PyResult<(u64, u64, Vec<String>)> {
+        let db = self.db.clone();
+        let r = logging::call(py, move || db.storage().verify()).py()?;
+        let problems = r.problems.iter().map(|e| e.to_string()).collect();
+        Ok((r.versions_checked, r.bytes_checked, problems))
+    }
+
     /// The store's location.
     fn describe(&self) -> String {
         self.db.storage().describe()
