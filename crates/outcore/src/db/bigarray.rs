@@ -498,14 +498,7 @@ fn same_slice<I: SliceArg<IxDyn>>(
 /// windows of its connection: an eighth of `vm.max_map_count` (each takes about two kernel
 /// mappings, and the rest of the process needs some too).
 fn idle_sweep_threshold() -> usize {
-    static THRESHOLD: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *THRESHOLD.get_or_init(|| {
-        std::fs::read_to_string("/proc/sys/vm/max_map_count")
-            .ok()
-            .and_then(|s| s.trim().parse::<usize>().ok())
-            .unwrap_or(65_530)
-            / 8
-    })
+    crate::vm::max_map_count() / 8
 }
 
 /// The live-window count at which the next view releases idle windows first.

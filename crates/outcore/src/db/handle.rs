@@ -60,6 +60,21 @@ fn all_zero(bytes: &[u8]) -> bool {
         .all(|page| page.iter().fold(0u8, |acc, &x| acc | x) == 0)
 }
 
+/// The blocks of the array `g` describes as of snapshot `at`, holes from `cut` on.
+fn source<'a>(
+    storage: &'a Arc<dyn Storage>,
+    g: &ArrayTxn,
+    at: Tid,
+    cut: Option<u64>,
+) -> SnapshotSource<'a> {
+    SnapshotSource {
+        storage,
+        file: g.meta.file,
+        at,
+        cut,
+    }
+}
+
 /// True if nothing but its array holds `window` (no view, no commit in progress) and it holds
 /// no uncommitted write: releasing it loses nothing.
 fn is_idle(window: &Arc<BlockMemory>) -> Result<bool> {
@@ -191,12 +206,7 @@ impl ArrayHandle {
         storage: &Arc<dyn Storage>,
         at: Tid,
     ) -> Result<Arc<BlockMemory>> {
-        let source = SnapshotSource {
-            storage,
-            file: g.meta.file,
-            at,
-            cut: g.cut,
-        };
+        let source = source(storage, &g, at, g.cut);
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(w) = windows.iter().rev().find(|w| w.covers(&blocks)) {
             let w = w.clone();
@@ -512,12 +522,7 @@ impl ArrayHandle {
         }
         // Blocks at or past a shrink's cut were mapped as holes: show the stored data again.
         if let Some(cut) = g.cut.take() {
-            let source = SnapshotSource {
-                storage,
-                file: g.meta.file,
-                at,
-                cut: None,
-            };
+            let source = source(storage, &g, at, None);
             for m in self.all_memory() {
                 m.remap_from(cut, &source)?;
             }
@@ -548,12 +553,7 @@ impl ArrayHandle {
                 }
             }
         }
-        let source = SnapshotSource {
-            storage,
-            file: g.meta.file,
-            at,
-            cut: None,
-        };
+        let source = source(storage, &g, at, None);
         for m in self.all_memory() {
             m.remap(blocks, &source)?;
         }
@@ -569,12 +569,7 @@ impl ArrayHandle {
             return Ok(());
         }
         let g = self.lock()?;
-        let source = SnapshotSource {
-            storage,
-            file: g.meta.file,
-            at,
-            cut: None,
-        };
+        let source = source(storage, &g, at, None);
         for m in self.all_memory() {
             m.remap_from(0, &source)?;
         }
@@ -715,12 +710,7 @@ impl ArrayHandle {
             // data below its cut, holes from it on)...
             if g.cut != sp.cut {
                 let lo = g.cut.unwrap_or(u64::MAX).min(sp.cut.unwrap_or(u64::MAX));
-                let source = SnapshotSource {
-                    storage,
-                    file: g.meta.file,
-                    at,
-                    cut: sp.cut,
-                };
+                let source = source(storage, &g, at, sp.cut);
                 memory.remap_from(lo, &source)?;
             }
             // ...then every written page is dropped and the saved ones written back.

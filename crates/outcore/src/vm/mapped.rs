@@ -148,9 +148,7 @@ impl Drop for BlockMemory {
 /// space) is [`Error::AddressSpace`], which callers can cure by releasing idle memory.
 fn map_error(what: String, e: std::io::Error) -> Error {
     if e.raw_os_error() == Some(libc::ENOMEM) {
-        let limit = std::fs::read_to_string("/proc/sys/vm/max_map_count")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "?".into());
+        let limit = max_map_count();
         Error::AddressSpace(format!(
             "{what}: the process has no kernel mapping left (vm.max_map_count = {limit}) or \
              no address space: {e}"
@@ -164,13 +162,17 @@ fn map_error(what: String, e: std::io::Error) -> Error {
 /// blocks on touch: a quarter of `vm.max_map_count` (65,530 by default), so a few fragmented
 /// arrays and the rest of the process (its allocator maps memory too) stay under the limit.
 fn mapping_budget() -> usize {
-    static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *BUDGET.get_or_init(|| {
+    max_map_count() / 4
+}
+
+/// The kernel's limit of mappings per process (`vm.max_map_count`), read once.
+pub fn max_map_count() -> usize {
+    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
         std::fs::read_to_string("/proc/sys/vm/max_map_count")
             .ok()
             .and_then(|s| s.trim().parse::<usize>().ok())
             .unwrap_or(65_530)
-            / 4
     })
 }
 
