@@ -206,7 +206,7 @@ impl ArrayHandle {
         storage: &Arc<dyn Storage>,
         at: Tid,
     ) -> Result<Arc<BlockMemory>> {
-        let source = source(storage, &g, at, g.cut);
+        let source = source(storage, g, at, g.cut);
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(w) = windows.iter().rev().find(|w| w.covers(&blocks)) {
             let w = w.clone();
