@@ -46,7 +46,20 @@ def _shape_tuple(shape):
     return dims
 
 
-class BigArray:
+#: Bytes of the array a streaming reduction maps at a time.
+REDUCE_CHUNK_BYTES = 256 << 20
+
+
+def _as_view(x):
+    """``x`` with BigArrays replaced by views of all their data (no copy)."""
+    if isinstance(x, BigArray):
+        return x[...]
+    if isinstance(x, (list, tuple)):
+        return type(x)(_as_view(v) for v in x)
+    return x
+
+
+class BigArray(np.lib.mixins.NDArrayOperatorsMixin):
     """A persistent array stored in an outcore database.
 
     Create it with a shape and dtype, then store it in a root: ``root["A"] = A``. Indexing
@@ -194,6 +207,70 @@ class BigArray:
                 raise ValueError(f"cannot view {view.dtype} data as {dtype} without a copy")
             return view.astype(dtype)
         return view.copy() if copy else view
+
+    # ------------------------------------------------------------------ NumPy protocols
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        """Ufuncs and operators (``A + 1``, ``A == B``, ``np.sqrt(A)``) act on views of the
+        data, like on a ``numpy.memmap``; results are plain in-memory arrays. ``out=A``
+        writes into the array."""
+        inputs = tuple(_as_view(x) for x in inputs)
+        if "out" in kwargs:
+            kwargs["out"] = _as_view(kwargs["out"])
+        return getattr(ufunc, method)(*inputs, **kwargs)
+
+    @property
+    def T(self):
+        """The transposed view (``A[...].T``)."""
+        return self[...].T
+
+    def copy(self, order="K"):
+        """An in-memory copy of the data."""
+        return self[...].copy(order=order)
+
+    def astype(self, dtype, **kwargs):
+        """An in-memory copy of the data as ``dtype``."""
+        return self[...].astype(dtype, **kwargs)
+
+    def _reduce(self, ufunc, axis, dtype=None):
+        """``ufunc.reduce`` over all elements (``axis=None``) or along the major axis, chunk by
+        chunk of the major axis, so an array larger than the address space reduces too."""
+        major = self._major()
+        if self.ndim == 0 or (axis is not None and axis not in (major, major - self.ndim)):
+            return ufunc.reduce(self[...], axis=axis, dtype=dtype)
+        if len(self) == 0:
+            return ufunc.reduce(self[...], axis=axis, dtype=dtype)
+        row = max(self.nbytes // max(len(self), 1), 1)
+        step = max(REDUCE_CHUNK_BYTES // row, 1)
+        partial = None
+        for lo in range(0, len(self), step):
+            index = [slice(None)] * self.ndim
+            index[major] = slice(lo, lo + step)
+            part = ufunc.reduce(self[tuple(index)], axis=axis, dtype=dtype)
+            partial = part if partial is None else ufunc(partial, part)
+        return partial
+
+    def sum(self, axis=None, dtype=None):
+        """Sum of all elements (or along the major axis), streamed chunk by chunk."""
+        if dtype is None and self.dtype.kind in "biu":
+            dtype = np.result_type(self.dtype, np.int_ if self.dtype.kind != "u" else np.uint)
+        return self._reduce(np.add, axis, dtype)
+
+    def min(self, axis=None):
+        """Smallest element (or along the major axis), streamed chunk by chunk."""
+        return self._reduce(np.minimum, axis)
+
+    def max(self, axis=None):
+        """Largest element (or along the major axis), streamed chunk by chunk."""
+        return self._reduce(np.maximum, axis)
+
+    def mean(self, axis=None, dtype=None):
+        """Arithmetic mean (or along the major axis), streamed chunk by chunk."""
+        if dtype is None:
+            dtype = np.float64 if self.dtype.kind in "biub" else self.dtype
+        total = self.sum(axis=axis, dtype=dtype)
+        count = self.size if axis is None else self.shape[axis]
+        return total / count
 
     def __iter__(self):
         for i in range(len(self)):
