@@ -32,6 +32,14 @@
 //! the block is poisoned (`UFFDIO_POISON`: the thread gets SIGBUS) after logging an error naming
 //! the array and block. `BigArray::load` fetches under the caller's control and returns
 //! errors normally. The handler and workers never call Python or need the GIL.
+//!
+//! # Forked children
+//!
+//! Where the kernel reports forks (`UFFD_FEATURE_EVENT_FORK`), a child keeps its registered
+//! memory and the handler receives a userfaultfd for the child's address space with the fork
+//! event. It snapshots which version every registered block had, and serves the child's
+//! missing pages from it (fetched here, copied into the child, writable: the child's writes
+//! are its own). Elsewhere fetched memory is not inherited (`MADV_DONTFORK`, in `mapped.rs`).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::OpenOptions;
@@ -438,8 +446,8 @@ impl FaultServer {
         let poison = api.features & FEATURE_POISON != 0;
         let move_available =
             api.features & FEATURE_MOVE != 0 && std::env::var_os("OUTCORE_NO_UFFD_MOVE").is_none();
-        let base = if poison { FEATURE_POISON } else { 0 }
-            | if move_available { FEATURE_MOVE } else { 0 };
+        let base =
+            if poison { FEATURE_POISON } else { 0 } | if move_available { FEATURE_MOVE } else { 0 };
         // Fork events need CAP_SYS_PTRACE: without it the kernel refuses them (EPERM), and a
         // descriptor that failed its handshake is replaced by a fresh one.
         let fork = api.features & FEATURE_EVENT_FORK != 0
@@ -930,11 +938,11 @@ impl FaultServer {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert((region.id, b))
             {
-                let _ = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).send(Job::Own(
-                    Arc::downgrade(&region),
-                    region.id,
-                    b,
-                ));
+                let _ = self
+                    .jobs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .send(Job::Own(Arc::downgrade(&region), region.id, b));
             }
         }
     }
