@@ -517,3 +517,113 @@ fn frames_of_dropped_read_only_memory_are_kept_within_the_budget() {
     assert!(spare <= 16 << 20, "{spare} bytes spare over a 4 MiB budget");
     outcore::vm::set_cache_budget(1 << 30);
 }
+
+/// Waits (up to a minute, a bound against hanging, not a timing check) until `done`.
+fn wait_until(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !done() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    true
+}
+
+#[test]
+fn prefetch_fetches_blocks_without_a_touch_within_the_budget() {
+    if !available() {
+        return;
+    }
+    let _serial = BUDGET_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let mem = BlockMemory::new(BLK, 16, true).unwrap();
+    mem.ensure_mapped(0..16, &Source(fetches.clone())).unwrap();
+    mem.prefetch(BLK + 5..4 * BLK).unwrap();
+    assert!(
+        wait_until(|| fetches.load(Ordering::SeqCst) == 3),
+        "prefetch started {} fetches, not 3",
+        fetches.load(Ordering::SeqCst)
+    );
+    // Loaded: touching them fetches nothing more (not even read-ahead: the next blocks of a
+    // sequential pass are queued only from a missing-page fault).
+    for b in 1..4 {
+        assert_eq!(byte(&mem, b, 77), content(b)[77]);
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 3);
+    // Prefetching beyond the budget stops at the budget: it would only evict itself.
+    outcore::vm::set_cache_budget(0);
+    mem.prefetch(8 * BLK..16 * BLK).unwrap();
+    outcore::vm::set_cache_budget(1 << 30);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(fetches.load(Ordering::SeqCst), 3);
+}
+
+/// Block `block`'s byte `at` as `content` makes it, computed without allocating (a forked
+/// child of a threaded process must not take locks such as malloc's).
+fn expected(block: u64, at: usize) -> u8 {
+    (at as u64 * 7 + block * 131) as u8
+}
+
+#[test]
+fn a_forked_child_reads_the_parents_snapshot_of_fetched_memory() {
+    if !available() {
+        return;
+    }
+    let _serial = BUDGET_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let mem = BlockMemory::new(BLK, 8, true).unwrap();
+    mem.ensure_mapped(0..8, &Source(fetches.clone())).unwrap();
+    // Block 0 loaded (with blocks 1 and 2 read ahead, perhaps still being copied at the
+    // fork), block 4 loaded and written, blocks 6 and 7 never touched.
+    assert_eq!(byte(&mem, 0, 100), expected(0, 100));
+    assert_eq!(byte(&mem, 4, 0), expected(4, 0));
+    // SAFETY (test): mapped writable memory.
+    unsafe { *mem.block_ptr(4).add(10) = 99 };
+    let serves = outcore::vm::fault_stats().serves_forks;
+    let copies = outcore::vm::fault_stats().child_copies;
+    // SAFETY (test): the child only reads and writes this memory, then _exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let mut ok = byte(&mem, 0, 100) == expected(0, 100)
+            && byte(&mem, 1, BLK - 1) == expected(1, BLK - 1)
+            && byte(&mem, 4, 10) == 99
+            && byte(&mem, 4, 11) == expected(4, 11)
+            && byte(&mem, 6, 5000) == expected(6, 5000)
+            && byte(&mem, 7, 3) == expected(7, 3);
+        // Writes are the child's own, to loaded and fetched blocks alike.
+        // SAFETY (test): mapped writable memory.
+        unsafe {
+            *mem.block_ptr(0).add(100) = 7;
+            *mem.block_ptr(7).add(3) = 8;
+        }
+        ok = ok && byte(&mem, 0, 100) == 7 && byte(&mem, 7, 3) == 8;
+        // SAFETY (test): leaves the child without running the parent's destructors.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    assert!(pid > 0, "fork failed");
+    let mut status = 0;
+    let reaped = wait_until(|| {
+        // SAFETY (test): waits for our own child without blocking.
+        unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) == pid }
+    });
+    if !reaped {
+        // SAFETY (test): our own child, stuck.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        panic!("the forked child hangs");
+    }
+    if serves {
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child read wrong bytes (status {status:#x})"
+        );
+        assert!(outcore::vm::fault_stats().child_copies >= copies + 2);
+    } else {
+        // No fork events here: fetched memory is not inherited, a touch is a clear segfault.
+        assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSEGV);
+    }
+    // The parent's memory is untouched by the child's writes.
+    assert_eq!(byte(&mem, 0, 100), expected(0, 100));
+    assert_eq!(byte(&mem, 7, 3), expected(7, 3));
+    assert_eq!(byte(&mem, 4, 10), 99);
+}

@@ -545,14 +545,18 @@ impl BlockMemory {
                         // pages): a new mapping would show zeros until registered.
                         if !was_remote {
                             self.map_fetched(block, region.moves())?;
-                            // A forked child would inherit the memory but not its registration,
-                            // and read zeros where blocks are not fetched yet: give it no mapping.
-                            let start = block as usize * self.blksize;
-                            self.advise(
-                                start..start + self.blksize,
-                                libc::MADV_DONTFORK,
-                                "marking fetched memory",
-                            )?;
+                            // Without fork events a forked child would inherit the memory but
+                            // not its registration, and read zeros where blocks are not fetched
+                            // yet: give it no mapping. With them, this process serves the
+                            // child's faults.
+                            if !server.serves_forks() {
+                                let start = block as usize * self.blksize;
+                                self.advise(
+                                    start..start + self.blksize,
+                                    libc::MADV_DONTFORK,
+                                    "marking fetched memory",
+                                )?;
+                            }
                         }
                         server.register(region, self.rel(block), fetch)?;
                         Mapped::Remote
@@ -714,9 +718,29 @@ impl BlockMemory {
         Ok(())
     }
 
-    /// Starts reading the mapped bytes `range` into memory in the background (readahead).
+    /// Starts reading the mapped bytes `range` into memory in the background (readahead);
+    /// fetched blocks are queued for the fault server's workers, within its RAM budget.
     pub fn prefetch(&self, range: Range<usize>) -> Result<()> {
+        if !range.is_empty() {
+            if let Some((server, region)) = self.reservation.remote_if_any() {
+                let remote = self.remote_blocks(&range);
+                server.prefetch(region, remote.into_iter().map(|b| self.rel(b)));
+            }
+        }
         self.advise(range, libc::MADV_WILLNEED, "prefetching array data")
+    }
+
+    /// The fetched blocks under the bytes `range` (not empty), ascending.
+    fn remote_blocks(&self, range: &Range<usize>) -> Vec<u64> {
+        let first = (range.start / self.blksize) as u64;
+        let last = ((range.end - 1) / self.blksize) as u64;
+        let state = self.lock();
+        state
+            .mapped
+            .range(first..=last)
+            .filter(|(_, m)| **m == Mapped::Remote)
+            .map(|(&b, _)| b)
+            .collect()
     }
 
     /// Reads the mapped bytes `range` into memory now; storage errors are returned, not
@@ -726,17 +750,7 @@ impl BlockMemory {
             return Ok(());
         }
         // Fetched blocks are fetched here, in this thread, so errors come back as errors.
-        let first = (range.start / self.blksize) as u64;
-        let last = ((range.end - 1) / self.blksize) as u64;
-        let remote: Vec<u64> = {
-            let state = self.lock();
-            state
-                .mapped
-                .range(first..=last)
-                .filter(|(_, m)| **m == Mapped::Remote)
-                .map(|(&b, _)| b)
-                .collect()
-        };
+        let remote = self.remote_blocks(&range);
         if let Some((server, region)) = self.reservation.remote_if_any() {
             for b in remote {
                 server.load_now(region, self.rel(b))?;

@@ -32,6 +32,14 @@
 //! the block is poisoned (`UFFDIO_POISON`: the thread gets SIGBUS) after logging an error naming
 //! the array and block. `BigArray::load` fetches under the caller's control and returns
 //! errors normally. The handler and workers never call Python or need the GIL.
+//!
+//! # Forked children
+//!
+//! Where the kernel reports forks (`UFFD_FEATURE_EVENT_FORK`), a child keeps its registered
+//! memory and the handler receives a userfaultfd for the child's address space with the fork
+//! event. It snapshots which version every registered block had, and serves the child's
+//! missing pages from it (fetched here, copied into the child, writable: the child's writes
+//! are its own). Elsewhere fetched memory is not inherited (`MADV_DONTFORK`, in `mapped.rs`).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::OpenOptions;
@@ -76,6 +84,7 @@ const UFFDIO_WRITEPROTECT: libc::c_ulong = 0xC018_AA06;
 const UFFDIO_POISON: libc::c_ulong = 0xC020_AA08;
 const USERFAULTFD_IOC_NEW: libc::c_ulong = 0xAA00;
 const UFFD_API: u64 = 0xAA;
+const FEATURE_EVENT_FORK: u64 = 1 << 1;
 const FEATURE_MOVE: u64 = 1 << 10;
 const FEATURE_POISON: u64 = 1 << 14;
 const MOVE_MODE_DONTWAKE: u64 = 1;
@@ -83,6 +92,7 @@ const REGISTER_MISSING: u64 = 1;
 const REGISTER_WP: u64 = 2;
 const COPY_MODE_WP: u64 = 2;
 const EVENT_PAGEFAULT: u8 = 0x12;
+const EVENT_FORK: u8 = 0x13;
 const PAGEFAULT_FLAG_WP: u64 = 1 << 1;
 const UFFD_USER_MODE_ONLY: libc::c_int = 1;
 
@@ -144,7 +154,8 @@ struct UffdioPoison {
     updated: i64,
 }
 
-/// One fault message (`struct uffd_msg`, 32 bytes).
+/// One fault message (`struct uffd_msg`, 32 bytes). For a fork event, the low 32 bits of
+/// `flags` are the new descriptor of the child's address space.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct UffdMsg {
@@ -260,6 +271,9 @@ pub(crate) struct FaultServer {
     generation: AtomicU64,
     /// The kernel has `UFFDIO_MOVE` (Linux >= 6.8).
     move_available: bool,
+    /// The kernel reports forks (`UFFD_FEATURE_EVENT_FORK`, which needs `CAP_SYS_PTRACE`):
+    /// forked children keep fetched memory, and this process serves their faults.
+    serves_forks: bool,
     /// A block was ever loaded by a move: keep a few spare frames ready.
     moves_used: std::sync::atomic::AtomicBool,
     frames: FramePool,
@@ -273,6 +287,7 @@ struct Counters {
     copied_in: AtomicU64,
     moved_out: AtomicU64,
     freed: AtomicU64,
+    child_copies: AtomicU64,
 }
 
 /// What the fault server did so far in this process.
@@ -290,6 +305,11 @@ pub struct FaultStats {
     pub freed: u64,
     /// Bytes held by spare frames now (pages kept for the next loads, within the budget).
     pub spare_bytes: u64,
+    /// Forked children can read fetched memory (this process serves their faults); without
+    /// it, fetched memory is not inherited and touching it in a child is a segfault.
+    pub serves_forks: bool,
+    /// Blocks copied into forked children.
+    pub child_copies: u64,
 }
 
 /// The fault server's counters (all zero if it is not running).
@@ -300,6 +320,8 @@ pub fn stats() -> FaultStats {
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
     FaultStats {
         move_available: s.move_available,
+        serves_forks: s.serves_forks,
+        child_copies: get(&s.stats.child_copies),
         moved_in: get(&s.stats.moved_in),
         copied_in: get(&s.stats.copied_in),
         moved_out: get(&s.stats.moved_out),
@@ -315,17 +337,52 @@ const READ_AHEAD: u64 = 2;
 /// Most recently loaded blocks never evicted (enough for every worker and read-ahead).
 const KEEP_NEWEST: usize = 2 * WORKERS + READ_AHEAD as usize;
 
+static SERVER: OnceLock<std::result::Result<&'static FaultServer, String>> = OnceLock::new();
+/// Set in a forked child: the server (its descriptor, threads and tables) belongs to the parent.
+static FORKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The fault server, started on first use; an error says why userfaultfd is unusable here.
+///
+/// In a forked child there is none: the inherited descriptor still acts on the *parent's*
+/// address space, and the handler threads were not forked. Memory the child inherited is
+/// served by the parent (see [`FaultServer::handle_faults`]); new arrays fetch at once.
 pub(crate) fn server() -> std::result::Result<&'static FaultServer, String> {
-    static SERVER: OnceLock<std::result::Result<&'static FaultServer, String>> = OnceLock::new();
+    if FORKED.load(Ordering::Relaxed) {
+        return Err("not in a forked child (the parent serves the memory it inherited)".into());
+    }
     SERVER
         .get_or_init(|| {
             if std::env::var_os("OUTCORE_NO_USERFAULTFD").is_some() {
                 return Err("disabled by OUTCORE_NO_USERFAULTFD".into());
             }
-            FaultServer::start().map(|s| &*Box::leak(Box::new(s)))
+            let server = FaultServer::start().map(|s| &*Box::leak(Box::new(s)))?;
+            // SAFETY: registers a handler that only stores an atomic and writes(2) a static
+            // message, both async-signal-safe, as a handler run in a forked child must be.
+            unsafe { libc::pthread_atfork(None, None, Some(in_forked_child)) };
+            Ok(server)
         })
         .clone()
+}
+
+/// Runs in a forked child: stops it from using the parent's fault server. Without fork events
+/// the child has no fetched memory (it is not inherited), so say why touching it segfaults.
+extern "C" fn in_forked_child() {
+    FORKED.store(true, Ordering::Relaxed);
+    let Some(Ok(server)) = SERVER.get() else {
+        return;
+    };
+    let has_regions = server
+        .regions
+        .try_read()
+        .map(|r| !r.is_empty())
+        .unwrap_or(true);
+    if !server.serves_forks && has_regions {
+        const WHY: &[u8] = b"outcore: warning: this forked child cannot read fetched (compressed \
+or PostgreSQL) arrays of its parent, touching them is a segfault: serving a child's faults \
+needs userfaultfd fork events (CAP_SYS_PTRACE); use the 'spawn' or 'forkserver' start method\n";
+        // SAFETY: writes a static buffer to stderr; write(2) is async-signal-safe.
+        unsafe { libc::write(2, WHY.as_ptr().cast(), WHY.len()) };
+    }
 }
 
 /// Sets the RAM budget for loaded clean blocks of the whole process.
@@ -389,14 +446,35 @@ impl FaultServer {
         let poison = api.features & FEATURE_POISON != 0;
         let move_available =
             api.features & FEATURE_MOVE != 0 && std::env::var_os("OUTCORE_NO_UFFD_MOVE").is_none();
-        let (uffd, full_mode) = open_uffd()?;
-        let mut api = UffdioApi {
-            api: UFFD_API,
-            features: if poison { FEATURE_POISON } else { 0 }
-                | if move_available { FEATURE_MOVE } else { 0 },
-            ..UffdioApi::default()
-        };
-        ioctl(&uffd, UFFDIO_API, &mut api).map_err(|e| format!("UFFDIO_API: {e}"))?;
+        let base =
+            if poison { FEATURE_POISON } else { 0 } | if move_available { FEATURE_MOVE } else { 0 };
+        // Fork events need CAP_SYS_PTRACE: without it the kernel refuses them (EPERM), and a
+        // descriptor that failed its handshake is replaced by a fresh one.
+        let fork = api.features & FEATURE_EVENT_FORK != 0
+            && std::env::var_os("OUTCORE_NO_UFFD_FORK").is_none();
+        let mut configured = None;
+        for features in [base | FEATURE_EVENT_FORK, base] {
+            if features & FEATURE_EVENT_FORK != 0 && !fork {
+                continue;
+            }
+            let (uffd, full_mode) = open_uffd()?;
+            let mut api = UffdioApi {
+                api: UFFD_API,
+                features,
+                ..UffdioApi::default()
+            };
+            match ioctl(&uffd, UFFDIO_API, &mut api) {
+                Ok(()) => {
+                    configured = Some((uffd, full_mode, features & FEATURE_EVENT_FORK != 0));
+                    break;
+                }
+                Err(e) if features & FEATURE_EVENT_FORK == 0 => {
+                    return Err(format!("UFFDIO_API: {e}"))
+                }
+                Err(_) => {}
+            }
+        }
+        let (uffd, full_mode, serves_forks) = configured.ok_or("UFFDIO_API failed")?;
         if !full_mode {
             tracing::warn!(
                 "userfaultfd in user-mode-only mode: system calls that read or write array \
@@ -416,6 +494,7 @@ impl FaultServer {
             budget: AtomicU64::new(default_budget()),
             generation: AtomicU64::new(0),
             move_available,
+            serves_forks,
             moves_used: std::sync::atomic::AtomicBool::new(false),
             frames: FramePool::default(),
             stats: Counters::default(),
@@ -574,6 +653,12 @@ impl FaultServer {
         dropped
     }
 
+    /// True if forked children keep fetched memory and this process serves their faults;
+    /// otherwise fetched memory must not be inherited (`MADV_DONTFORK`).
+    pub fn serves_forks(&self) -> bool {
+        self.serves_forks
+    }
+
     /// Whether blocks of `blksize` in memory that is `writable` or not load by moving frames.
     ///
     /// Only read-only memory: a moved page arrives writable and unprotected, so a write
@@ -614,7 +699,12 @@ impl FaultServer {
         let _ = ioctl(&self.uffd, UFFDIO_WAKE, &mut range);
     }
 
-    /// The handler: turns fault messages into fetch jobs.
+    /// The handler: turns fault messages into fetch jobs, for this process and for the
+    /// forked children it serves.
+    ///
+    /// A fork waits in the kernel until its fork event is read, so this thread reads promptly
+    /// and never waits for a lock a forking thread could hold (it takes only the fault
+    /// server's own locks, which are held briefly and never across a fork).
     fn handle_faults(&'static self) {
         let mut msgs = [UffdMsg {
             event: 0,
@@ -623,38 +713,179 @@ impl FaultServer {
             address: 0,
             ptid: 0,
         }; 64];
+        let mut children: Vec<Arc<Child>> = Vec::new();
+        let mut last_probe = std::time::Instant::now();
         loop {
-            let mut pfd = libc::pollfd {
-                fd: self.uffd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd for the duration of the call.
-            unsafe { libc::poll(&mut pfd, 1, 1000) };
+            let mut pfds: Vec<libc::pollfd> = std::iter::once(&self.uffd)
+                .chain(children.iter().map(|c| &c.uffd))
+                .map(|fd| libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            // SAFETY: valid pollfds for the duration of the call.
+            unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 1000) };
+            let mut born = Vec::new();
             loop {
-                // SAFETY: reading fault messages into a buffer of that many messages.
-                let n = unsafe {
-                    libc::read(
-                        self.uffd.as_raw_fd(),
-                        msgs.as_mut_ptr().cast(),
-                        std::mem::size_of_val(&msgs),
-                    )
-                };
-                if n <= 0 {
+                let n = read_msgs(&self.uffd, &mut msgs);
+                if n == 0 {
                     break; // EAGAIN: no more messages for now
                 }
-                let count = n as usize / std::mem::size_of::<UffdMsg>();
-                for msg in &msgs[..count] {
-                    if msg.event != EVENT_PAGEFAULT {
-                        continue;
-                    }
-                    if msg.flags & PAGEFAULT_FLAG_WP != 0 {
-                        self.write_fault(msg.address as usize);
-                    } else {
-                        self.fault(msg.address as usize);
+                for msg in &msgs[..n] {
+                    match msg.event {
+                        EVENT_PAGEFAULT if msg.flags & PAGEFAULT_FLAG_WP != 0 => {
+                            self.write_fault(msg.address as usize)
+                        }
+                        EVENT_PAGEFAULT => self.fault(msg.address as usize),
+                        EVENT_FORK => born.push(Child::new(msg, Arc::new(self.snapshot()))),
+                        _ => {}
                     }
                 }
             }
+            for child in &children {
+                loop {
+                    let n = read_msgs(&child.uffd, &mut msgs);
+                    if n == 0 {
+                        break;
+                    }
+                    for msg in &msgs[..n] {
+                        match msg.event {
+                            EVENT_PAGEFAULT if msg.flags & PAGEFAULT_FLAG_WP != 0 => {
+                                child.write_fault(msg.address as usize)
+                            }
+                            EVENT_PAGEFAULT => self.child_fault(child, msg.address as usize),
+                            // A grandchild sees what its parent saw.
+                            EVENT_FORK => born.push(Child::new(msg, child.snapshot.clone())),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            children.extend(born.into_iter().flatten());
+            // An exited child sends nothing: ask the kernel now and then, and close its
+            // descriptor.
+            if last_probe.elapsed() >= Duration::from_secs(1) {
+                children.retain(|c| c.alive());
+                last_probe = std::time::Instant::now();
+            }
+        }
+    }
+
+    /// What every region's registered blocks hold now: what a child forked now sees.
+    fn snapshot(&self) -> Snapshot {
+        let regions = self.regions.read().unwrap_or_else(|p| p.into_inner());
+        regions
+            .values()
+            .filter_map(Weak::upgrade)
+            .map(|region| {
+                let state = region.lock();
+                let blocks = state
+                    .blocks
+                    .iter()
+                    .map(|(&b, rb)| (b, rb.fetch.clone()))
+                    .collect();
+                let snap = SnapshotRegion {
+                    len: region.len,
+                    blksize: region.blksize,
+                    what: region.what.clone(),
+                    blocks,
+                };
+                (region.base, snap)
+            })
+            .collect()
+    }
+
+    /// A missing page in a child: queue its block (as of the fork) for the workers.
+    fn child_fault(&self, child: &Arc<Child>, addr: usize) {
+        match snapshot_block(&child.snapshot, addr) {
+            Some((range, _, Some(_))) => {
+                let start = range.start as usize;
+                if child
+                    .queued
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(start)
+                {
+                    let _ = self
+                        .jobs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .send(Job::Child(child.clone(), start));
+                }
+            }
+            // Registered after the fork's snapshot was taken: its contents at the fork are
+            // unknown, and zeros would be wrong.
+            _ => self.fail_child(
+                child,
+                page_range(addr),
+                &format!("address {addr:#x}, not fetched memory when the child was forked"),
+            ),
+        }
+    }
+
+    /// Makes the child's access of `range` fail (SIGBUS), after saying why.
+    fn fail_child(&self, child: &Child, range: UffdioRange, what: &str) {
+        let msg = format!("outcore: cannot serve a forked child's access to {what}");
+        tracing::error!("{msg}");
+        eprintln!("{msg}");
+        if self.poison {
+            let mut p = UffdioPoison {
+                range,
+                ..UffdioPoison::default()
+            };
+            if ioctl(&child.uffd, UFFDIO_POISON, &mut p).is_ok() {
+                return;
+            }
+        }
+        // Nothing else stops the child from waiting forever.
+        std::process::abort();
+    }
+
+    /// Fetches a block as it was when `child` was forked, with this process's storage, and
+    /// copies the pages the child lacks into its address space (writable: its writes are
+    /// its own).
+    fn load_for_child(&self, child: &Child, start: usize, scratch: &mut Vec<u8>) {
+        let Some((range, what, Some(fetch))) = snapshot_block(&child.snapshot, start) else {
+            return;
+        };
+        scratch.resize(range.len as usize, 0);
+        let mut fetched = Err(Error::NotFound(String::new()));
+        for delay in [0, 100, 500, 2000] {
+            std::thread::sleep(Duration::from_millis(delay));
+            fetched = fetch_caught(&*fetch, scratch);
+            if fetched.is_ok() {
+                break;
+            }
+        }
+        // A fault from now on queues the block again (the copy below skips present pages).
+        child
+            .queued
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&start);
+        match fetched {
+            Ok(len) => {
+                scratch[len..].fill(0);
+                let mut copy = UffdioCopy {
+                    dst: range.start,
+                    src: scratch.as_ptr() as u64,
+                    len: range.len,
+                    ..UffdioCopy::default()
+                };
+                // Pages the child already has (copied on write from this process, or by an
+                // earlier job) stay: copy the rest page by page.
+                if ioctl(&child.uffd, UFFDIO_COPY, &mut copy).is_ok()
+                    || copy_missing_pages(&child.uffd, range, scratch, 0)
+                {
+                    self.stats.child_copies.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => self.fail_child(
+                child,
+                range,
+                &format!("{} of {what} after retries: {e}", fetch.describe()),
+            ),
         }
     }
 
@@ -676,10 +907,7 @@ impl FaultServer {
 
     /// Wakes the threads waiting on the page of `addr`: they retry their access.
     fn wake_page(&self, addr: usize) {
-        self.wake(UffdioRange {
-            start: (addr & !4095) as u64,
-            len: 4096,
-        });
+        self.wake(page_range(addr));
     }
 
     /// A missing page: queue its block (and read-ahead) for the workers.
@@ -710,11 +938,11 @@ impl FaultServer {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert((region.id, b))
             {
-                let _ = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).send((
-                    Arc::downgrade(&region),
-                    region.id,
-                    b,
-                ));
+                let _ = self
+                    .jobs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .send(Job::Own(Arc::downgrade(&region), region.id, b));
             }
         }
     }
@@ -752,8 +980,13 @@ impl FaultServer {
         let mut scratch = Vec::new();
         loop {
             let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-            let Ok((region, id, block)) = job else {
-                return;
+            let (region, id, block) = match job {
+                Ok(Job::Own(region, id, block)) => (region, id, block),
+                Ok(Job::Child(child, start)) => {
+                    self.load_for_child(&child, start, &mut scratch);
+                    continue;
+                }
+                Err(_) => return,
             };
             match region.upgrade() {
                 Some(region) => {
@@ -792,6 +1025,38 @@ impl FaultServer {
                 return;
             }
             std::process::abort();
+        }
+    }
+
+    /// Queues the registered, unloaded `blocks` of `region` for the workers without waiting
+    /// (a later touch finds them loaded), as many as the budget leaves room for: prefetching
+    /// more would evict the first prefetched blocks again.
+    pub fn prefetch(&self, region: &RemoteRegion, blocks: impl IntoIterator<Item = u64>) {
+        let weak = self.region_weak(region);
+        let budget = self.budget.load(Ordering::Relaxed);
+        let mut room = budget.saturating_sub(self.loaded_bytes.load(Ordering::Relaxed));
+        for b in blocks {
+            if room < region.blksize as u64 {
+                return;
+            }
+            let wanted = {
+                let state = region.lock();
+                !state.closed && state.blocks.get(&b).is_some_and(|rb| !rb.loaded)
+            };
+            if wanted
+                && self
+                    .queued
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((region.id, b))
+            {
+                room -= region.blksize as u64;
+                let _ = self
+                    .jobs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .send(Job::Own(weak.clone(), region.id, b));
+            }
         }
     }
 
@@ -898,7 +1163,8 @@ impl FaultServer {
                 mode: COPY_MODE_WP,
                 ..UffdioCopy::default()
             };
-            ioctl(&self.uffd, UFFDIO_COPY, &mut copy).is_ok() || self.copy_missing_pages(range, buf)
+            ioctl(&self.uffd, UFFDIO_COPY, &mut copy).is_ok()
+                || copy_missing_pages(&self.uffd, range, buf, COPY_MODE_WP)
         };
         if moved {
             self.wake(range);
@@ -924,35 +1190,6 @@ impl FaultServer {
             self.wake(range);
         }
         Ok(())
-    }
-
-    /// Copies `data` into `range` page by page, skipping pages that are already there (a
-    /// block left partly populated by an interrupted copy). True if every page is in place.
-    fn copy_missing_pages(&self, range: UffdioRange, data: &[u8]) -> bool {
-        const PAGE: u64 = 4096;
-        let mut ok = true;
-        for offset in (0..range.len).step_by(PAGE as usize) {
-            for _attempt in 0..3 {
-                let mut copy = UffdioCopy {
-                    dst: range.start + offset,
-                    src: data[offset as usize..].as_ptr() as u64,
-                    len: PAGE,
-                    mode: COPY_MODE_WP,
-                    ..UffdioCopy::default()
-                };
-                match ioctl(&self.uffd, UFFDIO_COPY, &mut copy) {
-                    Ok(()) => break,
-                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => break,
-                    Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
-                    Err(_) => {
-                        ok = false;
-                        break;
-                    }
-                }
-            }
-        }
-        self.wake(range);
-        ok
     }
 
     fn region_weak(&self, region: &RemoteRegion) -> Weak<RemoteRegion> {
@@ -1078,6 +1315,107 @@ impl FaultServer {
     }
 }
 
+/// Copies `data` into `range` through `uffd` page by page (with copy `mode`), skipping pages
+/// that are already there (a block left partly populated by an interrupted copy, or a child's
+/// pages copied on write). True if every page is in place.
+fn copy_missing_pages(uffd: &OwnedFd, range: UffdioRange, data: &[u8], mode: u64) -> bool {
+    const PAGE: u64 = 4096;
+    let mut ok = true;
+    'pages: for offset in (0..range.len).step_by(PAGE as usize) {
+        for _attempt in 0..3 {
+            let mut copy = UffdioCopy {
+                dst: range.start + offset,
+                src: data[offset as usize..].as_ptr() as u64,
+                len: PAGE,
+                mode,
+                ..UffdioCopy::default()
+            };
+            match ioctl(uffd, UFFDIO_COPY, &mut copy) {
+                Ok(()) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
+                // The address space is gone (an exited child): nothing left to fill.
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return false,
+                Err(_) => {
+                    ok = false;
+                    continue 'pages;
+                }
+            }
+        }
+    }
+    let mut wake = range;
+    // Waking a range nobody waits on is harmless.
+    let _ = ioctl(uffd, UFFDIO_WAKE, &mut wake);
+    ok
+}
+
+/// The page holding `addr`.
+fn page_range(addr: usize) -> UffdioRange {
+    UffdioRange {
+        start: (addr & !4095) as u64,
+        len: 4096,
+    }
+}
+
+/// Reads the pending messages of `uffd` into `msgs`; how many (0: none now).
+fn read_msgs(uffd: &OwnedFd, msgs: &mut [UffdMsg]) -> usize {
+    // SAFETY: reading fault messages into a buffer of that many messages.
+    let n = unsafe {
+        libc::read(
+            uffd.as_raw_fd(),
+            msgs.as_mut_ptr().cast(),
+            std::mem::size_of_val(msgs),
+        )
+    };
+    n.max(0) as usize / std::mem::size_of::<UffdMsg>()
+}
+
+impl Child {
+    /// The child announced by fork event `msg`, seeing `snapshot`.
+    fn new(msg: &UffdMsg, snapshot: Arc<Snapshot>) -> Option<Arc<Child>> {
+        let fd = msg.flags as u32 as i32;
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: the kernel installed this descriptor in our table when the event was read;
+        // nobody else owns it.
+        let uffd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Some(Arc::new(Child {
+            uffd,
+            snapshot,
+            queued: Mutex::new(HashSet::new()),
+        }))
+    }
+
+    /// A write to a page the child inherited write-protected: the child has no transaction
+    /// and its writes are private to it, so just lift the protection (of the whole block).
+    fn write_fault(&self, addr: usize) {
+        let range = snapshot_block(&self.snapshot, addr).map_or(page_range(addr), |b| b.0);
+        let mut unprotect = UffdioWriteprotect { range, mode: 0 };
+        if ioctl(&self.uffd, UFFDIO_WRITEPROTECT, &mut unprotect).is_err() {
+            let mut wake = range;
+            let _ = ioctl(&self.uffd, UFFDIO_WAKE, &mut wake);
+        }
+    }
+
+    /// False once the child's address space is gone (it exited or exec'd). Asked with a copy
+    /// to a page no child has registered (a static of this library): that fails without
+    /// changing anything, with ESRCH only when the address space is gone.
+    fn alive(&self) -> bool {
+        #[repr(align(4096))]
+        struct Page([u8; 4096]);
+        static PROBE: Page = Page([0; 4096]);
+        let mut copy = UffdioCopy {
+            dst: PROBE.0.as_ptr() as u64,
+            src: PROBE.0.as_ptr() as u64,
+            len: 4096,
+            mode: 0,
+            ..UffdioCopy::default()
+        };
+        !matches!(ioctl(&self.uffd, UFFDIO_COPY, &mut copy), Err(e) if e.raw_os_error() == Some(libc::ESRCH))
+    }
+}
+
 /// `fetch.fetch_into(buf)`, with a panic (a bug in a store or decoder) turned into an error
 /// naming the block: a worker that unwound would leave its block queued and the threads
 /// faulting it suspended forever, and a caller of `load` would get a panic instead of an error.
@@ -1101,8 +1439,52 @@ fn fetch_caught(fetch: &dyn Fetch, buf: &mut [u8]) -> Result<usize> {
     )
 }
 
-/// A block to fetch: its region, the region's id and the block index.
-type Job = (Weak<RemoteRegion>, u64, u64);
+/// A block to fetch.
+enum Job {
+    /// For this process: its region, the region's id and the block index.
+    Own(Weak<RemoteRegion>, u64, u64),
+    /// For a forked child: the child and the block's start address there.
+    Child(Arc<Child>, usize),
+}
+
+/// The address space of a forked child (or grandchild), whose faults this process serves.
+struct Child {
+    /// The child's userfaultfd, received with the fork event.
+    uffd: OwnedFd,
+    /// What the fetched blocks held when the child was forked.
+    snapshot: Arc<Snapshot>,
+    /// Start addresses of blocks with a fetch job pending.
+    queued: Mutex<HashSet<usize>>,
+}
+
+/// The registered blocks of every region at one fork, by region base.
+type Snapshot = BTreeMap<usize, SnapshotRegion>;
+
+/// One region's registered blocks at a fork.
+struct SnapshotRegion {
+    len: usize,
+    blksize: usize,
+    what: String,
+    blocks: HashMap<u64, Arc<dyn Fetch>>,
+}
+
+/// A block of a snapshot: its range, the region's description and how to fetch it (`None`:
+/// not registered at the fork).
+fn snapshot_block(
+    snapshot: &Snapshot,
+    addr: usize,
+) -> Option<(UffdioRange, &str, Option<Arc<dyn Fetch>>)> {
+    let (&base, region) = snapshot.range(..=addr).next_back()?;
+    if addr >= base + region.len {
+        return None;
+    }
+    let block = ((addr - base) / region.blksize) as u64;
+    let range = UffdioRange {
+        start: (base + block as usize * region.blksize) as u64,
+        len: region.blksize as u64,
+    };
+    Some((range, &region.what, region.blocks.get(&block).cloned()))
+}
 
 static PENDING_RX: Mutex<Option<Receiver<Job>>> = Mutex::new(None);
 static THREADS: OnceLock<()> = OnceLock::new();

@@ -1,0 +1,68 @@
+"""Forked children (multiprocessing's "fork" start method) read fault-filled memory: views of
+compressed and PostgreSQL arrays show the parent's snapshot, loaded blocks and not yet loaded
+blocks alike."""
+
+import multiprocessing
+import os
+import uuid
+
+import numpy as np
+import pytest
+import transaction
+
+import outcore
+
+N = 2 << 20  # 16 blocks of 1 MiB
+
+# The view the pool's workers read: set before the pool forks them.
+VIEW = None
+
+
+def _sum(bounds):
+    lo, hi = bounds
+    return int(VIEW[lo:hi].sum())
+
+
+def _url(kind, tmp_path):
+    if kind == "lz4":
+        return str(tmp_path / "z"), {"compression": "lz4"}
+    base = os.environ.get("OUTCORE_TEST_PG")
+    if not base:
+        pytest.skip("OUTCORE_TEST_PG is not set (scripts/test.sh starts a server)")
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}outcore_schema=py_{uuid.uuid4().hex[:12]}", {}
+
+
+@pytest.mark.parametrize("kind", ["lz4", "pg"])
+def test_a_fork_pool_reads_views_of_fetched_arrays(tmp_path, kind):
+    global VIEW
+    url, options = _url(kind, tmp_path)
+    db = outcore.open(url, **options)
+    db.root()["A"] = A = outcore.BigArray((N,), "i8", blksize=1 << 20)
+    A[:] = np.arange(N) % 1000
+    transaction.commit()
+    db.close()
+
+    db = outcore.open(url)
+    tm = transaction.TransactionManager()
+    A = db.open(tm).root()["A"]
+    view = A[:]
+    expected = np.arange(N) % 1000
+    # The first quarter is loaded before the fork (the rest is not), and one element is
+    # written without a commit: children see the parent's memory as it is at the fork.
+    assert int(view[: N // 4].sum()) == int(expected[: N // 4].sum())
+    A[7] = 10**6
+    expected[7] = 10**6
+    VIEW = view
+    step = N // 16
+    chunks = [(lo, lo + step) for lo in range(0, N, step)]
+    try:
+        with multiprocessing.get_context("fork").Pool(3) as pool:
+            # A bound against a hang (a dead worker leaves map waiting forever).
+            sums = pool.map_async(_sum, chunks).get(timeout=300)
+    finally:
+        VIEW = None
+    assert sums == [int(expected[lo:hi].sum()) for lo, hi in chunks]
+    assert int(view.sum()) == int(expected.sum())
+    tm.abort()
+    db.close()
