@@ -521,10 +521,25 @@ impl FaultServer {
                 .spawn(move || self.worker(&rx))
                 .expect("spawn a fetch worker");
         }
+        let mut ends = [-1; 2];
+        // SAFETY: creates a pipe into the two descriptors of `ends`.
+        let rc = unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) };
+        assert_eq!(rc, 0, "a pipe for fault messages");
+        // SAFETY: fresh descriptors owned by nobody else.
+        let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+        // SAFETY: fcntl on our own pipe: non-blocking reads, and room for many messages.
+        unsafe {
+            libc::fcntl(rd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK);
+            libc::fcntl(wr.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
+        }
         std::thread::Builder::new()
             .name("outcore-faults".into())
-            .spawn(move || self.handle_faults())
+            .spawn(move || self.handle_faults(rd))
             .expect("spawn the fault handler");
+        std::thread::Builder::new()
+            .name("outcore-uffd-read".into())
+            .spawn(move || self.read_messages(wr))
+            .expect("spawn the fault reader");
     }
 
     /// Registers `region` (its whole reservation) so faults in it are served.
@@ -699,74 +714,157 @@ impl FaultServer {
         let _ = ioctl(&self.uffd, UFFDIO_WAKE, &mut range);
     }
 
-    /// The handler: turns fault messages into fetch jobs, for this process and for the
-    /// forked children it serves.
+    /// The reader: moves every message of this process's descriptor and of the children's
+    /// into `pipe`, each tagged with the descriptor it came from.
     ///
-    /// A fork waits in the kernel until its fork event is read, so this thread reads promptly
-    /// and never waits for a lock a forking thread could hold (it takes only the fault
-    /// server's own locks, which are held briefly and never across a fork).
-    fn handle_faults(&'static self) {
-        let mut msgs = [UffdMsg {
-            event: 0,
-            reserved: [0; 7],
-            flags: 0,
-            address: 0,
-            ptid: 0,
-        }; 64];
-        let mut children: Vec<Arc<Child>> = Vec::new();
-        let mut last_probe = std::time::Instant::now();
+    /// A fork waits in the kernel until its fork event is read, and glibc holds every
+    /// malloc arena lock across the fork: so this thread never allocates (nor takes a lock)
+    /// after it starts; everything else happens in [`FaultServer::handle_faults`].
+    fn read_messages(&'static self, pipe: OwnedFd) {
+        let mut msgs = [EMPTY_MSG; 64];
         loop {
-            let mut pfds: Vec<libc::pollfd> = std::iter::once(&self.uffd)
-                .chain(children.iter().map(|c| &c.uffd))
-                .map(|fd| libc::pollfd {
-                    fd: fd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                })
-                .collect();
+            let mut pfds = [libc::pollfd {
+                fd: -1,
+                events: libc::POLLIN,
+                revents: 0,
+            }; 1 + CHILD_SLOTS];
+            pfds[0].fd = self.uffd.as_raw_fd();
+            for (slot, pfd) in CHILDREN.iter().zip(&mut pfds[1..]) {
+                let fd = slot.load(Ordering::Acquire);
+                if fd < -1 {
+                    // The handler is done with this child: close its descriptor here, where
+                    // it is polled, so the number is never polled after its reuse.
+                    // SAFETY: the descriptor was received by this thread and is closed once.
+                    unsafe { libc::close(-fd - 2) };
+                    slot.store(-1, Ordering::Release);
+                } else {
+                    pfd.fd = fd; // -1: ignored by poll
+                }
+            }
             // SAFETY: valid pollfds for the duration of the call.
             unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 1000) };
-            let mut born = Vec::new();
-            loop {
-                let n = read_msgs(&self.uffd, &mut msgs);
-                if n == 0 {
-                    break; // EAGAIN: no more messages for now
-                }
-                for msg in &msgs[..n] {
-                    match msg.event {
-                        EVENT_PAGEFAULT if msg.flags & PAGEFAULT_FLAG_WP != 0 => {
-                            self.write_fault(msg.address as usize)
+            for pfd in pfds.iter().filter(|p| p.fd >= 0 && p.revents != 0) {
+                loop {
+                    // SAFETY: reading fault messages into a buffer of that many messages.
+                    let n = unsafe {
+                        libc::read(
+                            pfd.fd,
+                            msgs.as_mut_ptr().cast(),
+                            std::mem::size_of_val(&msgs),
+                        )
+                    };
+                    if n <= 0 {
+                        break; // EAGAIN: no more messages for now
+                    }
+                    for msg in &msgs[..n as usize / std::mem::size_of::<UffdMsg>()] {
+                        if msg.event == EVENT_FORK {
+                            // Poll the child from now on (its faults may come before the
+                            // handler sees this message).
+                            let fd = msg.flags as u32 as i32;
+                            let free = CHILDREN.iter().find(|s| {
+                                s.compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Relaxed)
+                                    .is_ok()
+                            });
+                            if free.is_none() {
+                                const FULL: &[u8] = b"outcore: too many forked children to \
+serve; the newest cannot read fetched memory\n";
+                                // SAFETY: writes a static buffer to stderr.
+                                unsafe { libc::write(2, FULL.as_ptr().cast(), FULL.len()) };
+                            }
                         }
-                        EVENT_PAGEFAULT => self.fault(msg.address as usize),
-                        EVENT_FORK => born.push(Child::new(msg, Arc::new(self.snapshot()))),
+                        let rec = Tagged {
+                            from: pfd.fd,
+                            msg: *msg,
+                        };
+                        // Atomic (smaller than PIPE_BUF); the pipe holds thousands of them,
+                        // and each faulting thread has one message outstanding at most.
+                        // SAFETY: writes one plain struct to our pipe.
+                        unsafe {
+                            libc::write(
+                                pipe.as_raw_fd(),
+                                (&rec as *const Tagged).cast(),
+                                std::mem::size_of::<Tagged>(),
+                            )
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    /// The handler: turns fault messages (from [`FaultServer::read_messages`]) into fetch
+    /// jobs, for this process and for the forked children it serves.
+    fn handle_faults(&'static self, pipe: OwnedFd) {
+        let own = self.uffd.as_raw_fd();
+        let mut children: HashMap<i32, Arc<Child>> = HashMap::new();
+        let mut last_probe = std::time::Instant::now();
+        let mut rec = Tagged {
+            from: -1,
+            msg: EMPTY_MSG,
+        };
+        loop {
+            let mut pfd = libc::pollfd {
+                fd: pipe.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            unsafe { libc::poll(&mut pfd, 1, 1000) };
+            loop {
+                // SAFETY: reads one plain struct from our pipe (non-blocking).
+                let n = unsafe {
+                    libc::read(
+                        pipe.as_raw_fd(),
+                        (&mut rec as *mut Tagged).cast(),
+                        std::mem::size_of::<Tagged>(),
+                    )
+                };
+                if n != std::mem::size_of::<Tagged>() as isize {
+                    break;
+                }
+                let msg = rec.msg;
+                let addr = msg.address as usize;
+                let wp = msg.flags & PAGEFAULT_FLAG_WP != 0;
+                if rec.from == own {
+                    match msg.event {
+                        EVENT_PAGEFAULT if wp => self.write_fault(addr),
+                        EVENT_PAGEFAULT => self.fault(addr),
+                        EVENT_FORK => {
+                            let snapshot = Arc::new(self.snapshot());
+                            if let Some(c) = Child::new(&msg, snapshot) {
+                                children.insert(msg.flags as u32 as i32, c);
+                            }
+                        }
+                        _ => {}
+                    }
+                } else if let Some(child) = children.get(&rec.from).cloned() {
+                    match msg.event {
+                        EVENT_PAGEFAULT if wp => child.write_fault(addr),
+                        EVENT_PAGEFAULT => self.child_fault(&child, addr),
+                        // A grandchild sees what its parent saw.
+                        EVENT_FORK => {
+                            if let Some(c) = Child::new(&msg, child.snapshot.clone()) {
+                                children.insert(msg.flags as u32 as i32, c);
+                            }
+                        }
                         _ => {}
                     }
                 }
             }
-            for child in &children {
-                loop {
-                    let n = read_msgs(&child.uffd, &mut msgs);
-                    if n == 0 {
-                        break;
-                    }
-                    for msg in &msgs[..n] {
-                        match msg.event {
-                            EVENT_PAGEFAULT if msg.flags & PAGEFAULT_FLAG_WP != 0 => {
-                                child.write_fault(msg.address as usize)
-                            }
-                            EVENT_PAGEFAULT => self.child_fault(child, msg.address as usize),
-                            // A grandchild sees what its parent saw.
-                            EVENT_FORK => born.push(Child::new(msg, child.snapshot.clone())),
-                            _ => {}
+            // An exited child sends nothing: ask the kernel now and then; the reader closes
+            // the descriptor of a dead one.
+            if last_probe.elapsed() >= Duration::from_secs(1) {
+                children.retain(|&fd, c| {
+                    let alive = c.alive();
+                    if !alive {
+                        if let Some(slot) =
+                            CHILDREN.iter().find(|s| s.load(Ordering::Acquire) == fd)
+                        {
+                            slot.store(-fd - 2, Ordering::Release);
                         }
                     }
-                }
-            }
-            children.extend(born.into_iter().flatten());
-            // An exited child sends nothing: ask the kernel now and then, and close its
-            // descriptor.
-            if last_probe.elapsed() >= Duration::from_secs(1) {
-                children.retain(|c| c.alive());
+                    alive
+                });
                 last_probe = std::time::Instant::now();
             }
         }
@@ -799,7 +897,11 @@ impl FaultServer {
     /// A missing page in a child: queue its block (as of the fork) for the workers.
     fn child_fault(&self, child: &Arc<Child>, addr: usize) {
         match snapshot_block(&child.snapshot, addr) {
-            Some((range, _, Some(_))) => {
+            Some(SnapshotBlock {
+                range,
+                fetch: Some(_),
+                ..
+            }) => {
                 let start = range.start as usize;
                 if child
                     .queued
@@ -846,7 +948,12 @@ impl FaultServer {
     /// copies the pages the child lacks into its address space (writable: its writes are
     /// its own).
     fn load_for_child(&self, child: &Child, start: usize, scratch: &mut Vec<u8>) {
-        let Some((range, what, Some(fetch))) = snapshot_block(&child.snapshot, start) else {
+        let Some(SnapshotBlock {
+            range,
+            what,
+            fetch: Some(fetch),
+        }) = snapshot_block(&child.snapshot, start)
+        else {
             return;
         };
         scratch.resize(range.len as usize, 0);
@@ -1357,19 +1464,6 @@ fn page_range(addr: usize) -> UffdioRange {
     }
 }
 
-/// Reads the pending messages of `uffd` into `msgs`; how many (0: none now).
-fn read_msgs(uffd: &OwnedFd, msgs: &mut [UffdMsg]) -> usize {
-    // SAFETY: reading fault messages into a buffer of that many messages.
-    let n = unsafe {
-        libc::read(
-            uffd.as_raw_fd(),
-            msgs.as_mut_ptr().cast(),
-            std::mem::size_of_val(msgs),
-        )
-    };
-    n.max(0) as usize / std::mem::size_of::<UffdMsg>()
-}
-
 impl Child {
     /// The child announced by fork event `msg`, seeing `snapshot`.
     fn new(msg: &UffdMsg, snapshot: Arc<Snapshot>) -> Option<Arc<Child>> {
@@ -1377,9 +1471,14 @@ impl Child {
         if fd < 0 {
             return None;
         }
-        // SAFETY: the kernel installed this descriptor in our table when the event was read;
-        // nobody else owns it.
-        let uffd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // The reader owns (and closes) the received descriptor: keep a duplicate for ioctls.
+        // SAFETY: dup of a descriptor open until the reader closes it, after this.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return None;
+        }
+        // SAFETY: a fresh descriptor owned by nobody else.
+        let uffd = unsafe { OwnedFd::from_raw_fd(dup) };
         Some(Arc::new(Child {
             uffd,
             snapshot,
@@ -1390,7 +1489,7 @@ impl Child {
     /// A write to a page the child inherited write-protected: the child has no transaction
     /// and its writes are private to it, so just lift the protection (of the whole block).
     fn write_fault(&self, addr: usize) {
-        let range = snapshot_block(&self.snapshot, addr).map_or(page_range(addr), |b| b.0);
+        let range = snapshot_block(&self.snapshot, addr).map_or(page_range(addr), |b| b.range);
         let mut unprotect = UffdioWriteprotect { range, mode: 0 };
         if ioctl(&self.uffd, UFFDIO_WRITEPROTECT, &mut unprotect).is_err() {
             let mut wake = range;
@@ -1439,6 +1538,30 @@ fn fetch_caught(fetch: &dyn Fetch, buf: &mut [u8]) -> Result<usize> {
     )
 }
 
+const EMPTY_MSG: UffdMsg = UffdMsg {
+    event: 0,
+    reserved: [0; 7],
+    flags: 0,
+    address: 0,
+    ptid: 0,
+};
+
+/// A message and the descriptor it was read from, passed from reader to handler.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Tagged {
+    from: i32,
+    msg: UffdMsg,
+}
+
+/// Most forked children served at once.
+const CHILD_SLOTS: usize = 256;
+
+/// The descriptors of the children's address spaces the reader polls: -1 free, `fd` in use,
+/// `-fd - 2` to be closed by the reader.
+static CHILDREN: [std::sync::atomic::AtomicI32; CHILD_SLOTS] =
+    [const { std::sync::atomic::AtomicI32::new(-1) }; CHILD_SLOTS];
+
 /// A block to fetch.
 enum Job {
     /// For this process: its region, the region's id and the block index.
@@ -1468,12 +1591,17 @@ struct SnapshotRegion {
     blocks: HashMap<u64, Arc<dyn Fetch>>,
 }
 
-/// A block of a snapshot: its range, the region's description and how to fetch it (`None`:
-/// not registered at the fork).
-fn snapshot_block(
-    snapshot: &Snapshot,
-    addr: usize,
-) -> Option<(UffdioRange, &str, Option<Arc<dyn Fetch>>)> {
+/// The block of a snapshot holding an address.
+struct SnapshotBlock<'a> {
+    range: UffdioRange,
+    /// The region's description, for messages.
+    what: &'a str,
+    /// How to fetch the block (`None`: not registered at the fork).
+    fetch: Option<Arc<dyn Fetch>>,
+}
+
+/// The block of `snapshot` holding `addr`, if any region of it does.
+fn snapshot_block(snapshot: &Snapshot, addr: usize) -> Option<SnapshotBlock<'_>> {
     let (&base, region) = snapshot.range(..=addr).next_back()?;
     if addr >= base + region.len {
         return None;
@@ -1483,7 +1611,11 @@ fn snapshot_block(
         start: (base + block as usize * region.blksize) as u64,
         len: region.blksize as u64,
     };
-    Some((range, &region.what, region.blocks.get(&block).cloned()))
+    Some(SnapshotBlock {
+        range,
+        what: &region.what,
+        fetch: region.blocks.get(&block).cloned(),
+    })
 }
 
 static PENDING_RX: Mutex<Option<Receiver<Job>>> = Mutex::new(None);
