@@ -1,26 +1,12 @@
 //! A full disk during commits: a clear error, nothing half-written, and the store works again
 //! once space is freed. Uses a small tmpfs (needs root; skipped loudly otherwise).
 
-use std::process::Command;
-
 use outcore::array::Order;
 use outcore::db::Database;
 use outcore::Error;
 
-struct Mount(std::path::PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let unmounted = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !unmounted {
-            // Still busy (memory the process has not given back yet): detach it now.
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
+mod common;
+use common::Mount;
 
 /// Serialises the tests of this file: a process forked by one test (`mount`) holds copies of
 /// every descriptor the other has open at that moment, which would keep the space of a
@@ -37,17 +23,10 @@ fn disk_full_is_a_clear_error_and_recoverable() {
     let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path().join("small");
     std::fs::create_dir(&mnt).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=40m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
+    let Some(_mount) = Mount::new(&["-t", "tmpfs", "-o", "size=40m", "tmpfs"], &mnt) else {
         eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
         return;
-    }
-    let _mount = Mount(mnt.clone());
+    };
     // Take most of the space with a file we can delete later.
     let filler = mnt.join("filler");
     std::fs::write(&filler, vec![1u8; 24 << 20]).unwrap();
@@ -139,17 +118,10 @@ fn failed_pack_leaves_nothing_and_readonly_open_needs_no_space() {
     let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path().join("small");
     std::fs::create_dir(&mnt).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
+    let Some(_mount) = Mount::new(&["-t", "tmpfs", "-o", "size=64m", "tmpfs"], &mnt) else {
         eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
         return;
-    }
-    let _mount = Mount(mnt.clone());
+    };
     let dir = mnt.join("db");
     let url = dir.to_str().unwrap();
     // 8 blocks of 2 MiB, then one of them rewritten: pack must copy 16 MiB of live bodies.

@@ -7,6 +7,8 @@
 //! Also run under ThreadSanitizer by `scripts/sanitizers.sh`. `OUTCORE_RACE_SCALE` (default 1)
 //! multiplies the iteration counts.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,13 +22,7 @@ use outcore::{Error, Result};
 static BUDGET: Mutex<()> = Mutex::new(());
 
 fn available() -> bool {
-    match outcore::vm::fault_filling_unavailable() {
-        None => true,
-        Some(why) => {
-            eprintln!("SKIPPED: userfaultfd unusable here: {why}");
-            false
-        }
-    }
+    common::uffd_available()
 }
 
 fn scale(n: u64) -> u64 {

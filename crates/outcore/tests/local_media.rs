@@ -4,7 +4,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use outcore::array::Order;
@@ -12,8 +12,8 @@ use outcore::db::{Database, DbOptions};
 use outcore::storage::{LocalOptions, LocalStorage, Storage, Tid};
 use outcore::Error;
 
-/// Something mounted by a test; unmounted when dropped, also when the test fails.
-struct Mount(PathBuf);
+mod common;
+use common::Mount;
 
 /// Serialises the tests of this file: a process forked by one test (`mount`, a child reader)
 /// holds copies of every descriptor another test has open at that moment, which makes
@@ -22,49 +22,6 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Mount {
-    /// Runs `mount ARGS... target` and guards `target`, or `None` if mounting is impossible.
-    fn new(args: &[&str], target: &Path) -> Option<Mount> {
-        let ok = Command::new("mount")
-            .args(args)
-            .arg(target)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        ok.then(|| Mount(target.to_path_buf()))
-    }
-
-    /// Makes this mount read-only (`remount,ro`; `bind` for a bind mount).
-    fn remount_ro(&self, bind: bool) {
-        let opts = if bind {
-            "remount,bind,ro"
-        } else {
-            "remount,ro"
-        };
-        let ok = Command::new("mount")
-            .args(["-o", opts])
-            .arg(&self.0)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "remounting {} read-only", self.0.display());
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let unmounted = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !unmounted {
-            // Still busy (memory the process has not given back yet): detach it now, the
-            // kernel frees it when the last user is gone.
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
 }
 
 fn readonly() -> DbOptions {

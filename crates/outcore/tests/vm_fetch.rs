@@ -1,5 +1,7 @@
 //! Fault-filled memory (userfaultfd): blocks fetched on first touch.
 
+mod common;
+
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -47,13 +49,7 @@ impl BlockSource for Source {
 }
 
 fn available() -> bool {
-    match outcore::vm::fault_filling_unavailable() {
-        None => true,
-        Some(why) => {
-            eprintln!("SKIPPED: userfaultfd unusable here: {why}");
-            false
-        }
-    }
+    common::uffd_available()
 }
 
 fn byte(mem: &BlockMemory, block: u64, at: usize) -> u8 {

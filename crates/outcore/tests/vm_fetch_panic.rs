@@ -2,6 +2,8 @@
 //! errors: `populate` returns an error, touches get SIGBUS after a message, nobody hangs, and
 //! the fetch workers survive for later faults.
 
+mod common;
+
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::process::Command;
@@ -50,13 +52,7 @@ impl BlockSource for Source {
 }
 
 fn available() -> bool {
-    match outcore::vm::fault_filling_unavailable() {
-        None => true,
-        Some(why) => {
-            eprintln!("SKIPPED: userfaultfd unusable here: {why}");
-            false
-        }
-    }
+    common::uffd_available()
 }
 
 /// Ends the process with a message if the test is still running after two minutes (a hang:

@@ -3,6 +3,67 @@
 
 pub mod proxy;
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Something mounted by a test; unmounted when dropped, also when the test fails.
+pub struct Mount(PathBuf);
+
+impl Mount {
+    /// Runs `mount ARGS... target` and guards `target`, or `None` if mounting is impossible
+    /// (not root).
+    pub fn new(args: &[&str], target: &Path) -> Option<Mount> {
+        let ok = Command::new("mount")
+            .args(args)
+            .arg(target)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        ok.then(|| Mount(target.to_path_buf()))
+    }
+
+    /// Makes this mount read-only (`remount,ro`; `bind` for a bind mount).
+    pub fn remount_ro(&self, bind: bool) {
+        let opts = if bind {
+            "remount,bind,ro"
+        } else {
+            "remount,ro"
+        };
+        let ok = Command::new("mount")
+            .args(["-o", opts])
+            .arg(&self.0)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "remounting {} read-only", self.0.display());
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            // Still busy (memory the process has not given back yet): detach it now, the
+            // kernel frees it when the last user is gone.
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// True if fault-filled memory (userfaultfd) works here; says why not otherwise.
+pub fn uffd_available() -> bool {
+    match outcore::vm::fault_filling_unavailable() {
+        None => true,
+        Some(why) => {
+            eprintln!("SKIPPED: userfaultfd unusable here: {why}");
+            false
+        }
+    }
+}
+
 /// A `kB` field of `/proc/self/status` (e.g. `"RssAnon:"`).
 pub fn status_kb(field: &str) -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
