@@ -155,7 +155,12 @@ fn other_users_store_opens_readonly() {
         .unwrap()
         .success();
     assert!(ok);
-    let out = Command::new(std::env::current_exe().unwrap())
+    // The reader runs a copy of this test binary from the world-readable temporary
+    // directory: the checkout it was built in may not be reachable by that user.
+    let exe = tmp.path().join("reader");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(&exe)
         .args(["--exact", "child_reads_other_users_store", "--nocapture"])
         .env("OUTCORE_TEST_FOREIGN_STORE", &store)
         .env("OUTCORE_TEST_FIRST_TID", first.0.to_string())
