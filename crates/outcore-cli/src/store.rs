@@ -129,6 +129,7 @@ pub fn block_stats(
         match located {
             Located::Absent => stats.holes += 1,
             Located::Mapped(extent) => stored += extent.len,
+            Located::Pieces { pieces, .. } => stored += pieces.iter().map(|p| p.len).sum::<u64>(),
             Located::CopyOnly(_) if loadable => {
                 stored += storage.load(key, at)?.map_or(0, |v| v.data.len() as u64);
             }

@@ -53,6 +53,25 @@ impl Payload for MappedBlock {
     }
 }
 
+/// The 4 KiB pages covering byte `ranges` of a block, as ascending, disjoint page-index runs.
+fn page_runs(ranges: &[Range<usize>]) -> Vec<Range<u32>> {
+    let page = crate::vm::PAGE;
+    let mut pages: Vec<Range<u32>> = ranges
+        .iter()
+        .filter(|r| r.start < r.end)
+        .map(|r| (r.start / page) as u32..r.end.div_ceil(page) as u32)
+        .collect();
+    pages.sort_by_key(|r| r.start);
+    let mut out: Vec<Range<u32>> = Vec::with_capacity(pages.len());
+    for r in pages {
+        match out.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
 /// True if `bytes` are all zero (checked 4 KiB at a time, in a vectorisable loop).
 fn all_zero(bytes: &[u8]) -> bool {
     bytes
@@ -427,11 +446,22 @@ impl ArrayHandle {
                 .filter(|&i| written[i].contains_key(&b))
                 .collect();
             if let [only] = writers[..] {
-                let payload = MappedBlock {
+                let from = Arc::new(MappedBlock {
                     memory: windows[only].clone(),
                     block: b,
+                });
+                let write = if g.cut.is_some_and(|c| b >= c) {
+                    // The memory reads zeros past the cut where the store still holds the old
+                    // version: the whole block is new.
+                    Write::StoreFrom(from)
+                } else {
+                    // Pages not written are those of the version the transaction read.
+                    Write::Pages {
+                        pages: page_runs(&written[only][&b]),
+                        from,
+                    }
                 };
-                blocks.insert(b, Write::StoreFrom(Arc::new(payload)));
+                blocks.insert(b, write);
                 continue;
             }
             let mut bytes = windows[writers[0]].read_block(b);

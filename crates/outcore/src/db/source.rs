@@ -3,8 +3,13 @@
 use std::sync::Arc;
 
 use crate::storage::{Key, Located, Oid, Storage, Tid};
-use crate::vm::{Backing, BlockSource, Fetch};
+use crate::vm::{Backing, BlockSource, Fetch, FilePiece};
 use crate::{Error, Result};
+
+/// A block stored as more pieces than this (changed pages of several commits scattered over
+/// the block) is composed into fetched memory rather than mapped piece by piece: each piece
+/// costs up to two of the process's `vm.max_map_count` kernel mappings.
+const MAX_MAPPED_PIECES: usize = 16;
 
 /// The blocks of one block file as of snapshot `at`. Blocks at or beyond `cut` were dropped by
 /// a shrink in the current transaction and read as holes whatever the store holds.
@@ -98,7 +103,22 @@ impl BlockSource for SnapshotSource<'_> {
                 offset: e.offset,
                 len: e.len,
             },
-            Located::CopyOnly(tid) => Backing::Fetch(Arc::new(StoredBlock {
+            Located::Pieces { pieces, .. } if pieces.len() <= MAX_MAPPED_PIECES => {
+                Backing::Pieces(
+                    pieces
+                        .into_iter()
+                        .map(|p| FilePiece {
+                            at: p.at as usize,
+                            file: p.file,
+                            offset: p.offset,
+                            len: p.len as usize,
+                        })
+                        .collect(),
+                )
+            }
+            // Scattered pieces are fetched instead of mapped: composed on first touch into
+            // memory that shares few kernel mappings (the fault-filled path).
+            Located::Pieces { tid, .. } | Located::CopyOnly(tid) => Backing::Fetch(Arc::new(StoredBlock {
                 // Through what the store names for this (a closable wrapper's pin): closing
                 // the database must not leave views with blocks that cannot be fetched.
                 storage: self

@@ -10,9 +10,9 @@ use std::ops::Range;
 use std::os::fd::FromRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::codec::{self, Compression};
+use super::codec::Compression;
 use super::lease::pack_removals;
-use super::record::{Body, VersionRecord};
+use super::record::{self, Body, Chain, VersionRecord};
 use super::{
     segment, CommitRequest, Key, Located, Oid, PackStats, Storage, Tid, TxnInfo, VerifyReport,
     Version,
@@ -105,6 +105,13 @@ impl Inner {
             .map(|((_, t), r)| (*t, r))
     }
 
+    /// The chain of version `found` of `key` (see [`Chain`]).
+    fn chain(&self, key: Key, found: (Tid, &VersionRecord)) -> Result<Chain> {
+        Chain::collect(key, (found.0, found.1.clone()), |before| {
+            Ok(self.newest(key, before).map(|(t, r)| (t, r.clone())))
+        })
+    }
+
     fn segment(&self, seg: u32) -> Result<Arc<File>> {
         self.segments
             .get(&seg)
@@ -146,7 +153,7 @@ impl Storage for MemStorage {
         let g = self.lock();
         match g.newest_checked(key, at)? {
             None => Ok(None),
-            Some((tid, rec)) => rec.load(key, tid, |s| g.segment(s)),
+            Some(found) => g.chain(key, found)?.load(key, &|s| g.segment(s)),
         }
     }
 
@@ -154,7 +161,7 @@ impl Storage for MemStorage {
         let g = self.lock();
         match g.newest_checked(key, at)? {
             None => Ok(None),
-            Some((tid, rec)) => rec.load_into(key, tid, |s| g.segment(s), out),
+            Some(found) => g.chain(key, found)?.load_into(key, &|s| g.segment(s), out),
         }
     }
 
@@ -162,14 +169,16 @@ impl Storage for MemStorage {
         let g = self.lock();
         match g.newest_checked(key, at)? {
             None => Ok(Located::Absent),
-            Some((tid, rec)) => rec.locate(key, tid, |s| g.segment(s)),
+            Some(found) => g.chain(key, found)?.locate(key, &|s| g.segment(s)),
         }
     }
 
     fn commit(&self, req: CommitRequest) -> Result<Tid> {
         let mut g = self.lock();
+        let mut tips = Vec::with_capacity(req.writes.len());
         for (key, _) in &req.writes {
-            if let Some((committed, _)) = g.newest(*key, Tid::MAX) {
+            let current = g.newest(*key, Tid::MAX);
+            if let Some((committed, _)) = current {
                 if committed > req.base {
                     return Err(Error::Conflict {
                         key: *key,
@@ -178,36 +187,14 @@ impl Storage for MemStorage {
                     });
                 }
             }
+            tips.push(current.and_then(|(_, rec)| rec.tip()));
         }
         let tid = Tid::next_after(g.head);
         let mut records = Vec::with_capacity(req.writes.len());
-        for (key, write) in &req.writes {
-            let record = match write.bytes() {
-                None => VersionRecord::tombstone(),
-                Some(raw) if !key.is_block() => {
-                    let e = codec::encode(raw, Compression::None);
-                    VersionRecord {
-                        codec: e.codec,
-                        checksum: e.checksum,
-                        raw_len: e.raw_len,
-                        body: Body::Inline(e.stored.into_owned()),
-                    }
-                }
-                Some(raw) => {
-                    let e = codec::encode(raw, self.compression);
-                    let (seg, offset) = g.append(&e.stored, &key.to_string())?;
-                    VersionRecord {
-                        codec: e.codec,
-                        checksum: e.checksum,
-                        raw_len: e.raw_len,
-                        body: Body::Segment {
-                            seg,
-                            offset,
-                            stored_len: e.stored.len() as u64,
-                        },
-                    }
-                }
-            };
+        for ((key, write), tip) in req.writes.iter().zip(tips) {
+            let record = record::encode_write(*key, write, tip, self.compression, |stored| {
+                g.append(stored, &key.to_string())
+            })?;
             records.push((*key, record));
         }
         let mut keys: Vec<Key> = records.iter().map(|(k, _)| *k).collect();
@@ -310,43 +297,43 @@ impl Storage for MemStorage {
             body_bytes_before: g.versions.values().map(|r| r.segment_bytes()).sum(),
             ..PackStats::default()
         };
+        let all: Vec<(Key, Tid, VersionRecord)> = g
+            .versions
+            .iter()
+            .map(|((k, t), r)| (*k, *t, r.clone()))
+            .collect();
         let removals = pack_removals(
-            g.versions
-                .iter()
-                .map(|((k, t), r)| (*k, *t, r.body == Body::Tombstone)),
+            all.iter()
+                .map(|(k, t, r)| (*k, *t, r.body == Body::Tombstone)),
             horizon,
         );
-        for k in &removals {
-            g.versions.remove(k);
-        }
         stats.versions_removed = removals.len() as u64;
+        let removed: std::collections::HashSet<(Key, Tid)> = removals.into_iter().collect();
         // Rewrite the live bodies contiguously, in key order, into a fresh memory file.
         let old = std::mem::take(&mut g.segments);
+        let open = |seg: u32| {
+            old.get(&seg)
+                .cloned()
+                .ok_or_else(|| Error::NotFound(format!("memory segment {seg}")))
+        };
         g.current_segment += 1;
         g.tail = 0;
-        let keys: Vec<(Key, Tid)> = g.versions.keys().copied().collect();
-        for (key, tid) in keys {
-            let Some(Body::Segment {
-                seg,
-                offset,
-                stored_len,
-            }) = g.versions.get(&(key, tid)).map(|r| r.body.clone())
-            else {
+        let mut versions = BTreeMap::new();
+        for (i, (key, tid, rec)) in all.iter().enumerate() {
+            if removed.contains(&(*key, *tid)) {
                 continue;
-            };
-            let file = old
-                .get(&seg)
-                .ok_or_else(|| Error::NotFound(format!("memory segment {seg}")))?;
-            let bytes = segment::read(file, offset, stored_len, &key.to_string())?;
-            let (new_seg, new_offset) = g.append(&bytes, &key.to_string())?;
-            if let Some(r) = g.versions.get_mut(&(key, tid)) {
-                r.body = Body::Segment {
-                    seg: new_seg,
-                    offset: new_offset,
-                    stored_len,
-                };
             }
+            let rec = match record::packed_payload(&all, i, &removed, self.compression, &open)? {
+                Some((bytes, mut rec)) => {
+                    let (seg, offset) = g.append(&bytes, &key.to_string())?;
+                    rec.body = rec.body.moved_to(seg, offset);
+                    rec
+                }
+                None => rec.clone(),
+            };
+            versions.insert((*key, *tid), rec);
         }
+        g.versions = versions;
         g.log = g.log.split_off(&Tid(horizon.0.saturating_add(1)));
         g.horizon = horizon;
         stats.versions_kept = g.versions.len() as u64;

@@ -30,6 +30,7 @@
 
 mod closable;
 pub(crate) mod codec;
+pub(crate) mod delta;
 mod lease;
 pub mod local;
 mod mem;
@@ -40,6 +41,7 @@ mod types;
 
 pub use closable::ClosableStorage;
 pub use codec::Compression;
+pub use delta::Piece;
 pub use lease::ReaderLease;
 pub use local::{LocalOptions, LocalStorage};
 pub use mem::MemStorage;

@@ -4,17 +4,22 @@
 //!
 //! | bytes | field |
 //! |---|---|
-//! | 0 | kind: 0 deletion marker, 1 inline payload, 2 payload in a segment |
+//! | 0 | kind: 0 deletion marker, 1 inline payload, 2 payload in a segment, 3 delta in a segment (format v2) |
 //! | 1 | compression code (0 none, 1 lz4, 2 zstd) |
 //! | 2..10 | xxh3-64 of the raw payload |
 //! | 10..18 | raw (uncompressed) length |
-//! | 18.. | kind 1: the stored bytes; kind 2: segment u32, offset u64, stored length u64 |
+//! | 18.. | kind 1: the stored bytes; kinds 2 and 3: segment u32, offset u64, stored length u64 |
+//! | 38.. | kind 3 only: depth u32, chain bytes u64, block length u64, run count u32, then per run first page u32, end page u32 |
+//!
+//! A delta's payload is its changed pages; the version it changes is the key's previous
+//! version ([`Chain`] collects them; `storage::delta` explains the scheme).
 
 use std::borrow::Cow;
 use std::fs::File;
 use std::sync::Arc;
 
 use super::codec::{self, Compression};
+use super::delta::{self, Delta, Tip};
 use super::{segment, Extent, Key, Located, Tid, Version};
 use crate::{Error, Result};
 
@@ -31,6 +36,53 @@ pub(crate) enum Body {
         offset: u64,
         stored_len: u64,
     },
+    /// Changed pages in a segment file, over the key's previous version.
+    Delta {
+        seg: u32,
+        offset: u64,
+        stored_len: u64,
+        delta: Delta,
+    },
+}
+
+impl Body {
+    /// Where the payload lies in a segment: segment, offset, stored length.
+    pub fn in_segment(&self) -> Option<(u32, u64, u64)> {
+        match *self {
+            Body::Segment {
+                seg,
+                offset,
+                stored_len,
+            }
+            | Body::Delta {
+                seg,
+                offset,
+                stored_len,
+                ..
+            } => Some((seg, offset, stored_len)),
+            _ => None,
+        }
+    }
+
+    /// The same body with its payload moved to `offset` of segment `seg`.
+    pub fn moved_to(&self, seg: u32, offset: u64) -> Body {
+        match self {
+            Body::Segment { stored_len, .. } => Body::Segment {
+                seg,
+                offset,
+                stored_len: *stored_len,
+            },
+            Body::Delta {
+                stored_len, delta, ..
+            } => Body::Delta {
+                seg,
+                offset,
+                stored_len: *stored_len,
+                delta: delta.clone(),
+            },
+            other => other.clone(),
+        }
+    }
 }
 
 /// One version of one key, as the index describes it.
@@ -62,6 +114,7 @@ impl VersionRecord {
             Body::Tombstone => 0,
             Body::Inline(_) => 1,
             Body::Segment { .. } => 2,
+            Body::Delta { .. } => 3,
         });
         out.push(self.codec.code());
         out.extend_from_slice(&self.checksum.to_le_bytes());
@@ -69,14 +122,21 @@ impl VersionRecord {
         match &self.body {
             Body::Tombstone => {}
             Body::Inline(bytes) => out.extend_from_slice(bytes),
-            Body::Segment {
-                seg,
-                offset,
-                stored_len,
-            } => {
+            Body::Segment { .. } | Body::Delta { .. } => {
+                let (seg, offset, stored_len) = self.body.in_segment().expect("in a segment");
                 out.extend_from_slice(&seg.to_le_bytes());
                 out.extend_from_slice(&offset.to_le_bytes());
                 out.extend_from_slice(&stored_len.to_le_bytes());
+            }
+        }
+        if let Body::Delta { delta, .. } = &self.body {
+            out.extend_from_slice(&delta.depth.to_le_bytes());
+            out.extend_from_slice(&delta.chain_bytes.to_le_bytes());
+            out.extend_from_slice(&delta.block_len.to_le_bytes());
+            out.extend_from_slice(&(delta.runs.len() as u32).to_le_bytes());
+            for r in &delta.runs {
+                out.extend_from_slice(&r.start.to_le_bytes());
+                out.extend_from_slice(&r.end.to_le_bytes());
             }
         }
         out
@@ -93,15 +153,37 @@ impl VersionRecord {
             return Err(corrupt("too short"));
         }
         let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+        let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
         let codec = Compression::from_code(bytes[1]).ok_or_else(|| corrupt("bad codec"))?;
+        const DELTA_FIXED: usize = HEADER + 20 + 24;
         let body = match bytes[0] {
             0 => Body::Tombstone,
             1 => Body::Inline(bytes[HEADER..].to_vec()),
             2 if bytes.len() == HEADER + 20 => Body::Segment {
-                seg: u32::from_le_bytes(bytes[HEADER..HEADER + 4].try_into().expect("4 bytes")),
+                seg: u32_at(HEADER),
                 offset: u64_at(HEADER + 4),
                 stored_len: u64_at(HEADER + 12),
             },
+            3 if bytes.len() >= DELTA_FIXED => {
+                let count = u32_at(DELTA_FIXED - 4) as usize;
+                if bytes.len() != DELTA_FIXED + 8 * count {
+                    return Err(corrupt("bad delta run count"));
+                }
+                let runs = (0..count)
+                    .map(|i| u32_at(DELTA_FIXED + 8 * i)..u32_at(DELTA_FIXED + 8 * i + 4))
+                    .collect();
+                Body::Delta {
+                    seg: u32_at(HEADER),
+                    offset: u64_at(HEADER + 4),
+                    stored_len: u64_at(HEADER + 12),
+                    delta: Delta {
+                        runs,
+                        depth: u32_at(HEADER + 20),
+                        chain_bytes: u64_at(HEADER + 24),
+                        block_len: u64_at(HEADER + 32),
+                    },
+                }
+            }
             _ => return Err(corrupt("bad kind or length")),
         };
         Ok(VersionRecord {
@@ -122,18 +204,10 @@ impl VersionRecord {
         Ok(Some(match &self.body {
             Body::Tombstone => return Ok(None),
             Body::Inline(bytes) => Cow::Borrowed(&bytes[..]),
-            Body::Segment {
-                seg,
-                offset,
-                stored_len,
-            } => {
-                let file = segment_file(*seg)?;
-                Cow::Owned(segment::read(
-                    &file,
-                    *offset,
-                    *stored_len,
-                    &key.to_string(),
-                )?)
+            Body::Segment { .. } | Body::Delta { .. } => {
+                let (seg, offset, stored_len) = self.body.in_segment().expect("in a segment");
+                let file = segment_file(seg)?;
+                Cow::Owned(segment::read(&file, offset, stored_len, &key.to_string())?)
             }
         }))
     }
@@ -196,23 +270,7 @@ impl VersionRecord {
                 offset,
                 stored_len,
             } if self.codec == Compression::None => {
-                let file = segment_file(*seg)?;
-                // Mapping bytes past the end of a (damaged, truncated) file would kill the
-                // process with SIGBUS on first touch: refuse here instead.
-                let size = file
-                    .metadata()
-                    .map_err(|e| Error::io("reading segment size", e))?
-                    .len();
-                if size < offset + stored_len {
-                    return Err(Error::Corrupt {
-                        key,
-                        tid,
-                        reason: format!(
-                            "segment {seg} is truncated ({size} bytes, the version ends at {})",
-                            offset + stored_len
-                        ),
-                    });
-                }
+                let file = checked_segment(key, tid, segment_file(*seg)?, *seg, offset + stored_len)?;
                 Located::Mapped(Extent {
                     file,
                     offset: *offset,
@@ -227,11 +285,282 @@ impl VersionRecord {
 
     /// Bytes the payload occupies in a segment (0 if not in one).
     pub fn segment_bytes(&self) -> u64 {
-        match self.body {
-            Body::Segment { stored_len, .. } => stored_len,
-            _ => 0,
+        self.body.in_segment().map_or(0, |(_, _, len)| len)
+    }
+
+    /// The chain this version ends, for planning the next one; `None` for a deletion.
+    pub fn tip(&self) -> Option<Tip> {
+        match &self.body {
+            Body::Tombstone => None,
+            Body::Delta { delta, .. } => Some(Tip {
+                depth: delta.depth,
+                chain_bytes: delta.chain_bytes,
+                block_len: delta.block_len,
+            }),
+            _ => Some(Tip {
+                depth: 0,
+                chain_bytes: 0,
+                block_len: self.raw_len,
+            }),
         }
     }
+
+    /// The delta this version stores, if it is one.
+    pub fn delta(&self) -> Option<&Delta> {
+        match &self.body {
+            Body::Delta { delta, .. } => Some(delta),
+            _ => None,
+        }
+    }
+}
+
+/// Encodes one write of a commit into a record: metadata records inline and uncompressed,
+/// block payloads (whole or a delta, see [`delta::plan`]) compressed with `compression` and
+/// stored by `append`, which returns the segment and offset it put them at. `tip` is the
+/// chain the key's current version ends (`None`: no version or a deletion).
+pub(crate) fn encode_write(
+    key: Key,
+    write: &super::Write,
+    tip: Option<Tip>,
+    compression: Compression,
+    mut append: impl FnMut(&[u8]) -> Result<(u32, u64)>,
+) -> Result<VersionRecord> {
+    if !key.is_block() {
+        let Some(raw) = write.bytes() else {
+            return Ok(VersionRecord::tombstone());
+        };
+        let e = codec::encode(raw, Compression::None);
+        return Ok(VersionRecord {
+            codec: e.codec,
+            checksum: e.checksum,
+            raw_len: e.raw_len,
+            body: Body::Inline(e.stored.into_owned()),
+        });
+    }
+    let (raw, delta) = match delta::plan(key, write, tip)? {
+        None => return Ok(VersionRecord::tombstone()),
+        Some(delta::Plan::Whole(bytes)) => (Cow::Borrowed(bytes), None),
+        Some(delta::Plan::Delta { payload, delta }) => (Cow::Owned(payload), Some(delta)),
+    };
+    let e = codec::encode(&raw, compression);
+    let (seg, offset) = append(&e.stored)?;
+    let stored_len = e.stored.len() as u64;
+    Ok(VersionRecord {
+        codec: e.codec,
+        checksum: e.checksum,
+        raw_len: e.raw_len,
+        body: match delta {
+            None => Body::Segment {
+                seg,
+                offset,
+                stored_len,
+            },
+            Some(delta) => Body::Delta {
+                seg,
+                offset,
+                stored_len,
+                delta,
+            },
+        },
+    })
+}
+
+/// For pack: the payload to copy for version `all[i]` (of `all`, every version of the store
+/// sorted by key and tid; `removed` are those pack drops), with its record (whose body pack
+/// then moves with [`Body::moved_to`]). `None` for versions without a segment payload.
+///
+/// A delta is folded into a whole version (composed, trailing zero pages dropped, compressed
+/// with `compression`) when the version it changes is removed (it is the one kept at the
+/// horizon) or when it is its key's newest version: what readers map most then takes one
+/// extent, and every chain still ends at a whole version. A delta's contents never change by
+/// folding its base, so the deltas kept over it stay valid.
+pub(crate) fn packed_payload(
+    all: &[(Key, Tid, VersionRecord)],
+    i: usize,
+    removed: &std::collections::HashSet<(Key, Tid)>,
+    compression: Compression,
+    segment_file: &dyn Fn(u32) -> Result<Arc<File>>,
+) -> Result<Option<(Vec<u8>, VersionRecord)>> {
+    let (key, tid, rec) = &all[i];
+    let Some((seg, offset, stored_len)) = rec.body.in_segment() else {
+        return Ok(None);
+    };
+    let previous = i.checked_sub(1).map(|p| &all[p]).filter(|p| p.0 == *key);
+    let newest = all.get(i + 1).is_none_or(|n| n.0 != *key);
+    let base_removed = previous.is_none_or(|p| removed.contains(&(p.0, p.1)));
+    if rec.delta().is_none() || !(newest || base_removed) {
+        let file = segment_file(seg)?;
+        let bytes = segment::read(&file, offset, stored_len, &key.to_string())?;
+        return Ok(Some((bytes, rec.clone())));
+    }
+    let chain = Chain::collect(*key, (*tid, rec.clone()), |before| {
+        let at = all.partition_point(|(k, t, _)| (*k, *t) <= (*key, before));
+        Ok(at
+            .checked_sub(1)
+            .map(|j| &all[j])
+            .filter(|(k, _, _)| k == key)
+            .map(|(_, t, r)| (*t, r.clone())))
+    })?;
+    let data = chain
+        .load(*key, segment_file)?
+        .map(|v| v.data)
+        .unwrap_or_default();
+    let e = codec::encode(&data[..delta::used_len(&data)], compression);
+    let record = VersionRecord {
+        codec: e.codec,
+        checksum: e.checksum,
+        raw_len: e.raw_len,
+        body: Body::Segment {
+            seg,
+            offset,
+            stored_len: e.stored.len() as u64,
+        },
+    };
+    Ok(Some((e.stored.into_owned(), record)))
+}
+
+/// A version and the versions it is stored over: a whole version first, then deltas, oldest
+/// first; the version read is the last. A version that is not a delta is a chain of one.
+#[derive(Clone, Debug)]
+pub(crate) struct Chain(Vec<(Tid, VersionRecord)>);
+
+impl Chain {
+    /// The chain of `newest`: while the oldest version collected is a delta, `previous(tid)`
+    /// gives the key's version just before `tid`.
+    pub fn collect(
+        key: Key,
+        newest: (Tid, VersionRecord),
+        mut previous: impl FnMut(Tid) -> Result<Option<(Tid, VersionRecord)>>,
+    ) -> Result<Chain> {
+        let mut versions = vec![newest];
+        loop {
+            let (tid, oldest) = versions.last().expect("never empty");
+            let Some(depth) = oldest.delta().map(|d| d.depth) else {
+                break;
+            };
+            let tid = *tid;
+            let corrupt = |reason: &str| Error::Corrupt {
+                key,
+                tid,
+                reason: reason.into(),
+            };
+            if versions.len() > delta::MAX_DEPTH as usize + 1 || depth as usize > delta::MAX_DEPTH as usize {
+                return Err(corrupt("delta chain longer than the format allows"));
+            }
+            match previous(Tid(tid.0.saturating_sub(1)))? {
+                Some((t, rec)) if t < tid && rec.body != Body::Tombstone => versions.push((t, rec)),
+                _ => return Err(corrupt("delta without the version it changes")),
+            }
+        }
+        versions.reverse();
+        Ok(Chain(versions))
+    }
+
+    /// The version read (the newest of the chain).
+    pub fn version(&self) -> (Tid, &VersionRecord) {
+        let (tid, rec) = self.0.last().expect("never empty");
+        (*tid, rec)
+    }
+
+    /// Copies the composed version out. `None` for a deletion.
+    pub fn load(
+        &self,
+        key: Key,
+        segment_file: &dyn Fn(u32) -> Result<Arc<File>>,
+    ) -> Result<Option<Version>> {
+        let (tid, rec) = self.version();
+        let Some(delta) = rec.delta() else {
+            return rec.load(key, tid, segment_file);
+        };
+        let mut data = vec![0u8; delta.block_len as usize];
+        let n = self.load_into(key, segment_file, &mut data)?;
+        data.truncate(n.unwrap_or(0));
+        Ok(Some(Version { tid, data }))
+    }
+
+    /// Composes the version into the front of `out`; the length written. `None` for a
+    /// deletion.
+    pub fn load_into(
+        &self,
+        key: Key,
+        segment_file: &dyn Fn(u32) -> Result<Arc<File>>,
+        out: &mut [u8],
+    ) -> Result<Option<usize>> {
+        let (tid, rec) = self.version();
+        let Some(newest) = rec.delta() else {
+            return rec.load_into(key, tid, segment_file, out);
+        };
+        let len = newest.block_len as usize;
+        let room = out.len();
+        let out = out.get_mut(..len).ok_or_else(|| Error::Corrupt {
+            key,
+            tid,
+            reason: format!("composed length {len} exceeds the {room} bytes it must fit in"),
+        })?;
+        let (base_tid, base) = &self.0[0];
+        let n = base
+            .load_into(key, *base_tid, segment_file, out)?
+            .unwrap_or(0);
+        out[n.min(len)..].fill(0);
+        for (tid, rec) in &self.0[1..] {
+            let delta = rec.delta().expect("a chain is a whole version, then deltas");
+            let payload = rec
+                .load(key, *tid, segment_file)?
+                .map(|v| v.data)
+                .unwrap_or_default();
+            delta::apply(delta, &payload, out, key, *tid)?;
+        }
+        Ok(Some(len))
+    }
+
+    /// Says where the composed version lies: [`Located::Mapped`] for an uncompressed whole
+    /// version, [`Located::Pieces`] for uncompressed deltas over one, else
+    /// [`Located::CopyOnly`].
+    pub fn locate(
+        &self,
+        key: Key,
+        segment_file: &dyn Fn(u32) -> Result<Arc<File>>,
+    ) -> Result<Located> {
+        let (tid, rec) = self.version();
+        let Some(newest) = rec.delta() else {
+            return rec.locate(key, tid, segment_file);
+        };
+        let (base_tid, base) = &self.0[0];
+        let Located::Mapped(base) = base.locate(key, *base_tid, segment_file)? else {
+            return Ok(Located::CopyOnly(tid));
+        };
+        let mut deltas = Vec::with_capacity(self.0.len() - 1);
+        for (tid, rec) in &self.0[1..] {
+            let (Body::Delta { seg, offset, stored_len, delta }, Compression::None) =
+                (&rec.body, rec.codec)
+            else {
+                return Ok(Located::CopyOnly(*tid));
+            };
+            let file = checked_segment(key, *tid, segment_file(*seg)?, *seg, offset + stored_len)?;
+            deltas.push((file, *offset, delta));
+        }
+        Ok(Located::Pieces {
+            tid,
+            pieces: delta::pieces(Some((base.file, base.offset, base.len)), &deltas, newest.block_len),
+        })
+    }
+}
+
+/// `file` (segment `seg`) if it holds at least `end` bytes: mapping bytes past the end of a
+/// (damaged, truncated) file would kill the process with SIGBUS on first touch.
+fn checked_segment(key: Key, tid: Tid, file: Arc<File>, seg: u32, end: u64) -> Result<Arc<File>> {
+    let size = file
+        .metadata()
+        .map_err(|e| Error::io("reading segment size", e))?
+        .len();
+    if size < end {
+        return Err(Error::Corrupt {
+            key,
+            tid,
+            reason: format!("segment {seg} is truncated ({size} bytes, the version ends at {end})"),
+        });
+    }
+    Ok(file)
 }
 
 /// Serialises a commit-log entry: user, description, then the changed keys.
@@ -298,6 +627,17 @@ mod tests {
                 offset: 8192,
                 stored_len: 100,
             },
+            Body::Delta {
+                seg: 7,
+                offset: 8192,
+                stored_len: 100,
+                delta: Delta {
+                    runs: vec![0..2, 5..6],
+                    depth: 3,
+                    chain_bytes: 9 * 4096,
+                    block_len: 6 * 4096,
+                },
+            },
         ] {
             let r = VersionRecord {
                 codec: Compression::Lz4,
@@ -308,6 +648,26 @@ mod tests {
             assert_eq!(VersionRecord::decode(&r.encode(), key, Tid(1)).unwrap(), r);
         }
         assert!(VersionRecord::decode(&[2, 0, 1], key, Tid(1)).is_err());
+        // A delta record whose run count disagrees with its length.
+        let mut bad = VersionRecord {
+            codec: Compression::None,
+            checksum: 0,
+            raw_len: 4096,
+            body: Body::Delta {
+                seg: 1,
+                offset: 0,
+                stored_len: 4096,
+                delta: Delta {
+                    runs: vec![0..1],
+                    depth: 1,
+                    chain_bytes: 4096,
+                    block_len: 4096,
+                },
+            },
+        }
+        .encode();
+        bad.pop();
+        assert!(VersionRecord::decode(&bad, key, Tid(1)).is_err());
     }
 
     #[test]

@@ -128,16 +128,27 @@ pub enum Write {
     Store(Vec<u8>),
     /// A new version with bytes read from `Payload` during the commit.
     StoreFrom(Arc<dyn Payload>),
+    /// A new version of a block that differs from the version the writer read (at the
+    /// commit's `base`; first committer wins makes it the current one) only in `pages`:
+    /// ascending, disjoint ranges of 4 KiB page indices. `from` holds the complete new
+    /// contents (read during the commit); the store may keep just the changed pages (a delta,
+    /// format v2) or the whole version.
+    Pages {
+        /// The changed pages, as page-index ranges.
+        pages: Vec<std::ops::Range<u32>>,
+        /// The complete new contents of the block.
+        from: Arc<dyn Payload>,
+    },
     /// A deletion marker: from this tid on the key reads as absent (a hole for blocks).
     Delete,
 }
 
 impl Write {
-    /// The bytes of a new version, `None` for a deletion.
+    /// The complete bytes of a new version, `None` for a deletion.
     pub fn bytes(&self) -> Option<&[u8]> {
         match self {
             Write::Store(v) => Some(v),
-            Write::StoreFrom(p) => Some(p.bytes()),
+            Write::StoreFrom(p) | Write::Pages { from: p, .. } => Some(p.bytes()),
             Write::Delete => None,
         }
     }
@@ -229,6 +240,15 @@ pub enum Located {
     Absent,
     /// An uncompressed version lying in a file; map it.
     Mapped(Extent),
+    /// An uncompressed version stored as changed pages over older versions (format v2
+    /// deltas), all lying in files: map each piece at its place in the block; gaps read as
+    /// zeros.
+    Pieces {
+        /// The version's tid.
+        tid: Tid,
+        /// Where each part of the composed block lies, ascending by `at`.
+        pieces: Vec<super::delta::Piece>,
+    },
     /// A version that exists but can only be copied out with `load` (compressed, inline or
     /// remote); the tid tells which version.
     CopyOnly(Tid),
@@ -240,7 +260,7 @@ impl Located {
         match self {
             Located::Absent => None,
             Located::Mapped(e) => Some(e.tid),
-            Located::CopyOnly(t) => Some(*t),
+            Located::Pieces { tid, .. } | Located::CopyOnly(tid) => Some(*tid),
         }
     }
 }

@@ -57,11 +57,27 @@ pub enum Backing {
         /// Bytes of the block stored there (at most the block size).
         len: u64,
     },
+    /// Parts of the block lying in files (a version stored as changed pages over an older
+    /// one): each mapped at its place; the rest of the block reads as zeros.
+    Pieces(Vec<FilePiece>),
     /// Bytes that cannot be mapped (compressed or remote), decoded by the caller.
     Bytes(Vec<u8>),
     /// A version fetched when first touched (through userfaultfd; where that is unusable,
     /// fetched at once and handled as [`Backing::Bytes`]).
     Fetch(Arc<dyn Fetch>),
+}
+
+/// `len` bytes at page-aligned `offset` of `file` that are the block's bytes from `at` on.
+#[derive(Clone, Debug)]
+pub struct FilePiece {
+    /// Byte offset within the block, a multiple of 4096.
+    pub at: usize,
+    /// The file (a segment), open for reading.
+    pub file: Arc<File>,
+    /// Byte offset in the file, a multiple of 4096.
+    pub offset: u64,
+    /// Length in bytes (`at + len` at most the block size).
+    pub len: usize,
 }
 
 impl std::fmt::Debug for dyn Fetch {
@@ -95,6 +111,8 @@ enum Mapped {
         offset: u64,
     },
     Decoded,
+    /// Pieces of files over zeros, needing this many kernel mappings.
+    Pieces(usize),
     /// Fetched on first touch (userfaultfd).
     Remote,
 }
@@ -203,6 +221,39 @@ impl Fetch for FileExtent {
 
     fn describe(&self) -> String {
         format!("{} bytes at offset {} of a segment", self.len, self.offset)
+    }
+}
+
+/// A block made of file pieces, read when first touched (fetch mode).
+struct FilePieces(Vec<FilePiece>);
+
+impl Fetch for FilePieces {
+    fn fetch(&self) -> Result<Vec<u8>> {
+        let len = self.0.last().map_or(0, |p| p.at + p.len);
+        let mut out = vec![0u8; len];
+        self.fetch_into(&mut out)?;
+        Ok(out)
+    }
+
+    fn fetch_into(&self, out: &mut [u8]) -> Result<usize> {
+        let mut end = 0;
+        for p in &self.0 {
+            out.get_mut(end..p.at)
+                .ok_or_else(|| Error::InvalidArgument(format!("{}: unordered", self.describe())))?
+                .fill(0);
+            let target = out.get_mut(p.at..p.at + p.len).ok_or_else(|| {
+                Error::InvalidArgument(format!("{}: larger than a block", self.describe()))
+            })?;
+            p.file
+                .read_exact_at(target, p.offset)
+                .map_err(|e| Error::io(format!("reading {}", self.describe()), e))?;
+            end = p.at + p.len;
+        }
+        Ok(end)
+    }
+
+    fn describe(&self) -> String {
+        format!("a block of {} pieces of segments", self.0.len())
     }
 }
 
@@ -408,6 +459,9 @@ impl BlockMemory {
                     Backing::File { file, offset, len } if state.fetch_mode => {
                         Backing::Fetch(Arc::new(FileExtent { file, offset, len }))
                     }
+                    Backing::Pieces(pieces) if state.fetch_mode => {
+                        Backing::Fetch(Arc::new(FilePieces(pieces)))
+                    }
                     Backing::Hole if state.fetch_mode => Backing::Fetch(Arc::new(Zeros)),
                     other => other,
                 };
@@ -535,6 +589,24 @@ impl BlockMemory {
                     offset,
                 }
             }
+            Backing::Pieces(pieces) => {
+                // Zeros under the pieces; each piece then replaces its part (one kernel
+                // mapping per piece and per gap between them).
+                self.map_anonymous(block, 0, self.blksize)?;
+                let mut mappings = 1;
+                for p in &pieces {
+                    if p.at + p.len > self.blksize {
+                        return Err(Error::InvalidArgument(format!(
+                            "a piece at byte {} of {} bytes exceeds the {}-byte block {block}",
+                            p.at, p.len, self.blksize
+                        )));
+                    }
+                    let len = p.len.div_ceil(PAGE) * PAGE;
+                    self.map_file_at(block, p.at, &p.file, p.offset, len)?;
+                    mappings += 2;
+                }
+                Mapped::Pieces(mappings)
+            }
             Backing::Fetch(fetch) => {
                 match self
                     .reservation
@@ -620,7 +692,20 @@ impl BlockMemory {
         len: usize,
     ) -> Result<()> {
         debug_assert!(len <= nblocks * self.blksize);
-        let addr = self.block_ptr(block);
+        self.map_file_at(block, 0, file, offset, len)
+    }
+
+    /// Maps `len` bytes at `offset` of `file` over the bytes `from..from + len` of `block`
+    /// and those after it (page-aligned; callers check the range lies in the reservation).
+    fn map_file_at(
+        &self,
+        block: u64,
+        from: usize,
+        file: &File,
+        offset: u64,
+        len: usize,
+    ) -> Result<()> {
+        let addr = self.block_ptr(block).wrapping_add(from);
         // SAFETY: `addr..addr+len` lies inside our reservation (callers checked the block
         // range), which only this object maps into; MAP_FIXED replaces exactly that range.
         let r = unsafe {
@@ -635,7 +720,10 @@ impl BlockMemory {
         };
         if r == libc::MAP_FAILED {
             return Err(map_error(
-                format!("mapping block {block} (+{nblocks}) from a segment at offset {offset}"),
+                format!(
+                    "mapping {len} bytes of block {block} (from byte {from}) from a segment at \
+                     offset {offset}"
+                ),
                 std::io::Error::last_os_error(),
             ));
         }
@@ -1032,7 +1120,9 @@ impl BlockMemory {
                 | (Some((pb, Mapped::Remote)), Mapped::Remote) => pb + 1 == b,
                 _ => false,
             };
-            if !continues {
+            if let Mapped::Pieces(n) = m {
+                runs += n;
+            } else if !continues {
                 runs += 1;
             }
             prev = Some((b, m));

@@ -12,7 +12,7 @@ mod reservation;
 mod uffd;
 
 pub use dirty::{method as scan_method, ScanMethod, PAGE};
-pub use mapped::{live_memories, max_map_count, Backing, BlockMemory, BlockSource};
+pub use mapped::{live_memories, max_map_count, Backing, BlockMemory, BlockSource, FilePiece};
 pub use reservation::{Reservation, ALIGN};
 pub use uffd::{stats as fault_stats, FaultStats, Fetch};
 

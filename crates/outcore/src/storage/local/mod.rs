@@ -42,9 +42,10 @@ use std::sync::{Arc, Mutex, Weak};
 use heed::types::{Bytes, Str};
 use heed::{Database, Env, EnvFlags, EnvOpenOptions, MdbError, RoTxn, RwTxn, WithoutTls};
 
-use super::codec::{self, Compression};
+use super::codec::Compression;
 use super::lease::pack_removals;
-use super::record::{decode_log, encode_log, Body, VersionRecord};
+use super::delta::Tip;
+use super::record::{self, decode_log, encode_log, Body, Chain, VersionRecord};
 use super::{
     segment, CommitRequest, Key, Located, Oid, PackStats, Storage, Tid, TxnInfo, VerifyReport,
     Version, Write,
@@ -53,8 +54,12 @@ use crate::{Error, Result};
 use files::{nearly_full, sync_dir, SegmentDir, Uncommitted};
 use leases::LeaseDir;
 
-/// The on-disk format version this code writes and reads.
-const FORMAT_VERSION: u64 = 1;
+/// The on-disk format version this code writes (format 1 stores are read as they are and
+/// upgraded by their first commit that stores a delta).
+const FORMAT_VERSION: u64 = 2;
+
+/// The oldest format version this code reads.
+const OLDEST_FORMAT: u64 = 1;
 
 /// How to open a [`LocalStorage`].
 #[derive(Clone, Debug)]
@@ -309,10 +314,12 @@ impl Shared {
             put_u64(&meta, &mut wtxn, META_NEXT_OID, 1)?;
             meta.put(&mut wtxn, META_COMPRESSION, &[options.compression.code()])?;
             options.compression
-        } else if format != FORMAT_VERSION {
+        } else if !(OLDEST_FORMAT..=FORMAT_VERSION).contains(&format) {
             return Err(Error::Format {
                 path: dir,
-                reason: format!("format version {format}, this build reads {FORMAT_VERSION}"),
+                reason: format!(
+                    "format version {format}, this build reads {OLDEST_FORMAT} to {FORMAT_VERSION}"
+                ),
             });
         } else {
             stored_compression(&meta, &wtxn, &dir)?
@@ -380,10 +387,12 @@ impl Shared {
             .open_database(&rtxn, Some("meta"))?
             .ok_or_else(not_a_store)?;
         let format = get_u64(&meta, &rtxn, META_FORMAT)?;
-        if format != FORMAT_VERSION {
+        if !(OLDEST_FORMAT..=FORMAT_VERSION).contains(&format) {
             return Err(Error::Format {
                 path: dir,
-                reason: format!("format version {format}, this build reads {FORMAT_VERSION}"),
+                reason: format!(
+                    "format version {format}, this build reads {OLDEST_FORMAT} to {FORMAT_VERSION}"
+                ),
             });
         }
         let compression = stored_compression(&meta, &rtxn, &dir)?;
@@ -476,13 +485,14 @@ impl Shared {
         }
     }
 
-    /// Runs a read against a fresh index snapshot, retrying once if a concurrent pack deleted
-    /// the segment the snapshot named between the index read and the file open.
+    /// Runs a read of the version of `key` at `at` (with the versions it is a delta over)
+    /// against a fresh index snapshot, retrying if a concurrent pack deleted the segment the
+    /// snapshot named between the index read and the file open.
     fn read_segment_retrying<T>(
         &self,
         key: Key,
         at: Tid,
-        mut f: impl FnMut(&VersionRecord, Tid, &dyn Fn(u32) -> Result<Arc<File>>) -> Result<T>,
+        mut f: impl FnMut(&Chain, &dyn Fn(u32) -> Result<Arc<File>>) -> Result<T>,
         absent: impl Fn() -> T,
     ) -> Result<T> {
         let mut attempt = 0;
@@ -494,12 +504,13 @@ impl Shared {
                 // Nothing at `at`: a hole, or a version pack removed? (See `check_horizon`.)
                 self.check_horizon(&txn, at)?;
             }
-            drop(txn);
-            let Some((tid, rec)) = found else {
+            let Some(found) = found else {
                 return Ok(absent());
             };
+            let chain = Chain::collect(key, found, |before| self.newest(&txn, key, before))?;
+            drop(txn);
             let open = |seg: u32| self.segments.reader(seg, epoch);
-            match f(&rec, tid, &open) {
+            match f(&chain, &open) {
                 Err(Error::Io { source, .. })
                     if source.kind() == std::io::ErrorKind::NotFound && attempt < 2 =>
                 {
@@ -510,24 +521,17 @@ impl Shared {
         }
     }
 
-    /// Encodes one write into a record, appending block bodies to `seg` at `tail`.
+    /// Encodes one write into a record (see [`record::encode_write`]), appending block bodies
+    /// to segment `seg_state.0` at `seg_state.1`, or to a new segment once that one is full.
     fn prepare(
         &self,
         key: Key,
         write: &Write,
+        tip: Option<Tip>,
         out: &mut Option<(File, u32)>,
         seg_state: &mut (u32, u64),
     ) -> Result<VersionRecord> {
-        let Some(raw) = write.bytes() else {
-            return Ok(VersionRecord::tombstone());
-        };
-        let codec = if key.is_block() {
-            self.compression
-        } else {
-            Compression::None
-        };
-        let e = codec::encode(raw, codec);
-        let body = if key.is_block() {
+        record::encode_write(key, write, tip, self.compression, |stored| {
             if out.is_none() {
                 let (seg, tail) = seg_state;
                 let fresh = *tail >= self.segment_bytes;
@@ -538,21 +542,9 @@ impl Shared {
                 *out = Some((self.segments.writer(*seg, fresh || *tail == 0)?, *seg));
             }
             let (file, seg) = out.as_ref().expect("segment opened above");
-            let offset = segment::append(file, seg_state.1, &e.stored, &key.to_string())?;
-            seg_state.1 = offset + e.stored.len() as u64;
-            Body::Segment {
-                seg: *seg,
-                offset,
-                stored_len: e.stored.len() as u64,
-            }
-        } else {
-            Body::Inline(e.stored.into_owned())
-        };
-        Ok(VersionRecord {
-            codec: e.codec,
-            checksum: e.checksum,
-            raw_len: e.raw_len,
-            body,
+            let offset = segment::append(file, seg_state.1, stored, &key.to_string())?;
+            seg_state.1 = offset + stored.len() as u64;
+            Ok((*seg, offset))
         })
     }
 }
@@ -592,7 +584,7 @@ impl Storage for LocalStorage {
         self.shared.read_segment_retrying(
             key,
             at,
-            |rec, tid, open| rec.load(key, tid, open),
+            |chain, open| chain.load(key, open),
             || None,
         )
     }
@@ -601,7 +593,7 @@ impl Storage for LocalStorage {
         self.shared.read_segment_retrying(
             key,
             at,
-            |rec, tid, open| rec.load_into(key, tid, open, out),
+            |chain, open| chain.load_into(key, open, out),
             || None,
         )
     }
@@ -610,7 +602,7 @@ impl Storage for LocalStorage {
         self.shared.read_segment_retrying(
             key,
             at,
-            |rec, tid, open| rec.locate(key, tid, open),
+            |chain, open| chain.locate(key, open),
             || Located::Absent,
         )
     }
@@ -675,8 +667,10 @@ impl Shared {
     fn commit(&self, req: CommitRequest) -> Result<Tid> {
         let s = self;
         let mut txn = s.env.write_txn()?;
+        let mut tips = Vec::with_capacity(req.writes.len());
         for (key, _) in &req.writes {
-            if let Some((committed, _)) = s.newest(&txn, *key, Tid::MAX)? {
+            let current = s.newest(&txn, *key, Tid::MAX)?;
+            if let Some((committed, _)) = current {
                 if committed > req.base {
                     return Err(Error::Conflict {
                         key: *key,
@@ -685,6 +679,7 @@ impl Shared {
                     });
                 }
             }
+            tips.push(current.and_then(|(_, rec)| rec.tip()));
         }
         let tid = Tid::next_after(Tid(get_u64(&s.meta, &txn, META_HEAD)?));
         let mut seg_state = (
@@ -695,11 +690,18 @@ impl Shared {
         let appended = Uncommitted::new(&s.segments, seg_state.0, seg_state.1);
         let mut segment_file = None;
         let mut records = Vec::with_capacity(req.writes.len());
-        for (key, write) in &req.writes {
+        for ((key, write), tip) in req.writes.iter().zip(tips) {
             records.push((
                 *key,
-                s.prepare(*key, write, &mut segment_file, &mut seg_state)?,
+                s.prepare(*key, write, tip, &mut segment_file, &mut seg_state)?,
             ));
+        }
+        if records.iter().any(|(_, r)| r.delta().is_some())
+            && get_u64(&s.meta, &txn, META_FORMAT)? < FORMAT_VERSION
+        {
+            // The first delta in a store written by format 1 upgrades it, atomically with
+            // the commit: builds that read only format 1 refuse it from now on.
+            put_u64(&s.meta, &mut txn, META_FORMAT, FORMAT_VERSION)?;
         }
         if let Some((file, _)) = &segment_file {
             file.sync_data()
@@ -841,25 +843,17 @@ impl Shared {
         let written = Uncommitted::new(&s.segments, current, get_u64(&s.meta, &txn, META_TAIL)?);
         let mut seg_state = (first_new, 0u64);
         let mut out: Option<(File, u32)> = None;
-        for (key, tid, mut rec) in all {
-            if removed.contains(&(key, tid)) {
+        let open = |seg: u32| s.segments.reader(seg, epoch);
+        for (i, (key, tid, _)) in all.iter().enumerate() {
+            if removed.contains(&(*key, *tid)) {
                 continue;
             }
             stats.versions_kept += 1;
-            let Body::Segment {
-                seg,
-                offset,
-                stored_len,
-            } = rec.body
+            let Some((bytes, mut rec)) =
+                record::packed_payload(&all, i, &removed, s.compression, &open)?
             else {
                 continue;
             };
-            let bytes = segment::read(
-                &*s.segments.reader(seg, epoch)?,
-                offset,
-                stored_len,
-                &key.to_string(),
-            )?;
             if seg_state.1 >= s.segment_bytes {
                 if let Some((f, _)) = out.take() {
                     f.sync_data().map_err(|e| Error::io("syncing segment", e))?;
@@ -871,15 +865,11 @@ impl Shared {
             }
             let (file, _) = out.as_ref().expect("opened above");
             let new_offset = segment::append(file, seg_state.1, &bytes, &key.to_string())?;
-            seg_state.1 = new_offset + stored_len;
-            rec.body = Body::Segment {
-                seg: seg_state.0,
-                offset: new_offset,
-                stored_len,
-            };
-            stats.body_bytes_after += stored_len;
+            seg_state.1 = new_offset + bytes.len() as u64;
+            rec.body = rec.body.moved_to(seg_state.0, new_offset);
+            stats.body_bytes_after += bytes.len() as u64;
             s.versions
-                .put(&mut txn, &version_key(key, tid)[..], &rec.encode())?;
+                .put(&mut txn, &version_key(*key, *tid)[..], &rec.encode())?;
         }
         if let Some((f, _)) = out {
             f.sync_data().map_err(|e| Error::io("syncing segment", e))?;
