@@ -9,7 +9,9 @@ bench/results/RESULTS.md and bench/results/chart.png.
     python bench/run.py --full --only scan,fault --pg postgresql://...
 
 Workloads: scan, fault, write, append, demo, pg (pg runs when --pg or OUTCORE_TEST_PG gives a
-postgresql:// url). Run from any interpreter: it re-executes itself under bench/.venv.
+postgresql:// url); storage format v2 (issue 15): small-commits, many-small, resize,
+deltas-scan; write path (issue 16): write-new, write-rewrite, mapping-budget. Run from any
+interpreter: it re-executes itself under bench/.venv.
 """
 
 import argparse
@@ -21,7 +23,21 @@ import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VENV_PYTHON = os.path.join(HERE, ".venv", "bin", "python")
-WORKLOADS = ("scan", "fault", "write", "append", "demo", "pg")
+WORKLOADS = (
+    "scan",
+    "fault",
+    "write",
+    "append",
+    "demo",
+    "pg",
+    "small-commits",
+    "many-small",
+    "resize",
+    "deltas-scan",
+    "write-new",
+    "write-rewrite",
+    "mapping-budget",
+)
 
 
 def reexec_in_venv():
@@ -58,7 +74,7 @@ def parse_args(argv):
     p.add_argument(
         "--out", default=os.path.join(HERE, "results"), help="where RESULTS.md and chart.png go"
     )
-    p.add_argument("--size-mib", type=int, help="array size of workloads 1-3")
+    p.add_argument("--size-mib", type=int, help="array size of workloads 1-3, write-new/-rewrite")
     p.add_argument("--cache-mib", type=int, help="outcore's budget (cache_bytes)")
     p.add_argument("--slab-mib", type=int, help="bytes per read of h5py, zarr, TensorStore scans")
     p.add_argument("--rounds", type=int, help="timed repetitions (medians are reported)")
@@ -87,7 +103,22 @@ def main(argv=None):
     sys.path.insert(0, HERE)
     args = parse_args(argv if argv is not None else sys.argv[1:])
     try:
-        from suite import append, common, demo, pg, read, report, systems, write
+        from suite import (
+            append,
+            common,
+            deltas,
+            demo,
+            many_small,
+            mappings,
+            pg,
+            read,
+            report,
+            resize,
+            small_commits,
+            systems,
+            write,
+            write_fill,
+        )
     except ImportError as e:
         sys.exit(f"{e}: bench/.venv is incomplete; run `bash bench/setup.sh`")
 
@@ -146,6 +177,13 @@ def main(argv=None):
         run("append", lambda: append.append(cfg, log))
         run("demo", lambda: demo.demo(cfg, log))
         run("pg", lambda: pg.pg(cfg, data, log))
+        run("small-commits", lambda: small_commits.small_commits(cfg, log))
+        run("many-small", lambda: many_small.many_small(cfg, log))
+        run("resize", lambda: resize.resize(cfg, log))
+        run("deltas-scan", lambda: deltas.deltas_scan(cfg, log))
+        run("write-new", lambda: write_fill.write_new(cfg, log))
+        run("write-rewrite", lambda: write_fill.write_rewrite(cfg, log))
+        run("mapping-budget", lambda: mappings.mapping_budget(cfg, log))
     finally:
         if not args.keep:
             common.remove(cfg.dir)

@@ -38,6 +38,13 @@ class Config:
     demo_worksize: int  # bytes (workload 5)
     demo_cache: int  # bytes (workload 5)
     pg_size: int  # bytes (workload 6)
+    commits: int  # one-row appends, each durably committed (small-commits)
+    small_arrays: int  # 8 KB arrays (many-small)
+    deltas_size: int  # bytes of the array of deltas-scan
+    deltas_commits: int  # one-element commits of deltas-scan
+    map_size: int  # bytes of the array of mapping-budget
+    map_commits: int  # commits of mapping-budget ...
+    map_pages: int  # ... each rewriting this many random 4 KiB pages
     dir: str = "/var/tmp/outcore-bench"  # run.py makes a fresh one per run
     pg_url: str | None = None
     seed: int = 7
@@ -59,6 +66,13 @@ class Config:
             demo_worksize=256 * MiB,
             demo_cache=32 * MiB,
             pg_size=64 * MiB,
+            commits=500,
+            small_arrays=100,
+            deltas_size=256 * MiB,
+            deltas_commits=100,
+            map_size=32 * MiB,
+            map_commits=10,
+            map_pages=200,
         )
 
     @classmethod
@@ -78,6 +92,13 @@ class Config:
             demo_worksize=4 * GiB,
             demo_cache=512 * MiB,
             pg_size=4 * GiB,
+            commits=10_000,
+            small_arrays=1000,
+            deltas_size=4 * GiB,
+            deltas_commits=1000,
+            map_size=512 * MiB,
+            map_commits=50,
+            map_pages=2000,
         )
 
     @property

@@ -45,17 +45,26 @@ def outcore_open(path, cache, compression=None, readonly=False):
 
 def outcore_build(path, data, cache, compression=None, chunk=256 * MiB):
     """Stores ``data`` as root["A"], committing every ``chunk`` bytes (bounded dirty memory)."""
+    outcore_build_from(path, len(data), lambda lo, hi: data[lo:hi], cache, compression, chunk)
+
+
+def outcore_build_from(path, n, source, cache, compression=None, chunk=256 * MiB):
+    """Stores ``n`` float64 as root["A"], elements ``lo..hi`` being ``source(lo, hi)``,
+    committing every ``chunk`` bytes; returns the exact sum of what it stored."""
     remove(path)
     db, conn, tm = outcore_open(path, cache, compression)
-    conn.root()["A"] = A = outcore.BigArray(data.shape, np.float64)
+    conn.root()["A"] = A = outcore.BigArray((n,), np.float64)
     tm.commit()
     # Dirty blocks of a fault-filled store stay in its RAM budget until the commit.
     blocks = max(1, min(chunk, cache // 2) // (2 * MiB))
-    step = blocks * BLOCK_ELEMS
-    for lo, hi in slabs(len(data), step):
-        A[lo:hi] = data[lo:hi]
+    total = 0.0
+    for lo, hi in slabs(n, blocks * BLOCK_ELEMS):
+        part = source(lo, hi)
+        A[lo:hi] = part
+        total += float(np.sum(part))
         tm.commit()
     db.close()
+    return total
 
 
 class OutcoreReader:
