@@ -449,6 +449,157 @@ fn compressible_blocks(fx: &Fixture, compressed: bool) {
     }
 }
 
+/// Bytes held by a block source standing in for array memory.
+struct Held(Vec<u8>);
+
+impl outcore::storage::Payload for Held {
+    fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// The bytes of `key` at `at`, through `load` (zero-padded to `len`) and, where the store
+/// maps, through `locate` (pieces or an extent read from their files).
+fn read_block(fx: &Fixture, key: Key, at: Tid, len: usize) -> Vec<u8> {
+    let s = &*fx.store;
+    let mut loaded = s.load(key, at).unwrap().map(|v| v.data).unwrap_or_default();
+    assert!(
+        loaded.len() <= len,
+        "{} bytes loaded of a {len}-byte block",
+        loaded.len()
+    );
+    loaded.resize(len, 0);
+    let mut into = vec![0xAAu8; len];
+    let n = s.load_into(key, at, &mut into).unwrap().unwrap_or(0);
+    into[n..].fill(0);
+    assert!(into == loaded, "load_into and load disagree at {at}");
+    let mut mapped = vec![0u8; len];
+    match s.locate(key, at).unwrap() {
+        Located::Mapped(e) => e
+            .file
+            .read_exact_at(&mut mapped[..e.len as usize], e.offset)
+            .unwrap(),
+        Located::Pieces { pieces, .. } => {
+            for p in pieces {
+                let (at, n) = (p.at as usize, p.len as usize);
+                p.file
+                    .read_exact_at(&mut mapped[at..at + n], p.offset)
+                    .unwrap();
+            }
+        }
+        Located::Absent | Located::CopyOnly(_) => return loaded,
+    }
+    assert!(
+        mapped == loaded,
+        "the located pieces and load disagree at {at}"
+    );
+    loaded
+}
+
+/// Format v2: blocks are stored short and small changes as page deltas; every read path
+/// composes the same bytes at every snapshot, before and after pack, and the store grows by
+/// the changed pages, not by whole blocks.
+fn page_deltas(fx: &Fixture) {
+    const PAGES: usize = 64;
+    const LEN: usize = PAGES * 4096;
+    let s = &*fx.store;
+    let f = fresh_file(s);
+    let k = block(f, 0);
+    // 40 pages of data, 24 of zeros: stored short.
+    let mut current = noise(7, LEN);
+    current[40 * 4096..].fill(0);
+    let mut tid = s
+        .commit(CommitRequest {
+            base: s.head().unwrap(),
+            writes: vec![(k, Write::StoreFrom(Arc::new(Held(current.clone()))))],
+            meta: TxnMeta::default(),
+        })
+        .unwrap();
+    let mut history = vec![(tid, current.clone())];
+    // 40 commits changing one or two pages each (some past the stored end).
+    for i in 0..40u32 {
+        let first = (i * 7) % 62;
+        let pages = if i % 5 == 0 {
+            first..first + 2
+        } else {
+            first..first + 1
+        };
+        let fresh = noise(100 + u64::from(i), pages.len() * 4096);
+        current[pages.start as usize * 4096..pages.end as usize * 4096].copy_from_slice(&fresh);
+        tid = s
+            .commit(CommitRequest {
+                base: tid,
+                writes: vec![(
+                    k,
+                    Write::Pages {
+                        pages: vec![pages],
+                        from: Arc::new(Held(current.clone())),
+                    },
+                )],
+                meta: TxnMeta::default(),
+            })
+            .unwrap();
+        history.push((tid, current.clone()));
+    }
+    for (at, expected) in &history {
+        assert!(read_block(fx, k, *at, LEN) == *expected, "version at {at}");
+    }
+    let report = s.verify().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    // Stored: one short whole version (40 pages), and per chain of deltas at most
+    // CHAIN_FACTOR (2) × a whole version before the next whole one.
+    let stats = s.pack(Tid::ZERO).unwrap();
+    let whole_versions = 41 * LEN as u64;
+    assert!(
+        stats.body_bytes_before < whole_versions / 4,
+        "41 versions of a {LEN}-byte block take {} bytes",
+        stats.body_bytes_before
+    );
+    // Pack at the middle of the history (no lease holds it back): what stays readable reads
+    // the same, and the block's newest version is whole again.
+    let middle = history[20].0;
+    s.pack(middle).unwrap();
+    for (at, expected) in history.iter().filter(|(at, _)| *at >= middle) {
+        assert!(
+            read_block(fx, k, *at, LEN) == *expected,
+            "version at {at} after pack"
+        );
+    }
+    let located = s.locate(k, tid).unwrap();
+    assert!(
+        !matches!(located, Located::Pieces { .. }),
+        "pack folds the newest version into one extent: {located:?}"
+    );
+    let report = s.verify().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    // A conflicting delta (stale base) is refused like any write.
+    let stale = s.commit(CommitRequest {
+        base: history[0].0,
+        writes: vec![(
+            k,
+            Write::Pages {
+                pages: std::iter::once(0..1).collect(),
+                from: Arc::new(Held(current.clone())),
+            },
+        )],
+        meta: TxnMeta::default(),
+    });
+    assert!(matches!(stale, Err(Error::Conflict { .. })), "{stale:?}");
+    // Pages outside the block are bad input, not a panic.
+    let bad = s.commit(CommitRequest {
+        base: tid,
+        writes: vec![(
+            k,
+            Write::Pages {
+                pages: std::iter::once(60..70).collect(),
+                from: Arc::new(Held(current.clone())),
+            },
+        )],
+        meta: TxnMeta::default(),
+    });
+    assert!(matches!(bad, Err(Error::InvalidArgument(_))), "{bad:?}");
+}
+
 fn pack_respects_leases(s: Arc<dyn Storage>) {
     let f = fresh_file(&*s);
     let k = block(f, 0);
@@ -630,6 +781,11 @@ macro_rules! conformance {
             fn compressible_blocks() {
                 let Some(fx) = $fixture else { return };
                 super::compressible_blocks(&fx, $compressed)
+            }
+            #[test]
+            fn page_deltas() {
+                let Some(fx) = $fixture else { return };
+                super::page_deltas(&fx)
             }
             #[test]
             fn pack_respects_leases() {

@@ -103,32 +103,32 @@ impl BlockSource for SnapshotSource<'_> {
                 offset: e.offset,
                 len: e.len,
             },
-            Located::Pieces { pieces, .. } if pieces.len() <= MAX_MAPPED_PIECES => {
-                Backing::Pieces(
-                    pieces
-                        .into_iter()
-                        .map(|p| FilePiece {
-                            at: p.at as usize,
-                            file: p.file,
-                            offset: p.offset,
-                            len: p.len as usize,
-                        })
-                        .collect(),
-                )
-            }
+            Located::Pieces { pieces, .. } if pieces.len() <= MAX_MAPPED_PIECES => Backing::Pieces(
+                pieces
+                    .into_iter()
+                    .map(|p| FilePiece {
+                        at: p.at as usize,
+                        file: p.file,
+                        offset: p.offset,
+                        len: p.len as usize,
+                    })
+                    .collect(),
+            ),
             // Scattered pieces are fetched instead of mapped: composed on first touch into
             // memory that shares few kernel mappings (the fault-filled path).
-            Located::Pieces { tid, .. } | Located::CopyOnly(tid) => Backing::Fetch(Arc::new(StoredBlock {
-                // Through what the store names for this (a closable wrapper's pin): closing
-                // the database must not leave views with blocks that cannot be fetched.
-                storage: self
-                    .storage
-                    .fetch_store()
-                    .unwrap_or_else(|| self.storage.clone()),
-                key,
-                // Exactly the version located.
-                at: tid,
-            })),
+            Located::Pieces { tid, .. } | Located::CopyOnly(tid) => {
+                Backing::Fetch(Arc::new(StoredBlock {
+                    // Through what the store names for this (a closable wrapper's pin): closing
+                    // the database must not leave views with blocks that cannot be fetched.
+                    storage: self
+                        .storage
+                        .fetch_store()
+                        .unwrap_or_else(|| self.storage.clone()),
+                    key,
+                    // Exactly the version located.
+                    at: tid,
+                }))
+            }
         })
     }
 }

@@ -133,8 +133,7 @@ pub(crate) fn plan(key: Key, write: &Write, tip: Option<Tip>) -> Result<Option<P
 fn check_runs(key: Key, runs: &[Range<u32>], len: usize) -> Result<()> {
     let mut previous_end = 0u32;
     for (i, r) in runs.iter().enumerate() {
-        if r.start >= r.end || (i > 0 && r.start < previous_end) || r.end as usize * PAGE > len
-        {
+        if r.start >= r.end || (i > 0 && r.start < previous_end) || r.end as usize * PAGE > len {
             return Err(Error::InvalidArgument(format!(
                 "changed pages {r:?} of {key} are not ascending, disjoint pages of its {len} bytes"
             )));
@@ -146,7 +145,13 @@ fn check_runs(key: Key, runs: &[Range<u32>], len: usize) -> Result<()> {
 
 /// Copies a delta's `payload` over `out`, the composed bytes of its base (at least
 /// `delta.block_len` long, zeros past the base's length).
-pub(crate) fn apply(delta: &Delta, payload: &[u8], out: &mut [u8], key: Key, tid: Tid) -> Result<()> {
+pub(crate) fn apply(
+    delta: &Delta,
+    payload: &[u8],
+    out: &mut [u8],
+    key: Key,
+    tid: Tid,
+) -> Result<()> {
     let corrupt = |reason: String| Error::Corrupt { key, tid, reason };
     if payload.len() as u64 != delta.payload_len() {
         return Err(corrupt(format!(
@@ -241,6 +246,8 @@ pub(crate) fn pieces(
 }
 
 #[cfg(test)]
+// Lists of one page range are what these tests mean.
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
     use crate::storage::{Oid, Payload};
@@ -315,12 +322,19 @@ mod tests {
             chain_bytes: 8 * PAGE as u64,
             block_len: 4 * PAGE as u64,
         };
-        assert!(matches!(plan(KEY, &w, Some(tip)).unwrap(), Some(Plan::Whole(_))));
+        assert!(matches!(
+            plan(KEY, &w, Some(tip)).unwrap(),
+            Some(Plan::Whole(_))
+        ));
     }
 
     #[test]
     fn bad_runs_are_refused() {
-        for runs in [vec![2..1], vec![0..2, 1..3], vec![0..5]] {
+        for runs in [
+            vec![Range { start: 2, end: 1 }],
+            vec![0..2, 1..3],
+            vec![0..5],
+        ] {
             let w = pages_write(vec![1u8; 4 * PAGE], runs);
             let tip = Tip {
                 depth: 0,
@@ -349,16 +363,32 @@ mod tests {
         };
         let p = pieces(
             Some((f.clone(), 0, 4 * PAGE as u64)),
-            &[(g.clone(), 40 * PAGE as u64, &d1), (g.clone(), 42 * PAGE as u64, &d2)],
+            &[
+                (g.clone(), 40 * PAGE as u64, &d1),
+                (g.clone(), 42 * PAGE as u64, &d2),
+            ],
             6 * PAGE as u64,
         );
         let got: Vec<(u64, bool, u64, u64)> = p
             .iter()
-            .map(|p| (p.at / PAGE as u64, Arc::ptr_eq(&p.file, &f), p.offset / PAGE as u64, p.len / PAGE as u64))
+            .map(|p| {
+                (
+                    p.at / PAGE as u64,
+                    Arc::ptr_eq(&p.file, &f),
+                    p.offset / PAGE as u64,
+                    p.len / PAGE as u64,
+                )
+            })
             .collect();
         assert_eq!(
             got,
-            vec![(0, true, 0, 1), (1, false, 40, 1), (2, false, 42, 1), (3, true, 3, 1), (5, false, 43, 1)]
+            vec![
+                (0, true, 0, 1),
+                (1, false, 40, 1),
+                (2, false, 42, 1),
+                (3, true, 3, 1),
+                (5, false, 43, 1)
+            ]
         );
     }
 

@@ -270,7 +270,8 @@ impl VersionRecord {
                 offset,
                 stored_len,
             } if self.codec == Compression::None => {
-                let file = checked_segment(key, tid, segment_file(*seg)?, *seg, offset + stored_len)?;
+                let file =
+                    checked_segment(key, tid, segment_file(*seg)?, *seg, offset + stored_len)?;
                 Located::Mapped(Extent {
                     file,
                     offset: *offset,
@@ -444,7 +445,9 @@ impl Chain {
                 tid,
                 reason: reason.into(),
             };
-            if versions.len() > delta::MAX_DEPTH as usize + 1 || depth as usize > delta::MAX_DEPTH as usize {
+            if versions.len() > delta::MAX_DEPTH as usize + 1
+                || depth as usize > delta::MAX_DEPTH as usize
+            {
                 return Err(corrupt("delta chain longer than the format allows"));
             }
             match previous(Tid(tid.0.saturating_sub(1)))? {
@@ -503,7 +506,9 @@ impl Chain {
             .unwrap_or(0);
         out[n.min(len)..].fill(0);
         for (tid, rec) in &self.0[1..] {
-            let delta = rec.delta().expect("a chain is a whole version, then deltas");
+            let delta = rec
+                .delta()
+                .expect("a chain is a whole version, then deltas");
             let payload = rec
                 .load(key, *tid, segment_file)?
                 .map(|v| v.data)
@@ -531,8 +536,15 @@ impl Chain {
         };
         let mut deltas = Vec::with_capacity(self.0.len() - 1);
         for (tid, rec) in &self.0[1..] {
-            let (Body::Delta { seg, offset, stored_len, delta }, Compression::None) =
-                (&rec.body, rec.codec)
+            let (
+                Body::Delta {
+                    seg,
+                    offset,
+                    stored_len,
+                    delta,
+                },
+                Compression::None,
+            ) = (&rec.body, rec.codec)
             else {
                 return Ok(Located::CopyOnly(*tid));
             };
@@ -541,7 +553,11 @@ impl Chain {
         }
         Ok(Located::Pieces {
             tid,
-            pieces: delta::pieces(Some((base.file, base.offset, base.len)), &deltas, newest.block_len),
+            pieces: delta::pieces(
+                Some((base.file, base.offset, base.len)),
+                &deltas,
+                newest.block_len,
+            ),
         })
     }
 }
@@ -658,7 +674,7 @@ mod tests {
                 offset: 0,
                 stored_len: 4096,
                 delta: Delta {
-                    runs: vec![0..1],
+                    runs: std::iter::once(0..1).collect(),
                     depth: 1,
                     chain_bytes: 4096,
                     block_len: 4096,

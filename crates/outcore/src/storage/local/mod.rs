@@ -43,8 +43,8 @@ use heed::types::{Bytes, Str};
 use heed::{Database, Env, EnvFlags, EnvOpenOptions, MdbError, RoTxn, RwTxn, WithoutTls};
 
 use super::codec::Compression;
-use super::lease::pack_removals;
 use super::delta::Tip;
+use super::lease::pack_removals;
 use super::record::{self, decode_log, encode_log, Body, Chain, VersionRecord};
 use super::{
     segment, CommitRequest, Key, Located, Oid, PackStats, Storage, Tid, TxnInfo, VerifyReport,
@@ -581,12 +581,8 @@ impl Storage for LocalStorage {
     }
 
     fn load(&self, key: Key, at: Tid) -> Result<Option<Version>> {
-        self.shared.read_segment_retrying(
-            key,
-            at,
-            |chain, open| chain.load(key, open),
-            || None,
-        )
+        self.shared
+            .read_segment_retrying(key, at, |chain, open| chain.load(key, open), || None)
     }
 
     fn load_into(&self, key: Key, at: Tid, out: &mut [u8]) -> Result<Option<usize>> {
