@@ -1,5 +1,6 @@
 //! Crash consistency of the whole stack: a writer process does random array writes, appends
-//! and resizes, committing each; it is SIGKILLed at random moments (often inside a commit). After
+//! and resizes, committing each (small writes store page deltas, format 2), and now and then
+//! packs the store (folding deltas into whole versions); it is SIGKILLed at random moments (often inside a commit). After
 //! each kill the store must hold exactly the last acknowledged commit — or the one that was
 //! being committed, if the kill came after its commit but before the acknowledgement — and pass
 //! `verify`. 100 trials in CI, 1000 with `OUTCORE_LONG_TESTS`.
@@ -53,6 +54,10 @@ fn child_entry() {
     };
     for n in 1u32.. {
         let rows = a.len().unwrap();
+        if next(8) == 0 {
+            // Compaction: pack folds the newest versions' deltas; a kill may land inside.
+            db.storage().pack(outcore::storage::Tid::MAX).unwrap();
+        }
         match next(4) {
             0 if rows > 0 => {
                 // Overwrite a random run of rows.
