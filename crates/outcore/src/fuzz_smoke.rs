@@ -69,6 +69,23 @@ fn decoders_never_panic_on_damaged_bytes() {
         },
     }
     .encode();
+    let delta = VersionRecord {
+        codec: Compression::None,
+        checksum: 7,
+        raw_len: 3 * 4096,
+        body: Body::Delta {
+            seg: 2,
+            offset: 4096,
+            stored_len: 3 * 4096,
+            delta: crate::storage::delta::Delta {
+                runs: vec![0..2, 9..10],
+                depth: 2,
+                chain_bytes: 5 * 4096,
+                block_len: 16 * 4096,
+            },
+        },
+    }
+    .encode();
     let log = encode_log("user", "description", &[key, Key::Meta(Oid(1))]);
     let root = b"outcore-root 1\nA\t5\nB\t7\n".to_vec();
     let raw: Vec<u8> = (0..4096u32).map(|i| (i % 13) as u8).collect();
@@ -77,6 +94,7 @@ fn decoders_never_panic_on_damaged_bytes() {
     for _ in 0..ROUNDS {
         let _ = ArrayMeta::decode(&g.input(&meta));
         let _ = VersionRecord::decode(&g.input(&record), key, Tid(1));
+        crate::fuzzing::record(&g.input(&delta));
         let _ = decode_log(&g.input(&log), Tid(1));
         let _ = Key::decode(&g.input(&key.encode()));
         let _ = crate::db::root::decode(&g.input(&root));

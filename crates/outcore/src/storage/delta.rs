@@ -49,7 +49,37 @@ pub(crate) struct Delta {
     pub block_len: u64,
 }
 
+/// The largest block a delta may describe (the largest block size arrays may have).
+pub(crate) const MAX_BLOCK_LEN: u64 = 1 << 30;
+
 impl Delta {
+    /// Checks what a decoded record claims: a depth within the format's bound, a block
+    /// length within the largest block, ascending disjoint non-empty runs inside it.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.depth == 0 || self.depth > MAX_DEPTH {
+            return Err(format!(
+                "delta depth {} outside 1..={MAX_DEPTH}",
+                self.depth
+            ));
+        }
+        if self.block_len > MAX_BLOCK_LEN {
+            return Err(format!("delta block length {} too large", self.block_len));
+        }
+        let mut previous_end = 0u32;
+        for r in &self.runs {
+            if r.start >= r.end
+                || r.start < previous_end
+                || u64::from(r.end) * PAGE as u64 > self.block_len.next_multiple_of(PAGE as u64)
+            {
+                return Err(format!(
+                    "delta pages {r:?} are not ascending pages of the block"
+                ));
+            }
+            previous_end = r.end;
+        }
+        Ok(())
+    }
+
     /// Bytes of the payload: the changed pages.
     pub fn payload_len(&self) -> u64 {
         self.runs

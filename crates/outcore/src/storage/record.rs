@@ -169,19 +169,22 @@ impl VersionRecord {
                 if bytes.len() != DELTA_FIXED + 8 * count {
                     return Err(corrupt("bad delta run count"));
                 }
-                let runs = (0..count)
+                let runs: Vec<_> = (0..count)
                     .map(|i| u32_at(DELTA_FIXED + 8 * i)..u32_at(DELTA_FIXED + 8 * i + 4))
                     .collect();
+                let delta = Delta {
+                    runs,
+                    depth: u32_at(HEADER + 20),
+                    chain_bytes: u64_at(HEADER + 24),
+                    block_len: u64_at(HEADER + 32),
+                };
+                // Readers allocate and index by these: a damaged record must fail here.
+                delta.check().map_err(|why| corrupt(&why))?;
                 Body::Delta {
                     seg: u32_at(HEADER),
                     offset: u64_at(HEADER + 4),
                     stored_len: u64_at(HEADER + 12),
-                    delta: Delta {
-                        runs,
-                        depth: u32_at(HEADER + 20),
-                        chain_bytes: u64_at(HEADER + 24),
-                        block_len: u64_at(HEADER + 32),
-                    },
+                    delta,
                 }
             }
             _ => return Err(corrupt("bad kind or length")),
