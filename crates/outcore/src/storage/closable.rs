@@ -166,6 +166,10 @@ macro_rules! forward_storage {
             self.target()?.pack_horizon()
         }
 
+        fn stage(&self, len: u64) -> Result<Option<Arc<super::StagedExtent>>> {
+            self.target()?.stage(len)
+        }
+
         fn pack(&self, upto: Tid) -> Result<PackStats> {
             self.target()?.pack(upto)
         }

@@ -43,7 +43,7 @@ pub use closable::ClosableStorage;
 pub use codec::Compression;
 pub use delta::Piece;
 pub use lease::ReaderLease;
-pub use local::{LocalOptions, LocalStorage};
+pub use local::{LocalOptions, LocalStorage, StagedExtent};
 pub use mem::MemStorage;
 pub use postgres::{PgOptions, PgStorage};
 pub use types::{
@@ -147,6 +147,17 @@ pub trait Storage: Send + Sync + Debug {
     /// registered before this call). Used when leasing an old snapshot.
     fn fence(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// Space for a block version of `len` bytes (a multiple of 4096) written before the commit
+    /// that publishes it ([`Write::Staged`]): the caller maps [`StagedExtent::file`] shared at
+    /// [`StagedExtent::offset`] and writes there; a commit publishes it without a copy, and
+    /// dropping it unpublished gives the space back. A crash leaves unpublished space to the
+    /// next [`Storage::pack`]. `None` where the store cannot take writes ahead (compressed,
+    /// remote or read-only stores): write the version with the commit instead.
+    fn stage(&self, len: u64) -> Result<Option<std::sync::Arc<StagedExtent>>> {
+        let _ = len;
+        Ok(None)
     }
 
     /// The pack horizon: versions shadowed at or before it may have been removed, so snapshots

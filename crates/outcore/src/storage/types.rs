@@ -139,6 +139,16 @@ pub enum Write {
         /// The complete new contents of the block.
         from: Arc<dyn Payload>,
     },
+    /// A new version of a block written ahead into space the store staged
+    /// ([`Storage::stage`](super::Storage::stage)): the store that staged it records the
+    /// extent itself (no copy; it syncs the file first). `from` holds the same bytes (the
+    /// memory mapping the extent): any other store stores those, like `StoreFrom`.
+    Staged {
+        /// The staged space holding the version.
+        extent: Arc<super::StagedExtent>,
+        /// The bytes written there.
+        from: Arc<dyn Payload>,
+    },
     /// A deletion marker: from this tid on the key reads as absent (a hole for blocks).
     Delete,
 }
@@ -148,7 +158,9 @@ impl Write {
     pub fn bytes(&self) -> Option<&[u8]> {
         match self {
             Write::Store(v) => Some(v),
-            Write::StoreFrom(p) | Write::Pages { from: p, .. } => Some(p.bytes()),
+            Write::StoreFrom(p) | Write::Pages { from: p, .. } | Write::Staged { from: p, .. } => {
+                Some(p.bytes())
+            }
             Write::Delete => None,
         }
     }

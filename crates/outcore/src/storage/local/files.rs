@@ -37,7 +37,37 @@ impl SegmentDir {
 
     /// The path of segment `seg`.
     pub fn path(&self, seg: u32) -> PathBuf {
+        if seg >= super::staging::STAGING_BASE {
+            // Staging segments do not parse as commit segments, whose cleanup deletes by number.
+            return self.dir.join(format!("s{seg}.seg"));
+        }
         self.dir.join(format!("{seg:08}.seg"))
+    }
+
+    /// Deletes the staging segments not in `live` (pack, after rewriting every version they
+    /// held); the number deleted.
+    pub fn delete_staging_except(&self, live: &std::collections::HashSet<u32>) -> Result<u64> {
+        let mut deleted = 0;
+        let entries =
+            fs::read_dir(&self.dir).map_err(|e| Error::io("listing segments".to_string(), e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let id = name
+                .to_str()
+                .and_then(|n| n.strip_prefix('s'))
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| n.parse::<u32>().ok());
+            if id.is_some_and(|id| !live.contains(&id)) {
+                fs::remove_file(entry.path())
+                    .map_err(|e| Error::io(format!("deleting {}", entry.path().display()), e))?;
+                deleted += 1;
+            }
+        }
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .files
+            .retain(|&id, _| id < super::staging::STAGING_BASE || live.contains(&id));
+        Ok(deleted)
     }
 
     /// A read-only descriptor of segment `seg`, cached. `epoch` is the store's pack epoch as

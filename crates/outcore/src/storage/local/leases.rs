@@ -167,7 +167,8 @@ fn write_tid(file: &File, at: Tid) -> std::io::Result<()> {
     file.write_all_at(format!("{:016x}", at.0).as_bytes(), 0)
 }
 
-fn process_alive(pid: i32) -> bool {
+/// True if process `pid` exists (a reused pid counts as alive: callers are conservative).
+pub(super) fn process_alive(pid: i32) -> bool {
     // SAFETY: kill with signal 0 sends nothing; it only checks that the process exists.
     let r = unsafe { libc::kill(pid, 0) };
     r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)

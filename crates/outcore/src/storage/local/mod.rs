@@ -31,6 +31,9 @@
 
 mod files;
 mod leases;
+mod staging;
+
+pub use staging::StagedExtent;
 
 use std::collections::HashMap;
 use std::fs::{DirBuilder, File};
@@ -119,6 +122,8 @@ struct Shared {
     writable: bool,
     /// Oids allocated durably but not handed out yet (see `new_oids`).
     spare_oids: std::sync::Mutex<Range<u64>>,
+    /// Block versions written before their commit (see `staging`).
+    stager: staging::Stager,
 }
 
 /// Oids taken from the index at a time: allocating is a durable index commit (an fsync), so
@@ -142,6 +147,7 @@ const META_SEGMENT: &str = "segment";
 const META_TAIL: &str = "tail";
 const META_EPOCH: &str = "pack_epoch";
 const META_HORIZON: &str = "pack_horizon";
+const META_NEXT_STAGING: &str = "next_staging";
 
 /// The stores this process has open, by canonical directory: LMDB forbids opening one
 /// environment twice in a process.
@@ -325,6 +331,7 @@ impl Shared {
             stored_compression(&meta, &wtxn, &dir)?
         };
         wtxn.commit()?;
+        let stager = staging::Stager::new(&dir);
         Ok(Shared {
             identity: dir_identity(&dir.join("index"))?,
             segments: SegmentDir::open(dir.join("segments"), true)?,
@@ -338,6 +345,7 @@ impl Shared {
             segment_bytes: options.segment_bytes.max(segment::PAGE),
             writable: true,
             spare_oids: std::sync::Mutex::new(0..0),
+            stager,
         })
     }
 
@@ -398,6 +406,7 @@ impl Shared {
         let compression = stored_compression(&meta, &rtxn, &dir)?;
         // Makes the database handles valid beyond this transaction.
         rtxn.commit()?;
+        let stager = staging::Stager::new(&dir);
         Ok(Shared {
             identity: dir_identity(&index)?,
             segments: SegmentDir::open(dir.join("segments"), false)?,
@@ -411,6 +420,7 @@ impl Shared {
             segment_bytes: options.segment_bytes.max(segment::PAGE),
             writable: false,
             spare_oids: std::sync::Mutex::new(0..0),
+            stager,
         })
     }
 
@@ -639,6 +649,34 @@ impl Storage for LocalStorage {
         // Pack holds LMDB's writer lock from start to commit.
         s.env.write_txn()?.abort();
         Ok(())
+    }
+
+    fn stage(&self, len: u64) -> Result<Option<Arc<StagedExtent>>> {
+        let s = &self.shared;
+        if !s.writable || s.compression != Compression::None {
+            // Compressed versions are encoded at commit; nothing to write ahead.
+            return Ok(None);
+        }
+        if len == 0 || len % segment::PAGE != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "staged space must be a positive multiple of 4096 bytes, not {len}"
+            )));
+        }
+        let allocate = || {
+            let mut txn = s.env.write_txn()?;
+            let next = get_u64(&s.meta, &txn, META_NEXT_STAGING)?.max(u64::from(staging::STAGING_BASE));
+            let seg = u32::try_from(next).map_err(|_| Error::Format {
+                path: s.dir.clone(),
+                reason: "staging segment ids exhausted".into(),
+            })?;
+            put_u64(&s.meta, &mut txn, META_NEXT_STAGING, next + 1)?;
+            txn.commit()?;
+            Ok(seg)
+        };
+        s.stager
+            .stage(len, s.segment_bytes, s.identity, allocate, |seg| s.segments.path(seg))
+            .map(Some)
+            .map_err(|e| s.explain_full(e))
     }
 
     fn pack_horizon(&self) -> Result<Tid> {

@@ -1,0 +1,251 @@
+//! Staged block versions of a local store: space in a segment file where a block's next
+//! version is written (through a shared mapping) *before* the commit that publishes it.
+//!
+//! A process stages into its own **staging segments**: files `segments/s<id>.seg` with ids
+//! from [`STAGING_BASE`] up, allocated from the index counter `next_staging` (so they never
+//! collide with the segments commits append to, whose cleanup deletes files by number). Each
+//! has a marker `staging/<pid>-<id>` while its process may still publish from it.
+//!
+//! Life of one staged extent ([`StagedExtent`]):
+//!
+//! 1. **stage**: the next `len` bytes of the current staging segment (the file is extended,
+//!    sparse); a new segment once it outgrows the store's segment size.
+//! 2. **write**: the memory layer maps it `MAP_SHARED`: writes land in the page cache once,
+//!    and the kernel writes them back and may evict them (memory stays bounded).
+//! 3. **publish**: a commit with [`Write::Staged`](crate::storage::Write::Staged) syncs the
+//!    file and records the extent as the block's version (no copy).
+//! 4. **discard**: dropping an unpublished extent punches a hole over it (the space is free
+//!    at once).
+//!
+//! **Crash.** A killed process leaves its staging segments and markers. Pack rewrites every
+//! live version (published staged ones included) into new segments and then deletes the
+//! staging segments whose marker names a dead process or that have no marker: unpublished
+//! data is reclaimed by the next pack. Segments of live processes are kept (their published
+//! extents, copied by pack, stay as garbage until the process ends and a pack runs).
+
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::{Error, Result};
+
+/// The first staging segment id. Commit segments count up from 0 and never get here.
+pub(crate) const STAGING_BASE: u32 = 1 << 31;
+
+/// Space for one block version in a staging segment, written before the commit that
+/// publishes it. Dropped unpublished, its space is given back (a hole punched over it).
+pub struct StagedExtent {
+    file: Arc<File>,
+    offset: u64,
+    len: u64,
+    seg: u32,
+    /// The store it belongs to: (device, inode) of its index directory.
+    store: (u64, u64),
+    published: AtomicBool,
+    /// Keeps the segment's marker while this extent may still be published.
+    _segment: Arc<SegmentHold>,
+}
+
+impl StagedExtent {
+    /// The staging segment, open for reading and writing.
+    pub fn file(&self) -> &Arc<File> {
+        &self.file
+    }
+
+    /// Byte offset of the extent in the file (a multiple of 4096).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Length of the extent in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True for an extent of no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The staging segment's id.
+    pub(crate) fn segment(&self) -> u32 {
+        self.seg
+    }
+
+    /// True if this extent was staged by the store whose index has identity `store`.
+    pub(crate) fn belongs_to(&self, store: (u64, u64)) -> bool {
+        self.store == store
+    }
+
+    /// Marks the extent as a committed version: its space is the store's from now on.
+    pub(crate) fn mark_published(&self) {
+        self.published.store(true, Ordering::Release);
+    }
+
+    /// True once a commit published the extent.
+    pub fn is_published(&self) -> bool {
+        self.published.load(Ordering::Acquire)
+    }
+}
+
+impl std::fmt::Debug for StagedExtent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "StagedExtent(segment s{}, {} bytes at {})",
+            self.seg, self.len, self.offset
+        )
+    }
+}
+
+impl Drop for StagedExtent {
+    fn drop(&mut self) {
+        if self.is_published() {
+            return;
+        }
+        if let Err(e) = punch_hole(&self.file, self.offset, self.len) {
+            tracing::warn!("giving back staged space: {e}");
+        }
+    }
+}
+
+/// Frees `len` bytes at `offset` of `file` (reads as zeros afterwards), keeping its size.
+pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    // SAFETY: fallocate on a descriptor we own, with plain integer arguments.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A staging segment's marker: removed when nothing can publish from the segment any more
+/// (the process moved on to another segment and every extent was published or dropped).
+#[derive(Debug)]
+struct SegmentHold {
+    marker: PathBuf,
+}
+
+impl Drop for SegmentHold {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.marker);
+    }
+}
+
+/// The staging segment a process fills now.
+#[derive(Debug)]
+struct Current {
+    seg: u32,
+    file: Arc<File>,
+    next: u64,
+    hold: Arc<SegmentHold>,
+}
+
+/// The staging side of one open local store.
+#[derive(Debug)]
+pub(super) struct Stager {
+    /// `<store>/staging`: markers.
+    markers: PathBuf,
+    current: Mutex<Option<Current>>,
+}
+
+impl Stager {
+    pub fn new(store: &std::path::Path) -> Self {
+        Stager {
+            markers: store.join("staging"),
+            current: Mutex::new(None),
+        }
+    }
+
+    /// Stages `len` bytes (a multiple of 4096) in the current staging segment, starting a new
+    /// one (id from `allocate`, file at `path(id)`) when there is none or it holds
+    /// `segment_bytes` already.
+    pub fn stage(
+        &self,
+        len: u64,
+        segment_bytes: u64,
+        store: (u64, u64),
+        allocate: impl FnOnce() -> Result<u32>,
+        path: impl Fn(u32) -> PathBuf,
+    ) -> Result<Arc<StagedExtent>> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.as_ref().is_none_or(|c| c.next >= segment_bytes) {
+            *current = Some(self.start_segment(allocate()?, &path)?);
+        }
+        let c = current.as_mut().expect("started above");
+        let offset = c.next;
+        let end = offset + len;
+        // The mapping must not reach past the end of the file (SIGBUS on touch).
+        c.file
+            .set_len(end)
+            .map_err(|e| Error::io(format!("extending staging segment s{}", c.seg), e))?;
+        c.next = end;
+        Ok(Arc::new(StagedExtent {
+            file: c.file.clone(),
+            offset,
+            len,
+            seg: c.seg,
+            store,
+            published: AtomicBool::new(false),
+            _segment: c.hold.clone(),
+        }))
+    }
+
+    /// Creates the marker, then the file, of staging segment `seg` (in that order: a file
+    /// without a marker is a crashed process's, which pack deletes).
+    fn start_segment(&self, seg: u32, path: &impl Fn(u32) -> PathBuf) -> Result<Current> {
+        super::create_private_dir(&self.markers)?;
+        let marker = self.markers.join(format!("{}-{seg}", std::process::id()));
+        File::create(&marker)
+            .map_err(|e| Error::io(format!("creating {}", marker.display()), e))?;
+        let hold = Arc::new(SegmentHold { marker });
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path(seg))
+            .map_err(|e| Error::io(format!("creating staging segment s{seg}"), e))?;
+        Ok(Current {
+            seg,
+            file: Arc::new(file),
+            next: 0,
+            hold,
+        })
+    }
+
+    /// The staging segments some live process may still publish from (by its marker).
+    pub fn live_segments(&self) -> Result<std::collections::HashSet<u32>> {
+        let mut live = std::collections::HashSet::new();
+        let entries = match fs::read_dir(&self.markers) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(live),
+            Err(e) => return Err(Error::io("listing staging markers", e)),
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some((pid, seg)) = name.to_str().and_then(|n| n.split_once('-')) else {
+                continue;
+            };
+            let (Ok(pid), Ok(seg)) = (pid.parse::<i32>(), seg.parse::<u32>()) else {
+                continue;
+            };
+            if super::leases::process_alive(pid) {
+                live.insert(seg);
+            } else {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(live)
+    }
+}
