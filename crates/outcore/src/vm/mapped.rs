@@ -96,7 +96,7 @@ enum Mapped {
     },
     Decoded,
     /// Fetched on first touch (userfaultfd).
-    Remote,
+    Fetched,
 }
 
 /// The memory of one open array, or of a window of it: a reservation of `capacity` blocks of
@@ -377,7 +377,7 @@ impl BlockMemory {
         let mut blocks: Vec<u64> = state
             .mapped
             .iter()
-            .filter(|(_, m)| **m != Mapped::Remote)
+            .filter(|(_, m)| **m != Mapped::Fetched)
             .map(|(&b, _)| b)
             .chain(more)
             .collect();
@@ -476,7 +476,7 @@ impl BlockMemory {
             // Before the memory changes: no fetch of an old registration may land in it.
             if let Some((server, region)) = self.reservation.remote_if_any() {
                 for (b, _) in &run {
-                    if state.mapped.get(b) == Some(&Mapped::Remote) {
+                    if state.mapped.get(b) == Some(&Mapped::Fetched) {
                         server.retire(region, self.rel(*b));
                     }
                 }
@@ -509,7 +509,7 @@ impl BlockMemory {
     }
 
     fn install_locked(&self, state: &mut State, block: u64, backing: Backing) -> Result<()> {
-        let was_remote = state.mapped.get(&block) == Some(&Mapped::Remote);
+        let was_remote = state.mapped.get(&block) == Some(&Mapped::Fetched);
         if was_remote {
             // Before the memory changes: no fetch of the old registration may land in it.
             if let Some((server, region)) = self.reservation.remote_if_any() {
@@ -559,7 +559,7 @@ impl BlockMemory {
                             }
                         }
                         server.register(region, self.rel(block), fetch)?;
-                        Mapped::Remote
+                        Mapped::Fetched
                     }
                     Err(why) => {
                         tracing::debug!("fetching block {block} at once: {why}");
@@ -738,7 +738,7 @@ impl BlockMemory {
         state
             .mapped
             .range(first..=last)
-            .filter(|(_, m)| **m == Mapped::Remote)
+            .filter(|(_, m)| **m == Mapped::Fetched)
             .map(|(&b, _)| b)
             .collect()
     }
@@ -792,7 +792,7 @@ impl BlockMemory {
             return Ok(out);
         };
         let span = self.block_ptr(first) as usize..self.block_ptr(last) as usize + self.blksize;
-        let is_remote = |b: &u64| state.mapped.get(b) == Some(&Mapped::Remote);
+        let is_remote = |b: &u64| state.mapped.get(b) == Some(&Mapped::Fetched);
         self.add_by_block(&mut out, dirty::written_pages(span.clone())?, |b| {
             !is_remote(b)
         });
@@ -920,7 +920,7 @@ impl BlockMemory {
     /// Drops the private (written) pages of `ranges` within `block`: they show the mapped
     /// version again.
     pub fn discard_pages(&self, block: u64, ranges: &[Range<usize>]) -> Result<()> {
-        if self.lock().mapped.get(&block) == Some(&Mapped::Remote) {
+        if self.lock().mapped.get(&block) == Some(&Mapped::Fetched) {
             // A fetched block is loaded whole: drop it whole, the next touch fetches it.
             let whole = 0..self.blksize;
             return match self.reservation.remote_if_any() {
@@ -1029,7 +1029,7 @@ impl BlockMemory {
                     Mapped::File { inode, offset },
                 ) => pb + 1 == b && pi == inode && po + self.blksize as u64 == *offset,
                 (Some((pb, Mapped::Hole)), Mapped::Hole)
-                | (Some((pb, Mapped::Remote)), Mapped::Remote) => pb + 1 == b,
+                | (Some((pb, Mapped::Fetched)), Mapped::Fetched) => pb + 1 == b,
                 _ => false,
             };
             if !continues {
