@@ -797,12 +797,12 @@ impl BlockMemory {
             !is_remote(b)
         });
         if let Some((_, region)) = self.reservation.remote_if_any() {
-            // Fetched blocks are private memory from the start; the fault server tracks which
-            // were written, whole.
-            for block in region.dirty_blocks() {
+            // Fetched blocks are private memory from the start; the fault server tracks
+            // their written ranges (64 KiB granules, or the whole block).
+            for (block, ranges) in region.dirty_ranges() {
                 let block = block + self.first;
                 if is_remote(&block) {
-                    out.insert(block, std::iter::once(0..self.blksize).collect());
+                    out.insert(block, ranges);
                 }
             }
         }

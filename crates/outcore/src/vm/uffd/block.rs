@@ -2,18 +2,33 @@
 //! and its transitions. Every method is called with the region's state locked.
 //!
 //! ```text
-//!  Registered ──start_install──► Busy ──finish_install(true)──► Loaded { dirty: false }
-//!   ▲  ▲  ▲                       │                                │        │
-//!   │  │  └─finish_install(false)─┘                                │   mark_written
-//!   │  │                                                           │        ▼
-//!   │  └── finish_drop ◄── Busy ◄── start_evict (clean only) ──────┘  Loaded { dirty: true }
-//!   │                          ◄── start_drop (any state) ─────────────────────┘
+//!  Registered ──start_install──► Busy ──finish_install(true)──► Loaded { Clean }
+//!   ▲  ▲  ▲                       │                                │        │ write_at
+//!   │  │  └─finish_install(false)─┘                                │        ▼
+//!   │  │                                                           │  Loaded { Granule(g) }
+//!   │  │                                                           │        │ write_at outside g
+//!   │  └── finish_drop ◄── Busy ◄── start_evict (Clean only) ──────┘        ▼
+//!   │                          ◄── start_drop (any state) ◄──────── Loaded { Whole }
 //!   └── unload (the region closes)
 //! ```
+//!
+//! # Written ranges below the block
+//!
+//! A loaded block arrives write-protected. The first write-protect fault lifts the
+//! protection of only the [`GRANULE`] (64 KiB, aligned) holding the faulting address, and
+//! records that granule as written; a write-protect fault in any other granule of the same
+//! block lifts the protection of the whole block and records it all as written. So a bulk
+//! write costs two faults per block, and a sparse write (an append touching the tail, one
+//! element) reports 64 KiB instead of the whole block. Since the protection of a granule is
+//! lifted only after it is recorded, and the protection of the rest of the block only after
+//! the whole block is, every write lands in a recorded range; faults are handled one at a
+//! time by the handler thread under the region's lock, so two threads writing two granules
+//! at once both fault, and the second one escalates to the whole block.
 //!
 //! Being *queued* for a worker is not a state of the block: the fault server keeps that set,
 //! so that a block re-registered while a job for it is pending is not queued twice.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use super::Fetch;
@@ -28,6 +43,21 @@ pub(super) struct Block {
     state: State,
 }
 
+/// The unit of write tracking below the block: the first write to a loaded block reports
+/// (and unprotects) only the aligned granule it falls in.
+pub(super) const GRANULE: usize = 64 << 10;
+
+/// Which part of a loaded block was written since it was loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    /// Nothing: the whole block is write-protected (and may be evicted).
+    Clean,
+    /// Only granule `.0` (its protection is lifted; the rest of the block stays protected).
+    Granule(usize),
+    /// Possibly every byte: the whole block is unprotected.
+    Whole,
+}
+
 /// Where a block's pages stand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -38,8 +68,9 @@ enum State {
     Busy,
     /// Its bytes are in memory (counted against the budget).
     Loaded {
-        /// Written since it was loaded (its write protection was lifted): never evicted.
-        dirty: bool,
+        /// What was written since it was loaded (its write protection lifted there). A block
+        /// with anything written is dirty: never evicted.
+        written: Written,
     },
 }
 
@@ -74,9 +105,18 @@ impl Block {
         matches!(self.state, State::Loaded { .. })
     }
 
-    /// True if written since it was loaded.
-    pub fn is_dirty(&self) -> bool {
-        self.state == State::Loaded { dirty: true }
+    /// The byte ranges of the block written since it was loaded (`blksize` bytes long),
+    /// ascending; empty if clean or not loaded.
+    pub fn written_ranges(&self, blksize: usize) -> Vec<Range<usize>> {
+        match self.state {
+            State::Loaded {
+                written: Written::Granule(g),
+            } => vec![granule_range(g, blksize)],
+            State::Loaded {
+                written: Written::Whole,
+            } => vec![0..blksize],
+            _ => Vec::new(),
+        }
     }
 
     /// True if a touch must fetch it (registered, nobody loading it now).
@@ -99,33 +139,52 @@ impl Block {
     pub fn finish_install(&mut self, installed: bool) {
         debug_assert!(self.is_busy());
         self.state = if installed {
-            State::Loaded { dirty: false }
+            State::Loaded {
+                written: Written::Clean,
+            }
         } else {
             State::Registered
         };
     }
 
-    /// The first write to the loaded block: true if it was loaded (and is now dirty).
-    pub fn mark_written(&mut self) -> bool {
-        match &mut self.state {
-            State::Loaded { dirty } => {
-                *dirty = true;
-                true
+    /// A write-protect fault at byte `offset` of the block (`blksize` bytes long): records
+    /// the write and returns the byte range of the block whose protection the caller must
+    /// lift now (the granule of `offset`, or the whole block once a second granule is
+    /// written); `None` if the block is not loaded (dropped meanwhile: the write faults it
+    /// in again).
+    pub fn write_at(&mut self, offset: usize, blksize: usize) -> Option<Range<usize>> {
+        let State::Loaded { written } = &mut self.state else {
+            return None;
+        };
+        let granule = offset / GRANULE;
+        Some(match *written {
+            Written::Clean => {
+                *written = Written::Granule(granule);
+                granule_range(granule, blksize)
             }
-            _ => false,
-        }
+            // Another thread's fault in the same granule, handled after the first: its
+            // protection is already lifted (lifting it again is harmless and wakes the
+            // writer).
+            Written::Granule(g) if g == granule => granule_range(granule, blksize),
+            Written::Granule(_) | Written::Whole => {
+                *written = Written::Whole;
+                0..blksize
+            }
+        })
     }
 
     /// The evictor wants this block's pages gone.
     pub fn start_evict(&mut self) -> Eviction {
         match self.state {
-            State::Loaded { dirty: false } => {
+            State::Loaded {
+                written: Written::Clean,
+            } => {
                 // Clean, so write-protected: a write from now on traps and waits for
                 // `finish_drop`.
                 self.state = State::Busy;
                 Eviction::Started
             }
-            State::Loaded { dirty: true } => Eviction::Dirty,
+            State::Loaded { .. } => Eviction::Dirty,
             State::Registered | State::Busy => Eviction::NotLoaded,
         }
     }
@@ -145,10 +204,15 @@ impl Block {
 
     /// The region closes: the block no longer counts as loaded. `Some(dirty)` if it was.
     pub fn unload(&mut self) -> Option<bool> {
-        let State::Loaded { dirty } = self.state else {
+        let State::Loaded { written } = self.state else {
             return None;
         };
         self.state = State::Registered;
-        Some(dirty)
+        Some(written != Written::Clean)
     }
+}
+
+/// The bytes of granule `g` of a block of `blksize` bytes (the last one may be short).
+fn granule_range(g: usize, blksize: usize) -> Range<usize> {
+    (g * GRANULE).min(blksize)..((g + 1) * GRANULE).min(blksize)
 }

@@ -65,29 +65,36 @@ impl FaultServer {
         fresh
     }
 
-    /// Step 5: the first write to a loaded (write-protected) block. Marks it dirty and lifts
-    /// the protection of the whole block. Waits while the block is being evicted or copied,
-    /// so a write never slips past an eviction.
+    /// Step 5: a write to a write-protected part of a loaded block. Records it (the
+    /// granule written, or the whole block at the second granule, see `block.rs`) and
+    /// lifts the protection there, in that order, so no write lands unrecorded. Waits while
+    /// the block is being evicted or copied, so a write never slips past an eviction.
     pub(super) fn write_fault(&self, addr: usize) {
         let Some((region, block)) = self.locate(addr) else {
             self.uffd.wake(page_range(addr));
             return;
         };
-        let range = region.block_range(block);
+        let block_range = region.block_range(block);
+        let offset = addr - block_range.start as usize;
         let mut state = region.lock_idle(block);
-        let loaded = state
+        let unprotect = state
             .blocks
             .get_mut(&block)
-            .is_some_and(Block::mark_written);
-        if loaded {
-            // Under the region's lock: nothing drops or re-protects the block meanwhile.
-            if self.uffd.unprotect(range).is_err() {
-                self.uffd.wake(range);
+            .and_then(|b| b.write_at(offset, region.blksize));
+        match unprotect {
+            Some(bytes) => {
+                // Under the region's lock: nothing drops or re-protects the block meanwhile.
+                let range = region.bytes_range(block, bytes);
+                if self.uffd.unprotect(range).is_err() {
+                    self.uffd.wake(range);
+                }
             }
-        } else {
-            // Dropped meanwhile (or never ours): the retried write faults the block in anew.
-            drop(state);
-            self.uffd.wake(range);
+            None => {
+                // Dropped meanwhile (or never ours): the retried write faults the block in
+                // anew.
+                drop(state);
+                self.uffd.wake(block_range);
+            }
         }
     }
 

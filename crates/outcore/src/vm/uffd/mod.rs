@@ -4,8 +4,8 @@
 //! # Files
 //!
 //! * `sys.rs`: the kernel interface (ioctl numbers and structs, thin wrappers).
-//! * `block.rs`: one block's state (`Registered` / `Busy` / `Loaded { dirty }`) and its
-//!   transitions; `region.rs`: one reservation's blocks ([`FetchedRegion`]).
+//! * `block.rs`: one block's state (`Registered` / `Busy` / `Loaded { written }`) and its
+//!   transitions, and the granules that written ranges are tracked in; `region.rs`: one reservation's blocks ([`FetchedRegion`]).
 //! * `lifecycle.rs`: what `vm::mapped` calls: register, retire and drop blocks, add and
 //!   remove regions.
 //! * `messages.rs`: the reader and handler threads, dispatching each fault message.
@@ -29,9 +29,11 @@
 //! 4. A worker fetches the bytes (no lock held), marks the block *busy* if it still wants this
 //!    version, and copies it in with `UFFDIO_COPY` in write-protect mode (no lock held either,
 //!    so workers copy in parallel), which also wakes the suspended threads.
-//! 5. The first write to a loaded block raises a write-protect message: the handler marks the
-//!    block dirty and lifts the protection of the whole block (one round trip per block per
-//!    transaction; dirty tracking is per block, the unit a commit stores anyway).
+//! 5. The first write to a loaded block raises a write-protect message: the handler records
+//!    the 64 KiB granule written and lifts the protection of that granule only; a write to
+//!    another granule of the block records and unprotects the whole block. So a bulk write
+//!    costs two round trips per block and transaction, and a sparse write reports 64 KiB
+//!    ([`FetchedRegion::dirty_ranges`]). A block with anything written is dirty.
 //! 6. When loaded clean blocks exceed the RAM budget, the oldest are dropped
 //!    (`MADV_DONTNEED`); touching them again fetches them again. Dirty blocks stay. Because
 //!    a clean block is write-protected, a write racing its eviction traps and waits for the

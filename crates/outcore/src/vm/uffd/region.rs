@@ -1,6 +1,7 @@
 //! One array reservation's registered blocks: [`FetchedRegion`].
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
@@ -61,25 +62,32 @@ impl FetchedRegion {
         self.moves
     }
 
-    /// The blocks written since they were loaded, ascending.
-    pub fn dirty_blocks(&self) -> Vec<u64> {
+    /// The blocks written since they were loaded, ascending, each with its written byte
+    /// ranges (within the block, ascending; see `block.rs` for their granularity).
+    pub fn dirty_ranges(&self) -> Vec<(u64, Vec<Range<usize>>)> {
         let state = self.lock();
-        let mut dirty: Vec<u64> = state
+        let mut dirty: Vec<(u64, Vec<Range<usize>>)> = state
             .blocks
             .iter()
-            .filter(|(_, b)| b.is_dirty())
-            .map(|(&i, _)| i)
+            .map(|(&i, b)| (i, b.written_ranges(self.blksize)))
+            .filter(|(_, ranges)| !ranges.is_empty())
             .collect();
-        dirty.sort_unstable();
+        dirty.sort_unstable_by_key(|(i, _)| *i);
         dirty
+    }
+
+    /// The address range of bytes `range` of `block`.
+    pub(super) fn bytes_range(&self, block: u64, range: Range<usize>) -> UffdioRange {
+        let start = self.base + block as usize * self.blksize + range.start;
+        UffdioRange {
+            start: start as u64,
+            len: range.len() as u64,
+        }
     }
 
     /// The address range of `block`.
     pub(super) fn block_range(&self, block: u64) -> UffdioRange {
-        UffdioRange {
-            start: (self.base + block as usize * self.blksize) as u64,
-            len: self.blksize as u64,
-        }
+        self.bytes_range(block, 0..self.blksize)
     }
 
     /// The block holding `addr`, if the region does.
