@@ -74,6 +74,10 @@ fn changed(block: u64, at: usize) -> u8 {
     !content(block)[at]
 }
 
+fn whole() -> Range<usize> {
+    0..BLK
+}
+
 fn granule(g: usize) -> Range<usize> {
     g * GRANULE..(g + 1) * GRANULE
 }
@@ -124,11 +128,11 @@ fn a_write_spanning_two_granules_reports_the_whole_block() {
     let bytes = [0xA5u8; 16];
     // SAFETY (test): mapped writable memory of block 0.
     unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), mem.block_ptr(0).add(at), 16) };
-    assert_eq!(mem.written_pages().unwrap()[&0], vec![0..BLK]);
+    assert_eq!(mem.written_pages().unwrap()[&0], vec![whole()]);
     // Block 1: the first write already spans two granules.
     // SAFETY (test): mapped writable memory of block 1.
     unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), mem.block_ptr(1).add(at), 16) };
-    assert_eq!(mem.written_pages().unwrap()[&1], vec![0..BLK]);
+    assert_eq!(mem.written_pages().unwrap()[&1], vec![whole()]);
     assert_eq!(byte(&mem, 0, 5 * GRANULE + 10), 1);
     for i in 0..16 {
         assert_eq!(byte(&mem, 0, at + i), 0xA5);
@@ -180,7 +184,7 @@ fn concurrent_writers_to_one_block_lose_nothing_and_are_all_reported() {
         let expected = if same {
             vec![granule(base)]
         } else {
-            vec![0..BLK]
+            vec![whole()]
         };
         assert_eq!(ranges, expected, "iteration {iteration}");
         for &at in &offsets {

@@ -86,7 +86,8 @@ fn touching_one_element_fetches_one_block_and_writes_are_tracked() {
     unsafe { *mem.block_ptr(5).add(3 * PAGE + 1) = 42 };
     let w = mem.written_pages().unwrap();
     assert_eq!(w.len(), 1);
-    assert_eq!(w[&5], vec![0..64 << 10]);
+    let granule = 0..64 << 10;
+    assert_eq!(w[&5], vec![granule]);
     // Discard drops it: the next touch fetches the stored version again.
     mem.discard(&[5]).unwrap();
     assert_eq!(byte(&mem, 5, 3 * PAGE + 1), content(5)[3 * PAGE + 1]);

@@ -114,7 +114,7 @@ impl Block {
             } => vec![granule_range(g, blksize)],
             State::Loaded {
                 written: Written::Whole,
-            } => vec![0..blksize],
+            } => std::iter::once(0..blksize).collect(),
             _ => Vec::new(),
         }
     }
@@ -215,4 +215,77 @@ impl Block {
 /// The bytes of granule `g` of a block of `blksize` bytes (the last one may be short).
 fn granule_range(g: usize, blksize: usize) -> Range<usize> {
     (g * GRANULE).min(blksize)..((g + 1) * GRANULE).min(blksize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nothing;
+
+    impl Fetch for Nothing {
+        fn fetch(&self) -> crate::Result<Vec<u8>> {
+            Ok(Vec::new())
+        }
+        fn describe(&self) -> String {
+            "nothing".into()
+        }
+    }
+
+    fn whole(blksize: usize) -> Range<usize> {
+        0..blksize
+    }
+
+    fn loaded() -> Block {
+        let mut b = Block::new(Arc::new(Nothing), 1);
+        assert!(b.start_install(1));
+        b.finish_install(true);
+        b
+    }
+
+    #[test]
+    fn writes_widen_from_one_granule_to_the_whole_block() {
+        let blk = 2 << 20;
+        let mut b = loaded();
+        assert!(b.written_ranges(blk).is_empty());
+        assert_eq!(b.write_at(GRANULE + 5, blk), Some(GRANULE..2 * GRANULE));
+        // Another fault in the same granule (a second writer's, handled after the first).
+        assert_eq!(b.write_at(2 * GRANULE - 1, blk), Some(GRANULE..2 * GRANULE));
+        assert_eq!(b.written_ranges(blk), vec![granule_range(1, blk)]);
+        assert_eq!(b.start_evict(), Eviction::Dirty);
+        assert_eq!(b.write_at(0, blk), Some(0..blk));
+        assert_eq!(b.written_ranges(blk), vec![whole(blk)]);
+        assert_eq!(b.write_at(GRANULE, blk), Some(0..blk));
+        assert_eq!(b.unload(), Some(true));
+        assert_eq!(b.write_at(0, blk), None, "not loaded: nothing to unprotect");
+    }
+
+    #[test]
+    fn granules_end_at_the_block_end() {
+        // A block of 96 KiB: the second granule is 32 KiB; a 16 KiB block is one granule.
+        let mut b = loaded();
+        assert_eq!(b.write_at(90 << 10, 96 << 10), Some(GRANULE..96 << 10));
+        let mut b = loaded();
+        assert_eq!(b.write_at(4096, 16 << 10), Some(0..16 << 10));
+        assert_eq!(b.write_at(0, 16 << 10), Some(0..16 << 10));
+        assert_eq!(b.written_ranges(16 << 10), vec![whole(16 << 10)]);
+    }
+
+    #[test]
+    fn only_clean_blocks_are_evicted_and_a_dropped_block_is_clean() {
+        let mut b = loaded();
+        assert_eq!(b.start_evict(), Eviction::Started);
+        b.finish_drop();
+        assert!(b.wants_fetch());
+        assert_eq!(b.start_evict(), Eviction::NotLoaded);
+        let mut b = loaded();
+        b.write_at(0, 2 << 20);
+        assert!(b.start_drop(), "it was loaded");
+        b.finish_drop();
+        assert!(b.written_ranges(2 << 20).is_empty());
+        assert!(
+            !b.start_install(2),
+            "another registration's fetch is not installed"
+        );
+    }
 }
