@@ -119,11 +119,6 @@ impl Block {
         }
     }
 
-    /// True if a touch must fetch it (registered, nobody loading it now).
-    pub fn wants_fetch(&self) -> bool {
-        self.state == State::Registered
-    }
-
     /// A worker with a fetch of registration `generation` starts copying it in: true (and
     /// busy) if the block still wants exactly that.
     pub fn start_install(&mut self, generation: u64) -> bool {
@@ -276,7 +271,7 @@ mod tests {
         let mut b = loaded();
         assert_eq!(b.start_evict(), Eviction::Started);
         b.finish_drop();
-        assert!(b.wants_fetch());
+        assert!(!b.is_loaded());
         assert_eq!(b.start_evict(), Eviction::NotLoaded);
         let mut b = loaded();
         b.write_at(0, 2 << 20);

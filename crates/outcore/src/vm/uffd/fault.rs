@@ -9,7 +9,6 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use super::block::Block;
 use super::budget::READ_AHEAD;
 use super::frames;
 use super::sys::page_range;
@@ -46,10 +45,12 @@ impl FaultServer {
         }
     }
 
-    /// True if `block` of `region` is registered, not loaded, and the region open.
+    /// True if `block` of `region` is registered, not loaded, and the region open. A busy
+    /// block counts: it is being loaded or dropped, and a job queued now waits for that to
+    /// end (in `fetch_and_install`), then loads it or finds it loaded.
     fn wants_fetch(&self, region: &FetchedRegion, block: u64) -> bool {
         let state = region.lock();
-        !state.closed && state.blocks.get(&block).is_some_and(Block::wants_fetch)
+        !state.closed && state.blocks.get(&block).is_some_and(|b| !b.is_loaded())
     }
 
     /// Queues a job for `block` unless one is pending; true if queued.
@@ -188,7 +189,7 @@ impl FaultServer {
             state
                 .blocks
                 .get(&block)
-                .filter(|b| b.wants_fetch() && !state.closed)
+                .filter(|b| !b.is_loaded() && !state.closed)
                 .map(|b| (b.fetch.clone(), b.generation))
         };
         let Some((fetch, generation)) = wanted else {
