@@ -114,7 +114,7 @@ enum Mapped {
     /// Pieces of files over zeros, needing this many kernel mappings.
     Pieces(usize),
     /// Fetched on first touch (userfaultfd).
-    Remote,
+    Fetched,
 }
 
 /// The memory of one open array, or of a window of it: a reservation of `capacity` blocks of
@@ -428,7 +428,7 @@ impl BlockMemory {
         let mut blocks: Vec<u64> = state
             .mapped
             .iter()
-            .filter(|(_, m)| **m != Mapped::Remote)
+            .filter(|(_, m)| **m != Mapped::Fetched)
             .map(|(&b, _)| b)
             .chain(more)
             .collect();
@@ -530,7 +530,7 @@ impl BlockMemory {
             // Before the memory changes: no fetch of an old registration may land in it.
             if let Some((server, region)) = self.reservation.remote_if_any() {
                 for (b, _) in &run {
-                    if state.mapped.get(b) == Some(&Mapped::Remote) {
+                    if state.mapped.get(b) == Some(&Mapped::Fetched) {
                         server.retire(region, self.rel(*b));
                     }
                 }
@@ -563,7 +563,7 @@ impl BlockMemory {
     }
 
     fn install_locked(&self, state: &mut State, block: u64, backing: Backing) -> Result<()> {
-        let was_remote = state.mapped.get(&block) == Some(&Mapped::Remote);
+        let was_remote = state.mapped.get(&block) == Some(&Mapped::Fetched);
         if was_remote {
             // Before the memory changes: no fetch of the old registration may land in it.
             if let Some((server, region)) = self.reservation.remote_if_any() {
@@ -631,7 +631,7 @@ impl BlockMemory {
                             }
                         }
                         server.register(region, self.rel(block), fetch)?;
-                        Mapped::Remote
+                        Mapped::Fetched
                     }
                     Err(why) => {
                         tracing::debug!("fetching block {block} at once: {why}");
@@ -826,7 +826,7 @@ impl BlockMemory {
         state
             .mapped
             .range(first..=last)
-            .filter(|(_, m)| **m == Mapped::Remote)
+            .filter(|(_, m)| **m == Mapped::Fetched)
             .map(|(&b, _)| b)
             .collect()
     }
@@ -880,17 +880,17 @@ impl BlockMemory {
             return Ok(out);
         };
         let span = self.block_ptr(first) as usize..self.block_ptr(last) as usize + self.blksize;
-        let is_remote = |b: &u64| state.mapped.get(b) == Some(&Mapped::Remote);
+        let is_remote = |b: &u64| state.mapped.get(b) == Some(&Mapped::Fetched);
         self.add_by_block(&mut out, dirty::written_pages(span.clone())?, |b| {
             !is_remote(b)
         });
         if let Some((_, region)) = self.reservation.remote_if_any() {
-            // Fetched blocks are private memory from the start; the fault server tracks which
-            // were written, whole.
-            for block in region.dirty_blocks() {
+            // Fetched blocks are private memory from the start; the fault server tracks
+            // their written ranges (64 KiB granules, or the whole block).
+            for (block, ranges) in region.dirty_ranges() {
                 let block = block + self.first;
                 if is_remote(&block) {
-                    out.insert(block, std::iter::once(0..self.blksize).collect());
+                    out.insert(block, ranges);
                 }
             }
         }
@@ -1008,7 +1008,7 @@ impl BlockMemory {
     /// Drops the private (written) pages of `ranges` within `block`: they show the mapped
     /// version again.
     pub fn discard_pages(&self, block: u64, ranges: &[Range<usize>]) -> Result<()> {
-        if self.lock().mapped.get(&block) == Some(&Mapped::Remote) {
+        if self.lock().mapped.get(&block) == Some(&Mapped::Fetched) {
             // A fetched block is loaded whole: drop it whole, the next touch fetches it.
             let whole = 0..self.blksize;
             return match self.reservation.remote_if_any() {
@@ -1117,7 +1117,7 @@ impl BlockMemory {
                     Mapped::File { inode, offset },
                 ) => pb + 1 == b && pi == inode && po + self.blksize as u64 == *offset,
                 (Some((pb, Mapped::Hole)), Mapped::Hole)
-                | (Some((pb, Mapped::Remote)), Mapped::Remote) => pb + 1 == b,
+                | (Some((pb, Mapped::Fetched)), Mapped::Fetched) => pb + 1 == b,
                 _ => false,
             };
             if let Mapped::Pieces(n) = m {

@@ -6,7 +6,6 @@
 //! block state machine is documented there.
 
 mod dirty;
-mod frames;
 mod mapped;
 mod reservation;
 mod uffd;

@@ -17,7 +17,7 @@ pub struct Reservation {
     len: usize,
     /// Fetch-on-touch blocks in this range, registered with the fault server; it lives as
     /// long as the memory (views included), so a fault is always served.
-    remote: std::sync::OnceLock<std::sync::Arc<super::uffd::RemoteRegion>>,
+    remote: std::sync::OnceLock<std::sync::Arc<super::uffd::FetchedRegion>>,
 }
 
 impl std::fmt::Debug for Reservation {
@@ -110,13 +110,13 @@ impl Reservation {
     ) -> std::result::Result<
         (
             &'static super::uffd::FaultServer,
-            &super::uffd::RemoteRegion,
+            &super::uffd::FetchedRegion,
         ),
         String,
     > {
         let server = super::uffd::server()?;
         let region = self.remote.get_or_init(|| {
-            let region = std::sync::Arc::new(super::uffd::RemoteRegion::new(
+            let region = std::sync::Arc::new(super::uffd::FetchedRegion::new(
                 self.base.as_ptr() as usize,
                 self.len,
                 blksize,
@@ -134,7 +134,7 @@ impl Reservation {
         &self,
     ) -> Option<(
         &'static super::uffd::FaultServer,
-        &super::uffd::RemoteRegion,
+        &super::uffd::FetchedRegion,
     )> {
         let region = self.remote.get()?;
         super::uffd::server().ok().map(|s| (s, &**region))

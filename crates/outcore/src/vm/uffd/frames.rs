@@ -11,6 +11,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use super::lock;
+
 /// Huge page size: frames are aligned to it so a whole-frame move is one page table entry.
 pub const HUGE: usize = 2 << 20;
 /// Frames with pages always allowed per size, even with the budget used up by loaded blocks
@@ -21,8 +23,9 @@ pub const MIN_SPARES: usize = 8;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Frame(pub usize);
 
+/// The frames of one size.
 #[derive(Default)]
-struct Sized {
+struct SizeClass {
     /// Frames holding pages (zeroed or an old block's bytes): decoding into them allocates
     /// nothing.
     full: Vec<Frame>,
@@ -33,12 +36,12 @@ struct Sized {
 /// The frames of the process, by size.
 #[derive(Default)]
 pub struct FramePool {
-    sizes: Mutex<HashMap<usize, Sized>>,
+    sizes: Mutex<HashMap<usize, SizeClass>>,
 }
 
 impl FramePool {
-    fn with<T>(&self, size: usize, f: impl FnOnce(&mut Sized) -> T) -> T {
-        let mut sizes = self.sizes.lock().unwrap_or_else(|p| p.into_inner());
+    fn with<T>(&self, size: usize, f: impl FnOnce(&mut SizeClass) -> T) -> T {
+        let mut sizes = lock(&self.sizes);
         f(sizes.entry(size).or_default())
     }
 
@@ -122,7 +125,7 @@ impl FramePool {
 
     /// Frees the pages of spares beyond `limit` bytes (per size).
     pub fn trim(&self, limit: usize) {
-        let mut sizes = self.sizes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sizes = lock(&self.sizes);
         for (&size, s) in sizes.iter_mut() {
             let keep = (limit / size).max(MIN_SPARES);
             let n = s.full.len().saturating_sub(keep);
@@ -136,7 +139,7 @@ impl FramePool {
 
     /// Bytes held by spare frames (all sizes).
     pub fn spare_bytes(&self) -> usize {
-        let sizes = self.sizes.lock().unwrap_or_else(|p| p.into_inner());
+        let sizes = lock(&self.sizes);
         sizes.iter().map(|(size, s)| size * s.full.len()).sum()
     }
 
@@ -147,7 +150,7 @@ impl FramePool {
 }
 
 /// Whether one more spare of `size` fits in `limit` bytes (or the minimum).
-fn fits(s: &Sized, size: usize, limit: usize) -> bool {
+fn fits(s: &SizeClass, size: usize, limit: usize) -> bool {
     s.full.len() < MIN_SPARES || (s.full.len() + 1) * size <= limit
 }
 

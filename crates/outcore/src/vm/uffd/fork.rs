@@ -1,0 +1,217 @@
+//! Serving the faults of forked children (and grandchildren) that kept fetched memory: each
+//! sees the blocks registered when it was forked ([`Snapshot`]), fetched by this process and
+//! copied into its address space.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use super::fault::fetch_caught;
+use super::sys::{page_range, Uffd, UffdMsg, UffdioRange, PAGE};
+use super::{lock, read, FaultServer, Fetch, Job};
+use crate::Error;
+
+/// Most forked children served at once.
+pub(super) const CHILD_SLOTS: usize = 256;
+
+/// The descriptors of the children's address spaces the reader polls: -1 free, `fd` in use,
+/// `-fd - 2` to be closed by the reader.
+pub(super) static CHILDREN: [AtomicI32; CHILD_SLOTS] = [const { AtomicI32::new(-1) }; CHILD_SLOTS];
+
+/// The address space of a forked child (or grandchild), whose faults this process serves.
+pub(super) struct Child {
+    /// The child's userfaultfd, received with the fork event.
+    uffd: Uffd,
+    /// What the fetched blocks held when the child was forked.
+    pub snapshot: Arc<Snapshot>,
+    /// Start addresses of blocks with a fetch job pending.
+    queued: Mutex<HashSet<usize>>,
+}
+
+/// The registered blocks of every region at one fork, by region base.
+pub(super) type Snapshot = BTreeMap<usize, SnapshotRegion>;
+
+/// One region's registered blocks at a fork.
+pub(super) struct SnapshotRegion {
+    len: usize,
+    blksize: usize,
+    what: String,
+    blocks: HashMap<u64, Arc<dyn Fetch>>,
+}
+
+/// The block of a snapshot holding an address.
+struct SnapshotBlock<'a> {
+    range: UffdioRange,
+    /// The region's description, for messages.
+    what: &'a str,
+    /// How to fetch the block (`None`: not registered at the fork).
+    fetch: Option<Arc<dyn Fetch>>,
+}
+
+/// The block of `snapshot` holding `addr`, if any region of it does.
+fn snapshot_block(snapshot: &Snapshot, addr: usize) -> Option<SnapshotBlock<'_>> {
+    let (&base, region) = snapshot.range(..=addr).next_back()?;
+    if addr >= base + region.len {
+        return None;
+    }
+    let block = ((addr - base) / region.blksize) as u64;
+    let range = UffdioRange {
+        start: (base + block as usize * region.blksize) as u64,
+        len: region.blksize as u64,
+    };
+    Some(SnapshotBlock {
+        range,
+        what: &region.what,
+        fetch: region.blocks.get(&block).cloned(),
+    })
+}
+
+/// Marks the slot of the dead child `fd` for the reader to close.
+pub(super) fn release_slot(fd: i32) {
+    if let Some(slot) = CHILDREN.iter().find(|s| s.load(Ordering::Acquire) == fd) {
+        slot.store(-fd - 2, Ordering::Release);
+    }
+}
+
+impl Child {
+    /// The child announced by fork event `msg`, seeing `snapshot`.
+    pub fn new(msg: &UffdMsg, snapshot: Arc<Snapshot>) -> Option<Arc<Child>> {
+        // The reader owns (and closes) the received descriptor: keep a duplicate for ioctls.
+        let uffd = Uffd::duplicate(msg.fork_fd())?;
+        Some(Arc::new(Child {
+            uffd,
+            snapshot,
+            queued: Mutex::new(HashSet::new()),
+        }))
+    }
+
+    /// A write to a page the child inherited write-protected: the child has no transaction
+    /// and its writes are private to it, so just lift the protection (of the whole block).
+    pub fn write_fault(&self, addr: usize) {
+        let range = snapshot_block(&self.snapshot, addr).map_or(page_range(addr), |b| b.range);
+        if self.uffd.unprotect(range).is_err() {
+            self.uffd.wake(range);
+        }
+    }
+
+    /// False once the child's address space is gone (it exited or exec'd). Asked with a copy
+    /// to a page no child has registered (a static of this library): that fails without
+    /// changing anything, with ESRCH only when the address space is gone.
+    pub fn alive(&self) -> bool {
+        #[repr(align(4096))]
+        struct Page([u8; PAGE]);
+        static PROBE: Page = Page([0; PAGE]);
+        let probe = UffdioRange {
+            start: PROBE.0.as_ptr() as u64,
+            len: PAGE as u64,
+        };
+        !matches!(self.uffd.copy(probe, &PROBE.0, false), Err(e) if e.raw_os_error() == Some(libc::ESRCH))
+    }
+}
+
+impl FaultServer {
+    /// What every region's registered blocks hold now: what a child forked now sees.
+    pub(super) fn snapshot(&self) -> Snapshot {
+        let regions = read(&self.regions);
+        regions
+            .values()
+            .filter_map(Weak::upgrade)
+            .map(|region| {
+                let state = region.lock();
+                let blocks = state
+                    .blocks
+                    .iter()
+                    .map(|(&b, rb)| (b, rb.fetch.clone()))
+                    .collect();
+                let snap = SnapshotRegion {
+                    len: region.len,
+                    blksize: region.blksize,
+                    what: region.what.clone(),
+                    blocks,
+                };
+                (region.base, snap)
+            })
+            .collect()
+    }
+
+    /// A missing page in a child: queue its block (as of the fork) for the workers.
+    pub(super) fn child_fault(&self, child: &Arc<Child>, addr: usize) {
+        match snapshot_block(&child.snapshot, addr) {
+            Some(SnapshotBlock {
+                range,
+                fetch: Some(_),
+                ..
+            }) => {
+                let start = range.start as usize;
+                if lock(&child.queued).insert(start) {
+                    self.send(Job::Child {
+                        child: child.clone(),
+                        start,
+                    });
+                }
+            }
+            // Registered after the fork's snapshot was taken: its contents at the fork are
+            // unknown, and zeros would be wrong.
+            _ => self.fail_child(
+                child,
+                page_range(addr),
+                &format!("address {addr:#x}, not fetched memory when the child was forked"),
+            ),
+        }
+    }
+
+    /// Makes the child's access of `range` fail (SIGBUS), after saying why.
+    fn fail_child(&self, child: &Child, range: UffdioRange, what: &str) {
+        let msg = format!("outcore: cannot serve a forked child's access to {what}");
+        tracing::error!("{msg}");
+        eprintln!("{msg}");
+        if self.poison && child.uffd.poison(range).is_ok() {
+            return;
+        }
+        // Nothing else stops the child from waiting forever.
+        std::process::abort();
+    }
+
+    /// Fetches a block as it was when `child` was forked, with this process's storage, and
+    /// copies the pages the child lacks into its address space (writable: its writes are
+    /// its own).
+    pub(super) fn load_for_child(&self, child: &Child, start: usize, scratch: &mut Vec<u8>) {
+        let Some(SnapshotBlock {
+            range,
+            what,
+            fetch: Some(fetch),
+        }) = snapshot_block(&child.snapshot, start)
+        else {
+            return;
+        };
+        scratch.resize(range.len as usize, 0);
+        let mut fetched = Err(Error::NotFound(String::new()));
+        for delay in [0, 100, 500, 2000] {
+            std::thread::sleep(Duration::from_millis(delay));
+            fetched = fetch_caught(&*fetch, scratch);
+            if fetched.is_ok() {
+                break;
+            }
+        }
+        // A fault from now on queues the block again (the copy below skips present pages).
+        lock(&child.queued).remove(&start);
+        match fetched {
+            Ok(len) => {
+                scratch[len..].fill(0);
+                // Pages the child already has (copied on write from this process, or by an
+                // earlier job) stay: copy the rest page by page.
+                if child.uffd.copy(range, scratch, false).is_ok()
+                    || child.uffd.copy_missing_pages(range, scratch, false)
+                {
+                    self.stats.child_copies.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => self.fail_child(
+                child,
+                range,
+                &format!("{} of {what} after retries: {e}", fetch.describe()),
+            ),
+        }
+    }
+}
