@@ -600,6 +600,104 @@ fn page_deltas(fx: &Fixture) {
     assert!(matches!(bad, Err(Error::InvalidArgument(_))), "{bad:?}");
 }
 
+/// Allocated bytes of a file (holes take none).
+fn allocated(file: &std::fs::File) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata().unwrap().blocks() * 512
+}
+
+/// Versions written ahead into staged space: published by a commit without a copy (the
+/// version is the staged extent), given back when dropped unpublished, kept staged across a
+/// refused commit, and still readable after pack. Stores that cannot stage say so.
+fn staged_versions(fx: &Fixture) {
+    let s = &*fx.store;
+    let Some(extent) = s.stage(64 * 1024).unwrap() else {
+        return;
+    };
+    assert!(s.stage(1000).is_err(), "staged space is whole pages");
+    let f = fresh_file(s);
+    let k = block(f, 0);
+    let data = noise(11, 40 * 1024);
+    extent.file().write_all_at(&data, extent.offset()).unwrap();
+    let held = Arc::new(Held(extent_bytes(&extent)));
+    let base = s.head().unwrap();
+    // Someone else writes the block first: the staged write conflicts and stays staged.
+    let theirs = store_one(s, base, k, vec![1; 4096]).unwrap();
+    let refused = s.commit(CommitRequest {
+        base,
+        writes: vec![(
+            k,
+            Write::Staged {
+                extent: extent.clone(),
+                from: held.clone(),
+            },
+        )],
+        meta: TxnMeta::default(),
+    });
+    assert!(
+        matches!(refused, Err(Error::Conflict { .. })),
+        "{refused:?}"
+    );
+    assert!(!extent.is_published());
+    let tid = s
+        .commit(CommitRequest {
+            base: theirs,
+            writes: vec![(
+                k,
+                Write::Staged {
+                    extent: extent.clone(),
+                    from: held,
+                },
+            )],
+            meta: TxnMeta::default(),
+        })
+        .unwrap();
+    assert!(extent.is_published());
+    assert_eq!(s.load(k, tid).unwrap().unwrap().data, data, "stored short");
+    match s.locate(k, tid).unwrap() {
+        Located::Mapped(e) => {
+            assert_eq!(
+                e.offset,
+                extent.offset(),
+                "the staged extent is the version"
+            );
+            assert_eq!(e.len, data.len() as u64);
+        }
+        other => panic!("a published staged version is mapped: {other:?}"),
+    }
+    drop(extent); // published: the space stays
+    assert_eq!(s.load(k, tid).unwrap().unwrap().data, data);
+
+    // Dropped unpublished: the space is given back.
+    let gone = s.stage(256 * 1024).unwrap().unwrap();
+    gone.file()
+        .write_all_at(&noise(12, 256 * 1024), gone.offset())
+        .unwrap();
+    let file = gone.file().clone();
+    let before = allocated(&file);
+    drop(gone);
+    assert!(
+        allocated(&file) + 200 * 1024 <= before,
+        "dropping staged space frees it: {before} -> {}",
+        allocated(&file)
+    );
+
+    s.pack(Tid::MAX).unwrap();
+    assert_eq!(s.load(k, tid).unwrap().unwrap().data, data, "after pack");
+    let report = s.verify().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+/// The bytes of a staged extent, read back from its file.
+fn extent_bytes(extent: &outcore::storage::StagedExtent) -> Vec<u8> {
+    let mut out = vec![0u8; extent.len() as usize];
+    extent
+        .file()
+        .read_exact_at(&mut out, extent.offset())
+        .unwrap();
+    out
+}
+
 fn pack_respects_leases(s: Arc<dyn Storage>) {
     let f = fresh_file(&*s);
     let k = block(f, 0);
@@ -786,6 +884,11 @@ macro_rules! conformance {
             fn page_deltas() {
                 let Some(fx) = $fixture else { return };
                 super::page_deltas(&fx)
+            }
+            #[test]
+            fn staged_versions() {
+                let Some(fx) = $fixture else { return };
+                super::staged_versions(&fx)
             }
             #[test]
             fn pack_respects_leases() {

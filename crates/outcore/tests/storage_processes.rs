@@ -60,6 +60,43 @@ fn child_entry() {
                 .unwrap();
             println!("@{}", tid.0);
         }
+        "stage" => {
+            // Publishes one staged version, stages another, then waits to be killed.
+            let key = Key::Block {
+                file: Oid(arg("OUTCORE_FILE")),
+                index: 0,
+            };
+            let published = store.stage(BLOCK_BYTES as u64).unwrap().unwrap();
+            let bytes = vec![7u8; BLOCK_BYTES];
+            std::os::unix::fs::FileExt::write_all_at(
+                &**published.file(),
+                &bytes,
+                published.offset(),
+            )
+            .unwrap();
+            let tid = store
+                .commit(CommitRequest {
+                    base: store.head().unwrap(),
+                    writes: vec![(
+                        key,
+                        Write::Staged {
+                            extent: published.clone(),
+                            from: std::sync::Arc::new(Bytes(bytes)),
+                        },
+                    )],
+                    meta: TxnMeta::new("child", "staged"),
+                })
+                .unwrap();
+            let pending = store.stage(BLOCK_BYTES as u64).unwrap().unwrap();
+            std::os::unix::fs::FileExt::write_all_at(
+                &**pending.file(),
+                &vec![9u8; BLOCK_BYTES],
+                pending.offset(),
+            )
+            .unwrap();
+            println!("@{}", tid.0);
+            std::thread::sleep(Duration::from_secs(600));
+        }
         "race" => {
             let key = Key::Block {
                 file: Oid(arg("OUTCORE_FILE")),
@@ -87,6 +124,80 @@ fn child_entry() {
 
 /// The payload of commit number `n` for block `i`: stamped so a reader can tell which
 /// commit wrote it.
+/// Bytes handed to a commit as a payload.
+struct Bytes(Vec<u8>);
+
+impl outcore::storage::Payload for Bytes {
+    fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Staging segments (`segments/s<id>.seg`) of the store in `dir`.
+fn staging_segments(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir.join("segments"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('s'))
+        .collect()
+}
+
+#[test]
+fn a_killed_process_staged_space_is_reclaimed_by_pack_and_its_commits_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    LocalStorage::open(&dir).unwrap();
+    let mut child = spawn_child("stage", &dir, &[("OUTCORE_FILE", "77".into())]);
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let tid = loop {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the child died");
+        if let Some((_, t)) = line.split_once('@') {
+            break Tid(t.trim().parse().unwrap());
+        }
+    };
+    // SAFETY: SIGKILL to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    assert_eq!(
+        staging_segments(&dir).len(),
+        1,
+        "the child's staging segment is left"
+    );
+
+    let store = LocalStorage::open(&dir).unwrap();
+    let key = Key::Block {
+        file: Oid(77),
+        index: 0,
+    };
+    assert_eq!(
+        store.load(key, tid).unwrap().unwrap().data,
+        vec![7u8; BLOCK_BYTES]
+    );
+    store.pack(Tid::MAX).unwrap();
+    assert!(
+        staging_segments(&dir).is_empty(),
+        "pack reclaims a dead process's staging segment: {:?}",
+        staging_segments(&dir)
+    );
+    assert!(
+        std::fs::read_dir(dir.join("staging"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "and its marker"
+    );
+    assert_eq!(
+        store.load(key, Tid::MAX).unwrap().unwrap().data,
+        vec![7u8; BLOCK_BYTES],
+        "the published staged version survives (copied by pack)"
+    );
+    let report = store.verify().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
 fn crash_payload(n: u64, i: u64) -> Vec<u8> {
     let mut v = vec![(n % 251) as u8; BLOCK_BYTES];
     v[..8].copy_from_slice(&n.to_le_bytes());

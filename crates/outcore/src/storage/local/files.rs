@@ -44,9 +44,13 @@ impl SegmentDir {
         self.dir.join(format!("{seg:08}.seg"))
     }
 
-    /// Deletes the staging segments not in `live` (pack, after rewriting every version they
-    /// held); the number deleted.
-    pub fn delete_staging_except(&self, live: &std::collections::HashSet<u32>) -> Result<u64> {
+    /// Deletes the staging segments with ids below `below` that are not in `live` (pack, after
+    /// rewriting every version they held); the number deleted.
+    pub fn delete_staging_except(
+        &self,
+        live: &std::collections::HashSet<u32>,
+        below: u64,
+    ) -> Result<u64> {
         let mut deleted = 0;
         let entries =
             fs::read_dir(&self.dir).map_err(|e| Error::io("listing segments".to_string(), e))?;
@@ -57,16 +61,16 @@ impl SegmentDir {
                 .and_then(|n| n.strip_prefix('s'))
                 .and_then(|n| n.strip_suffix(".seg"))
                 .and_then(|n| n.parse::<u32>().ok());
-            if id.is_some_and(|id| !live.contains(&id)) {
+            if id.is_some_and(|id| u64::from(id) < below && !live.contains(&id)) {
                 fs::remove_file(entry.path())
                     .map_err(|e| Error::io(format!("deleting {}", entry.path().display()), e))?;
                 deleted += 1;
             }
         }
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache
-            .files
-            .retain(|&id, _| id < super::staging::STAGING_BASE || live.contains(&id));
+        cache.files.retain(|&id, _| {
+            id < super::staging::STAGING_BASE || u64::from(id) >= below || live.contains(&id)
+        });
         Ok(deleted)
     }
 

@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex, Weak};
 use heed::types::{Bytes, Str};
 use heed::{Database, Env, EnvFlags, EnvOpenOptions, MdbError, RoTxn, RwTxn, WithoutTls};
 
-use super::codec::Compression;
+use super::codec::{self, Compression};
 use super::delta::Tip;
 use super::lease::pack_removals;
 use super::record::{self, decode_log, encode_log, Body, Chain, VersionRecord};
@@ -662,19 +662,23 @@ impl Storage for LocalStorage {
                 "staged space must be a positive multiple of 4096 bytes, not {len}"
             )));
         }
-        let allocate = || {
+        let allocate = |mark: &dyn Fn(u32) -> Result<()>| {
             let mut txn = s.env.write_txn()?;
-            let next = get_u64(&s.meta, &txn, META_NEXT_STAGING)?.max(u64::from(staging::STAGING_BASE));
+            let next =
+                get_u64(&s.meta, &txn, META_NEXT_STAGING)?.max(u64::from(staging::STAGING_BASE));
             let seg = u32::try_from(next).map_err(|_| Error::Format {
                 path: s.dir.clone(),
                 reason: "staging segment ids exhausted".into(),
             })?;
+            mark(seg)?;
             put_u64(&s.meta, &mut txn, META_NEXT_STAGING, next + 1)?;
             txn.commit()?;
             Ok(seg)
         };
         s.stager
-            .stage(len, s.segment_bytes, s.identity, allocate, |seg| s.segments.path(seg))
+            .stage(len, s.segment_bytes, s.identity, allocate, |seg| {
+                s.segments.path(seg)
+            })
             .map(Some)
             .map_err(|e| s.explain_full(e))
     }
@@ -700,6 +704,8 @@ impl Storage for LocalStorage {
 impl Shared {
     fn commit(&self, req: CommitRequest) -> Result<Tid> {
         let s = self;
+        // Outside the writer lock: make staged versions durable, and describe them.
+        let staged = s.staged_records(&req)?;
         let mut txn = s.env.write_txn()?;
         let mut tips = Vec::with_capacity(req.writes.len());
         for (key, _) in &req.writes {
@@ -724,11 +730,12 @@ impl Shared {
         let appended = Uncommitted::new(&s.segments, seg_state.0, seg_state.1);
         let mut segment_file = None;
         let mut records = Vec::with_capacity(req.writes.len());
-        for ((key, write), tip) in req.writes.iter().zip(tips) {
-            records.push((
-                *key,
-                s.prepare(*key, write, tip, &mut segment_file, &mut seg_state)?,
-            ));
+        for (((key, write), tip), staged) in req.writes.iter().zip(tips).zip(&staged) {
+            let record = match staged {
+                Some(record) => record.clone(),
+                None => s.prepare(*key, write, tip, &mut segment_file, &mut seg_state)?,
+            };
+            records.push((*key, record));
         }
         if records.iter().any(|(_, r)| r.delta().is_some())
             && get_u64(&s.meta, &txn, META_FORMAT)? < FORMAT_VERSION
@@ -755,7 +762,67 @@ impl Shared {
         put_u64(&s.meta, &mut txn, META_TAIL, seg_state.1)?;
         txn.commit()?;
         appended.keep();
+        for (key, write) in &req.writes {
+            if let (Write::Staged { extent, .. }, true) = (write, key.is_block()) {
+                if extent.belongs_to(s.identity) {
+                    extent.mark_published();
+                }
+            }
+        }
         Ok(tid)
+    }
+
+    /// The records of the writes of `req` that publish space this store staged (`None` for
+    /// the others), after syncing their files: a published extent must be durable before the
+    /// index names it.
+    fn staged_records(&self, req: &CommitRequest) -> Result<Vec<Option<VersionRecord>>> {
+        let mut synced: Vec<u32> = Vec::new();
+        let mut out = Vec::with_capacity(req.writes.len());
+        for (key, write) in &req.writes {
+            let Write::Staged { extent, from } = write else {
+                out.push(None);
+                continue;
+            };
+            if !key.is_block()
+                || !extent.belongs_to(self.identity)
+                || self.compression != Compression::None
+            {
+                // Stored like any other new version (its bytes copied).
+                out.push(None);
+                continue;
+            }
+            let bytes = from.bytes();
+            if bytes.len() as u64 > extent.len() {
+                return Err(Error::InvalidArgument(format!(
+                    "{key}: {} bytes do not fit the {} bytes staged for them",
+                    bytes.len(),
+                    extent.len()
+                )));
+            }
+            let used = super::delta::used_len(bytes);
+            if used == 0 {
+                out.push(Some(VersionRecord::tombstone()));
+                continue;
+            }
+            if !synced.contains(&extent.segment()) {
+                extent
+                    .file()
+                    .sync_data()
+                    .map_err(|e| Error::io("syncing staged versions", e))?;
+                synced.push(extent.segment());
+            }
+            out.push(Some(VersionRecord {
+                codec: Compression::None,
+                checksum: codec::checksum(&bytes[..used]),
+                raw_len: used as u64,
+                body: Body::Segment {
+                    seg: extent.segment(),
+                    offset: extent.offset(),
+                    stored_len: used as u64,
+                },
+            }));
+        }
+        Ok(out)
     }
 
     fn log(&self, after: Tid, upto: Tid) -> Result<Vec<TxnInfo>> {
@@ -921,9 +988,16 @@ impl Shared {
         put_u64(&s.meta, &mut txn, META_TAIL, seg_state.1)?;
         put_u64(&s.meta, &mut txn, META_EPOCH, epoch + 1)?;
         put_u64(&s.meta, &mut txn, META_HORIZON, horizon.0)?;
+        // Staging ids below this were allocated (and marked) before this pack took the lock.
+        let staged_before = get_u64(&s.meta, &txn, META_NEXT_STAGING)?;
         txn.commit()?;
         written.keep();
         s.segments.delete_below(first_new)?;
+        // Every version was copied out above: staging segments nobody may publish from any
+        // more (their process ended, or moved on with nothing left staged) go.
+        let live_staging = s.stager.live_segments()?;
+        s.segments
+            .delete_staging_except(&live_staging, staged_before)?;
         Ok(stats)
     }
 

@@ -4,7 +4,8 @@
 //! A process stages into its own **staging segments**: files `segments/s<id>.seg` with ids
 //! from [`STAGING_BASE`] up, allocated from the index counter `next_staging` (so they never
 //! collide with the segments commits append to, whose cleanup deletes files by number). Each
-//! has a marker `staging/<pid>-<id>` while its process may still publish from it.
+//! has a marker `staging/<pid>-<id>` while its process may still publish from it, created
+//! inside the index transaction that allocates the id.
 //!
 //! Life of one staged extent ([`StagedExtent`]):
 //!
@@ -19,8 +20,10 @@
 //!
 //! **Crash.** A killed process leaves its staging segments and markers. Pack rewrites every
 //! live version (published staged ones included) into new segments and then deletes the
-//! staging segments whose marker names a dead process or that have no marker: unpublished
-//! data is reclaimed by the next pack. Segments of live processes are kept (their published
+//! staging segments allocated before it started whose marker names a dead process or that
+//! have no marker: unpublished data is reclaimed by the next pack. (Pack holds the index's
+//! writer lock, so every id allocated before it has its marker; ids allocated after it are
+//! never touched.) Segments of live processes are kept (their published
 //! extents, copied by pack, stay as garbage until the process ends and a pack runs).
 
 use std::fs::{self, File, OpenOptions};
@@ -168,19 +171,22 @@ impl Stager {
     }
 
     /// Stages `len` bytes (a multiple of 4096) in the current staging segment, starting a new
-    /// one (id from `allocate`, file at `path(id)`) when there is none or it holds
-    /// `segment_bytes` already.
+    /// one when there is none or it holds `segment_bytes` already. `allocate` takes a new
+    /// segment id from the index inside a write transaction and calls its argument (which
+    /// creates the segment's marker) before committing it: pack, holding the writer lock,
+    /// thus sees the marker of every id allocated before it started (see `live_segments`).
     pub fn stage(
         &self,
         len: u64,
         segment_bytes: u64,
         store: (u64, u64),
-        allocate: impl FnOnce() -> Result<u32>,
+        allocate: impl FnOnce(&dyn Fn(u32) -> Result<()>) -> Result<u32>,
         path: impl Fn(u32) -> PathBuf,
     ) -> Result<Arc<StagedExtent>> {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if current.as_ref().is_none_or(|c| c.next >= segment_bytes) {
-            *current = Some(self.start_segment(allocate()?, &path)?);
+            let seg = allocate(&|seg| self.create_marker(seg))?;
+            *current = Some(self.start_segment(seg, &path)?);
         }
         let c = current.as_mut().expect("started above");
         let offset = c.next;
@@ -201,14 +207,23 @@ impl Stager {
         }))
     }
 
-    /// Creates the marker, then the file, of staging segment `seg` (in that order: a file
-    /// without a marker is a crashed process's, which pack deletes).
-    fn start_segment(&self, seg: u32, path: &impl Fn(u32) -> PathBuf) -> Result<Current> {
+    fn marker(&self, seg: u32) -> PathBuf {
+        self.markers.join(format!("{}-{seg}", std::process::id()))
+    }
+
+    fn create_marker(&self, seg: u32) -> Result<()> {
         super::create_private_dir(&self.markers)?;
-        let marker = self.markers.join(format!("{}-{seg}", std::process::id()));
+        let marker = self.marker(seg);
         File::create(&marker)
-            .map_err(|e| Error::io(format!("creating {}", marker.display()), e))?;
-        let hold = Arc::new(SegmentHold { marker });
+            .map(drop)
+            .map_err(|e| Error::io(format!("creating {}", marker.display()), e))
+    }
+
+    /// Creates the file of staging segment `seg`, whose marker exists.
+    fn start_segment(&self, seg: u32, path: &impl Fn(u32) -> PathBuf) -> Result<Current> {
+        let hold = Arc::new(SegmentHold {
+            marker: self.marker(seg),
+        });
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -216,6 +231,10 @@ impl Stager {
             .mode(0o600)
             .open(path(seg))
             .map_err(|e| Error::io(format!("creating staging segment s{seg}"), e))?;
+        // Commits will name this file: its directory entry must be durable first.
+        if let Some(dir) = path(seg).parent() {
+            super::files::sync_dir(dir)?;
+        }
         Ok(Current {
             seg,
             file: Arc::new(file),
