@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::source::SnapshotSource;
+use super::source::{SnapshotSource, StagedBlock};
 use crate::array::ArrayMeta;
 use crate::storage::{Key, Oid, Payload, Storage, Tid, Write};
 use crate::vm::BlockMemory;
@@ -77,21 +77,6 @@ fn all_zero(bytes: &[u8]) -> bool {
     bytes
         .chunks(4096)
         .all(|page| page.iter().fold(0u8, |acc, &x| acc | x) == 0)
-}
-
-/// The blocks of the array `g` describes as of snapshot `at`, holes from `cut` on.
-fn source<'a>(
-    storage: &'a Arc<dyn Storage>,
-    g: &ArrayTxn,
-    at: Tid,
-    cut: Option<u64>,
-) -> SnapshotSource<'a> {
-    SnapshotSource {
-        storage,
-        file: g.meta.file,
-        at,
-        cut,
-    }
 }
 
 /// True if nothing but its array holds `window` (no view, no commit in progress) and it holds
@@ -225,7 +210,7 @@ impl ArrayHandle {
         storage: &Arc<dyn Storage>,
         at: Tid,
     ) -> Result<Arc<BlockMemory>> {
-        let source = source(storage, g, at, g.cut);
+        let source = self.source(storage, g, at, g.cut);
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(w) = windows.iter().rev().find(|w| w.covers(&blocks)) {
             let w = w.clone();
@@ -311,6 +296,26 @@ impl ArrayHandle {
         })
     }
 
+    /// The blocks of the array `g` describes as of snapshot `at`, holes from `cut` on; in a
+    /// writable transaction, holes past the committed end are staged where the store can.
+    fn source<'a>(
+        &self,
+        storage: &'a Arc<dyn Storage>,
+        g: &ArrayTxn,
+        at: Tid,
+        cut: Option<u64>,
+    ) -> SnapshotSource<'a> {
+        let committed_end = g.committed.as_ref().map_or(0, |m| m.nblocks());
+        SnapshotSource {
+            storage,
+            file: g.meta.file,
+            at,
+            cut,
+            stage_from: self.writable.then_some(committed_end),
+            blksize: g.meta.blksize,
+        }
+    }
+
     fn lock(&self) -> Result<MutexGuard<'_, ArrayTxn>> {
         let g = self.txn.lock().unwrap_or_else(|p| p.into_inner());
         if g.detached {
@@ -383,13 +388,18 @@ impl ArrayHandle {
         let nblocks = g.meta.nblocks();
         let blocks = self.written_blocks(&g, storage, at, nblocks)?;
         let written: Vec<u64> = blocks.keys().copied().collect();
+        let committed_end = g.committed.as_ref().map_or(0, |m| m.nblocks());
         for (b, write) in blocks {
             let key = Key::Block {
                 file: g.meta.file,
                 index: b,
             };
             if write.bytes().is_some_and(all_zero) {
-                writes.push((key, Write::Delete));
+                // Zeros over a block past the committed end (nothing stored at the snapshot)
+                // change nothing: no write, no tombstone, no conflict with its writers.
+                if b < committed_end {
+                    writes.push((key, Write::Delete));
+                }
             } else {
                 writes.push((key, write));
             }
@@ -446,11 +456,19 @@ impl ArrayHandle {
                 .filter(|&i| written[i].contains_key(&b))
                 .collect();
             if let [only] = writers[..] {
+                let staged = windows[only].staged(b).and_then(|s| {
+                    s.as_any()
+                        .downcast_ref::<StagedBlock>()
+                        .map(|s| s.0.clone())
+                });
                 let from = Arc::new(MappedBlock {
                     memory: windows[only].clone(),
                     block: b,
                 });
-                let write = if g.cut.is_some_and(|c| b >= c) {
+                let write = if let Some(extent) = staged {
+                    // Written into staged space: the store publishes it as it is.
+                    Write::Staged { extent, from }
+                } else if g.cut.is_some_and(|c| b >= c) {
                     // The memory reads zeros past the cut where the store still holds the old
                     // version: the whole block is new.
                     Write::StoreFrom(from)
@@ -552,7 +570,7 @@ impl ArrayHandle {
         }
         // Blocks at or past a shrink's cut were mapped as holes: show the stored data again.
         if let Some(cut) = g.cut.take() {
-            let source = source(storage, &g, at, None);
+            let source = self.source(storage, &g, at, None);
             for m in self.all_memory() {
                 m.remap_from(cut, &source)?;
             }
@@ -583,7 +601,7 @@ impl ArrayHandle {
                 }
             }
         }
-        let source = source(storage, &g, at, None);
+        let source = self.source(storage, &g, at, None);
         for m in self.all_memory() {
             m.remap(blocks, &source)?;
         }
@@ -599,7 +617,7 @@ impl ArrayHandle {
             return Ok(());
         }
         let g = self.lock()?;
-        let source = source(storage, &g, at, None);
+        let source = self.source(storage, &g, at, None);
         for m in self.all_memory() {
             m.remap_from(0, &source)?;
         }
@@ -740,7 +758,7 @@ impl ArrayHandle {
             // data below its cut, holes from it on)...
             if g.cut != sp.cut {
                 let lo = g.cut.unwrap_or(u64::MAX).min(sp.cut.unwrap_or(u64::MAX));
-                let source = source(storage, &g, at, sp.cut);
+                let source = self.source(storage, &g, at, sp.cut);
                 memory.remap_from(lo, &source)?;
             }
             // ...then every written page is dropped and the saved ones written back.

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use crate::storage::{Key, Located, Oid, Storage, Tid};
-use crate::vm::{Backing, BlockSource, Fetch, FilePiece};
+use crate::storage::{Key, Located, Oid, StagedExtent, Storage, Tid};
+use crate::vm::{Backing, BlockSource, Fetch, FilePiece, Staging};
 use crate::{Error, Result};
 
 /// A block stored as more pieces than this (changed pages of several commits scattered over
@@ -18,6 +18,31 @@ pub(crate) struct SnapshotSource<'a> {
     pub file: Oid,
     pub at: Tid,
     pub cut: Option<u64>,
+    /// Holes from this block on are new data of a writable transaction (blocks past the
+    /// committed end: fresh arrays, appends, grown ranges): where the store can, they are
+    /// mapped onto staged space (`Storage::stage`) so that writes land in the store's file
+    /// once, and memory stays bounded (the kernel writes such pages back and evicts them).
+    pub stage_from: Option<u64>,
+    /// The block size (of staged space).
+    pub blksize: usize,
+}
+
+/// A store's staged space as the memory layer maps it.
+#[derive(Debug)]
+pub(crate) struct StagedBlock(pub Arc<StagedExtent>);
+
+impl Staging for StagedBlock {
+    fn file(&self) -> &std::fs::File {
+        self.0.file()
+    }
+
+    fn offset(&self) -> u64 {
+        self.0.offset()
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }
 
 impl SnapshotSource<'_> {
@@ -56,6 +81,19 @@ impl Fetch for StoredBlock {
     }
 }
 
+impl SnapshotSource<'_> {
+    /// The backing of a block without data: staged space for new data where the store has
+    /// it, else zeros.
+    fn hole(&self, block: u64) -> Result<Backing> {
+        if self.stage_from.is_some_and(|from| block >= from) {
+            if let Some(extent) = self.storage.stage(self.blksize as u64)? {
+                return Ok(Backing::Staged(Arc::new(StagedBlock(extent))));
+            }
+        }
+        Ok(Backing::Hole)
+    }
+}
+
 impl BlockSource for SnapshotSource<'_> {
     fn backings(&self, blocks: &[u64]) -> Result<Vec<Backing>> {
         // Fetch on touch where the kernel allows it; otherwise remote blocks are fetched now,
@@ -90,14 +128,14 @@ impl BlockSource for SnapshotSource<'_> {
 
     fn backing(&self, block: u64) -> Result<Backing> {
         if self.cut.is_some_and(|c| block >= c) {
-            return Ok(Backing::Hole);
+            return self.hole(block);
         }
         let key = Key::Block {
             file: self.file,
             index: block,
         };
         Ok(match self.storage.locate(key, self.at)? {
-            Located::Absent => Backing::Hole,
+            Located::Absent => self.hole(block)?,
             Located::Mapped(e) => Backing::File {
                 file: e.file,
                 offset: e.offset,

@@ -60,11 +60,27 @@ pub enum Backing {
     /// Parts of the block lying in files (a version stored as changed pages over an older
     /// one): each mapped at its place; the rest of the block reads as zeros.
     Pieces(Vec<FilePiece>),
+    /// Space where the block's next version is written directly ([`Staging`]): mapped shared
+    /// and writable, so writes land once, in the page cache (writable memory only).
+    Staged(Arc<dyn Staging>),
     /// Bytes that cannot be mapped (compressed or remote), decoded by the caller.
     Bytes(Vec<u8>),
     /// A version fetched when first touched (through userfaultfd; where that is unusable,
     /// fetched at once and handled as [`Backing::Bytes`]).
     Fetch(Arc<dyn Fetch>),
+}
+
+/// Space in a file for a block's next version, written through a shared mapping before the
+/// commit that publishes it (a store's staged extent). Reads as zeros where not written. The
+/// memory keeps it while the block is mapped there; dropping it unpublished is the owner's
+/// business (it gives the space back).
+pub trait Staging: Send + Sync + std::fmt::Debug {
+    /// The file, open for reading and writing.
+    fn file(&self) -> &File;
+    /// Byte offset of the space (a multiple of 4096); it holds at least a block.
+    fn offset(&self) -> u64;
+    /// For the owner to recover its own type.
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// `len` bytes at page-aligned `offset` of `file` that are the block's bytes from `at` on.
@@ -113,6 +129,8 @@ enum Mapped {
     Decoded,
     /// Pieces of files over zeros, needing this many kernel mappings.
     Pieces(usize),
+    /// Shared and writable on staged space (`State::staged` holds it).
+    Staged,
     /// Fetched on first touch (userfaultfd).
     Fetched,
 }
@@ -140,6 +158,8 @@ struct State {
     decoded: Option<File>,
     /// Mapped-block count at which fragmentation is checked next.
     next_fragmentation_check: usize,
+    /// The staged space of blocks mapped [`Mapped::Staged`].
+    staged: BTreeMap<u64, Arc<dyn Staging>>,
     /// Every block is fetched on touch (file extents and holes included): set once the
     /// blocks' file extents would need more kernel mappings than the budget allows (see
     /// [`BlockMemory::ensure_mapped`]). Fetched blocks of a window share a few mappings.
@@ -542,6 +562,7 @@ impl BlockMemory {
                 _ => self.map_anonymous(first, 0, run.len() * self.blksize)?,
             }
             for (b, _) in &run {
+                state.staged.remove(b);
                 let previous = state.mapped.insert(*b, mapped_as(*b)?);
                 if let (Some(Mapped::Decoded), Some(d)) = (previous, &state.decoded) {
                     punch_hole(d, self.rel(*b) * self.blksize as u64, self.blksize as u64)?;
@@ -607,6 +628,16 @@ impl BlockMemory {
                 }
                 Mapped::Pieces(mappings)
             }
+            Backing::Staged(staging) => {
+                if !self.writable {
+                    return Err(Error::InvalidArgument(format!(
+                        "block {block}: staged space is for writable memory only"
+                    )));
+                }
+                self.map_shared(block, staging.file(), staging.offset())?;
+                state.staged.insert(block, staging);
+                Mapped::Staged
+            }
             Backing::Fetch(fetch) => {
                 match self
                     .reservation
@@ -660,6 +691,10 @@ impl BlockMemory {
                 Mapped::Decoded
             }
         };
+        if mapped != Mapped::Staged {
+            // Replaced: the owner gives unpublished space back when the last holder drops it.
+            state.staged.remove(&block);
+        }
         match state.mapped.insert(block, mapped.clone()) {
             Some(Mapped::Decoded) if mapped != Mapped::Decoded => {
                 if let Some(d) = &state.decoded {
@@ -724,6 +759,31 @@ impl BlockMemory {
                     "mapping {len} bytes of block {block} (from byte {from}) from a segment at \
                      offset {offset}"
                 ),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Maps `block` shared and writable onto `file` at `offset`: writes go to the file's
+    /// page cache directly (staged space).
+    fn map_shared(&self, block: u64, file: &File, offset: u64) -> Result<()> {
+        let addr = self.block_ptr(block);
+        // SAFETY: inside our reservation, as in `map_file`; the file holds at least a block
+        // at `offset` (staged space is allocated that long), so no access faults past its end.
+        let r = unsafe {
+            libc::mmap(
+                addr.cast(),
+                self.blksize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                file.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if r == libc::MAP_FAILED {
+            return Err(map_error(
+                format!("mapping staged space for block {block} at offset {offset}"),
                 std::io::Error::last_os_error(),
             ));
         }
@@ -894,6 +954,16 @@ impl BlockMemory {
                 }
             }
         }
+        for (&block, staging) in &state.staged {
+            // Shared pages are not found by the scan above (they are the file's); the file
+            // knows which of its pages were written, even after they were written back and
+            // evicted. Reading staged space writes nothing there.
+            let ranges = written_in_file(staging.file(), staging.offset(), self.blksize)
+                .map_err(|e| Error::io(format!("finding written pages of block {block}"), e))?;
+            if !ranges.is_empty() {
+                out.insert(block, ranges);
+            }
+        }
         if dirty::method() == dirty::ScanMethod::PagemapRead {
             // That scan cannot tell the shared zero page from a written page: drop all-zero
             // pages of holes (a hole page written with zeros is unchanged anyway).
@@ -1019,6 +1089,14 @@ impl BlockMemory {
                 None => self.madvise_dontneed(block, &whole),
             };
         }
+        if let Some(staging) = self.lock().staged.get(&block).cloned() {
+            // Shared pages live in the file: give them back there (they read as zeros again,
+            // the state before any write).
+            for r in ranges {
+                punch_hole(staging.file(), staging.offset() + r.start as u64, r.len() as u64)?;
+            }
+            return Ok(());
+        }
         for r in ranges {
             self.madvise_dontneed(block, r)?;
         }
@@ -1037,6 +1115,11 @@ impl BlockMemory {
             ));
         }
         Ok(())
+    }
+
+    /// The staged space `block` is mapped onto, if it is.
+    pub fn staged(&self, block: u64) -> Option<Arc<dyn Staging>> {
+        self.lock().staged.get(&block).cloned()
     }
 
     /// Drops every written page of the given blocks.
@@ -1131,6 +1214,44 @@ impl BlockMemory {
     }
 }
 
+/// The page ranges of `len` bytes at `offset` of `file` that hold data (`SEEK_DATA` /
+/// `SEEK_HOLE`: written pages, including ones written through a mapping and not yet written
+/// back), relative to `offset`. A file system without those calls reports everything.
+fn written_in_file(file: &File, offset: u64, len: usize) -> std::io::Result<Vec<Range<usize>>> {
+    let end = offset + len as u64;
+    let fd = file.as_raw_fd();
+    let mut out = Vec::new();
+    let mut at = offset;
+    while at < end {
+        // SAFETY: lseek on a descriptor we hold; it moves only this descriptor's offset,
+        // which nothing else uses (all other I/O on staged files is positional).
+        let data = unsafe { libc::lseek(fd, at as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENXIO) => Ok(out), // no data from `at` to the end of the file
+                Some(libc::EINVAL) => Ok(vec![0..len]),
+                _ => Err(e),
+            };
+        }
+        let data = data as u64;
+        if data >= end {
+            break;
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let hole = (hole as u64).min(end);
+        let start = ((data - offset) as usize / PAGE) * PAGE;
+        let stop = ((hole - offset) as usize).div_ceil(PAGE) * PAGE;
+        out.push(start..stop.min(len));
+        at = hole;
+    }
+    Ok(out)
+}
+
 fn inode_of(file: &File) -> Result<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     let m = file
@@ -1149,8 +1270,10 @@ fn memfd() -> Result<File> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
+/// Frees `len` bytes at `offset` of `file` (they read as zeros), keeping its size: decoded
+/// copies in our memfd, discarded writes in staged space.
 fn punch_hole(file: &File, offset: u64, len: u64) -> Result<()> {
-    // SAFETY: fallocate on our own memfd; it frees the pages of that range.
+    // SAFETY: fallocate on a descriptor we hold; it frees the pages of that range.
     let rc = unsafe {
         libc::fallocate(
             file.as_raw_fd(),
@@ -1161,7 +1284,7 @@ fn punch_hole(file: &File, offset: u64, len: u64) -> Result<()> {
     };
     if rc != 0 {
         return Err(Error::io(
-            "freeing a decoded block",
+            "freeing pages of a file",
             std::io::Error::last_os_error(),
         ));
     }

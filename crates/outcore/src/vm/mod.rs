@@ -11,7 +11,9 @@ mod reservation;
 mod uffd;
 
 pub use dirty::{method as scan_method, ScanMethod, PAGE};
-pub use mapped::{live_memories, max_map_count, Backing, BlockMemory, BlockSource, FilePiece};
+pub use mapped::{
+    live_memories, max_map_count, Backing, BlockMemory, BlockSource, FilePiece, Staging,
+};
 pub use reservation::{Reservation, ALIGN};
 pub use uffd::{stats as fault_stats, FaultStats, Fetch};
 

@@ -679,7 +679,6 @@ impl Storage for LocalStorage {
             .stage(len, s.segment_bytes, s.identity, allocate, |seg| {
                 s.segments.path(seg)
             })
-            .map(Some)
             .map_err(|e| s.explain_full(e))
     }
 

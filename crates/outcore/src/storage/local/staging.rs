@@ -171,7 +171,8 @@ impl Stager {
     }
 
     /// Stages `len` bytes (a multiple of 4096) in the current staging segment, starting a new
-    /// one when there is none or it holds `segment_bytes` already. `allocate` takes a new
+    /// one when there is none or it holds `segment_bytes` already. `None` when the file
+    /// system cannot allocate the space (full, over quota, or no `fallocate`). `allocate` takes a new
     /// segment id from the index inside a write transaction and calls its argument (which
     /// creates the segment's marker) before committing it: pack, holding the writer lock,
     /// thus sees the marker of every id allocated before it started (see `live_segments`).
@@ -182,7 +183,7 @@ impl Stager {
         store: (u64, u64),
         allocate: impl FnOnce(&dyn Fn(u32) -> Result<()>) -> Result<u32>,
         path: impl Fn(u32) -> PathBuf,
-    ) -> Result<Arc<StagedExtent>> {
+    ) -> Result<Option<Arc<StagedExtent>>> {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if current.as_ref().is_none_or(|c| c.next >= segment_bytes) {
             let seg = allocate(&|seg| self.create_marker(seg))?;
@@ -191,12 +192,28 @@ impl Stager {
         let c = current.as_mut().expect("started above");
         let offset = c.next;
         let end = offset + len;
-        // The mapping must not reach past the end of the file (SIGBUS on touch).
-        c.file
-            .set_len(end)
-            .map_err(|e| Error::io(format!("extending staging segment s{}", c.seg), e))?;
+        // Allocate the space now (and extend the file over it): a write through a shared
+        // mapping that needs a block the file system cannot give kills the process with
+        // SIGBUS; here a full disk is an answer instead. (Reads of allocated, unwritten space
+        // are zeros; the memory layer may then count read pages as written: harmless.)
+        // SAFETY: fallocate on our own descriptor with plain integer arguments.
+        let r = unsafe {
+            libc::fallocate(c.file.as_raw_fd(), 0, offset as libc::off_t, len as libc::off_t)
+        };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            // Give back whatever part was allocated.
+            let _ = punch_hole(&c.file, offset, len);
+            return match e.raw_os_error() {
+                Some(libc::ENOSPC | libc::EDQUOT | libc::EOPNOTSUPP) => {
+                    tracing::debug!("not staging {len} bytes in segment s{}: {e}", c.seg);
+                    Ok(None)
+                }
+                _ => Err(Error::io(format!("allocating staged space in s{}", c.seg), e)),
+            };
+        }
         c.next = end;
-        Ok(Arc::new(StagedExtent {
+        Ok(Some(Arc::new(StagedExtent {
             file: c.file.clone(),
             offset,
             len,
@@ -204,7 +221,7 @@ impl Stager {
             store,
             published: AtomicBool::new(false),
             _segment: c.hold.clone(),
-        }))
+        })))
     }
 
     fn marker(&self, seg: u32) -> PathBuf {
