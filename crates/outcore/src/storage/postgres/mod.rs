@@ -1,11 +1,13 @@
 //! [`PgStorage`]: the shared store — many nodes, one PostgreSQL database.
 //!
 //! **Commit protocol** (one READ COMMITTED transaction, measured to catch every real conflict):
-//! insert the block bodies first (outside any lock: the slow part), then lock the written keys'
-//! head rows in key order (`SELECT … FOR UPDATE`) and compare with the base tid (a conflict rolls
-//! back), take the tid from the one-row head table (its row lock serialises commits, so commit
-//! order = tid order; a SEQUENCE would let a poller miss a tid), write index, per-key head and log
-//! rows, `NOTIFY outcore`, commit. Keys written for the first time cannot be locked; two commits
+//! lock the written keys' head rows in key order (`SELECT … FOR UPDATE`, which also reads the
+//! chain each current version ends) and compare with the base tid (a conflict rolls back);
+//! insert the block bodies (the slow part: only those keys are locked meanwhile), each the
+//! whole block stored short or, over the current version, its changed pages (format v2,
+//! [`delta::plan`]); then take the tid from the one-row head table (its row lock serialises
+//! commits, so commit order = tid order; a SEQUENCE would let a poller miss a tid), write
+//! index, per-key head and log rows, `NOTIFY outcore`, commit. Keys written for the first time cannot be locked; two commits
 //! creating one key collide on the per-key head's primary key, which is reported as a conflict.
 //!
 //! **Invalidation**: clients read the log (`tid > last seen`) at every transaction boundary — the
