@@ -7,8 +7,15 @@
 //! whole block stored short or, over the current version, its changed pages (format v2,
 //! [`delta::plan`]); then take the tid from the one-row head table (its row lock serialises
 //! commits, so commit order = tid order; a SEQUENCE would let a poller miss a tid), write
-//! index, per-key head and log rows, `NOTIFY outcore`, commit. Keys written for the first time cannot be locked; two commits
-//! creating one key collide on the per-key head's primary key, which is reported as a conflict.
+//! index, per-key head and log rows, `NOTIFY outcore`, commit. Keys written for the first time
+//! cannot be locked; two commits creating one key collide on the per-key head's primary key,
+//! which is reported as a conflict. A conflict on a key that exists is found before any body
+//! is sent.
+//!
+//! **Reads** of a page delta fetch its chain (down to the first whole version) in the same
+//! statement and compose it (`chain`); **pack** rewrites as whole versions the deltas whose
+//! base it removes and each key's newest version, so every kept chain still starts at a
+//! whole version.
 //!
 //! **Invalidation**: clients read the log (`tid > last seen`) at every transaction boundary — the
 //! source of truth; `NOTIFY` only helps idle listeners wake early.
