@@ -38,6 +38,16 @@ const CHAINS_SQL: &str = "SELECT h.pack_horizon, v.* FROM outcore_head h LEFT JO
          WHERE c.newer_whole = 0) v ON true
      ORDER BY v.tag, v.oid, v.idx, v.tid DESC";
 
+/// Added to a delta's `codec` column: a build that predates deltas, still connected when the
+/// schema was upgraded, then refuses a delta as an unknown codec instead of reading its
+/// changed pages as the whole block.
+pub(super) const DELTA_CODEC: i16 = 16;
+
+/// The `codec` column of a version compressed with `codec`, a delta or not.
+pub(super) fn codec_column(codec: Compression, delta: bool) -> i16 {
+    i16::from(codec.code()) + if delta { DELTA_CODEC } else { 0 }
+}
+
 /// One version as its row holds it.
 pub(super) struct StoredRow {
     pub tid: Tid,
@@ -70,9 +80,13 @@ impl StoredRow {
             ),
             (None, None) => None,
         };
-        let codec = Compression::from_code(row.get::<_, i16>("codec") as u8)
+        let runs = row.get::<_, Option<Vec<u8>>>("runs");
+        let code = row.get::<_, i16>("codec") - if runs.is_some() { DELTA_CODEC } else { 0 };
+        let codec = u8::try_from(code)
+            .ok()
+            .and_then(Compression::from_code)
             .ok_or_else(|| corrupt("unknown codec".into()))?;
-        let delta = match row.get::<_, Option<Vec<u8>>>("runs") {
+        let delta = match runs {
             None => None,
             Some(runs) => {
                 let runs = decode_runs(&runs)

@@ -877,7 +877,7 @@ impl Inner {
                 let id: i64 = t.query_one(&insert_body, &[&&*e.stored])?.get(0);
                 rows.push(ObjRow {
                     data_id: Some(id),
-                    codec: i16::from(e.codec.code()),
+                    codec: chain::codec_column(e.codec, delta.is_some()),
                     checksum: e.checksum as i64,
                     raw_len: e.raw_len as i64,
                     inline: None,
