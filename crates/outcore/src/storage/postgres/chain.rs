@@ -50,12 +50,15 @@ pub(super) fn codec_column(codec: Compression, delta: bool) -> i16 {
 
 /// One version as its row holds it.
 pub(super) struct StoredRow {
+    /// The version's tid.
     pub tid: Tid,
     /// The stored (possibly compressed) payload; `None` for a deletion.
     pub stored: Option<Vec<u8>>,
+    /// How the payload is compressed.
     pub codec: Compression,
     /// Length of the decoded payload: the (short) block, or a delta's changed pages.
     pub raw_len: u64,
+    /// xxh3-64 of the decoded payload.
     pub checksum: u64,
     /// What a delta changes; `None` for a whole version or a deletion.
     pub delta: Option<Delta>,
@@ -81,7 +84,8 @@ impl StoredRow {
             (None, None) => None,
         };
         let runs = row.get::<_, Option<Vec<u8>>>("runs");
-        let code = row.get::<_, i16>("codec") - if runs.is_some() { DELTA_CODEC } else { 0 };
+        let offset = if runs.is_some() { DELTA_CODEC } else { 0 };
+        let code = row.get::<_, i16>("codec").saturating_sub(offset);
         let codec = u8::try_from(code)
             .ok()
             .and_then(Compression::from_code)
