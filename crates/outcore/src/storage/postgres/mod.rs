@@ -1,12 +1,21 @@
 //! [`PgStorage`]: the shared store — many nodes, one PostgreSQL database.
 //!
 //! **Commit protocol** (one READ COMMITTED transaction, measured to catch every real conflict):
-//! insert the block bodies first (outside any lock: the slow part), then lock the written keys'
-//! head rows in key order (`SELECT … FOR UPDATE`) and compare with the base tid (a conflict rolls
-//! back), take the tid from the one-row head table (its row lock serialises commits, so commit
-//! order = tid order; a SEQUENCE would let a poller miss a tid), write index, per-key head and log
-//! rows, `NOTIFY outcore`, commit. Keys written for the first time cannot be locked; two commits
-//! creating one key collide on the per-key head's primary key, which is reported as a conflict.
+//! lock the written keys' head rows in key order (`SELECT … FOR UPDATE`, which also reads the
+//! chain each current version ends) and compare with the base tid (a conflict rolls back);
+//! insert the block bodies (the slow part: only those keys are locked meanwhile), each the
+//! whole block stored short or, over the current version, its changed pages (format v2,
+//! [`delta::plan`]); then take the tid from the one-row head table (its row lock serialises
+//! commits, so commit order = tid order; a SEQUENCE would let a poller miss a tid), write
+//! index, per-key head and log rows, `NOTIFY outcore`, commit. Keys written for the first time
+//! cannot be locked; two commits creating one key collide on the per-key head's primary key,
+//! which is reported as a conflict. A conflict on a key that exists is found before any body
+//! is sent.
+//!
+//! **Reads** of a page delta fetch its chain (down to the first whole version) in the same
+//! statement and compose it (`chain`); **pack** rewrites as whole versions the deltas whose
+//! base it removes and each key's newest version, so every kept chain still starts at a
+//! whole version.
 //!
 //! **Invalidation**: clients read the log (`tid > last seen`) at every transaction boundary — the
 //! source of truth; `NOTIFY` only helps idle listeners wake early.
@@ -28,6 +37,7 @@
 //! Blocks are copied out of the database (never mapped); the memory layer decodes them into
 //! private memory.
 
+mod chain;
 mod pool;
 mod schema;
 mod tls;
@@ -40,6 +50,7 @@ use std::time::Duration;
 use postgres::types::ToSql;
 
 use super::codec::{self, Compression};
+use super::delta;
 use super::record::{decode_log, encode_log};
 use super::{
     CommitRequest, Key, Located, Oid, PackStats, Storage, Tid, TxnInfo, VerifyReport, Version,
@@ -239,6 +250,7 @@ impl PgStorage {
             match version {
                 None => {
                     t.batch_execute(schema::CREATE_V1)?;
+                    t.batch_execute(schema::UPGRADE_V2)?;
                     t.execute(
                         "INSERT INTO outcore_version VALUES ($1)",
                         &[&schema::VERSION],
@@ -256,6 +268,14 @@ impl PgStorage {
                             schema::VERSION
                         ),
                     }));
+                }
+                Some(v) if v < schema::VERSION => {
+                    // Every version-1 row is a whole version: only columns are added.
+                    t.batch_execute(schema::UPGRADE_V2)?;
+                    t.execute(
+                        "UPDATE outcore_version SET version = $1",
+                        &[&schema::VERSION],
+                    )?;
                 }
                 Some(_) => {}
             }
@@ -351,104 +371,36 @@ impl Inner {
     ) -> Result<T> {
         self.pool.with_fresh_client(&self.schema, f)
     }
-
-    fn row_to_version(&self, key: Key, row: &postgres::Row) -> Result<Option<Version>> {
-        let Some(p) = StoredRow::from_row(key, row)? else {
-            return Ok(None);
-        };
-        let data = codec::decode(p.stored, p.codec, p.raw_len, p.checksum, key, p.tid)?;
-        Ok(Some(Version { tid: p.tid, data }))
-    }
-}
-
-/// One version as a row holds it (tombstones have no bytes).
-struct StoredRow {
-    tid: Tid,
-    stored: Vec<u8>,
-    codec: Compression,
-    raw_len: u64,
-    checksum: u64,
-}
-
-impl StoredRow {
-    fn from_row(key: Key, row: &postgres::Row) -> Result<Option<Self>> {
-        // NULL when the horizon-checked queries found no version.
-        let Some(tid) = row.get::<_, Option<i64>>("tid") else {
-            return Ok(None);
-        };
-        let tid = Tid(tid as u64);
-        let data_id: Option<i64> = row.get("data_id");
-        let inline: Option<Vec<u8>> = row.get("inline");
-        let stored = match (inline, data_id) {
-            (Some(bytes), _) => bytes,
-            (None, Some(_)) => row.get::<_, Vec<u8>>("bytes"),
-            (None, None) => return Ok(None),
-        };
-        let codec = Compression::from_code(row.get::<_, i16>("codec") as u8).ok_or_else(|| {
-            Error::Corrupt {
-                key,
-                tid,
-                reason: "unknown codec".into(),
-            }
-        })?;
-        Ok(Some(StoredRow {
-            tid,
-            stored,
-            codec,
-            raw_len: row.get::<_, i64>("raw_len") as u64,
-            checksum: row.get::<_, i64>("checksum") as u64,
-        }))
-    }
 }
 
 impl Inner {
-    /// The newest versions `<= at` of `keys`, in one query.
+    /// The versions `<= at` of `keys` (composed from their chains), fetched in one query.
     fn load_batch(&self, keys: &[Key], at: Tid) -> Result<Vec<Option<Version>>> {
-        let cols: Vec<(i16, i64, i64)> = keys.iter().map(|&k| key_cols(k)).collect();
-        let tags: Vec<i16> = cols.iter().map(|c| c.0).collect();
-        let oids: Vec<i64> = cols.iter().map(|c| c.1).collect();
-        let idxs: Vec<i64> = cols.iter().map(|c| c.2).collect();
-        // One statement, so one snapshot: the horizon checked is the one the rows belong to.
-        let rows = self.with_client(|c| {
-            c.query(
-                "SELECT h.pack_horizon, v.* FROM outcore_head h LEFT JOIN (
-                     SELECT DISTINCT ON (o.tag, o.oid, o.idx) o.tag, o.oid, o.idx, o.tid,
-                            o.data_id, o.codec, o.checksum, o.raw_len, o.inline, d.bytes
-                     FROM unnest($1::smallint[], $2::bigint[], $3::bigint[]) AS k(tag, oid, idx)
-                     JOIN outcore_obj o
-                       ON o.tag = k.tag AND o.oid = k.oid AND o.idx = k.idx AND o.tid <= $4
-                     LEFT JOIN outcore_data d ON d.id = o.data_id
-                     ORDER BY o.tag, o.oid, o.idx, o.tid DESC) v ON true",
-                &[&tags, &oids, &idxs, &db_tid(at)],
-            )
-        })?;
-        let mut found = std::collections::HashMap::with_capacity(rows.len());
-        let mut horizon = Tid::ZERO;
-        for row in &rows {
-            horizon = Tid(row.get::<_, i64>("pack_horizon") as u64);
-            let Some(tag) = row.get::<_, Option<i16>>("tag") else {
-                continue;
+        let rows = self.with_client(|c| chain::query(c, keys, at))?;
+        let mut chains = chain::parse(keys, at, &rows)?;
+        drop(rows);
+        let mut first: std::collections::HashMap<Key, usize> = Default::default();
+        let mut out: Vec<Option<Version>> = Vec::with_capacity(keys.len());
+        for (i, &key) in keys.iter().enumerate() {
+            let version = match first.get(&key) {
+                Some(&j) => out[j].clone(),
+                None => {
+                    first.insert(key, i);
+                    chain::compose(key, chains.remove(&key).unwrap_or_default())?
+                }
             };
-            let key = key_from_cols(tag, row.get("oid"), row.get("idx"));
-            found.insert(key, self.row_to_version(key, row)?);
+            out.push(version);
         }
-        keys.iter()
-            .map(|k| match found.remove(k) {
-                Some(v) => Ok(v),
-                None => super::check_horizon(at, horizon).map(|()| None),
-            })
-            .collect()
+        Ok(out)
+    }
+
+    /// The rows of the chain that leads to `key`'s version `<= at`.
+    fn fetch_one(&self, key: Key, at: Tid) -> Result<Vec<chain::StoredRow>> {
+        let rows = self.with_client(|c| chain::query(c, &[key], at))?;
+        let mut chains = chain::parse(&[key], at, &rows)?;
+        Ok(chains.remove(&key).unwrap_or_default())
     }
 }
-
-/// The newest version of one key `<= $4`, with the pack horizon in the same statement (one
-/// snapshot: a pack committing meanwhile is seen entirely or not at all). Always one row;
-/// its version columns are NULL when there is no version.
-const LOAD_SQL: &str = "SELECT h.pack_horizon, v.* FROM outcore_head h LEFT JOIN LATERAL (
-         SELECT o.tid, o.data_id, o.codec, o.checksum, o.raw_len, o.inline, d.bytes
-         FROM outcore_obj o LEFT JOIN outcore_data d ON d.id = o.data_id
-         WHERE o.tag = $1 AND o.oid = $2 AND o.idx = $3 AND o.tid <= $4
-         ORDER BY o.tid DESC LIMIT 1) v ON true";
 
 /// Applies [`super::check_horizon`] to a read at `at` whose `row` (columns `pack_horizon` and
 /// `tid`, NULL when no version was found) came from one statement.
@@ -495,24 +447,11 @@ impl Storage for PgStorage {
     }
 
     fn load(&self, key: Key, at: Tid) -> Result<Option<Version>> {
-        let (tag, oid, idx) = key_cols(key);
-        let row = self
-            .inner
-            .with_client(|c| c.query_one(LOAD_SQL, &[&tag, &oid, &idx, &db_tid(at)]))?;
-        check_horizon(&row, at)?;
-        self.inner.row_to_version(key, &row)
+        chain::compose(key, self.inner.fetch_one(key, at)?)
     }
 
     fn load_into(&self, key: Key, at: Tid, out: &mut [u8]) -> Result<Option<usize>> {
-        let (tag, oid, idx) = key_cols(key);
-        let row = self
-            .inner
-            .with_client(|c| c.query_one(LOAD_SQL, &[&tag, &oid, &idx, &db_tid(at)]))?;
-        check_horizon(&row, at)?;
-        let Some(p) = StoredRow::from_row(key, &row)? else {
-            return Ok(None);
-        };
-        codec::decode_into(&p.stored, p.codec, p.raw_len, p.checksum, key, p.tid, out).map(Some)
+        chain::compose_into(key, self.inner.fetch_one(key, at)?, out)
     }
 
     fn is_remote(&self) -> bool {
@@ -715,6 +654,7 @@ impl Storage for PgStorage {
 
     fn pack(&self, upto: Tid) -> Result<PackStats> {
         let timeout = self.inner.lease_timeout.as_secs_f64();
+        let compression = self.inner.compression;
         self.inner.with_client(|c| {
             let mut t = c.transaction()?;
             // Serialise with commits: no version can appear below the horizon meanwhile.
@@ -741,6 +681,9 @@ impl Storage for PgStorage {
                     &[],
                 )?
                 .get(0);
+            if let Err(e) = fold_deltas(&mut t, horizon, compression)? {
+                return Ok(Err(e));
+            }
             let removed = t.execute(
                 "DELETE FROM outcore_obj o USING (
                      SELECT tag, oid, idx, max(tid) AS keep FROM outcore_obj
@@ -770,41 +713,52 @@ impl Storage for PgStorage {
                 .get(0);
             let kept: i64 = t.query_one("SELECT count(*) FROM outcore_obj", &[])?.get(0);
             t.commit()?;
-            Ok(PackStats {
+            Ok(Ok(PackStats {
                 horizon: Tid(horizon as u64),
                 versions_removed: removed,
                 versions_kept: kept as u64,
                 body_bytes_before: before as u64,
                 body_bytes_after: after as u64,
-            })
-        })
+            }))
+        })?
     }
 
     fn verify(&self) -> Result<VerifyReport> {
         let rows = self.inner.with_client(|c| {
             c.query(
-                "SELECT o.tag, o.oid, o.idx, o.tid, o.data_id, o.codec, o.checksum, o.raw_len,
-                        o.inline, d.bytes
+                "SELECT o.*, d.bytes
                  FROM outcore_obj o LEFT JOIN outcore_data d ON d.id = o.data_id
                  ORDER BY o.tag, o.oid, o.idx, o.tid",
                 &[],
             )
         })?;
         let mut report = VerifyReport::default();
+        // The key and whether it had a payload, of the row before.
+        let mut previous: Option<(Key, bool)> = None;
         for row in &rows {
-            let key = key_from_cols(row.get(0), row.get(1), row.get(2));
+            let key = key_from_cols(row.get("tag"), row.get("oid"), row.get("idx"));
             report.versions_checked += 1;
             report.bytes_checked += row.get::<_, i64>("raw_len") as u64;
-            let data_id: Option<i64> = row.get("data_id");
-            if data_id.is_some() && row.get::<_, Option<Vec<u8>>>("bytes").is_none() {
+            let below = previous
+                .filter(|(k, _)| *k == key)
+                .map(|(_, payload)| payload);
+            previous = Some((key, row.get::<_, Option<i64>>("data_id").is_some()));
+            let version = match chain::StoredRow::from_row(key, row) {
+                Ok(Some(version)) => version,
+                Ok(None) => continue,
+                Err(e) => {
+                    report.problems.push(e);
+                    continue;
+                }
+            };
+            if version.delta.is_some() && below != Some(true) {
                 report.problems.push(Error::Corrupt {
                     key,
-                    tid: Tid(row.get::<_, i64>("tid") as u64),
-                    reason: format!("body {} is missing", data_id.unwrap_or(0)),
+                    tid: version.tid,
+                    reason: "delta without the version it changes".into(),
                 });
-                continue;
             }
-            if let Err(e) = self.inner.row_to_version(key, row) {
+            if let Err(e) = version.payload(key) {
                 report.problems.push(e);
             }
         }
@@ -814,44 +768,31 @@ impl Storage for PgStorage {
 
 impl Inner {
     fn commit(&self, req: CommitRequest) -> Result<Tid> {
-        // Encode (checksum, compress) before touching the database.
+        // Metadata records are encoded before touching the database; block bodies are
+        // planned (whole or delta) once the key's current version is known, then encoded one
+        // at a time and dropped once inserted (memory stays at one block, not all of them).
         struct Prepared {
             key: (i16, i64, i64),
-            codec: i16,
-            checksum: i64,
-            raw_len: i64,
-            /// A block body, encoded and inserted inside the transaction.
+            /// A block body, planned, encoded and inserted inside the transaction.
             body: bool,
-            inline: Option<Vec<u8>>,
+            /// A metadata record, encoded: codec, checksum, raw length, bytes.
+            inline: Option<(i16, i64, i64, Vec<u8>)>,
         }
-        // Index metadata per write; block bodies are encoded one at a time inside the
-        // transaction and dropped once inserted (memory stays at one block, not all of them).
         let prepared: Vec<Prepared> = req
             .writes
             .iter()
-            .map(|(key, write)| {
-                let key_cols = key_cols(*key);
-                match write.bytes() {
-                    Some(raw) if !key.is_block() => {
-                        let e = codec::encode(raw, Compression::None);
-                        Prepared {
-                            key: key_cols,
-                            codec: i16::from(e.codec.code()),
-                            checksum: e.checksum as i64,
-                            raw_len: e.raw_len as i64,
-                            body: false,
-                            inline: Some(e.stored.into_owned()),
-                        }
-                    }
-                    other => Prepared {
-                        key: key_cols,
-                        codec: 0,
-                        checksum: 0,
-                        raw_len: 0,
-                        body: other.is_some(),
-                        inline: None,
-                    },
-                }
+            .map(|(key, write)| Prepared {
+                key: key_cols(*key),
+                body: key.is_block() && write.bytes().is_some(),
+                inline: write.bytes().filter(|_| !key.is_block()).map(|raw| {
+                    let e = codec::encode(raw, Compression::None);
+                    (
+                        i16::from(e.codec.code()),
+                        e.checksum as i64,
+                        e.raw_len as i64,
+                        e.stored.into_owned(),
+                    )
+                }),
             })
             .collect();
         let mut order: Vec<usize> = (0..prepared.len()).collect();
@@ -864,41 +805,24 @@ impl Inner {
 
         let outcome = self.with_fresh_client(|c| -> Result<Result<Tid>> {
             let mut t = c.transaction()?;
-            // 1. Bodies first, outside any lock.
-            let insert_body =
-                t.prepare("INSERT INTO outcore_data (bytes) VALUES ($1) RETURNING id")?;
-            let mut data_ids: Vec<Option<i64>> = Vec::with_capacity(prepared.len());
-            let mut body_meta: Vec<(i16, i64, i64)> = Vec::with_capacity(prepared.len());
-            for (p, (_, write)) in prepared.iter().zip(&req.writes) {
-                match write.bytes().filter(|_| p.body) {
-                    Some(raw) => {
-                        let e = codec::encode(raw, self.compression);
-                        let id: i64 = t.query_one(&insert_body, &[&&*e.stored])?.get(0);
-                        data_ids.push(Some(id));
-                        body_meta.push((
-                            i16::from(e.codec.code()),
-                            e.checksum as i64,
-                            e.raw_len as i64,
-                        ));
-                    }
-                    None => {
-                        data_ids.push(None);
-                        body_meta.push((p.codec, p.checksum, p.raw_len));
-                    }
-                }
-            }
-            // 2. Lock the written keys in key order and check them against the base.
+            // 1. Lock the written keys in key order, check them against the base, and read
+            //    the chain their current version ends (to plan deltas over it).
             let tags: Vec<i16> = order.iter().map(|&i| prepared[i].key.0).collect();
             let oids: Vec<i64> = order.iter().map(|&i| prepared[i].key.1).collect();
             let idxs: Vec<i64> = order.iter().map(|&i| prepared[i].key.2).collect();
             let heads = t.query(
-                "SELECT h.tag, h.oid, h.idx, h.tid FROM outcore_obj_head h
+                "SELECT h.tag, h.oid, h.idx, h.tid, o.data_id, o.raw_len, o.depth,
+                        o.chain_bytes, o.block_len
+                 FROM outcore_obj_head h
                  JOIN unnest($1::smallint[], $2::bigint[], $3::bigint[]) AS k(tag, oid, idx)
                    ON h.tag = k.tag AND h.oid = k.oid AND h.idx = k.idx
+                 LEFT JOIN outcore_obj o
+                   ON o.tag = h.tag AND o.oid = h.oid AND o.idx = h.idx AND o.tid = h.tid
                  ORDER BY h.tag, h.oid, h.idx FOR UPDATE OF h",
                 &[&tags, &oids, &idxs],
             )?;
             let mut existing = HashSet::new();
+            let mut tips = std::collections::HashMap::new();
             for h in &heads {
                 let cols: (i16, i64, i64) = (h.get(0), h.get(1), h.get(2));
                 let committed: i64 = h.get(3);
@@ -910,6 +834,58 @@ impl Inner {
                     }));
                 }
                 existing.insert(cols);
+                let has_body = h.get::<_, Option<i64>>(4).is_some();
+                if let Some(tip) = chain::tip(has_body, h.get(5), (h.get(6), h.get(7), h.get(8))) {
+                    tips.insert(cols, tip);
+                }
+            }
+            // 2. Bodies: whole (short) or the changed pages over the current version. Only
+            //    the written keys are locked meanwhile, not the sequencer.
+            let insert_body =
+                t.prepare("INSERT INTO outcore_data (bytes) VALUES ($1) RETURNING id")?;
+            let mut rows: Vec<ObjRow> = Vec::with_capacity(prepared.len());
+            for (p, (key, write)) in prepared.iter().zip(&req.writes) {
+                if let Some((codec, checksum, raw_len, bytes)) = &p.inline {
+                    rows.push(ObjRow {
+                        codec: *codec,
+                        checksum: *checksum,
+                        raw_len: *raw_len,
+                        inline: Some(bytes),
+                        ..ObjRow::default()
+                    });
+                    continue;
+                }
+                if !p.body {
+                    rows.push(ObjRow::default());
+                    continue;
+                }
+                let plan = match delta::plan(*key, write, tips.get(&p.key).copied()) {
+                    Ok(Some(plan)) => plan,
+                    Ok(None) => {
+                        rows.push(ObjRow::default());
+                        continue;
+                    }
+                    Err(e) => return Ok(Err(e)),
+                };
+                let (raw, delta) = match plan {
+                    delta::Plan::Whole(bytes) => (std::borrow::Cow::Borrowed(bytes), None),
+                    delta::Plan::Delta { payload, delta } => {
+                        (std::borrow::Cow::Owned(payload), Some(delta))
+                    }
+                };
+                let e = codec::encode(&raw, self.compression);
+                let id: i64 = t.query_one(&insert_body, &[&&*e.stored])?.get(0);
+                rows.push(ObjRow {
+                    data_id: Some(id),
+                    codec: chain::codec_column(e.codec, delta.is_some()),
+                    checksum: e.checksum as i64,
+                    raw_len: e.raw_len as i64,
+                    inline: None,
+                    runs: delta.as_ref().map(|d| chain::encode_runs(&d.runs)),
+                    depth: delta.as_ref().map(|d| d.depth as i32),
+                    chain_bytes: delta.as_ref().map(|d| d.chain_bytes as i64),
+                    block_len: delta.as_ref().map(|d| d.block_len as i64),
+                });
             }
             // 3. The tid, from the sequencer row (held until COMMIT).
             let now = db_tid(Tid::now());
@@ -922,15 +898,25 @@ impl Inner {
             // 4. Index rows, per-key heads, log, notify.
             let insert_obj = t.prepare(
                 "INSERT INTO outcore_obj
-                 (tag, oid, idx, tid, data_id, codec, checksum, raw_len, inline)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                 (tag, oid, idx, tid, data_id, codec, checksum, raw_len, inline,
+                  runs, depth, chain_bytes, block_len)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             )?;
-            for ((p, data_id), (codec, checksum, raw_len)) in
-                prepared.iter().zip(&data_ids).zip(&body_meta)
-            {
-                let params: [&(dyn ToSql + Sync); 9] = [
-                    &p.key.0, &p.key.1, &p.key.2, &tid, data_id, codec, checksum, raw_len,
-                    &p.inline,
+            for (p, r) in prepared.iter().zip(&rows) {
+                let params: [&(dyn ToSql + Sync); 13] = [
+                    &p.key.0,
+                    &p.key.1,
+                    &p.key.2,
+                    &tid,
+                    &r.data_id,
+                    &r.codec,
+                    &r.checksum,
+                    &r.raw_len,
+                    &r.inline,
+                    &r.runs,
+                    &r.depth,
+                    &r.chain_bytes,
+                    &r.block_len,
                 ];
                 t.execute(&insert_obj, &params)?;
             }
@@ -992,6 +978,77 @@ impl Inner {
             Err(e) => Err(e),
         }
     }
+}
+
+/// For pack at `horizon` (in its transaction, before it removes versions): rewrites as
+/// whole versions (composed, stored short, compressed with `compression`) each delta kept at
+/// the horizon, whose base pack removes, and each key's newest version if it is a delta, so
+/// every kept chain still starts at a whole version and the newest versions read in one
+/// piece. Other deltas stay: folding their base does not change what it composes to.
+fn fold_deltas(
+    t: &mut postgres::Transaction<'_>,
+    horizon: i64,
+    compression: Compression,
+) -> std::result::Result<Result<()>, postgres::Error> {
+    let fold = t.query(
+        "SELECT o.tag, o.oid, o.idx, o.tid FROM outcore_obj o JOIN (
+             SELECT tag, oid, idx, max(tid) AS keep FROM outcore_obj
+             WHERE tid <= $1 GROUP BY tag, oid, idx) k
+           ON o.tag = k.tag AND o.oid = k.oid AND o.idx = k.idx AND o.tid = k.keep
+         WHERE o.runs IS NOT NULL
+         UNION
+         SELECT o.tag, o.oid, o.idx, o.tid FROM outcore_obj o JOIN outcore_obj_head h
+           ON o.tag = h.tag AND o.oid = h.oid AND o.idx = h.idx AND o.tid = h.tid
+         WHERE o.runs IS NOT NULL",
+        &[&horizon],
+    )?;
+    if fold.is_empty() {
+        return Ok(Ok(()));
+    }
+    let insert_body = t.prepare("INSERT INTO outcore_data (bytes) VALUES ($1) RETURNING id")?;
+    let rewrite = t.prepare(
+        "UPDATE outcore_obj SET data_id = $5, codec = $6, checksum = $7, raw_len = $8,
+                runs = NULL, depth = NULL, chain_bytes = NULL, block_len = NULL
+         WHERE tag = $1 AND oid = $2 AND idx = $3 AND tid = $4",
+    )?;
+    for r in &fold {
+        let (tag, oid, idx, tid): (i16, i64, i64, i64) = (r.get(0), r.get(1), r.get(2), r.get(3));
+        let key = key_from_cols(tag, oid, idx);
+        let at = Tid(tid as u64);
+        let rows = chain::query(t, &[key], at)?;
+        let composed = chain::parse(&[key], at, &rows)
+            .and_then(|mut c| chain::compose(key, c.remove(&key).unwrap_or_default()));
+        let data = match composed {
+            Ok(version) => version.map(|v| v.data).unwrap_or_default(),
+            Err(e) => return Ok(Err(e)),
+        };
+        let e = codec::encode(&data[..delta::used_len(&data)], compression);
+        let id: i64 = t.query_one(&insert_body, &[&&*e.stored])?.get(0);
+        let (codec, checksum, raw_len) = (
+            i16::from(e.codec.code()),
+            e.checksum as i64,
+            e.raw_len as i64,
+        );
+        t.execute(
+            &rewrite,
+            &[&tag, &oid, &idx, &tid, &id, &codec, &checksum, &raw_len],
+        )?;
+    }
+    Ok(Ok(()))
+}
+
+/// The columns of one new `outcore_obj` row (the default: a deletion).
+#[derive(Default)]
+struct ObjRow<'a> {
+    data_id: Option<i64>,
+    codec: i16,
+    checksum: i64,
+    raw_len: i64,
+    inline: Option<&'a Vec<u8>>,
+    runs: Option<Vec<u8>>,
+    depth: Option<i32>,
+    chain_bytes: Option<i64>,
+    block_len: Option<i64>,
 }
 
 impl Inner {

@@ -2,10 +2,12 @@
 //!
 //! All tables live in one schema (default `outcore`), so several stores can share a database.
 //! `outcore_version` records the schema version; a newer version than this build knows is
-//! refused with a clear message instead of being misread.
+//! refused with a clear message instead of being misread, an older one is upgraded in place
+//! ([`UPGRADE_V2`], in the transaction that opens the store).
 
-/// The schema version this build writes and reads.
-pub(super) const VERSION: i32 = 1;
+/// The schema version this build writes and reads: 2 (format v2: short blocks and page
+/// deltas).
+pub(super) const VERSION: i32 = 2;
 
 /// DDL of version 1. Bodies are in their own table, stored uncompressed by PostgreSQL
 /// (`STORAGE EXTERNAL`: TOAST compression cut write speed 4× on incompressible blocks); the
@@ -56,4 +58,15 @@ CREATE TABLE IF NOT EXISTS outcore_head (
     pack_horizon bigint NOT NULL,
     compression smallint NOT NULL
 );
+";
+
+/// Version 1 → 2: the delta columns of `outcore_obj` (all NULL for a whole version, which is
+/// what every version-1 row is). `IF NOT EXISTS` makes it idempotent; it runs in one
+/// transaction with the version update, so a crash leaves either schema, never half of one.
+pub(super) const UPGRADE_V2: &str = "
+ALTER TABLE outcore_obj
+    ADD COLUMN IF NOT EXISTS runs bytea,
+    ADD COLUMN IF NOT EXISTS depth int,
+    ADD COLUMN IF NOT EXISTS chain_bytes bigint,
+    ADD COLUMN IF NOT EXISTS block_len bigint;
 ";
