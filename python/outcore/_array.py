@@ -49,6 +49,25 @@ def _shape_tuple(shape):
 #: Bytes of the array a streaming reduction maps at a time.
 REDUCE_CHUNK_BYTES = 256 << 20
 
+#: Blocks of the major axis around an element that element access keeps mapped (the chunk
+#: view behind ``A[i]``), so neighbouring elements are served without mapping again.
+FAST_CHUNK_BLOCKS = 4
+
+
+def _element_key(index, ndim, major):
+    """The major-axis index of ``index`` if it picks one element with plain integers (``i``,
+    ``(i, j)``); else ``None``."""
+    if type(index) is tuple:
+        if len(index) != ndim:
+            return None
+        for item in index:
+            if type(item) is not int and not isinstance(item, np.integer):
+                return None
+        return index[major]
+    if ndim == 1 and (type(index) is int or isinstance(index, np.integer)):
+        return index
+    return None
+
 
 def _as_view(x):
     """``x`` with BigArrays replaced by views of all their data (no copy)."""
@@ -81,12 +100,14 @@ class BigArray(np.lib.mixins.NDArrayOperatorsMixin):
         self._blksize = blksize
         self._conn = None
         self._native = None
+        self._chunk = None
 
     @classmethod
     def _bind(cls, conn, native):
         self = cls.__new__(cls)
         self._conn = conn
         self._native = native
+        self._chunk = None
         return self
 
     def _attach(self, conn, native):
@@ -189,11 +210,63 @@ class BigArray(np.lib.mixins.NDArrayOperatorsMixin):
             shape[self._major()] = max(0, min(hi, shape[self._major()]) - lo)
         return np.ndarray(tuple(shape), dtype=self.dtype, buffer=mapping, strides=strides)
 
+    def _element(self, index):
+        """``(view, index)`` to reach the element ``index`` picks through the cached chunk
+        view, or ``None`` when ``index`` is not one element given by integers.
+
+        Element access through a fresh view costs microseconds (metadata, mapping, a new
+        ndarray); the chunk view is kept until the connection's generation moves (every
+        transaction boundary, savepoint rollback, resize, append and close bump it), so a
+        cached view never shows another snapshot or shape than the connection's current one.
+        """
+        chunk = self._chunk
+        conn = self._conn
+        if chunk is not None and chunk[0] == conn._generation:
+            _, lo, hi, length, ndim, major, view = chunk
+        elif self._native is None or conn._is_closed():
+            return None  # the slow path says what is wrong
+        else:
+            shape, ndim, major = self.shape, self.ndim, self._major()
+            if ndim == 0:
+                return None
+            lo = hi = length = shape[major]
+            view = None
+        k = _element_key(index, ndim, major)
+        if k is None:
+            return None
+        k = operator.index(k)
+        if k < 0:
+            k += length
+        if not lo <= k < hi:
+            if not 0 <= k < length:
+                return None  # out of bounds: the slow path raises NumPy's IndexError
+            row = max(self.nbytes // max(length, 1), 1)
+            rows = max(FAST_CHUNK_BLOCKS * self.blksize // row, 1)
+            lo = k - k % rows
+            hi = min(lo + rows, length)
+            view = self._view(lo, hi)
+            self._chunk = (conn._generation, lo, hi, length, ndim, major, view)
+        if ndim == 1:
+            return view, k - lo
+        index = list(index)
+        index[major] = k - lo
+        return view, tuple(index)
+
     def __getitem__(self, index):
+        fast = self._element(index)
+        if fast is not None:
+            view, rel = fast
+            return view[rel]
         lo, hi, rel = _index.split(index, self.shape, self._major())
         return self._view(lo, hi)[rel]
 
     def __setitem__(self, index, value):
+        fast = self._element(index)
+        if fast is not None and fast[0].flags.writeable:
+            self._conn._join()
+            view, rel = fast
+            view[rel] = value
+            return
         lo, hi, rel = _index.split(index, self.shape, self._major())
         view = self._view(lo, hi, change=True)
         if not view.flags.writeable:
@@ -295,6 +368,7 @@ class BigArray(np.lib.mixins.NDArrayOperatorsMixin):
                 f"all axes but axis {major} must match"
             )
         native.append_bytes(arr.tobytes(order=self.order), list(arr.shape))
+        self._conn._moved()
 
     def resize(self, shape):
         """Changes the shape in O(1); only the major axis may change."""
@@ -302,6 +376,7 @@ class BigArray(np.lib.mixins.NDArrayOperatorsMixin):
         if len(shape) != self.ndim:
             raise ValueError(f"cannot resize a {self.ndim}-d array to shape {shape}")
         self._stored(change=True).resize(list(shape))
+        self._conn._moved()
 
     def _major_range(self, index):
         lo, hi, _ = _index.split(index, self.shape, self._major())

@@ -224,6 +224,10 @@ class Connection:
         self._native = native
         self._joined = None
         self._closed = False
+        #: Bumped whenever mapped memory may change under cached element views (the
+        #: snapshot moves, changes are dropped, an array's shape changes, the connection
+        #: closes): BigArray's element access maps again when it differs from its chunk's.
+        self._generation = 0
         self._root = Root(self)
         #: The BigArrays handed out, by oid (weakly: unused ones go).
         self._arrays = weakref.WeakValueDictionary()
@@ -250,6 +254,10 @@ class Connection:
         self._check_open()
         return self._root
 
+    def _moved(self):
+        """Invalidates the chunk views that element access caches (see ``_generation``)."""
+        self._generation += 1
+
     def _join(self):
         """Joins the current transaction: called before every change (reads do not join;
         writes through views are found by :meth:`beforeCompletion`)."""
@@ -275,6 +283,7 @@ class Connection:
         # From here on every data manager method is a no-op: the transaction this connection
         # joined may still list it, and must commit or abort without it.
         self._closed = True
+        self._moved()
         self._joined = None
         try:
             self.transaction_manager.unregisterSynch(self)
@@ -303,6 +312,7 @@ class Connection:
 
     def _sync(self):
         """Moves to the newest snapshot (at a transaction boundary, nothing dirty)."""
+        self._moved()
         if self._closed:
             return
         try:
@@ -320,6 +330,7 @@ class Connection:
         # Also called mid-transaction when a savepoint taken before this connection joined is
         # rolled back: drop the changes but keep the snapshot (it moves at the boundary).
         self._joined = None
+        self._moved()
         if not self._closed:
             self._native.discard()
 
@@ -331,6 +342,7 @@ class Connection:
 
     def tpc_vote(self, txn):
         if not self._closed:
+            self._moved()
             self._native.commit(str(txn.user or ""), str(txn.description or ""))
 
     def tpc_finish(self, txn):
@@ -338,6 +350,7 @@ class Connection:
 
     def tpc_abort(self, txn):
         self._joined = None
+        self._moved()
         try:
             if not self._closed:
                 self._native.discard()
@@ -358,6 +371,7 @@ class _Savepoint:
 
     def rollback(self):
         if not self._conn._closed:  # a closed connection has nothing left to roll back
+            self._conn._moved()
             self._conn._native.rollback(self._native)
 
 
