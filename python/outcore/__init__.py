@@ -11,7 +11,7 @@
 
 from . import _native, errors
 from ._array import DEFAULT_BLKSIZE, BigArray, ZBigArray
-from ._db import DB, DEFAULT_CACHE_BYTES, Connection, Root, tid
+from ._db import DB, DEFAULT_CACHE_BYTES, Connection, Root, Stats, tid
 from .errors import (
     AddressSpaceError,
     ClosedError,
@@ -38,6 +38,7 @@ __all__ = [
     "DB",
     "Connection",
     "Root",
+    "Stats",
     "tid",
     "open",
     "set_log_level",

@@ -1,6 +1,7 @@
 """Databases, connections (the ``transaction`` data manager) and the root namespace."""
 
 import contextlib
+import dataclasses
 import logging
 import operator
 import os
@@ -74,6 +75,44 @@ def tid(value):
     if not 0 <= value < 2**64:
         raise ValueError(f"tid {value} is out of range")
     return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Stats:
+    """What :meth:`DB.stats` measured."""
+
+    #: The snapshot measured (the head when measuring began).
+    tid: int
+    #: Named arrays.
+    arrays: int
+    #: Sum over the named arrays of itemsize x number of elements.
+    logical_bytes: int
+    #: Bytes the store holds for the current versions of the named arrays (blocks and
+    #: metadata) and the root, as stored (compressed where compression helped).
+    stored_bytes: int
+    #: Stored blocks of the named arrays.
+    blocks: int
+    #: Blocks never written (read as zeros, cost nothing).
+    holes: int
+    #: Bytes of versions the head no longer shows: older versions since the pack horizon (and
+    #: the ones kept at it), arrays removed since.
+    history_bytes: int
+    #: How many such versions.
+    history_versions: int
+    #: Reader leases of live processes (this one's connections included); ``None`` for
+    #: stores that do not tell (in-memory, PostgreSQL).
+    leases: "int | None"
+
+    @property
+    def ratio(self) -> "float | None":
+        """``stored_bytes / logical_bytes`` (below 1: compression and holes save space);
+        ``None`` when nothing is stored logically."""
+        return self.stored_bytes / self.logical_bytes if self.logical_bytes else None
+
+
+def _is_embedded(url):
+    """True for urls of the embedded store (a directory)."""
+    return url != "mem:" and not url.startswith(("postgresql://", "postgres://"))
 
 
 class DB:
@@ -179,18 +218,37 @@ class DB:
         checked, nbytes, problems = self._native.verify()
         return {"versions_checked": checked, "bytes_checked": nbytes, "problems": problems}
 
-    def history(self, limit=20):
-        """The most recent transactions, newest first: dicts with tid, time, user,
-        description."""
+    def stats(self):
+        """Measures the store at its head (see :class:`Stats`): logical and stored bytes of
+        the named arrays, history bytes, live reader leases; ``ratio`` is stored / logical.
+        Reads the block index; blocks that cannot be mapped (compressed and PostgreSQL
+        stores) are read to learn their stored size."""
         self._check_open()
+        leases = len(_native.reader_leases(self._url)) if _is_embedded(self._url) else None
+        return Stats(*self._native.stats(), leases=leases)
+
+    def history(self, limit=20):
+        """The most recent ``limit`` transactions (all of them if ``limit`` is 0 or None,
+        like ``outcore log --limit 0``), newest first: dicts with tid, time, user,
+        description and arrays (the names of the arrays the transaction changed, by the
+        names at the head, else as of the transaction; ``"(the root)"`` when names were
+        added or removed; ``"oid N"`` when no name is known)."""
+        self._check_open()
+        if limit is None:
+            limit = 0
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError(f"limit must be an int or None, not {type(limit).__name__}")
+        if limit < 0:
+            raise ValueError(f"limit must not be negative, not {limit} (0 or None: all)")
         return [
             {
                 "tid": tid,
                 "time": datetime.fromtimestamp(secs, tz=timezone.utc),
                 "user": user,
                 "description": description,
+                "arrays": arrays,
             }
-            for tid, secs, user, description in self._native.history(limit)
+            for tid, secs, user, description, arrays in self._native.history(limit)
         ]
 
     def close(self):
