@@ -2,11 +2,11 @@
 //! last change).
 
 use indicatif::ProgressBar;
-use outcore::db::{Database, DbOptions};
-use outcore::storage::{Compression, Key, Storage, Tid};
+use outcore::db::{Connection, Database, DbOptions};
+use outcore::storage::{Compression, Key, Storage, Tid, TxnMeta};
 
 use crate::catalog::Entry;
-use crate::error::Result;
+use crate::error::{CliError, Result};
 
 /// How a command uses its store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +66,19 @@ pub fn user() -> String {
         .iter()
         .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
         .unwrap_or_else(|| "outcore".into())
+}
+
+/// Commits `conn`'s transaction; a conflict is told in the user's terms (the array and its
+/// elements, the transaction that won), as Python tells it.
+pub fn commit(conn: &Connection, meta: TxnMeta) -> Result<Tid> {
+    conn.commit_with(meta)
+        .map_err(|e| match conn.describe_conflict(&e) {
+            Some(text) => CliError::Conflict(format!(
+                "write {} (run the command again)",
+                text.strip_suffix("; abort and retry").unwrap_or(&text)
+            )),
+            None => e.into(),
+        })
 }
 
 /// What the block index holds for one array at one snapshot.
@@ -143,5 +156,28 @@ mod tests {
         assert_eq!(s.holes, 2);
         assert_eq!(s.stored_bytes, 2 << 20);
         assert_eq!(s.last_change, Some(tid));
+    }
+
+    #[test]
+    fn conflicts_name_the_array() {
+        let store = Store::open("mem:", Access::Create, Compression::None).unwrap();
+        let setup = store.db.connect().unwrap();
+        setup.create::<f64>("a", &[1024], Order::C).unwrap();
+        setup.commit().unwrap();
+        let (first, second) = (store.db.connect().unwrap(), store.db.connect().unwrap());
+        for conn in [&first, &second] {
+            let mut a = conn.array("a").unwrap();
+            a.slice_mut::<f64, _>(ndarray::s![..1]).unwrap().fill(1.0);
+        }
+        commit(&first, TxnMeta::new("ann", "first")).unwrap();
+        let err = commit(&second, TxnMeta::new("bob", "second")).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, CliError::Conflict(_)), "{text}");
+        assert!(
+            text.starts_with("write conflict: array 'a' (elements 0..")
+                && text.contains("user 'ann', \"first\"")
+                && text.ends_with("(run the command again)"),
+            "{text}"
+        );
     }
 }
