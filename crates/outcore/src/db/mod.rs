@@ -32,7 +32,7 @@ pub use bigarray::{BigArray, RawView};
 pub use views::{View, ViewMut};
 
 pub use connection::{Connection, Savepoint};
-pub use stats::{reader_leases, LeaseInfo, StoreStats};
+pub use stats::{reader_leases, LeaseInfo, StoreStats, ROOT_CHANGED};
 
 use crate::storage::{
     ClosableStorage, Compression, LocalOptions, LocalStorage, MemStorage, PgOptions, PgStorage,

@@ -35,6 +35,10 @@ pub struct StoreStats {
     pub history_versions: u64,
 }
 
+/// What [`Database::changed_arrays`] lists for a transaction that changed the names in the
+/// root (added, removed or renamed arrays).
+pub const ROOT_CHANGED: &str = "(the root)";
+
 /// One reader lease of an embedded store: the file `leases/<pid>-<n>` of a live process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseInfo {
@@ -175,8 +179,8 @@ impl Database {
 
     /// The arrays each of `log`'s transactions changed, by name: names at snapshot `at` (the
     /// head, for what exists now), else at the transaction's own snapshot (arrays removed or
-    /// replaced since), else just before it (arrays it removed), else `oid N`; `(the root)`
-    /// when the names themselves changed.
+    /// replaced since), else just before it (arrays it removed), else `oid N`;
+    /// [`ROOT_CHANGED`] when the names themselves changed.
     pub fn changed_arrays(&self, log: &[TxnInfo], at: Tid) -> Result<Vec<Vec<String>>> {
         let storage = &*self.storage;
         let now = Names::load(storage, at)?;
@@ -187,7 +191,7 @@ impl Database {
                 let mut changed = BTreeSet::new();
                 for &key in &txn.keys {
                     if key == ROOT_KEY {
-                        changed.insert("(the root)".to_string());
+                        changed.insert(ROOT_CHANGED.to_string());
                         continue;
                     }
                     // After the transaction, or just before it for what it removed.
