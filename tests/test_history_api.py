@@ -1,5 +1,6 @@
 """Time travel, pack and verify from Python, with tids as people have them."""
 
+import os
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -115,3 +116,15 @@ def test_stats(tmp_path, compression):
     with pytest.raises(outcore.ClosedError):
         db.stats()
     assert outcore.open("mem:").stats().leases is None
+
+
+def test_stats_on_every_store(db):
+    db.root()["A"] = A = outcore.BigArray((1 << 18,), "f8")  # one 2 MiB block
+    A[:10] = 1.0
+    transaction.commit()
+    s = db.stats()
+    assert (s.arrays, s.logical_bytes, s.blocks, s.holes) == (1, 2 << 20, 1, 0)
+    assert (2 << 20) <= s.stored_bytes < (2 << 20) + 4096, s  # stored as it is, uncompressed
+    assert s.ratio == pytest.approx(s.stored_bytes / (2 << 20))
+    assert (s.leases is None) == (not os.path.isdir(db._url)), s
+    assert db.history(1)[0]["arrays"] == ["(the root)", "A"]
