@@ -637,7 +637,10 @@ fn postgres_store() {
     let c = json(&["info", "--json", &store, "c"]);
     assert_eq!(c["compression"], "none");
     let stored = c["stored_bytes"].as_u64().unwrap();
-    assert!((96..=c["blksize"].as_u64().unwrap()).contains(&stored), "{c}");
+    assert!(
+        (96..=c["blksize"].as_u64().unwrap()).contains(&stored),
+        "{c}"
+    );
     assert!((c["ratio"].as_f64().unwrap() - stored as f64 / 96.0).abs() < 1e-9);
     assert_eq!(ok(&["cat", &store, "f[1, :, -1]"]), "[15 19 23]\n");
     assert_eq!(
