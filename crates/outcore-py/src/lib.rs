@@ -30,6 +30,10 @@ impl<T> IntoPy<T> for outcore::Result<T> {
     }
 }
 
+/// [`db::StoreStats`] as Python gets it: (tid, arrays, logical bytes, stored bytes, stored
+/// blocks, holes, history bytes, history versions).
+type StatsTuple = (u64, u64, u64, u64, u64, u64, u64, u64);
+
 /// A database (store + connection factory).
 #[pyclass(frozen, module = "outcore._native")]
 struct Database {
@@ -111,9 +115,8 @@ impl Database {
             .collect())
     }
 
-    /// Measures the store at its head: (tid, arrays, logical bytes, stored bytes, stored
-    /// blocks, holes, history bytes, history versions).
-    fn stats(&self, py: Python<'_>) -> PyResult<(u64, u64, u64, u64, u64, u64, u64, u64)> {
+    /// Measures the store at its head (see [`StatsTuple`]).
+    fn stats(&self, py: Python<'_>) -> PyResult<StatsTuple> {
         let db = self.db.clone();
         let s = logging::call(py, move || db.stats()).py()?;
         Ok((
