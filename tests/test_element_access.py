@@ -124,3 +124,4 @@ def test_readonly_elements(tmp_path):
         with pytest.raises(outcore.ReadOnlyError):
             A[4] = 1
         assert A[4] == 4
+

@@ -332,8 +332,11 @@ class Connection:
         return self._root
 
     def _moved(self) -> None:
-        """Invalidates the chunk views that element access caches (see ``_generation``)."""
+        """Invalidates the chunk views that element access caches (see ``_generation``) and
+        drops them: held on, they would keep their windows from being released as idle."""
         self._generation += 1
+        for array in self._arrays.values():
+            array._chunk = None
 
     def _join(self) -> None:
         """Joins the current transaction: called before every change (reads do not join;
