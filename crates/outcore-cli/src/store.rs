@@ -127,6 +127,16 @@ pub fn ratio(stored: u64, logical: u64) -> Option<f64> {
     (logical > 0).then(|| stored as f64 / logical as f64)
 }
 
+/// A ratio as text: three decimals, or three significant digits below 0.01 (data that
+/// compresses a thousandfold does not show as 0.000).
+pub fn ratio_text(r: f64) -> String {
+    if r == 0.0 || r >= 0.01 {
+        format!("{r:.3}")
+    } else {
+        format!("{r:.2e}")
+    }
+}
+
 /// Shows a block-scan bar only when there are enough blocks for it to matter.
 pub fn scan_bar(progress: &crate::progress::Progress, blocks: u64) -> ProgressBar {
     if blocks >= 20_000 {
@@ -156,6 +166,14 @@ mod tests {
         assert_eq!(s.holes, 2);
         assert_eq!(s.stored_bytes, 2 << 20);
         assert_eq!(s.last_change, Some(tid));
+    }
+
+    #[test]
+    fn ratios_as_text() {
+        assert_eq!(ratio_text(1.0), "1.000");
+        assert_eq!(ratio_text(0.0123), "0.012");
+        assert_eq!(ratio_text(0.000146), "1.46e-4");
+        assert_eq!(ratio_text(0.0), "0.000");
     }
 
     #[test]

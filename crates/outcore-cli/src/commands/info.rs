@@ -8,7 +8,7 @@ use super::Ctx;
 use crate::catalog::Catalog;
 use crate::error::Result;
 use crate::output::{human_bytes, shape_str, Out};
-use crate::store::{block_stats, ratio, scan_bar, Access, Store};
+use crate::store::{block_stats, ratio, ratio_text, scan_bar, Access, Store};
 use crate::time::{iso_utc, tid_hex};
 
 /// Arguments of `outcore info`.
@@ -136,7 +136,7 @@ pub fn run(args: &InfoArgs, ctx: &Ctx) -> Result<()> {
             "ratio",
             info.ratio.map_or_else(
                 || "n/a (empty array)".to_string(),
-                |r| format!("{r:.3} (stored / logical)"),
+                |r| format!("{} (stored / logical)", ratio_text(r)),
             ),
         ),
         ("compression", info.compression.clone()),

@@ -8,7 +8,7 @@ use super::Ctx;
 use crate::catalog::Catalog;
 use crate::error::Result;
 use crate::output::{human_bytes, shape_str, Out, Table};
-use crate::store::{block_stats, ratio, scan_bar, Access, Store};
+use crate::store::{block_stats, ratio, ratio_text, scan_bar, Access, Store};
 
 /// Arguments of `outcore ls`.
 #[derive(Debug, Args)]
@@ -97,7 +97,7 @@ pub fn run(args: &LsArgs, ctx: &Ctx) -> Result<()> {
             r.order.clone(),
             size(r.nbytes),
             size(r.stored_bytes),
-            r.ratio.map_or_else(|| "-".into(), |x| format!("{x:.3}")),
+            r.ratio.map_or_else(|| "-".into(), ratio_text),
         ]);
     }
     table.write(&mut out)?;
