@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of outcore on a fresh machine: installs what is missing (a Python venv with
-# maturin, numpy, pytest, transaction), then the lints, the Rust tests (unit, integration,
-# conformance, multi-process, crash, memory-cgroup) and the Python tests.
+# maturin, numpy, pytest, transaction, mypy), then the lints and mypy, the Rust tests (unit,
+# integration, conformance, multi-process, crash, memory-cgroup) and the Python tests.
 # Usage: scripts/test.sh [--long]   (--long: 500 crash rounds, a 16 GiB array in 1 GiB of RAM,
 #   8 x 250 transaction histories, 120 s of fuzzing per decoder, full ASan and TSan runs)
 set -euo pipefail
@@ -13,7 +13,7 @@ fi
 VENV=.venv
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q "maturin>=1.9.4,<2" "numpy>=1.26" pytest transaction zope.interface
+"$VENV/bin/python" -m pip install -q "maturin>=1.9.4,<2" "numpy>=1.26" pytest transaction zope.interface mypy
 export PYO3_PYTHON="$PWD/$VENV/bin/python"
 
 # A private PostgreSQL cluster on loopback for the PostgreSQL store's tests.
@@ -23,6 +23,7 @@ trap 'scripts/pg-test-server.sh stop "$OUTCORE_TEST_PG_DIR"' EXIT
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+"$VENV/bin/python" -m mypy python/outcore   # the typed Python API (config: pyproject.toml)
 cargo test --workspace --locked --release
 # The dirty-page scan's fallback for kernels without PAGEMAP_SCAN (< 6.7), forced.
 OUTCORE_NO_PAGEMAP_SCAN=1 cargo test --locked --release -p outcore --test vm_mapped

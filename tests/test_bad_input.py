@@ -96,6 +96,11 @@ BAD = [
     ("other compression for an existing store", lambda s: outcore.open(str(s[5] / "db"), compression="zstd"), ValueError, "is not compressed; compression='zstd' applies only when a store is created"),
     ("historical tid in the future is fine, packed tid is not: bad tid type", lambda s: outcore.open(str(s[5] / "db"), at="x"), ValueError, ""),
     ("pickling an array", lambda s: __import__("pickle").dumps(s[2]), TypeError, "pickle"),
+    ("negative history limit", lambda s: s[0].history(-1), ValueError, "limit must not be negative"),
+    ("history limit of the wrong type", lambda s: s[0].history("5"), TypeError, "limit must be an int or None"),
+    ("options after the url are keyword-only", lambda s: outcore.open("mem:", 1 << 20), TypeError, "positional"),
+    ("element index past the end", lambda s: s[2][20, 0], IndexError, "out of bounds for axis 0 with size 20"),
+    ("element index past the end of a minor axis", lambda s: s[2][0, 4], IndexError, "out of bounds for axis 1 with size 4"),
 ]
 
 
@@ -259,7 +264,8 @@ def test_closed_database(setup):
     db, root, A, F, tid, tmp = setup
     view = A[...]
     db.close()
-    for bad in (lambda: A[0], lambda: root["A"], lambda: list(root), lambda: db.root(), lambda: db.history()):
+    for bad in (lambda: A[0], lambda: root["A"], lambda: list(root), lambda: db.root(), lambda: db.history(),
+                lambda: db.stats(), lambda: A[0, 0]):
         with pytest.raises(outcore.ClosedError, match="^(?!closed: ).*closed"):
             bad()
     assert view[1, 1] == 5, "views stay readable"

@@ -55,3 +55,18 @@ def test_one_bigarray_per_array_and_connection():
     assert other.root()["A"] is not A and other.root()["A"] is other.root()["A"]
     other.close()
     db.close()
+
+
+def test_options_are_keyword_only_and_the_package_is_typed():
+    import inspect
+
+    params = inspect.signature(outcore.open).parameters
+    assert [p.name for p in params.values() if p.kind is p.POSITIONAL_OR_KEYWORD] == ["url"]
+    try:
+        outcore.open("mem:", 1 << 20)
+    except TypeError as e:
+        assert "positional" in str(e)
+    else:
+        raise AssertionError("a positional option was accepted")
+    package = pathlib.Path(outcore.__file__).parent
+    assert (package / "py.typed").exists() and (package / "_native.pyi").exists()

@@ -9,9 +9,13 @@
 >>> transaction.commit()
 """
 
+from __future__ import annotations
+
+import os
+
 from . import _native, errors
 from ._array import DEFAULT_BLKSIZE, BigArray, ZBigArray
-from ._db import DB, DEFAULT_CACHE_BYTES, Connection, Root, tid
+from ._db import DB, DEFAULT_CACHE_BYTES, Connection, Root, Stats, TidLike, tid
 from .errors import (
     AddressSpaceError,
     ClosedError,
@@ -38,6 +42,7 @@ __all__ = [
     "DB",
     "Connection",
     "Root",
+    "Stats",
     "tid",
     "open",
     "set_log_level",
@@ -48,15 +53,21 @@ __all__ = [
 
 
 def open(  # noqa: A001
-    url, cache_bytes=None, readonly=False, at=None, compression=None, reserve_bytes=None
-):
+    url: str | os.PathLike[str],
+    *,
+    cache_bytes: int | None = None,
+    readonly: bool = False,
+    at: TidLike | None = None,
+    compression: str | None = None,
+    reserve_bytes: int | None = None,
+) -> DB:
     """Opens the database at ``url``: a directory path (the embedded store, created if
     missing) or ``"mem:"`` (in memory). ``readonly`` refuses changes; ``at=tid`` opens the
     historical snapshot ``tid`` read-only; ``compression`` ("zstd" or "lz4") applies when a
     store is created; ``cache_bytes`` is the RAM budget for blocks that cannot be mapped
     (default 1 GiB or ``OUTCORE_CACHE_BYTES``); ``reserve_bytes`` the address space reserved
     per window of an array (default clamp(16 x the bytes viewed, 64 MiB, 1 TiB); an array
-    growing past its window gets another for new views)."""
+    growing past its window gets another for new views). Every option is keyword-only."""
     return DB(
         url,
         cache_bytes=cache_bytes,
@@ -71,7 +82,7 @@ def open(  # noqa: A001
 _LEVEL_NAMES = {"WARNING": "warn", "CRITICAL": "error", "FATAL": "error"}
 
 
-def set_log_level(level):
+def set_log_level(level: int | str) -> None:
     """Chooses which events of the Rust core reach the ``outcore`` logger (and its children
     such as ``outcore.db.handle``): a ``logging`` level (``logging.INFO``, ``"DEBUG"``) or a
     filter in ``OUTCORE_LOG`` syntax (``"outcore::vm=debug,warn"``). The default is

@@ -1,18 +1,27 @@
 """BigArray: a persistent N-d array that behaves like a NumPy array."""
 
+from __future__ import annotations
+
 import ast
 import operator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _index
 from .errors import ReadOnlyError
+
+if TYPE_CHECKING:
+    from . import _native
+    from ._db import Connection
 
 #: Default block size: 2 MiB.
 DEFAULT_BLKSIZE = 2 << 20
 
 
-def dtype_descriptor(dt):
+def dtype_descriptor(dt: np.dtype[Any]) -> str:
     """The string stored for ``dt``: ``dt.str``, or the repr of NumPy's descr for structured
     dtypes. Refuses dtypes holding Python objects."""
     if dt.hasobject:
@@ -27,14 +36,14 @@ def dtype_descriptor(dt):
     return dt.str
 
 
-def dtype_from_descriptor(text):
+def dtype_from_descriptor(text: str) -> np.dtype[Any]:
     """Inverse of :func:`dtype_descriptor`."""
     if text.startswith("["):
         return np.lib.format.descr_to_dtype(ast.literal_eval(text))
     return np.dtype(text)
 
 
-def _shape_tuple(shape):
+def _shape_tuple(shape: Any) -> tuple[int, ...]:
     if isinstance(shape, (int, np.integer)):
         shape = (shape,)
     try:
@@ -49,8 +58,27 @@ def _shape_tuple(shape):
 #: Bytes of the array a streaming reduction maps at a time.
 REDUCE_CHUNK_BYTES = 256 << 20
 
+#: Blocks of the major axis around an element that element access keeps mapped (the chunk
+#: view behind ``A[i]``), so neighbouring elements are served without mapping again.
+FAST_CHUNK_BLOCKS = 4
 
-def _as_view(x):
+
+def _element_key(index: Any, ndim: int, major: int) -> Any:
+    """The major-axis index of ``index`` if it picks one element with plain integers (``i``,
+    ``(i, j)``); else ``None``."""
+    if type(index) is tuple:
+        if len(index) != ndim:
+            return None
+        for item in index:
+            if type(item) is not int and not isinstance(item, np.integer):
+                return None
+        return index[major]
+    if ndim == 1 and (type(index) is int or isinstance(index, np.integer)):
+        return index
+    return None
+
+
+def _as_view(x: Any) -> Any:
     """``x`` with BigArrays replaced by views of all their data (no copy)."""
     if isinstance(x, BigArray):
         return x[...]
@@ -68,7 +96,13 @@ class BigArray(np.lib.mixins.NDArrayOperatorsMixin):
     advanced indexing returns copies, assignment broadcasts.
     """
 
-    def __init__(self, shape, dtype=np.float64, order="C", blksize=DEFAULT_BLKSIZE):
+    def __init__(
+        self,
+        shape: int | tuple[int, ...],
+        dtype: npt.DTypeLike = np.float64,
+        order: str = "C",
+        blksize: int = DEFAULT_BLKSIZE,
+    ) -> None:
         self._shape = _shape_tuple(shape)
         self._dtype = np.dtype(dtype)
         dtype_descriptor(self._dtype)
@@ -79,66 +113,72 @@ class BigArray(np.lib.mixins.NDArrayOperatorsMixin):
         if blksize <= 0 or blksize % 4096:
             raise ValueError(f"blksize must be a positive multiple of 4096, not {blksize}")
         self._blksize = blksize
-        self._conn = None
-        self._native = None
+        # None until stored (root[name] = A); every use of the connection comes after a
+        # check of _native, which is set with it.
+        self._conn: Connection = None  # type: ignore[assignment]
+        self._native: _native.Array | None = None
+        #: Element access's chunk view: (connection generation, lo, hi, length of the major
+        #: axis, ndim, major axis, the view of major-axis indices lo..hi, whether that is all).
+        self._chunk: tuple[int, int, int, int, int, int, np.ndarray, bool] | None = None
 
     @classmethod
-    def _bind(cls, conn, native):
+    def _bind(cls, conn: Connection, native: _native.Array) -> BigArray:
         self = cls.__new__(cls)
         self._conn = conn
         self._native = native
+        self._chunk = None
         return self
 
-    def _attach(self, conn, native):
+    def _attach(self, conn: Connection, native: _native.Array) -> None:
         self._conn = conn
         self._native = native
 
     # ------------------------------------------------------------------ metadata
 
-    def _meta(self):
+    def _meta(self) -> tuple[str, int, list[int], str, int] | None:
         if self._native is None:
             return None
         self._conn._check_open()
         return self._native.meta()
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, ...]:
         meta = self._meta()
         return self._shape if meta is None else tuple(meta[2])
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype[Any]:
         meta = self._meta()
         return self._dtype if meta is None else dtype_from_descriptor(meta[0])
 
     @property
-    def order(self):
+    def order(self) -> str:
         meta = self._meta()
         return self._order if meta is None else meta[3]
 
     @property
-    def blksize(self):
+    def blksize(self) -> int:
         meta = self._meta()
         return self._blksize if meta is None else meta[4]
 
     @property
-    def ndim(self):
+    def ndim(self) -> int:
         return len(self.shape)
 
     @property
-    def size(self):
+    def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
 
     @property
-    def itemsize(self):
+    def itemsize(self) -> int:
         return self.dtype.itemsize
 
     @property
-    def nbytes(self):
+    def nbytes(self) -> int:
         return self.size * self.itemsize
 
     @property
-    def strides(self):
+    def strides(self) -> tuple[int, ...]:
         shape, item = self.shape, self.itemsize
         strides, step = [0] * len(shape), item
         axes = range(len(shape) - 1, -1, -1) if self.order == "C" else range(len(shape))
@@ -147,16 +187,16 @@ class BigArray(np.lib.mixins.NDArrayOperatorsMixin):
             step *= max(shape[a], 1)
         return tuple(strides)
 
-    def _major(self):
+    def _major(self) -> int:
         return 0 if self.order == "C" else max(self.ndim - 1, 0)
 
-    def __len__(self):
+    def __len__(self) -> int:
         shape = self.shape
         if not shape:
             raise TypeError("len() of unsized object")
         return shape[self._major()]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         if self._native is not None and self._conn._is_closed():
             return f"<outcore.BigArray in {self._conn._describe()} closed>"
         where = "not stored yet" if self._native is None else f"in {self._conn._describe()}"
@@ -167,7 +207,7 @@ class BigArray(np.lib.mixins.NDArrayOperatorsMixin):
 
     # ------------------------------------------------------------------ data
 
-    def _stored(self, change=False):
+    def _stored(self, change: bool = False) -> _native.Array:
         """The native array; a ``change`` joins the transaction (reads do not: writes through
         views are found when the transaction completes)."""
         if self._native is None:
@@ -181,26 +221,106 @@ class BigArray(np.lib.mixins.NDArrayOperatorsMixin):
             self._conn._check_open()
         return self._native
 
-    def _view(self, lo, hi, change=False):
+    def _view(self, lo: int, hi: int, change: bool = False) -> np.ndarray:
         native = self._stored(change)
         mapping, strides = native.map(lo, hi, self._conn)
         shape = list(self.shape)
         if shape:
             shape[self._major()] = max(0, min(hi, shape[self._major()]) - lo)
-        return np.ndarray(tuple(shape), dtype=self.dtype, buffer=mapping, strides=strides)
+        return np.ndarray(
+            tuple(shape), dtype=self.dtype, buffer=cast(Any, mapping), strides=strides
+        )
 
-    def __getitem__(self, index):
+    def _element(self, index: Any) -> tuple[np.ndarray, Any] | None:
+        """``(view, index)`` to reach the element ``index`` picks through the cached chunk
+        view, or ``None`` when ``index`` is not one element given by integers.
+
+        Element access through a fresh view costs microseconds (metadata, mapping, a new
+        ndarray); the chunk view is kept until the connection's generation moves (every
+        transaction boundary, savepoint rollback, resize, append and close bump it), so a
+        cached view never shows another snapshot or shape than the connection's current one.
+        """
+        chunk = self._chunk
+        conn = self._conn
+        if chunk is not None and chunk[0] == conn._generation:
+            _, lo, hi, length, ndim, major, view, _ = chunk
+        elif self._native is None or conn._is_closed():
+            return None  # the slow path says what is wrong
+        else:
+            shape, ndim, major = self.shape, self.ndim, self._major()
+            if ndim == 0:
+                return None
+            lo = hi = length = shape[major]
+            view = None  # the chunk is empty: mapped below
+        k = _element_key(index, ndim, major)
+        if k is None:
+            return None
+        k = operator.index(k)
+        if k < 0:
+            k += length
+        if not lo <= k < hi:
+            if not 0 <= k < length:
+                return None  # out of bounds: the slow path raises NumPy's IndexError
+            row = max(self.nbytes // max(length, 1), 1)
+            rows = max(FAST_CHUNK_BLOCKS * self.blksize // row, 1)
+            lo = k - k % rows
+            hi = min(lo + rows, length)
+            view = self._view(lo, hi)
+            whole = lo == 0 and hi == length
+            self._chunk = (conn._generation, lo, hi, length, ndim, major, view, whole)
+        assert view is not None
+        if ndim == 1:
+            return view, k - lo
+        index = list(index)
+        index[major] = k - lo
+        return view, tuple(index)
+
+    def __getitem__(self, index: Any) -> Any:
+        # The commonest cases first, inline: A[i] and A[i, j] within the cached chunk.
+        chunk = self._chunk
+        if chunk is not None and chunk[0] == self._conn._generation:
+            if type(index) is int and chunk[4] == 1:
+                if chunk[7]:
+                    return chunk[6][index]  # NumPy raises IndexError past the ends
+                k = index if index >= 0 else index + chunk[3]
+                if chunk[1] <= k < chunk[2]:
+                    return chunk[6][k - chunk[1]]
+            elif type(index) is tuple and len(index) == chunk[4]:
+                for item in index:
+                    if type(item) is not int:
+                        break
+                else:
+                    if chunk[7]:
+                        return chunk[6][index]
+                    major = chunk[5]
+                    k = index[major]
+                    if k < 0:
+                        k += chunk[3]
+                    if chunk[1] <= k < chunk[2]:
+                        rel = list(index)
+                        rel[major] = k - chunk[1]
+                        return chunk[6][tuple(rel)]
+        fast = self._element(index)
+        if fast is not None:
+            view, rel = fast
+            return view[rel]
         lo, hi, rel = _index.split(index, self.shape, self._major())
         return self._view(lo, hi)[rel]
 
-    def __setitem__(self, index, value):
+    def __setitem__(self, index: Any, value: Any) -> None:
+        fast = self._element(index)
+        if fast is not None and fast[0].flags.writeable:
+            self._conn._join()
+            view, rel = fast
+            view[rel] = value
+            return
         lo, hi, rel = _index.split(index, self.shape, self._major())
         view = self._view(lo, hi, change=True)
         if not view.flags.writeable:
             raise ReadOnlyError("this array is read-only (read-only or historical database)")
         view[rel] = value
 
-    def __array__(self, dtype=None, copy=None):
+    def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
         view = self[...]
         if dtype is not None and np.dtype(dtype) != view.dtype:
             if copy is False:
@@ -210,7 +330,7 @@ class BigArray(np.lib.mixins.NDArrayOperatorsMixin):
 
     # ------------------------------------------------------------------ NumPy protocols
 
-    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
         """Ufuncs and operators (``A + 1``, ``A == B``, ``np.sqrt(A)``) act on views of the
         data, like on a ``numpy.memmap``; results are plain in-memory arrays. ``out=A``
         writes into the array."""
@@ -220,19 +340,19 @@ class BigArray(np.lib.mixins.NDArrayOperatorsMixin):
         return getattr(ufunc, method)(*inputs, **kwargs)
 
     @property
-    def T(self):
+    def T(self) -> np.ndarray:
         """The transposed view (``A[...].T``)."""
         return self[...].T
 
-    def copy(self, order="K"):
+    def copy(self, order: Any = "K") -> np.ndarray:
         """An in-memory copy of the data."""
         return self[...].copy(order=order)
 
-    def astype(self, dtype, **kwargs):
+    def astype(self, dtype: npt.DTypeLike, **kwargs: Any) -> np.ndarray:
         """An in-memory copy of the data as ``dtype``."""
         return self[...].astype(dtype, **kwargs)
 
-    def _reduce(self, ufunc, axis, dtype=None):
+    def _reduce(self, ufunc: np.ufunc, axis: int | None, dtype: npt.DTypeLike | None = None) -> Any:
         """``ufunc.reduce`` over all elements (``axis=None``) or along the major axis, chunk by
         chunk of the major axis, so an array larger than the address space reduces too."""
         major = self._major()
@@ -250,21 +370,21 @@ class BigArray(np.lib.mixins.NDArrayOperatorsMixin):
             partial = part if partial is None else ufunc(partial, part)
         return partial
 
-    def sum(self, axis=None, dtype=None):
+    def sum(self, axis: int | None = None, dtype: npt.DTypeLike | None = None) -> Any:
         """Sum of all elements (or along the major axis), streamed chunk by chunk."""
         if dtype is None and self.dtype.kind in "biu":
             dtype = np.result_type(self.dtype, np.int_ if self.dtype.kind != "u" else np.uint)
         return self._reduce(np.add, axis, dtype)
 
-    def min(self, axis=None):
+    def min(self, axis: int | None = None) -> Any:
         """Smallest element (or along the major axis), streamed chunk by chunk."""
         return self._reduce(np.minimum, axis)
 
-    def max(self, axis=None):
+    def max(self, axis: int | None = None) -> Any:
         """Largest element (or along the major axis), streamed chunk by chunk."""
         return self._reduce(np.maximum, axis)
 
-    def mean(self, axis=None, dtype=None):
+    def mean(self, axis: int | None = None, dtype: npt.DTypeLike | None = None) -> Any:
         """Arithmetic mean (or along the major axis), streamed chunk by chunk."""
         if dtype is None:
             dtype = np.float64 if self.dtype.kind in "biub" else self.dtype
@@ -272,11 +392,11 @@ class BigArray(np.lib.mixins.NDArrayOperatorsMixin):
         count = self.size if axis is None else self.shape[axis]
         return total / count
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Any]:
         for i in range(len(self)):
             yield self[i]
 
-    def append(self, values):
+    def append(self, values: npt.ArrayLike) -> None:
         """Appends ``values`` along the major axis (axis 0 for C order, the last for F).
 
         Costs O(len(values)). Every other axis must match; on error nothing changes.
@@ -294,30 +414,32 @@ class BigArray(np.lib.mixins.NDArrayOperatorsMixin):
                 f"cannot append data of shape {arr.shape} to an array of shape {self.shape}: "
                 f"all axes but axis {major} must match"
             )
-        native.append_bytes(arr.tobytes(order=self.order), list(arr.shape))
+        native.append_bytes(arr.tobytes(order="F" if self.order == "F" else "C"), list(arr.shape))
+        self._conn._moved()
 
-    def resize(self, shape):
+    def resize(self, shape: int | tuple[int, ...]) -> None:
         """Changes the shape in O(1); only the major axis may change."""
         shape = _shape_tuple(shape)
         if len(shape) != self.ndim:
             raise ValueError(f"cannot resize a {self.ndim}-d array to shape {shape}")
         self._stored(change=True).resize(list(shape))
+        self._conn._moved()
 
-    def _major_range(self, index):
+    def _major_range(self, index: Any) -> tuple[int, int]:
         lo, hi, _ = _index.split(index, self.shape, self._major())
         return lo, hi
 
-    def load(self, index=slice(None)):
+    def load(self, index: Any = slice(None)) -> None:
         """Reads the data behind ``self[index]`` into memory now; storage errors raise here."""
         lo, hi = self._major_range(index)
         self._stored().load(lo, hi)
 
-    def prefetch(self, index=slice(None)):
+    def prefetch(self, index: Any = slice(None)) -> None:
         """Starts reading the data behind ``self[index]`` in the background."""
         lo, hi = self._major_range(index)
         self._stored().prefetch(lo, hi)
 
-    def __reduce__(self):
+    def __reduce__(self) -> Any:
         raise TypeError(
             "a BigArray cannot be pickled; pickle A[...] (a copy of the data) instead"
         )

@@ -5,11 +5,12 @@ major-axis indices, so the user's index is rewritten relative to its start.
 """
 
 import operator
+from typing import Any
 
 import numpy as np
 
 
-def _is_advanced(item):
+def _is_advanced(item: Any) -> bool:
     if isinstance(item, (slice, type(None), type(Ellipsis))):
         return False
     if isinstance(item, (bool, np.bool_)):
@@ -21,7 +22,7 @@ def _is_advanced(item):
         return True
 
 
-def split(index, shape, major):
+def split(index: Any, shape: tuple[int, ...], major: int) -> tuple[int, int, Any]:
     """Return ``(lo, hi, rewritten)`` for ``array[index]``.
 
     ``lo..hi`` is the range of the major axis the index touches and ``rewritten`` the index to

@@ -19,7 +19,7 @@ import outcore
 CHUNK = 32 << 20
 
 
-def memory():
+def memory() -> str:
     fields = {}
     with open("/proc/self/status") as f:
         for line in f:
@@ -32,7 +32,7 @@ def memory():
     )
 
 
-def gen(db, worksize):
+def gen(db: outcore.DB, worksize: int) -> None:
     n = worksize // 8
     root = db.root()
     root["signalv"] = A = outcore.BigArray((n,), np.float64)
@@ -54,7 +54,7 @@ def gen(db, worksize):
     print(f"gen: {memory()}")
 
 
-def read(db):
+def read(db: outcore.DB) -> None:
     A = db.root()["signalv"]
     t0 = time.perf_counter()
     a = A[:]
@@ -63,8 +63,8 @@ def read(db):
     print(f"read: {memory()}")
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m outcore.demo", description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m outcore.demo", description=(__doc__ or "").split("\n")[0])
     p.add_argument("--worksize", type=int, help="array size in MB (default: 2 x cache)")
     p.add_argument("--cache", type=int, help="RAM budget in MB (default: outcore's)")
     p.add_argument("command", choices=["gen", "read"])

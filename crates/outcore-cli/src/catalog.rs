@@ -1,10 +1,10 @@
 //! The arrays of a store at one snapshot: names, metadata record oids and metadata.
 //!
 //! The core's public API names arrays ([`Connection::names`](outcore::db::Connection::names))
-//! but does not tell their metadata record oids, which `info` (last change) and `log` (changed
-//! arrays) need. So the catalog reads the root record (`Key::Meta(Oid(0))`) itself. Its format
-//! is the core's (`crates/outcore/src/db/root.rs`): a line `outcore-root 1`, then one
-//! `name<TAB>oid` line per array.
+//! but does not tell their metadata record oids, which `info` (last change) needs. So the
+//! catalog reads the root record (`Key::Meta(Oid(0))`) itself. Its format is the core's
+//! (`crates/outcore/src/db/root.rs`): a line `outcore-root 1`, then one `name<TAB>oid` line
+//! per array.
 
 use outcore::array::ArrayMeta;
 use outcore::storage::{Key, Oid, Storage, Tid};
@@ -61,22 +61,6 @@ impl Catalog {
             .find(|e| e.name == name)
             .ok_or_else(|| CliError::runtime(format!("no array named {name:?} in {url}")))
     }
-
-    /// The name of the array whose metadata record is `oid`.
-    pub fn by_meta(&self, oid: Oid) -> Option<&str> {
-        self.entries
-            .iter()
-            .find(|e| e.meta_oid == oid)
-            .map(|e| e.name.as_str())
-    }
-
-    /// The name of the array whose block file is `file`.
-    pub fn by_file(&self, file: Oid) -> Option<&str> {
-        self.entries
-            .iter()
-            .find(|e| e.meta.file == file)
-            .map(|e| e.name.as_str())
-    }
 }
 
 /// Parses the root record.
@@ -113,8 +97,6 @@ mod tests {
         assert_eq!(names, conn.names().unwrap());
         let b = cat.get("b", "mem:").unwrap();
         assert_eq!(b.meta, conn.array("b").unwrap().meta().unwrap());
-        assert_eq!(cat.by_file(b.meta.file), Some("b"));
-        assert_eq!(cat.by_meta(b.meta_oid), Some("b"));
         assert!(cat.get("c", "mem:").is_err());
         assert!(Catalog::load(&**db.storage(), Tid(0))
             .unwrap()

@@ -2,11 +2,11 @@
 //! last change).
 
 use indicatif::ProgressBar;
-use outcore::db::{Database, DbOptions};
-use outcore::storage::{Compression, Key, LocalOptions, LocalStorage, Located, Storage, Tid};
+use outcore::db::{Connection, Database, DbOptions};
+use outcore::storage::{Compression, Key, Storage, Tid, TxnMeta};
 
 use crate::catalog::Entry;
-use crate::error::Result;
+use crate::error::{CliError, Result};
 
 /// How a command uses its store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,23 +40,7 @@ impl Store {
                 ..DbOptions::default()
             },
         )?;
-        let compression = if url == "mem:" {
-            Some(compression)
-        } else if db.storage().is_remote() {
-            None // the PostgreSQL store does not tell its setting
-        } else {
-            // The same process-wide LMDB environment: this only reads the store's setting.
-            Some(
-                LocalStorage::open_with(
-                    url,
-                    LocalOptions {
-                        create: false,
-                        ..LocalOptions::default()
-                    },
-                )?
-                .compression(),
-            )
-        };
+        let compression = db.compression();
         Ok(Store {
             db,
             url: url.to_string(),
@@ -64,7 +48,7 @@ impl Store {
         })
     }
 
-    /// The store's compression as text (`unknown` for remote stores).
+    /// The store's compression as text (`unknown` if the store does not tell).
     pub fn compression_name(&self) -> String {
         self.compression
             .map_or_else(|| "unknown".into(), |c| c.to_string())
@@ -84,6 +68,19 @@ pub fn user() -> String {
         .unwrap_or_else(|| "outcore".into())
 }
 
+/// Commits `conn`'s transaction; a conflict is told in the user's terms (the array and its
+/// elements, the transaction that won), as Python tells it.
+pub fn commit(conn: &Connection, meta: TxnMeta) -> Result<Tid> {
+    conn.commit_with(meta)
+        .map_err(|e| match conn.describe_conflict(&e) {
+            Some(text) => CliError::Conflict(format!(
+                "write {} (run the command again)",
+                text.strip_suffix("; abort and retry").unwrap_or(&text)
+            )),
+            None => e.into(),
+        })
+}
+
 /// What the block index holds for one array at one snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BlockStats {
@@ -91,57 +88,53 @@ pub struct BlockStats {
     pub blocks: u64,
     /// Blocks with no stored version (they read as zeros and take no space).
     pub holes: u64,
-    /// Bytes stored for the blocks, `None` if the size of some block cannot be learnt
-    /// (compressed or remote stores: the core does not tell their stored sizes).
-    pub stored_bytes: Option<u64>,
-    /// Stored blocks whose stored size is unknown.
-    pub unknown_size: u64,
+    /// Bytes stored for the blocks (compressed where compression helped).
+    pub stored_bytes: u64,
     /// The newest tid among the array's blocks and its metadata record.
     pub last_change: Option<Tid>,
 }
 
-/// Looks up every block of `entry` at `at`. Blocks that cannot be located in a file are
-/// loaded to learn their size when the store is local and uncompressed (in-memory stores); for
-/// compressed and remote stores their stored size stays unknown. `bar` advances once per block.
-pub fn block_stats(
-    storage: &dyn Storage,
-    compression: Option<Compression>,
-    entry: &Entry,
-    at: Tid,
-    bar: &ProgressBar,
-) -> Result<BlockStats> {
+/// Looks up every block of `entry` at `at`. Blocks that cannot be mapped (compressed and
+/// PostgreSQL stores) are read to learn their stored size. `bar` advances once per block.
+pub fn block_stats(db: &Database, entry: &Entry, at: Tid, bar: &ProgressBar) -> Result<BlockStats> {
+    let storage = &**db.storage();
     let nblocks = entry.meta.nblocks();
     let mut stats = BlockStats {
         blocks: nblocks,
-        stored_bytes: Some(0),
         last_change: storage.locate(Key::Meta(entry.meta_oid), at)?.tid(),
         ..BlockStats::default()
     };
-    let loadable = compression == Some(Compression::None) && !storage.is_remote();
-    let mut stored: u64 = 0;
     for index in 0..nblocks {
         let key = Key::Block {
             file: entry.meta.file,
             index,
         };
-        let located = storage.locate(key, at)?;
-        stats.last_change = stats.last_change.max(located.tid());
-        match located {
-            Located::Absent => stats.holes += 1,
-            Located::Mapped(extent) => stored += extent.len,
-            Located::Pieces { pieces, .. } => stored += pieces.iter().map(|p| p.len).sum::<u64>(),
-            Located::CopyOnly(_) if loadable => {
-                stored += storage.load(key, at)?.map_or(0, |v| v.data.len() as u64);
-            }
-            Located::CopyOnly(_) => stats.unknown_size += 1,
+        stats.last_change = stats.last_change.max(storage.locate(key, at)?.tid());
+        match db.stored_len(key, at)? {
+            None => stats.holes += 1,
+            Some(len) => stats.stored_bytes += len,
         }
         if index % 1024 == 1023 {
             bar.inc(1024);
         }
     }
     bar.inc(nblocks % 1024);
-    stats.stored_bytes = (stats.unknown_size == 0).then_some(stored);
     Ok(stats)
+}
+
+/// `stored / logical`, `None` for an empty array.
+pub fn ratio(stored: u64, logical: u64) -> Option<f64> {
+    (logical > 0).then(|| stored as f64 / logical as f64)
+}
+
+/// A ratio as text: three decimals, or three significant digits below 0.01 (data that
+/// compresses a thousandfold does not show as 0.000).
+pub fn ratio_text(r: f64) -> String {
+    if r == 0.0 || r >= 0.01 {
+        format!("{r:.3}")
+    } else {
+        format!("{r:.2e}")
+    }
 }
 
 /// Shows a block-scan bar only when there are enough blocks for it to matter.
@@ -168,17 +161,41 @@ mod tests {
         let tid = conn.commit().unwrap();
         let cat = Catalog::load(store.storage(), tid).unwrap();
         let entry = cat.get("a", "mem:").unwrap();
-        let s = block_stats(
-            store.storage(),
-            store.compression,
-            entry,
-            tid,
-            &ProgressBar::hidden(),
-        )
-        .unwrap();
+        let s = block_stats(&store.db, entry, tid, &ProgressBar::hidden()).unwrap();
         assert_eq!(s.blocks, 3);
         assert_eq!(s.holes, 2);
-        assert_eq!(s.stored_bytes, Some(2 << 20));
+        assert_eq!(s.stored_bytes, 2 << 20);
         assert_eq!(s.last_change, Some(tid));
+    }
+
+    #[test]
+    fn ratios_as_text() {
+        assert_eq!(ratio_text(1.0), "1.000");
+        assert_eq!(ratio_text(0.0123), "0.012");
+        assert_eq!(ratio_text(0.000146), "1.46e-4");
+        assert_eq!(ratio_text(0.0), "0.000");
+    }
+
+    #[test]
+    fn conflicts_name_the_array() {
+        let store = Store::open("mem:", Access::Create, Compression::None).unwrap();
+        let setup = store.db.connect().unwrap();
+        setup.create::<f64>("a", &[1024], Order::C).unwrap();
+        setup.commit().unwrap();
+        let (first, second) = (store.db.connect().unwrap(), store.db.connect().unwrap());
+        for conn in [&first, &second] {
+            let mut a = conn.array("a").unwrap();
+            a.slice_mut::<f64, _>(ndarray::s![..1]).unwrap().fill(1.0);
+        }
+        commit(&first, TxnMeta::new("ann", "first")).unwrap();
+        let err = commit(&second, TxnMeta::new("bob", "second")).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, CliError::Conflict(_)), "{text}");
+        assert!(
+            text.starts_with("write conflict: array 'a' (elements 0..")
+                && text.contains("user 'ann', \"first\"")
+                && text.ends_with("(run the command again)"),
+            "{text}"
+        );
     }
 }

@@ -276,12 +276,20 @@ fn compressed_store_roundtrip() {
     let input = fx.write("z.npy", &bytes);
     ok(&["import", "--compression", "zstd", &store, "z", &input]);
     let ls = json(&["ls", "--json", &store]);
-    assert_eq!(ls[0]["stored_bytes"], Value::Null);
-    assert!(ok(&["ls", &store]).contains("? = unknown"));
+    // Compressed blocks are measured as stored: far less than the 2.4 MB of f8.
+    let stored = ls[0]["stored_bytes"].as_u64().unwrap();
+    assert!(stored > 0 && stored < n * 8 / 10, "{stored}");
+    let table = ok(&["ls", &store]);
+    assert!(table.contains("RATIO") && !table.contains('?'), "{table}");
     let info = json(&["info", "--json", &store, "z"]);
     assert_eq!(info["compression"], "zstd");
-    assert_eq!(info["blocks_of_unknown_size"], 2);
-    assert_eq!(info["ratio"], Value::Null);
+    assert_eq!(info["stored_bytes"], stored);
+    let ratio = info["ratio"].as_f64().unwrap();
+    assert!(
+        (ratio - stored as f64 / (n * 8) as f64).abs() < 1e-9,
+        "{ratio}"
+    );
+    assert!(ok(&["info", &store, "z"]).contains("(stored / logical)"));
     let out = fx.path("z-out.npy");
     ok(&["export", &store, "z", &out]);
     assert!(std::fs::read(&out).unwrap() == bytes);
@@ -389,6 +397,27 @@ fn pack_keeps_recent_history() {
     assert_eq!(stats["horizon"], first.as_str());
     let all = ok(&["pack", &store, "--keep", "0s"]);
     assert!(all.starts_with("packed "), "{all}");
+    assert!(!all.contains("held back"), "{all}");
+    // A reader in this process pins its snapshot: pack says so and names the process.
+    let db = outcore::db::Database::open(&store).unwrap();
+    let reader = db.connect().unwrap();
+    ok(&["import", "--force", &store, "c", &input]);
+    let held = ok(&["pack", &store, "--keep", "0s"]);
+    let pid = std::process::id();
+    assert!(
+        held.contains(&format!(
+            "held back: readers in process {pid} still use the snapshot"
+        )),
+        "{held}"
+    );
+    let stats = json(&["pack", "--json", &store, "--keep", "0s"]);
+    assert_eq!(stats["held_back"], true);
+    assert_eq!(stats["lease_pids"], serde_json::json!([pid]));
+    assert_ne!(stats["requested"], stats["horizon"]);
+    drop(reader);
+    db.close();
+    let stats = json(&["pack", "--json", &store, "--keep", "0s"]);
+    assert_eq!(stats["held_back"], false);
     assert!(json(&["verify", "--json", &store])["ok"] == true);
     assert_eq!(
         ok(&["cat", &store, "c[0]"]),
@@ -604,11 +633,15 @@ fn postgres_store() {
     }
     let ls = json(&["ls", "--json", &store]);
     assert_eq!(ls.as_array().unwrap().len(), 3);
-    assert_eq!(ls[0]["stored_bytes"], Value::Null); // remote: not downloaded to measure
-    assert_eq!(
-        json(&["info", "--json", &store, "f"])["compression"],
-        "unknown"
+    // Remote blocks are measured as stored (uncompressed here: the data, up to its block).
+    let c = json(&["info", "--json", &store, "c"]);
+    assert_eq!(c["compression"], "none");
+    let stored = c["stored_bytes"].as_u64().unwrap();
+    assert!(
+        (96..=c["blksize"].as_u64().unwrap()).contains(&stored),
+        "{c}"
     );
+    assert!((c["ratio"].as_f64().unwrap() - stored as f64 / 96.0).abs() < 1e-9);
     assert_eq!(ok(&["cat", &store, "f[1, :, -1]"]), "[15 19 23]\n");
     assert_eq!(
         json(&["log", "--json", &store])[0]["arrays"],

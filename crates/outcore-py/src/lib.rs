@@ -30,6 +30,10 @@ impl<T> IntoPy<T> for outcore::Result<T> {
     }
 }
 
+/// [`db::StoreStats`] as Python gets it: (tid, arrays, logical bytes, stored bytes, stored
+/// blocks, holes, history bytes, history versions).
+type StatsTuple = (u64, u64, u64, u64, u64, u64, u64, u64);
+
 /// A database (store + connection factory).
 #[pyclass(frozen, module = "outcore._native")]
 struct Database {
@@ -79,22 +83,52 @@ impl Database {
         Ok(Connection { conn })
     }
 
-    /// The newest transactions: a list of (tid, unix time, user, description).
-    fn history(&self, py: Python<'_>, limit: usize) -> PyResult<Vec<(u64, f64, String, String)>> {
+    /// The newest `limit` transactions (all if 0), newest first: a list of (tid, unix time,
+    /// user, description, names of the arrays changed).
+    #[allow(clippy::type_complexity)]
+    fn history(
+        &self,
+        py: Python<'_>,
+        limit: usize,
+    ) -> PyResult<Vec<(u64, f64, String, String, Vec<String>)>> {
         let db = self.db.clone();
-        let log = logging::call(py, move || db.history(limit)).py()?;
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        let (log, names) = logging::call(py, move || {
+            let head = db.storage().head()?;
+            let log = db.history(limit)?;
+            let names = db.changed_arrays(&log, head)?;
+            Ok::<_, outcore::Error>((log, names))
+        })
+        .py()?;
         Ok(log
             .into_iter()
-            .map(|t| {
+            .zip(names)
+            .map(|(t, names)| {
                 let secs = t
                     .tid
                     .time()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs_f64())
                     .unwrap_or(0.0);
-                (t.tid.0, secs, t.user, t.description)
+                (t.tid.0, secs, t.user, t.description, names)
             })
             .collect())
+    }
+
+    /// Measures the store at its head (see [`StatsTuple`]).
+    fn stats(&self, py: Python<'_>) -> PyResult<StatsTuple> {
+        let db = self.db.clone();
+        let s = logging::call(py, move || db.stats()).py()?;
+        Ok((
+            s.tid.0,
+            s.arrays,
+            s.logical_bytes,
+            s.stored_bytes,
+            s.blocks,
+            s.holes,
+            s.history_bytes,
+            s.history_versions,
+        ))
     }
 
     /// Drops history older than `upto` (bounded by live readers): (horizon used, versions
@@ -349,6 +383,16 @@ impl Mapping {
     }
 }
 
+/// The reader leases of live processes on the embedded store in directory `dir`: a list of
+/// (pid, leased tid or None), oldest snapshot first.
+#[pyfunction]
+fn reader_leases(dir: std::path::PathBuf) -> Vec<(u32, Option<u64>)> {
+    db::reader_leases(&dir)
+        .into_iter()
+        .map(|l| (l.pid, l.tid.map(|t| t.0)))
+        .collect()
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -359,6 +403,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Savepoint>()?;
     m.add_function(wrap_pyfunction!(errors::set_error_classes, m)?)?;
     m.add_function(wrap_pyfunction!(logging::set_log_filter, m)?)?;
+    m.add_function(wrap_pyfunction!(reader_leases, m)?)?;
     logging::install();
     Ok(())
 }

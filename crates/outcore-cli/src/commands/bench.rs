@@ -28,7 +28,7 @@ use super::Ctx;
 use crate::error::{CliError, IoContext, Result};
 use crate::output::{human_bytes, Out, Table};
 use crate::rawmap::RawMap;
-use crate::store::{user, Access, Store};
+use crate::store::{commit, user, Access, Store};
 
 /// Arguments of `outcore bench`.
 #[derive(Debug, Args)]
@@ -150,7 +150,10 @@ pub fn run(args: &BenchArgs, ctx: &Ctx) -> Result<()> {
                 *x = value(start + k as u64);
             }
             drop(v); // views go before the commit
-            conn.commit_with(TxnMeta::new(user(), format!("bench {start}..{stop}")))?;
+            commit(
+                &conn,
+                TxnMeta::new(user(), format!("bench {start}..{stop}")),
+            )?;
         }
         Ok(())
     })?;

@@ -15,7 +15,7 @@ use super::Ctx;
 use crate::error::{CliError, Result};
 use crate::memory::memory_line;
 use crate::output::Out;
-use crate::store::{user, Access, Store};
+use crate::store::{commit, user, Access, Store};
 
 /// The array the demo writes and reads.
 pub const ARRAY: &str = "signalv";
@@ -59,7 +59,7 @@ fn gen(args: &DemoArgs, ctx: &Ctx) -> Result<()> {
     let worksize = args.worksize << 20;
     let n = worksize / 8;
     let mut signal = conn.create::<f64>(ARRAY, &[n], Order::C)?;
-    conn.commit_with(TxnMeta::new(user(), format!("demo: create {ARRAY}")))?;
+    commit(&conn, TxnMeta::new(user(), format!("demo: create {ARRAY}")))?;
     let per_chunk = CHUNK / 8;
     let bar = ctx.progress.bytes(worksize, "gen");
     let t0 = Instant::now();
@@ -71,7 +71,10 @@ fn gen(args: &DemoArgs, ctx: &Ctx) -> Result<()> {
             *x = 15.0 * ((start + i as u64) as f64 * 0.2).sin();
         }
         drop(view); // views go before the commit
-        conn.commit_with(TxnMeta::new(user(), format!("signal {start}..{stop}")))?;
+        commit(
+            &conn,
+            TxnMeta::new(user(), format!("signal {start}..{stop}")),
+        )?;
         bar.inc((stop - start) * 8);
         start = stop;
     }

@@ -24,7 +24,7 @@ use crate::error::{CliError, IoContext, Result};
 use crate::npy;
 use crate::output::{human_bytes, shape_str, Out};
 use crate::rawio::{chunks, Mapped};
-use crate::store::{user, Access, Store};
+use crate::store::{commit, user, Access, Store};
 use crate::time::tid_hex;
 
 /// Arguments of `outcore import`.
@@ -150,7 +150,7 @@ pub fn run(args: &ImportArgs, ctx: &Ctx) -> Result<()> {
                 .context(|| format!("reading {path}"))?;
             bar.inc(range.end - range.start);
         }
-        last_tid = Some(conn.commit_with(TxnMeta::new(user(), describe(i)))?);
+        last_tid = Some(commit(&conn, TxnMeta::new(user(), describe(i)))?);
     }
     bar.finish_and_clear();
     let mut out = Out::new();

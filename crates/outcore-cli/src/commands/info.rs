@@ -8,7 +8,7 @@ use super::Ctx;
 use crate::catalog::Catalog;
 use crate::error::Result;
 use crate::output::{human_bytes, shape_str, Out};
-use crate::store::{block_stats, scan_bar, Access, Store};
+use crate::store::{block_stats, ratio, ratio_text, scan_bar, Access, Store};
 use crate::time::{iso_utc, tid_hex};
 
 /// Arguments of `outcore info`.
@@ -67,13 +67,11 @@ pub struct Info {
     pub blocks: u64,
     /// Blocks never written (read as zeros, cost nothing).
     pub holes: u64,
-    /// Bytes stored for the blocks at head; null if unknown (compressed store).
-    pub stored_bytes: Option<u64>,
-    /// Stored blocks whose stored size the core does not report (compressed).
-    pub blocks_of_unknown_size: u64,
-    /// stored_bytes / nbytes; null if unknown or empty.
+    /// Bytes stored for the blocks at head (compressed where compression helped).
+    pub stored_bytes: u64,
+    /// stored_bytes / nbytes; null for an empty array.
     pub ratio: Option<f64>,
-    /// The store's block compression ("unknown" for remote stores).
+    /// The store's block compression.
     pub compression: String,
     /// The newest version among the array's blocks and metadata record.
     pub last_change: Option<TidTime>,
@@ -88,7 +86,7 @@ pub fn run(args: &InfoArgs, ctx: &Ctx) -> Result<()> {
     let entry = catalog.get(&args.name, &store.url)?;
     let m = &entry.meta;
     let bar = scan_bar(&ctx.progress, m.nblocks());
-    let stats = block_stats(storage, store.compression, entry, head, &bar)?;
+    let stats = block_stats(&store.db, entry, head, &bar)?;
     bar.finish_and_clear();
     let nbytes = m.nbytes();
     let info = Info {
@@ -104,11 +102,7 @@ pub fn run(args: &InfoArgs, ctx: &Ctx) -> Result<()> {
         blocks: stats.blocks,
         holes: stats.holes,
         stored_bytes: stats.stored_bytes,
-        blocks_of_unknown_size: stats.unknown_size,
-        ratio: stats
-            .stored_bytes
-            .filter(|_| nbytes > 0)
-            .map(|s| s as f64 / nbytes as f64),
+        ratio: ratio(stats.stored_bytes, nbytes),
         compression: store.compression_name(),
         last_change: stats.last_change.map(TidTime::new),
     };
@@ -137,31 +131,12 @@ pub fn run(args: &InfoArgs, ctx: &Ctx) -> Result<()> {
                 info.blocks - info.holes
             ),
         ),
-        (
-            "stored",
-            info.stored_bytes.map_or_else(
-                || {
-                    format!(
-                        "unknown: the store (compression: {}) does not report the stored size \
-                         of {} compressed or remote blocks",
-                        info.compression, info.blocks_of_unknown_size
-                    )
-                },
-                bytes,
-            ),
-        ),
+        ("stored", bytes(info.stored_bytes)),
         (
             "ratio",
             info.ratio.map_or_else(
-                || {
-                    if nbytes == 0 {
-                        "n/a (empty array)"
-                    } else {
-                        "unknown"
-                    }
-                    .to_string()
-                },
-                |r| format!("{r:.3} (stored / logical)"),
+                || "n/a (empty array)".to_string(),
+                |r| format!("{} (stored / logical)", ratio_text(r)),
             ),
         ),
         ("compression", info.compression.clone()),

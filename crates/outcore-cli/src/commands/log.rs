@@ -1,13 +1,11 @@
 //! `outcore log STORE`: transactions, newest first, with the arrays they changed.
 
-use std::collections::BTreeSet;
-
 use clap::Args;
-use outcore::storage::{Compression, Key, Storage, TxnInfo};
+use outcore::db::ROOT_CHANGED;
+use outcore::storage::{Compression, TxnInfo};
 use serde::Serialize;
 
 use super::Ctx;
-use crate::catalog::{Catalog, ROOT_KEY};
 use crate::error::Result;
 use crate::output::{Out, Table};
 use crate::store::{Access, Store};
@@ -56,10 +54,11 @@ pub fn run(args: &LogArgs, _ctx: &Ctx) -> Result<()> {
         args.limit
     };
     let history = store.db.history(limit)?;
-    let at_head = Catalog::load(storage, head)?;
+    let names = store.db.changed_arrays(&history, head)?;
     let entries: Vec<LogEntry> = history
         .iter()
-        .map(|txn| describe(storage, &at_head, txn))
+        .zip(names)
+        .map(|(t, n)| describe(t, n))
         .collect();
     let mut out = Out::new();
     if args.json {
@@ -84,36 +83,16 @@ pub fn run(args: &LogArgs, _ctx: &Ctx) -> Result<()> {
     out.flush()
 }
 
-/// The log entry of `txn`, naming the arrays it changed by the root at head, or else by the
-/// root as of the transaction (arrays removed or replaced since).
-fn describe(storage: &dyn Storage, at_head: &Catalog, txn: &TxnInfo) -> LogEntry {
-    let name_in = |cat: &Catalog, key: &Key| match *key {
-        Key::Meta(oid) => cat.by_meta(oid).map(str::to_string),
-        Key::Block { file, .. } => cat.by_file(file).map(str::to_string),
-    };
-    let mut then: Option<Option<Catalog>> = None;
-    let mut arrays = BTreeSet::new();
-    let mut root_changed = false;
-    for key in &txn.keys {
-        if *key == ROOT_KEY {
-            root_changed = true;
-            continue;
-        }
-        let name = name_in(at_head, key).or_else(|| {
-            then.get_or_insert_with(|| Catalog::load(storage, txn.tid).ok())
-                .as_ref()
-                .and_then(|cat| name_in(cat, key))
-        });
-        arrays.insert(name.unwrap_or_else(|| match *key {
-            Key::Meta(oid) | Key::Block { file: oid, .. } => format!("oid {}", oid.0),
-        }));
-    }
+/// The log entry of `txn`, whose changed arrays are `names` ([`outcore::db::Database::changed_arrays`]:
+/// by the root at head, else as of the transaction, else just before it).
+fn describe(txn: &TxnInfo, names: Vec<String>) -> LogEntry {
+    let root_changed = names.iter().any(|n| n == ROOT_CHANGED);
     LogEntry {
         tid: tid_hex(txn.tid),
         time: iso_utc(txn.tid),
         user: txn.user.clone(),
         description: txn.description.clone(),
-        arrays: arrays.into_iter().collect(),
+        arrays: names.into_iter().filter(|n| n != ROOT_CHANGED).collect(),
         root_changed,
         keys: txn.keys.len(),
     }

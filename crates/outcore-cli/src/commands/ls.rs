@@ -8,7 +8,7 @@ use super::Ctx;
 use crate::catalog::Catalog;
 use crate::error::Result;
 use crate::output::{human_bytes, shape_str, Out, Table};
-use crate::store::{block_stats, scan_bar, Access, Store};
+use crate::store::{block_stats, ratio, ratio_text, scan_bar, Access, Store};
 
 /// Arguments of `outcore ls`.
 #[derive(Debug, Args)]
@@ -38,9 +38,11 @@ pub struct ArrayRow {
     pub itemsize: usize,
     /// Logical size in bytes.
     pub nbytes: u64,
-    /// Bytes stored for its blocks at head (holes cost nothing); null when unknown
-    /// (compressed stores).
-    pub stored_bytes: Option<u64>,
+    /// Bytes stored for its blocks at head (holes cost nothing; compressed where that
+    /// helped).
+    pub stored_bytes: u64,
+    /// stored_bytes / nbytes; null for an empty array.
+    pub ratio: Option<f64>,
     /// Blocks covering the data.
     pub blocks: u64,
     /// Blocks never written (read as zeros).
@@ -57,7 +59,7 @@ pub fn run(args: &LsArgs, ctx: &Ctx) -> Result<()> {
     let bar = scan_bar(&ctx.progress, total);
     let mut rows = Vec::new();
     for entry in &catalog.entries {
-        let stats = block_stats(storage, store.compression, entry, head, &bar)?;
+        let stats = block_stats(&store.db, entry, head, &bar)?;
         rows.push(ArrayRow {
             name: entry.name.clone(),
             shape: entry.meta.shape.clone(),
@@ -66,6 +68,7 @@ pub fn run(args: &LsArgs, ctx: &Ctx) -> Result<()> {
             itemsize: entry.meta.itemsize,
             nbytes: entry.meta.nbytes(),
             stored_bytes: stats.stored_bytes,
+            ratio: ratio(stats.stored_bytes, entry.meta.nbytes()),
             blocks: stats.blocks,
             holes: stats.holes,
         });
@@ -83,7 +86,9 @@ pub fn run(args: &LsArgs, ctx: &Ctx) -> Result<()> {
             human_bytes(n)
         }
     };
-    let mut table = Table::new(&["NAME", "SHAPE", "DTYPE", "ORDER", ">SIZE", ">STORED"]);
+    let mut table = Table::new(&[
+        "NAME", "SHAPE", "DTYPE", "ORDER", ">SIZE", ">STORED", ">RATIO",
+    ]);
     for r in &rows {
         table.row(vec![
             r.name.clone(),
@@ -91,16 +96,10 @@ pub fn run(args: &LsArgs, ctx: &Ctx) -> Result<()> {
             r.dtype.clone(),
             r.order.clone(),
             size(r.nbytes),
-            r.stored_bytes.map_or_else(|| "?".into(), size),
+            size(r.stored_bytes),
+            r.ratio.map_or_else(|| "-".into(), ratio_text),
         ]);
     }
     table.write(&mut out)?;
-    if rows.iter().any(|r| r.stored_bytes.is_none()) {
-        out.line(format!(
-            "? = unknown: the store (compression: {}) does not report the stored size of \
-             compressed or remote blocks",
-            store.compression_name()
-        ))?;
-    }
     out.flush()
 }

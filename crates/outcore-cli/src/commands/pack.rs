@@ -1,8 +1,10 @@
 //! `outcore pack STORE (--keep DURATION | --before TID)`: drop old history.
 
+use std::path::Path;
 use std::time::Duration;
 
 use clap::Args;
+use outcore::db::reader_leases;
 use outcore::storage::{Compression, Tid};
 use serde::Serialize;
 
@@ -44,6 +46,28 @@ pub struct Stats {
     pub body_bytes_before: u64,
     /// Bytes of block bodies after.
     pub body_bytes_after: u64,
+    /// The horizon asked for (min of the request and head), hex.
+    pub requested: String,
+    /// True if reader leases held the horizon back from the one asked for.
+    pub held_back: bool,
+    /// The processes whose leases pinned the horizon (embedded stores; empty if the store
+    /// does not tell).
+    pub lease_pids: Vec<u32>,
+}
+
+/// The processes holding the oldest reader leases of the embedded store `url` at `horizon`
+/// (none for in-memory and PostgreSQL stores, which do not tell).
+fn holders(url: &str, horizon: Tid) -> Vec<u32> {
+    if url == "mem:" || url.starts_with("postgresql://") || url.starts_with("postgres://") {
+        return Vec::new();
+    }
+    let mut pids: Vec<u32> = reader_leases(Path::new(url))
+        .into_iter()
+        .filter(|l| l.tid.is_none_or(|t| t <= horizon))
+        .map(|l| l.pid)
+        .collect();
+    pids.dedup();
+    pids
 }
 
 /// Runs `outcore pack`.
@@ -58,6 +82,13 @@ pub fn run(args: &PackArgs, ctx: &Ctx) -> Result<()> {
     let result = store.storage().pack(upto);
     spinner.finish_and_clear();
     let s = result?;
+    let requested = upto.min(store.storage().head()?);
+    let held_back = s.horizon < requested;
+    let lease_pids = if held_back {
+        holders(&store.url, s.horizon)
+    } else {
+        Vec::new()
+    };
     let stats = Stats {
         horizon: tid_hex(s.horizon),
         horizon_time: iso_utc(s.horizon),
@@ -65,6 +96,9 @@ pub fn run(args: &PackArgs, ctx: &Ctx) -> Result<()> {
         versions_kept: s.versions_kept,
         body_bytes_before: s.body_bytes_before,
         body_bytes_after: s.body_bytes_after,
+        requested: tid_hex(requested),
+        held_back,
+        lease_pids,
     };
     let mut out = Out::new();
     if args.json {
@@ -74,6 +108,21 @@ pub fn run(args: &PackArgs, ctx: &Ctx) -> Result<()> {
             "packed {} up to tid {} ({})",
             store.url, stats.horizon, stats.horizon_time
         ))?;
+        if stats.held_back {
+            let who = if stats.lease_pids.is_empty() {
+                "readers".to_string()
+            } else {
+                let pids: Vec<String> = stats.lease_pids.iter().map(u32::to_string).collect();
+                format!("readers in process {}", pids.join(", "))
+            };
+            out.line(format!(
+                "held back: {who} still use the snapshot at tid {}; tid {} ({}) was asked \
+                 for (history they can see stays until they move on or exit)",
+                stats.horizon,
+                stats.requested,
+                iso_utc(requested)
+            ))?;
+        }
         out.line(format!(
             "versions: {} removed, {} kept",
             stats.versions_removed, stats.versions_kept

@@ -23,6 +23,7 @@ mod describe;
 mod handle;
 pub(crate) mod root;
 mod source;
+mod stats;
 mod views;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub use bigarray::{BigArray, RawView};
 pub use views::{View, ViewMut};
 
 pub use connection::{Connection, Savepoint};
+pub use stats::{reader_leases, LeaseInfo, StoreStats, ROOT_CHANGED};
 
 use crate::storage::{
     ClosableStorage, Compression, LocalOptions, LocalStorage, MemStorage, PgOptions, PgStorage,
