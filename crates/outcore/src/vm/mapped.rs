@@ -1093,7 +1093,11 @@ impl BlockMemory {
             // Shared pages live in the file: give them back there (they read as zeros again,
             // the state before any write).
             for r in ranges {
-                punch_hole(staging.file(), staging.offset() + r.start as u64, r.len() as u64)?;
+                punch_hole(
+                    staging.file(),
+                    staging.offset() + r.start as u64,
+                    r.len() as u64,
+                )?;
             }
             return Ok(());
         }
@@ -1230,7 +1234,7 @@ fn written_in_file(file: &File, offset: u64, len: usize) -> std::io::Result<Vec<
             let e = std::io::Error::last_os_error();
             return match e.raw_os_error() {
                 Some(libc::ENXIO) => Ok(out), // no data from `at` to the end of the file
-                Some(libc::EINVAL) => Ok(vec![0..len]),
+                Some(libc::EINVAL) => Ok(std::iter::once(0..len).collect()),
                 _ => Err(e),
             };
         }

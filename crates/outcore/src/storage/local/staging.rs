@@ -198,7 +198,12 @@ impl Stager {
         // are zeros; the memory layer may then count read pages as written: harmless.)
         // SAFETY: fallocate on our own descriptor with plain integer arguments.
         let r = unsafe {
-            libc::fallocate(c.file.as_raw_fd(), 0, offset as libc::off_t, len as libc::off_t)
+            libc::fallocate(
+                c.file.as_raw_fd(),
+                0,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
         };
         if r != 0 {
             let e = std::io::Error::last_os_error();
@@ -209,7 +214,10 @@ impl Stager {
                     tracing::debug!("not staging {len} bytes in segment s{}: {e}", c.seg);
                     Ok(None)
                 }
-                _ => Err(Error::io(format!("allocating staged space in s{}", c.seg), e)),
+                _ => Err(Error::io(
+                    format!("allocating staged space in s{}", c.seg),
+                    e,
+                )),
             };
         }
         c.next = end;
