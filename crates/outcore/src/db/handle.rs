@@ -130,6 +130,9 @@ pub(crate) struct ArrayHandle {
     /// The windows, oldest first.
     windows: Mutex<Vec<Arc<BlockMemory>>>,
     txn: Mutex<ArrayTxn>,
+    /// `stored_end` at a snapshot: (snapshot, one past the last stored block). A leaf lock
+    /// (taken under `txn`, nothing taken under it but store-internal locks).
+    stored_end: Mutex<Option<(Tid, u64)>>,
 }
 
 #[derive(Debug)]
@@ -177,6 +180,7 @@ impl ArrayHandle {
                 cut: None,
                 detached: false,
             }),
+            stored_end: Mutex::new(None),
         }
     }
 
@@ -305,14 +309,44 @@ impl ArrayHandle {
         at: Tid,
         cut: Option<u64>,
     ) -> SnapshotSource<'a> {
-        let committed_end = g.committed.as_ref().map_or(0, |m| m.nblocks());
         SnapshotSource {
             storage,
             file: g.meta.file,
             at,
             cut,
-            stage_from: self.writable.then_some(committed_end),
+            stage_from: self
+                .writable
+                .then(|| self.stored_end(storage, g, at))
+                .flatten(),
             blksize: g.meta.blksize,
+        }
+    }
+
+    /// One past the last block stored at snapshot `at` (0 for an array created in this
+    /// transaction): holes from there on are the array's unwritten tail — a fresh array,
+    /// appended or grown ranges — where new data goes, so they are staged (see
+    /// [`SnapshotSource::stage_from`]); holes among stored blocks are not (reading a sparse
+    /// array must not allocate space). Cached per snapshot. `None` if it cannot be told.
+    fn stored_end(&self, storage: &Arc<dyn Storage>, g: &ArrayTxn, at: Tid) -> Option<u64> {
+        if g.committed.is_none() {
+            return Some(0);
+        }
+        let mut cache = self.stored_end.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((tid, end)) = *cache {
+            if tid == at {
+                return Some(end);
+            }
+        }
+        match storage.block_indices(g.meta.file, at) {
+            Ok(stored) => {
+                let end = stored.last().map_or(0, |last| last + 1);
+                *cache = Some((at, end));
+                Some(end)
+            }
+            Err(e) => {
+                tracing::debug!("not staging new blocks of array {}: {e}", self.oid);
+                None
+            }
         }
     }
 
@@ -388,16 +422,22 @@ impl ArrayHandle {
         let nblocks = g.meta.nblocks();
         let blocks = self.written_blocks(&g, storage, at, nblocks)?;
         let written: Vec<u64> = blocks.keys().copied().collect();
+        // Blocks from here on had no version at the snapshot (past the committed end, or
+        // past the last stored block when that is known).
         let committed_end = g.committed.as_ref().map_or(0, |m| m.nblocks());
+        let unstored_from = match *self.stored_end.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((tid, end)) if tid == at => end.min(committed_end),
+            _ => committed_end,
+        };
         for (b, write) in blocks {
             let key = Key::Block {
                 file: g.meta.file,
                 index: b,
             };
             if write.bytes().is_some_and(all_zero) {
-                // Zeros over a block past the committed end (nothing stored at the snapshot)
-                // change nothing: no write, no tombstone, no conflict with its writers.
-                if b < committed_end {
+                // Zeros over a block with nothing stored at the snapshot change nothing: no
+                // write, no tombstone, no conflict with its writers.
+                if b < unstored_from {
                     writes.push((key, Write::Delete));
                 }
             } else {

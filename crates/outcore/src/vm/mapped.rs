@@ -955,11 +955,7 @@ impl BlockMemory {
             }
         }
         for (&block, staging) in &state.staged {
-            // Shared pages are not found by the scan above (they are the file's); the file
-            // knows which of its pages were written, even after they were written back and
-            // evicted. Reading staged space writes nothing there.
-            let ranges = written_in_file(staging.file(), staging.offset(), self.blksize)
-                .map_err(|e| Error::io(format!("finding written pages of block {block}"), e))?;
+            let ranges = self.written_staged(block, staging.as_ref())?;
             if !ranges.is_empty() {
                 out.insert(block, ranges);
             }
@@ -1005,6 +1001,53 @@ impl BlockMemory {
     }
 
     /// The pages of `ranges` (within `block`) holding a non-zero byte.
+    /// The written pages of a block mapped onto staged space. Shared pages are not found by
+    /// the page-table scan (they are the file's): the file tells which of its pages hold
+    /// data (`SEEK_DATA`), even after they were written back and evicted. That answer is
+    /// coarse on allocated space (pages only read there may count), so pages still in memory
+    /// that hold only zeros are dropped — zeros over a hole change nothing; pages no longer
+    /// in memory are kept (only written pages are written back).
+    fn written_staged(&self, block: u64, staging: &dyn Staging) -> Result<Vec<Range<usize>>> {
+        let ranges = written_in_file(staging.file(), staging.offset(), self.blksize)
+            .map_err(|e| Error::io(format!("finding written pages of block {block}"), e))?;
+        if ranges.is_empty() {
+            return Ok(ranges);
+        }
+        let mut resident = vec![0u8; self.blksize / PAGE];
+        // SAFETY: the block lies in our reservation and is mapped (it is staged); mincore
+        // only fills `resident`, one byte per page of the range.
+        let rc = unsafe {
+            libc::mincore(
+                self.block_ptr(block).cast(),
+                self.blksize,
+                resident.as_mut_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            return Err(Error::io(
+                format!("finding resident pages of block {block}"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let mut page = vec![0u8; PAGE];
+        let mut out: Vec<Range<usize>> = Vec::new();
+        for r in ranges {
+            for start in (r.start..r.end).step_by(PAGE) {
+                if resident[start / PAGE] & 1 != 0 {
+                    self.read_into(block, start, &mut page);
+                    if page.iter().all(|&b| b == 0) {
+                        continue;
+                    }
+                }
+                match out.last_mut() {
+                    Some(last) if last.end == start => last.end = start + PAGE,
+                    _ => out.push(start..start + PAGE),
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn nonzero_pages(&self, block: u64, ranges: &[Range<usize>]) -> Vec<Range<usize>> {
         let mut page = vec![0u8; PAGE];
         let mut out: Vec<Range<usize>> = Vec::new();

@@ -198,18 +198,21 @@ impl Drop for Uncommitted<'_> {
 /// True if the filesystem holding `path` has (almost) no space left: LMDB reports a write cut
 /// short by a full disk as EIO, and this tells that case from a failing device.
 pub(super) fn nearly_full(path: &Path) -> bool {
+    // Less than 1 MiB for unprivileged writers (root's reserve is no comfort either).
+    free_bytes(path).is_some_and(|free| free < 1 << 20)
+}
+
+/// Bytes an unprivileged writer may still use on the file system holding `path`.
+pub(super) fn free_bytes(path: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     // SAFETY: all-zero bytes are a valid `statvfs` (plain integers).
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a NUL-terminated path and `st` a live, writable statvfs buffer.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return false;
+        return None;
     }
-    // Less than 1 MiB for unprivileged writers (root's reserve is no comfort either).
-    st.f_bavail.saturating_mul(st.f_frsize) < 1 << 20
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// fsyncs a directory, so that entries created in it survive a crash.

@@ -38,6 +38,10 @@ use crate::{Error, Result};
 /// The first staging segment id. Commit segments count up from 0 and never get here.
 pub(crate) const STAGING_BASE: u32 = 1 << 31;
 
+/// Free space staging leaves on the file system (below it, new data goes to memory and is
+/// written by the commit, as without staging).
+const STAGING_HEADROOM: u64 = 1 << 30;
+
 /// Space for one block version in a staging segment, written before the commit that
 /// publishes it. Dropped unpublished, its space is given back (a hole punched over it).
 pub struct StagedExtent {
@@ -184,6 +188,11 @@ impl Stager {
         allocate: impl FnOnce(&dyn Fn(u32) -> Result<()>) -> Result<u32>,
         path: impl Fn(u32) -> PathBuf,
     ) -> Result<Option<Arc<StagedExtent>>> {
+        let free = super::files::free_bytes(&self.markers.with_file_name("segments"));
+        if free.is_none_or(|free| free < len.saturating_add(STAGING_HEADROOM)) {
+            // Staged space is allocated when staged: leave room for commits and for others.
+            return Ok(None);
+        }
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if current.as_ref().is_none_or(|c| c.next >= segment_bytes) {
             let seg = allocate(&|seg| self.create_marker(seg))?;
