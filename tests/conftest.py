@@ -11,7 +11,11 @@ def pg_url():
     """A fresh store on the test PostgreSQL server (scripts/test.sh starts one)."""
     base = os.environ.get("OUTCORE_TEST_PG")
     if not base:
-        pytest.skip("OUTCORE_TEST_PG is not set (scripts/test.sh starts a server)")
+        why = "OUTCORE_TEST_PG is not set (scripts/test.sh starts a server)"
+        if os.environ.get("OUTCORE_REQUIRE_PG"):
+            # The test command promised a server: a broken set-up must not pass as green.
+            pytest.fail(f"{why}, but OUTCORE_REQUIRE_PG says this run has one")
+        pytest.skip(why)
     sep = "&" if "?" in base else "?"
     return f"{base}{sep}outcore_schema=py_{uuid.uuid4().hex[:12]}"
 

@@ -606,7 +606,10 @@ fn closed_stdout_is_not_an_error() {
 #[test]
 fn postgres_store() {
     let Ok(base) = std::env::var("OUTCORE_TEST_PG") else {
-        eprintln!("SKIPPED: OUTCORE_TEST_PG is not set (scripts/test.sh starts a server)");
+        let why = "OUTCORE_TEST_PG is not set (scripts/test.sh starts a server)";
+        // The test command promises a server: a broken set-up must not pass as green.
+        assert!(std::env::var_os("OUTCORE_REQUIRE_PG").is_none(), "{why}");
+        eprintln!("SKIPPED: {why}");
         return;
     };
     let schema = format!(

@@ -39,7 +39,7 @@ fn server_restart_mid_run_clients_reconnect() {
         return;
     };
     let Ok(ctl) = std::env::var("OUTCORE_TEST_PG_CTL") else {
-        eprintln!("SKIPPED: OUTCORE_TEST_PG_CTL is not set");
+        common::pg_missing("OUTCORE_TEST_PG_CTL is not set");
         return;
     };
     let url = common::store_url(&base, "restart");

@@ -4,6 +4,8 @@
 //!
 //! Needs `OUTCORE_TEST_PG` (scripts/test.sh sets it); skips without.
 
+mod common;
+
 use std::sync::Arc;
 
 use outcore::storage::{
@@ -181,8 +183,7 @@ fn padded(mut bytes: Vec<u8>, len: usize) -> Vec<u8> {
 
 #[test]
 fn version_1_schema_is_upgraded_in_place_and_takes_deltas() {
-    let Ok(url) = std::env::var("OUTCORE_TEST_PG") else {
-        eprintln!("SKIPPED: OUTCORE_TEST_PG is not set (scripts/test.sh starts a server)");
+    let Some(url) = common::pg_server() else {
         return;
     };
     let schema = format!("schema_v1_{}", std::process::id());

@@ -1,6 +1,8 @@
 //! TLS to PostgreSQL with libpq's sslmode meanings. Needs the test server of
 //! scripts/pg-test-server.sh (TLS on, self-signed certificate in `OUTCORE_TEST_PG_CA`).
 
+mod common;
+
 use outcore::storage::{PgStorage, Storage};
 use outcore::Error;
 
@@ -12,7 +14,7 @@ fn server() -> Option<(String, String, String)> {
     ) {
         (Ok(url), Ok(ca), Ok(other)) => Some((url, ca, other)),
         _ => {
-            eprintln!("SKIPPED: OUTCORE_TEST_PG / _CA not set (scripts/test.sh starts a server)");
+            common::pg_missing("OUTCORE_TEST_PG / _CA not set (scripts/test.sh starts a server)");
             None
         }
     }

@@ -9,6 +9,8 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
 use outcore::storage::{
     CommitRequest, Compression, Key, LocalOptions, LocalStorage, Located, MemStorage, Oid,
     PgOptions, PgStorage, ReaderLease, Storage, Tid, TxnMeta, Write,
@@ -141,10 +143,7 @@ fn local_zstd() -> Option<Fixture> {
 fn pg_with(compression: Compression) -> Option<Fixture> {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let Ok(url) = std::env::var("OUTCORE_TEST_PG") else {
-        eprintln!("SKIPPED: OUTCORE_TEST_PG is not set (scripts/test.sh starts a server)");
-        return None;
-    };
+    let url = common::pg_server()?;
     let schema = format!(
         "conf_{}_{}",
         std::process::id(),

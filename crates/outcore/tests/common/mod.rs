@@ -81,13 +81,21 @@ pub fn store_url(base: &str, name: &str) -> String {
 
 /// The test PostgreSQL server's url, or `None` (and a loud skip message) without one.
 pub fn pg_server() -> Option<String> {
-    match std::env::var("OUTCORE_TEST_PG") {
-        Ok(url) => Some(url),
-        Err(_) => {
-            eprintln!("SKIPPED: OUTCORE_TEST_PG is not set (scripts/test.sh starts a server)");
-            None
-        }
+    let url = std::env::var("OUTCORE_TEST_PG").ok();
+    if url.is_none() {
+        pg_missing("OUTCORE_TEST_PG is not set (scripts/test.sh starts a server)");
     }
+    url
+}
+
+/// Says that a PostgreSQL test cannot run and why: a loud skip, or a failure where the test
+/// command promised a server (`OUTCORE_REQUIRE_PG`, set by scripts/test.sh), so that a broken
+/// server set-up never passes as green.
+pub fn pg_missing(why: &str) {
+    if std::env::var_os("OUTCORE_REQUIRE_PG").is_some() {
+        panic!("{why}, but OUTCORE_REQUIRE_PG says this run has a PostgreSQL server");
+    }
+    eprintln!("SKIPPED: {why}");
 }
 
 /// Commits forever on array "stamps" (created if missing): commit n writes n into four blocks;
