@@ -1,0 +1,117 @@
+"""outcore.dask.store: a dask array computed by worker processes (a dask.distributed
+LocalCluster on 127.0.0.1, and the processes scheduler) lands in a BigArray inside one
+transaction: invisible until commit, all or nothing, discarded by abort, and in conflict with a
+concurrent writer of an overlapping block."""
+
+import numpy as np
+import pytest
+import transaction
+
+import outcore
+
+da = pytest.importorskip("dask.array")
+distributed = pytest.importorskip("distributed")
+import outcore.dask  # noqa: E402
+
+N = 3 << 18  # 6 MiB of float64: 3 blocks of 2 MiB
+CHUNK = 100_000  # not aligned with blocks
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+    ) as c, distributed.Client(c) as client:
+        yield client
+
+
+def expected():
+    return np.arange(N, dtype=np.float64) * 2.0 + 1.0
+
+
+def computed():
+    return da.arange(N, chunks=CHUNK, dtype=np.float64) * 2.0 + 1.0
+
+
+def other_view(db):
+    """The array as another connection sees it."""
+    tm = transaction.TransactionManager()
+    conn = db.open(transaction_manager=tm)
+    return conn, tm
+
+
+def test_store_on_a_cluster_commits_atomically(db, cluster):
+    db.root()["A"] = A = outcore.BigArray((N,), np.float64)
+    transaction.commit()
+    outcore.dask.store(computed(), A)
+    conn, tm = other_view(db)
+    assert not conn.root()["A"][:].any(), "nothing is visible before commit"
+    transaction.commit()
+    tm.abort()  # a boundary: the other connection moves to the new snapshot
+    np.testing.assert_array_equal(conn.root()["A"][:], expected())
+    conn.close()
+
+
+def test_a_failed_task_commits_nothing(db, cluster):
+    db.root()["A"] = A = outcore.BigArray((N,), np.float64)
+    A[:] = 5.0
+    transaction.commit()
+
+    def explode(block, block_info=None):
+        if block_info[0]["chunk-location"] == (4,):
+            raise RuntimeError("task 4 failed")
+        return block
+
+    with pytest.raises(RuntimeError, match="task 4 failed"):
+        outcore.dask.store(computed().map_blocks(explode, dtype=np.float64), A)
+    transaction.abort()
+    np.testing.assert_array_equal(A[:], 5.0)
+
+
+def test_abort_discards_and_a_concurrent_writer_conflicts(db, cluster):
+    db.root()["A"] = A = outcore.BigArray((N,), np.float64)
+    transaction.commit()
+    outcore.dask.store(computed(), A)
+    transaction.abort()
+    assert not A[:].any()
+
+    outcore.dask.store(computed(), A)
+    conn, tm = other_view(db)
+    conn.root()["A"][N - 1] = -1.0  # an overlapping block, committed first
+    tm.commit()
+    with pytest.raises(outcore.ConflictError):
+        transaction.commit()
+    transaction.abort()
+    conn.close()
+    assert A[N - 1] == -1.0 and not A[: N - 1].any()
+
+
+def test_store_with_the_processes_scheduler(local_url):
+    db = outcore.open(local_url)
+    try:
+        db.root()["A"] = A = outcore.BigArray((N, 2), np.float64, order="F")
+        x = da.stack([computed(), -computed()], axis=1).rechunk((CHUNK, 1))
+        outcore.dask.store(x, A, scheduler="processes", in_flight=3)
+        transaction.commit()
+        np.testing.assert_array_equal(A[:, 0], expected())
+        np.testing.assert_array_equal(A[:, 1], -expected())
+    finally:
+        transaction.abort()
+        db.close()
+
+
+def test_bad_input_is_refused(local_url):
+    db = outcore.open(local_url)
+    try:
+        db.root()["A"] = A = outcore.BigArray((10,), np.float64)
+        with pytest.raises(ValueError, match="shape"):
+            outcore.dask.store(da.zeros(11, chunks=5), A)
+        with pytest.raises(TypeError, match="complex128"):
+            outcore.dask.store(da.zeros(10, chunks=5, dtype=np.complex128), A)
+    finally:
+        transaction.abort()
+        db.close()
