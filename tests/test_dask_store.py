@@ -3,6 +3,8 @@ LocalCluster on 127.0.0.1, and the processes scheduler) lands in a BigArray insi
 transaction: invisible until commit, all or nothing, discarded by abort, and in conflict with a
 concurrent writer of an overlapping block."""
 
+import os
+
 import numpy as np
 import pytest
 import transaction
@@ -112,6 +114,26 @@ def test_bad_input_is_refused(local_url):
             outcore.dask.store(da.zeros(11, chunks=5), A)
         with pytest.raises(TypeError, match="complex128"):
             outcore.dask.store(da.zeros(10, chunks=5, dtype=np.complex128), A)
+    finally:
+        transaction.abort()
+        db.close()
+
+
+def test_workers_stage_blocks_themselves_on_the_embedded_store(local_url, cluster):
+    db = outcore.open(local_url)
+    try:
+        db.root()["A"] = A = outcore.BigArray((N,), np.float64)
+        transaction.commit()
+        outcore.dask.store(computed(), A)
+        segments = os.listdir(os.path.join(local_url, "segments"))
+        writers = {int(m.split("-")[0]) for m in os.listdir(os.path.join(local_url, "staging"))}
+        assert any(s.startswith("s") for s in segments), segments
+        assert writers - {os.getpid()}, "the blocks were staged by worker processes"
+        transaction.commit()
+        np.testing.assert_array_equal(A[:], expected())
+        db.pack(keep=0)
+        np.testing.assert_array_equal(A[:], expected())
+        assert db.verify()["problems"] == []
     finally:
         transaction.abort()
         db.close()

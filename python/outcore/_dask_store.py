@@ -1,25 +1,36 @@
 """Computing a dask array into a BigArray inside one transaction (``outcore.dask.store``).
 
 The chunks are computed wherever dask runs them — threads, processes, or the workers of a
-``dask.distributed`` cluster — and written into the array by this process as they arrive, in
-the transaction of the array's connection: nothing is visible to other connections until
-``transaction.commit()``, which publishes every chunk at once (or raises ``ConflictError`` if
-another transaction changed an overlapping block first); ``transaction.abort()`` discards them.
-At most ``in_flight`` chunks are computed ahead of the writes, so memory stays bounded on this
-side; on the embedded store, new data goes into staged space of the store (page cache the
-kernel can write back), so the array may be larger than RAM.
+``dask.distributed`` cluster — and become part of the transaction of the array's connection:
+nothing is visible to other connections until ``transaction.commit()``, which publishes every
+chunk at once (or raises ``ConflictError`` if another transaction changed an overlapping block
+first); ``transaction.abort()`` discards them.
 
-Known limit: the computed chunks travel from the workers to this process (the scheduler's
-transfer). Workers writing block versions into the store themselves and handing the client
-only references is not built yet.
+Two ways, chosen by the store:
+
+* **Embedded store** (a directory, uncompressed): each task writes its blocks into staged
+  space of the store itself (``Database.stage_block``: one copy, into the page cache) and
+  returns only references (a few numbers per block); this process adopts them into its
+  transaction (``Array.adopt``) and the commit records them without a copy. The data never
+  travels to this process. Chunks are realigned to whole blocks along the major axis. Space
+  staged by tasks whose results are never committed is reclaimed by ``pack`` once this
+  process and the workers are gone.
+* **Other stores** (PostgreSQL, compressed, ``mem:``): the computed chunks travel to this
+  process and are written into the array as they arrive; at most ``in_flight`` are computed
+  ahead of the writes.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+import os
 from typing import Any
 
 import numpy as np
+
+#: Per process (a dask worker): the stores tasks stage into, by url.
+_STAGING_DBS: dict[str, Any] = {}
 
 
 def _chunk_slices(chunks: tuple[tuple[int, ...], ...]) -> list[list[slice]]:
@@ -46,6 +57,10 @@ def store(x: Any, A: Any, *, in_flight: int | None = None, scheduler: Any = None
         raise ValueError(f"cannot store an array of shape {x.shape} into one of shape {A.shape}")
     if np.dtype(x.dtype) != A.dtype and not np.can_cast(x.dtype, A.dtype, casting="same_kind"):
         raise TypeError(f"cannot store {x.dtype} data into an array of {A.dtype}")
+    staged = _staging_layout(A)
+    if staged is not None:
+        _store_staged(x, A, *staged, in_flight=in_flight, scheduler=scheduler)
+        return
     slices = _chunk_slices(x.chunks)
     blocks = x.to_delayed()
     index = list(itertools.product(*(range(len(s)) for s in slices)))
@@ -79,6 +94,82 @@ def store(x: Any, A: Any, *, in_flight: int | None = None, scheduler: Any = None
         results = dask.compute(*(blocks[i] for i in batch), scheduler=scheduler)
         for i, chunk in zip(batch, results):
             A[region(i)] = chunk
+
+
+def _staging_layout(A: Any) -> tuple[str, int, str, int] | None:
+    """(url, block size, order, bytes per major-axis index) when tasks can stage blocks
+    into A's store themselves: an embedded store without compression."""
+    url = A._conn._describe()
+    if url == "mem:" or url.startswith(("postgres://", "postgresql://")) or not os.path.isdir(url):
+        return None
+    if A._conn._db._native.compression() != "none":
+        return None
+    _dtype, itemsize, shape, order, blksize = A._stored().meta()
+    major = 0 if order == "C" else len(shape) - 1
+    row = itemsize * math.prod(d for axis, d in enumerate(shape) if axis != major)
+    return url, blksize, order, row
+
+
+def _store_staged(
+    x: Any, A: Any, url: str, blksize: int, order: str, row: int, *, in_flight: Any, scheduler: Any
+) -> None:
+    """Tasks stage whole blocks into the store and return references; they are adopted here."""
+    import dask
+
+    major = 0 if order == "C" else x.ndim - 1
+    n = x.shape[major]
+    if n == 0 or row == 0:
+        return
+    # Chunks along the major axis start at block boundaries: a multiple of `unit` indices.
+    unit = math.lcm(row, blksize) // row
+    target = max(unit, (max(x.chunks[major]) // unit) * unit)
+    chunks = tuple(
+        (target,) * (n // target) + ((n % target,) if n % target else ()) if axis == major else -1
+        for axis in range(x.ndim)
+    )
+    x = x.rechunk(chunks)
+    starts = np.concatenate([[0], np.cumsum(x.chunks[major])[:-1]])
+    tasks = []
+    for k, blocks in enumerate(x.to_delayed().ravel()):
+        first_block = int(starts[k]) * row // blksize
+        tasks.append(dask.delayed(_stage_chunk)(blocks, url, first_block, blksize, order))
+    client = _distributed_client()
+    native = A._stored(change=True)
+    if client is not None:
+        from distributed import as_completed
+
+        for future in as_completed(client.compute(tasks)):
+            for block, ref in future.result():
+                native.adopt(block, ref)
+        return
+    window = in_flight or 8
+    for start in range(0, len(tasks), window):
+        for refs in dask.compute(*tasks[start : start + window], scheduler=scheduler):
+            for block, ref in refs:
+                native.adopt(block, ref)
+
+
+def _stage_chunk(
+    chunk: Any, url: str, first_block: int, blksize: int, order: str
+) -> list[tuple[int, tuple[int, int, int, int]]]:
+    """In a worker: stages the blocks of `chunk` (whole blocks of the array from
+    `first_block` on, the last one possibly short) and returns their references."""
+    from . import _native
+
+    db = _STAGING_DBS.get(url)
+    if db is None:
+        db = _STAGING_DBS[url] = _native.Database(url)
+    raw = np.asarray(chunk).tobytes(order="C" if order == "C" else "F")
+    refs = []
+    for i, off in enumerate(range(0, len(raw), blksize)):
+        ref = db.stage_block(raw[off : off + blksize])
+        if ref is None:
+            raise OSError(
+                f"{url} cannot stage blocks: it leaves 1 GiB of its disk free (or the store "
+                "is compressed); nothing was committed"
+            )
+        refs.append((first_block + i, ref))
+    return refs
 
 
 def _distributed_client() -> Any:

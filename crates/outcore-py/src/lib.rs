@@ -154,6 +154,15 @@ impl Database {
         Ok((r.versions_checked, r.bytes_checked, problems))
     }
 
+    /// Writes `data` (a block's new contents) into staged space of the store and hands it
+    /// over to the process that will commit it: (segment, offset, length, checksum), or
+    /// `None` where the store cannot stage.
+    fn stage_block(&self, py: Python<'_>, data: &[u8]) -> PyResult<Option<(u32, u64, u64, u64)>> {
+        let db = self.db.clone();
+        let r = logging::call(py, move || db.stage_block(data)).py()?;
+        Ok(r.map(|r| (r.segment, r.offset, r.len, r.checksum)))
+    }
+
     /// The store's location.
     fn describe(&self) -> String {
         self.db.storage().describe()
@@ -321,6 +330,19 @@ impl Array {
 
     fn load(&self, py: Python<'_>, lo: u64, hi: u64) -> PyResult<()> {
         logging::call(py, || self.arr.load(lo..hi)).py()
+    }
+
+    /// Makes a version another process staged (`Database.stage_block`) block `block`'s new
+    /// version in this transaction.
+    fn adopt(&self, py: Python<'_>, block: u64, version: (u32, u64, u64, u64)) -> PyResult<()> {
+        let (segment, offset, len, checksum) = version;
+        let r = outcore::storage::StagedRef {
+            segment,
+            offset,
+            len,
+            checksum,
+        };
+        logging::call(py, || self.arr.adopt(block, r)).py()
     }
 
     fn prefetch(&self, py: Python<'_>, lo: u64, hi: u64) -> PyResult<()> {

@@ -11,6 +11,7 @@ use super::handle::ArrayHandle;
 use super::views::{Hold, Scope, View, ViewMut};
 use crate::array::slicing::touched_ranges;
 use crate::array::{ArrayMeta, Element, Order};
+use crate::storage::StagedRef;
 use crate::vm::{BlockMemory, Reservation};
 use crate::{Error, Result};
 
@@ -354,6 +355,17 @@ impl BigArray {
         let _hold = self.hold(true, "resize")?;
         let at = self.conn.snapshot()?;
         self.handle.resize(&self.conn.storage, at, shape)
+    }
+
+    /// Makes `version` — block `block`'s new contents, staged and handed over by another
+    /// process with [`Database::stage_block`] — part of this transaction: the commit
+    /// publishes it without a copy, atomically with everything else (a conflicting commit of
+    /// that block fails it as usual); abort drops it. Views of this connection show it after
+    /// the commit. The embedded store only.
+    pub fn adopt(&self, block: u64, version: StagedRef) -> Result<()> {
+        self.conn.check_writable()?;
+        let hold = self.conn.storage.hold_staged(&version)?;
+        self.handle.adopt(block, version, hold)
     }
 
     /// Appends `data` along the major axis: O(len(data)) in data and metadata written.

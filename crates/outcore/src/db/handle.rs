@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::source::{SnapshotSource, StagedBlock};
 use crate::array::ArrayMeta;
-use crate::storage::{Key, Oid, Payload, Storage, Tid, Write};
+use crate::storage::{Key, Oid, Payload, StagedHold, StagedRef, Storage, Tid, Write};
 use crate::vm::BlockMemory;
 use crate::{Error, Result};
 
@@ -145,6 +145,16 @@ struct ArrayTxn {
     cut: Option<u64>,
     /// The array was deleted, or its creation rolled back: unusable.
     detached: bool,
+    /// Blocks whose new version another process staged (`adopt`), with the hold that keeps
+    /// its staging segment from pack until this transaction ends.
+    adopted: BTreeMap<u64, Adopted>,
+}
+
+/// A block version staged by another process, to be published by this transaction.
+#[derive(Clone, Debug)]
+struct Adopted {
+    version: StagedRef,
+    _hold: Arc<StagedHold>,
 }
 
 /// Written pages of one block: byte ranges within the block and their saved bytes.
@@ -155,6 +165,7 @@ type SavedPages = Vec<(Range<usize>, Vec<u8>)>;
 pub(crate) struct ArraySavepoint {
     meta: ArrayMeta,
     cut: Option<u64>,
+    adopted: BTreeMap<u64, Adopted>,
     /// Each window's written pages at savepoint time and their bytes, oldest window first.
     pages: Vec<(Arc<BlockMemory>, BTreeMap<u64, SavedPages>)>,
 }
@@ -179,6 +190,7 @@ impl ArrayHandle {
                 meta,
                 cut: None,
                 detached: false,
+                adopted: BTreeMap::new(),
             }),
             stored_end: Mutex::new(None),
         }
@@ -420,7 +432,17 @@ impl ArrayHandle {
         let g = self.lock()?;
         let before = writes.len();
         let nblocks = g.meta.nblocks();
-        let blocks = self.written_blocks(&g, storage, at, nblocks)?;
+        let mut blocks = self.written_blocks(&g, storage, at, nblocks)?;
+        for (&b, adopted) in g.adopted.range(..nblocks) {
+            if blocks.contains_key(&b) {
+                return Err(Error::InvalidArgument(format!(
+                    "block {b} of array {} was both written through views and given a version \
+                     staged by another process in this transaction; nothing was committed",
+                    self.oid
+                )));
+            }
+            blocks.insert(b, Write::Adopt(adopted.version));
+        }
         let written: Vec<u64> = blocks.keys().copied().collect();
         // Blocks from here on had no version at the snapshot (past the committed end, or
         // past the last stored block when that is known).
@@ -589,6 +611,7 @@ impl ArrayHandle {
         let mut g = self.lock()?;
         g.committed = Some(g.meta.clone());
         g.cut = None;
+        g.adopted.clear();
         let nblocks = g.meta.nblocks();
         for m in self.all_memory() {
             let beyond: Vec<u64> = m
@@ -605,6 +628,7 @@ impl ArrayHandle {
     pub fn abort(&self, storage: &Arc<dyn Storage>, at: Tid) -> Result<()> {
         let mut g = self.lock()?;
         self.discard_all()?;
+        g.adopted.clear();
         if let Some(committed) = g.committed.clone() {
             g.meta = committed;
         }
@@ -752,7 +776,7 @@ impl ArrayHandle {
     /// True if the transaction changed this array.
     pub fn is_dirty(&self) -> Result<bool> {
         let g = self.lock()?;
-        if g.committed.as_ref() != Some(&g.meta) || g.cut.is_some() {
+        if g.committed.as_ref() != Some(&g.meta) || g.cut.is_some() || !g.adopted.is_empty() {
             return Ok(true);
         }
         for m in self.all_memory() {
@@ -785,6 +809,7 @@ impl ArrayHandle {
         Ok(ArraySavepoint {
             meta: g.meta.clone(),
             cut: g.cut,
+            adopted: g.adopted.clone(),
             pages,
         })
     }
@@ -821,6 +846,35 @@ impl ArrayHandle {
         }
         g.meta = sp.meta.clone();
         g.cut = sp.cut;
+        g.adopted = sp.adopted.clone();
+        Ok(())
+    }
+
+    /// Makes `version` (staged and handed over by another process, held by `hold`) the new
+    /// version of `block` in this transaction: the commit publishes it as it lies in the
+    /// store. Views of this connection show it only after the commit.
+    pub fn adopt(&self, block: u64, version: StagedRef, hold: StagedHold) -> Result<()> {
+        let mut g = self.lock()?;
+        let nblocks = g.meta.nblocks();
+        if block >= nblocks {
+            return Err(Error::InvalidArgument(format!(
+                "block {block} is past the end of array {} ({nblocks} blocks)",
+                self.oid
+            )));
+        }
+        if version.len > g.meta.blksize as u64 {
+            return Err(Error::InvalidArgument(format!(
+                "a staged version of {} bytes for a block of {} bytes",
+                version.len, g.meta.blksize
+            )));
+        }
+        g.adopted.insert(
+            block,
+            Adopted {
+                version,
+                _hold: Arc::new(hold),
+            },
+        );
         Ok(())
     }
 }

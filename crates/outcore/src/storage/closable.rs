@@ -170,6 +170,10 @@ macro_rules! forward_storage {
             self.target()?.stage(len)
         }
 
+        fn hold_staged(&self, version: &super::StagedRef) -> Result<super::StagedHold> {
+            self.target()?.hold_staged(version)
+        }
+
         fn pack(&self, upto: Tid) -> Result<PackStats> {
             self.target()?.pack(upto)
         }

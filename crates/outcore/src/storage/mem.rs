@@ -174,6 +174,7 @@ impl Storage for MemStorage {
     }
 
     fn commit(&self, req: CommitRequest) -> Result<Tid> {
+        req.refuse_adoption("a mem: store")?;
         let mut g = self.lock();
         let mut tips = Vec::with_capacity(req.writes.len());
         for (key, _) in &req.writes {

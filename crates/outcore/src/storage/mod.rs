@@ -43,7 +43,7 @@ pub use closable::ClosableStorage;
 pub use codec::Compression;
 pub use delta::Piece;
 pub use lease::ReaderLease;
-pub use local::{LocalOptions, LocalStorage, StagedExtent};
+pub use local::{LocalOptions, LocalStorage, StagedExtent, StagedHold, StagedRef};
 pub use mem::MemStorage;
 pub use postgres::{PgOptions, PgStorage};
 pub use types::{
@@ -158,6 +158,18 @@ pub trait Storage: Send + Sync + Debug {
     fn stage(&self, len: u64) -> Result<Option<std::sync::Arc<StagedExtent>>> {
         let _ = len;
         Ok(None)
+    }
+
+    /// Keeps the staging segment of `version` (staged and handed over by another process)
+    /// from pack until the hold is dropped: taken by the process that will publish it with
+    /// [`Write::Adopt`] as soon as it receives the reference. Stores that cannot publish
+    /// such versions refuse.
+    fn hold_staged(&self, version: &StagedRef) -> Result<StagedHold> {
+        Err(Error::InvalidArgument(format!(
+            "{} cannot publish a version staged by another process ({version:?}); only the \
+             embedded store can",
+            self.describe()
+        )))
     }
 
     /// The pack horizon: versions shadowed at or before it may have been removed, so snapshots

@@ -149,28 +149,35 @@ pub enum Write {
         /// The bytes written there.
         from: Arc<dyn Payload>,
     },
+    /// A new version of a block that another process staged and handed over
+    /// ([`StagedExtent::hand_over`](super::StagedExtent::hand_over)): the embedded store
+    /// records it as it lies (the commit fails, writing nothing, if a pack reclaimed it
+    /// meanwhile); other stores refuse it.
+    Adopt(super::StagedRef),
     /// A deletion marker: from this tid on the key reads as absent (a hole for blocks).
     Delete,
 }
 
 impl Write {
-    /// The complete bytes of a new version, `None` for a deletion.
+    /// The complete bytes of a new version, `None` for a deletion (and for
+    /// [`Write::Adopt`], whose bytes lie in the store already).
     pub fn bytes(&self) -> Option<&[u8]> {
         match self {
             Write::Store(v) => Some(v),
             Write::StoreFrom(p) | Write::Pages { from: p, .. } | Write::Staged { from: p, .. } => {
                 Some(p.bytes())
             }
-            Write::Delete => None,
+            Write::Delete | Write::Adopt(_) => None,
         }
     }
 }
 
 impl fmt::Debug for Write {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.bytes() {
-            Some(b) => write!(f, "Store({} bytes)", b.len()),
-            None => f.write_str("Delete"),
+        match (self, self.bytes()) {
+            (Write::Adopt(r), _) => write!(f, "Adopt({r:?})"),
+            (_, Some(b)) => write!(f, "Store({} bytes)", b.len()),
+            (_, None) => f.write_str("Delete"),
         }
     }
 }
@@ -203,6 +210,24 @@ pub struct CommitRequest {
     pub writes: Vec<(Key, Write)>,
     /// User and description for the log.
     pub meta: TxnMeta,
+}
+
+impl CommitRequest {
+    /// Fails for a request that publishes versions staged by another process
+    /// ([`Write::Adopt`]) on a store that cannot (`store`, for the message).
+    pub(crate) fn refuse_adoption(&self, store: &str) -> crate::Result<()> {
+        match self
+            .writes
+            .iter()
+            .find(|(_, w)| matches!(w, Write::Adopt(_)))
+        {
+            Some((key, _)) => Err(crate::Error::InvalidArgument(format!(
+                "{key}: {store} cannot publish a version staged by another process (only \
+                 the embedded store can)"
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 /// One commit-log entry.

@@ -33,7 +33,7 @@ mod files;
 mod leases;
 mod staging;
 
-pub use staging::StagedExtent;
+pub use staging::{StagedExtent, StagedHold, StagedRef};
 
 use std::collections::HashMap;
 use std::fs::{DirBuilder, File};
@@ -682,6 +682,15 @@ impl Storage for LocalStorage {
             .map_err(|e| s.explain_full(e))
     }
 
+    fn hold_staged(&self, version: &StagedRef) -> Result<StagedHold> {
+        if version.segment < staging::STAGING_BASE {
+            return Err(Error::InvalidArgument(format!(
+                "{version:?} is not a staged block version"
+            )));
+        }
+        self.shared.stager.hold(version.segment)
+    }
+
     fn pack_horizon(&self) -> Result<Tid> {
         let s = &self.shared;
         let txn = s.env.read_txn()?;
@@ -706,6 +715,9 @@ impl Shared {
         // Outside the writer lock: make staged versions durable, and describe them.
         let staged = s.staged_records(&req)?;
         let mut txn = s.env.write_txn()?;
+        // Versions other processes staged: their segments must still exist, and stay until
+        // this commit names them (pack deletes staging segments under the exclusive lock).
+        let _adopting = s.check_adopted(&req)?;
         let mut tips = Vec::with_capacity(req.writes.len());
         for (key, _) in &req.writes {
             let current = s.newest(&txn, *key, Tid::MAX)?;
@@ -771,6 +783,34 @@ impl Shared {
         Ok(tid)
     }
 
+    /// For a commit that publishes versions other processes staged: the shared staging lock,
+    /// held until the commit is done, after checking each such version lies in an existing
+    /// staging segment. A version a pack reclaimed fails the commit (nothing written).
+    fn check_adopted(&self, req: &CommitRequest) -> Result<Option<File>> {
+        let adopted: Vec<(Key, super::StagedRef)> = req
+            .writes
+            .iter()
+            .filter_map(|(k, w)| match w {
+                Write::Adopt(r) => Some((*k, *r)),
+                _ => None,
+            })
+            .collect();
+        if adopted.is_empty() {
+            return Ok(None);
+        }
+        let lock = self.stager.lock(false)?;
+        for (key, r) in adopted {
+            let size = std::fs::metadata(self.segments.path(r.segment)).map(|m| m.len());
+            if !size.is_ok_and(|size| size >= r.offset + r.len) {
+                return Err(Error::NotFound(format!(
+                    "{key}: the staged version {r:?} is gone (its writer ended and a pack \
+                     reclaimed it before this commit); nothing was committed: compute it again"
+                )));
+            }
+        }
+        Ok(Some(lock))
+    }
+
     /// The records of the writes of `req` that publish space this store staged (`None` for
     /// the others), after syncing their files: a published extent must be durable before the
     /// index names it.
@@ -778,6 +818,24 @@ impl Shared {
         let mut synced: Vec<u32> = Vec::new();
         let mut out = Vec::with_capacity(req.writes.len());
         for (key, write) in &req.writes {
+            if let Write::Adopt(r) = write {
+                if !key.is_block() || r.segment < staging::STAGING_BASE {
+                    return Err(Error::InvalidArgument(format!(
+                        "{key}: {r:?} is not a staged block version"
+                    )));
+                }
+                out.push(Some(VersionRecord {
+                    codec: Compression::None,
+                    checksum: r.checksum,
+                    raw_len: r.len,
+                    body: Body::Segment {
+                        seg: r.segment,
+                        offset: r.offset,
+                        stored_len: r.len,
+                    },
+                }));
+                continue;
+            }
             let Write::Staged { extent, from } = write else {
                 out.push(None);
                 continue;
@@ -994,6 +1052,7 @@ impl Shared {
         s.segments.delete_below(first_new)?;
         // Every version was copied out above: staging segments nobody may publish from any
         // more (their process ended, or moved on with nothing left staged) go.
+        let _staging = s.stager.lock(true)?;
         let live_staging = s.stager.live_segments()?;
         s.segments
             .delete_staging_except(&live_staging, staged_before)?;

@@ -98,6 +98,56 @@ impl StagedExtent {
     }
 }
 
+impl StagedExtent {
+    /// Hands the extent over to another process, which publishes it with
+    /// [`Write::Adopt`](crate::storage::Write::Adopt): the first `len` bytes written to it
+    /// (raw, up to the last non-zero page), with their xxh3-64 `checksum`, are synced here, and
+    /// this process no longer gives the space back when the extent is dropped. Until some
+    /// process publishes it, the space is reclaimed by a pack once no live process holds the
+    /// segment (see [`StagedRef`]).
+    pub fn hand_over(&self, len: u64, checksum: u64) -> Result<StagedRef> {
+        if len > self.len {
+            return Err(Error::InvalidArgument(format!(
+                "{len} bytes do not fit the {} bytes staged",
+                self.len
+            )));
+        }
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io("syncing a staged version", e))?;
+        self.mark_published();
+        Ok(StagedRef {
+            segment: self.seg,
+            offset: self.offset,
+            len,
+            checksum,
+        })
+    }
+}
+
+/// A staged block version written by one process and published by another (a dask worker
+/// and the client that commits): plain numbers, to send anywhere. The publishing process
+/// holds the segment (`LocalStorage::hold_staged`) from when it receives the reference until
+/// its transaction ends, so pack keeps it even if the writer exits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StagedRef {
+    /// The staging segment's id.
+    pub segment: u32,
+    /// Byte offset of the version in it.
+    pub offset: u64,
+    /// Length of the version (bytes past it read as zeros).
+    pub len: u64,
+    /// xxh3-64 of those bytes.
+    pub checksum: u64,
+}
+
+/// Keeps a staging segment from pack (a marker of this process) while a transaction may
+/// still publish a version from it; the marker goes when this is dropped.
+#[derive(Debug)]
+pub struct StagedHold {
+    _marker: SegmentHold,
+}
+
 impl std::fmt::Debug for StagedExtent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -277,6 +327,54 @@ impl Stager {
         })
     }
 
+    /// Holds staging segment `seg` for this process (a marker `<pid>-<seg>-<n>`), as a
+    /// process that will publish versions another process staged there.
+    pub fn hold(&self, seg: u32) -> Result<StagedHold> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        super::create_private_dir(&self.markers)?;
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let marker = self
+            .markers
+            .join(format!("{}-{seg}-{n}", std::process::id()));
+        File::create(&marker)
+            .map_err(|e| Error::io(format!("creating {}", marker.display()), e))?;
+        Ok(StagedHold {
+            _marker: SegmentHold { marker },
+        })
+    }
+
+    /// Takes the staging lock (`staging/.lock`, `flock`): exclusive for pack while it decides
+    /// which staging segments to delete and deletes them, shared for commits that publish
+    /// versions staged by other processes while they check those segments exist. So such a
+    /// commit either sees a deleted segment (and fails, nothing written) or keeps it.
+    pub fn lock(&self, exclusive: bool) -> Result<File> {
+        super::create_private_dir(&self.markers)?;
+        let path = self.markers.join(".lock");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        let how = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
+        loop {
+            // SAFETY: flock on a descriptor we own; the lock goes with the descriptor.
+            if unsafe { libc::flock(file.as_raw_fd(), how) } == 0 {
+                return Ok(file);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(Error::io("locking staging segments", e));
+            }
+        }
+    }
+
     /// The staging segments some live process may still publish from (by its marker).
     pub fn live_segments(&self) -> Result<std::collections::HashSet<u32>> {
         let mut live = std::collections::HashSet::new();
@@ -287,7 +385,9 @@ impl Stager {
         };
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let Some((pid, seg)) = name.to_str().and_then(|n| n.split_once('-')) else {
+            // `<pid>-<seg>` (the stager's) or `<pid>-<seg>-<n>` (a process holding it).
+            let mut parts = name.to_str().unwrap_or("").split('-');
+            let (Some(pid), Some(seg)) = (parts.next(), parts.next()) else {
                 continue;
             };
             let (Ok(pid), Ok(seg)) = (pid.parse::<i32>(), seg.parse::<u32>()) else {

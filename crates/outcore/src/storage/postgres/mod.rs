@@ -510,6 +510,7 @@ impl Storage for PgStorage {
     }
 
     fn commit(&self, req: CommitRequest) -> Result<Tid> {
+        req.refuse_adoption("a PostgreSQL store")?;
         self.inner.commit(req)
     }
 
