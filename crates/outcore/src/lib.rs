@@ -24,6 +24,8 @@
 //! # Ok::<(), outcore::Error>(())
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod array;
 pub mod db;
 pub mod error;
