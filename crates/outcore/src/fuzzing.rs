@@ -53,7 +53,7 @@ pub fn record(data: &[u8]) {
     }
 }
 
-/// Commit-log entries ([`decode_log`]).
+/// Commit-log entries (`decode_log`).
 pub fn log(data: &[u8]) {
     if let Ok(info) = decode_log(data, Tid(1)) {
         let again = decode_log(

@@ -358,7 +358,7 @@ impl BigArray {
     }
 
     /// Makes `version` — block `block`'s new contents, staged and handed over by another
-    /// process with [`Database::stage_block`] — part of this transaction: the commit
+    /// process with [`Database::stage_block`](super::Database::stage_block) — part of this transaction: the commit
     /// publishes it without a copy, atomically with everything else (a conflicting commit of
     /// that block fails it as usual); abort drops it. Views of this connection show it after
     /// the commit. The embedded store only.

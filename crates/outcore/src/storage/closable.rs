@@ -70,7 +70,7 @@ impl ClosableStorage {
 
     /// Releases the leases still held through this wrapper and drops the store: it closes as
     /// soon as calls in progress finish and no fetch-on-touch memory needs it any more (see
-    /// the [module documentation](self)). Later calls fail with [`Error::Closed`]. Closing
+    /// the module documentation). Later calls fail with [`Error::Closed`]. Closing
     /// again does nothing.
     pub fn close(&self) {
         let inner = self.inner.write().unwrap_or_else(|p| p.into_inner()).take();

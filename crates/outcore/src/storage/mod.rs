@@ -13,14 +13,14 @@
 //!   No engine transaction stays open between calls.
 //! * **Commits** ([`Storage::commit`]) are atomic and durable when they return. First committer
 //!   wins: if any written key has a version newer than the request's `base`, the commit fails
-//!   with [`Error::Conflict`](crate::Error::Conflict) naming that key and writes nothing.
+//!   with [`Error::Conflict`] naming that key and writes nothing.
 //! * **The commit log** ([`Storage::log`], [`Storage::changes`]) lists every commit with the keys
 //!   it changed; it is written atomically with the data and is the source of truth for
 //!   invalidating caches of other clients.
 //! * **History** stays readable until [`Storage::pack`], which removes versions shadowed at or
 //!   before its horizon and never passes the snapshot of a live [`ReaderLease`]. A read at a
 //!   snapshot older than the horizon (a reader without a live lease) never returns other data:
-//!   it fails with [`Error::SnapshotTooOld`](crate::Error::SnapshotTooOld) unless what it finds
+//!   it fails with [`Error::SnapshotTooOld`] unless what it finds
 //!   is provably what that snapshot saw (see `check_horizon`).
 //! * **Integrity**: every stored payload carries an xxh3-64 checksum of its bytes, checked
 //!   whenever bytes are copied out; [`Storage::verify`] checks the whole store. Blocks may be
@@ -121,19 +121,19 @@ pub trait Storage: Send + Sync + Debug {
     fn locate(&self, key: Key, at: Tid) -> Result<Located>;
 
     /// Commits `req` atomically and durably, returning its tid. Fails with
-    /// [`Error::Conflict`](crate::Error::Conflict) (nothing written) if a written key has a
+    /// [`Error::Conflict`] (nothing written) if a written key has a
     /// version newer than `req.base`.
     fn commit(&self, req: CommitRequest) -> Result<Tid>;
 
     /// The commit log for `after < tid <= upto`, oldest first: tid, user, description and keys.
-    /// Fails with [`Error::SnapshotTooOld`](crate::Error::SnapshotTooOld) if `after` is older than
+    /// Fails with [`Error::SnapshotTooOld`] if `after` is older than
     /// what pack kept of the log.
     fn log(&self, after: Tid, upto: Tid) -> Result<Vec<TxnInfo>>;
 
     /// Registers a reader at snapshot `at`; pack will not remove what it can see.
     /// Prefer [`ReaderLease`], which calls this and releases on drop. The embedded store on
     /// media it cannot write hands out an unrecorded lease instead: its reads then fail with
-    /// [`Error::SnapshotTooOld`](crate::Error::SnapshotTooOld) once another process packed past
+    /// [`Error::SnapshotTooOld`] once another process packed past
     /// the snapshot, never return what that pack removed.
     fn acquire_lease(&self, at: Tid) -> Result<u64>;
 

@@ -5,7 +5,7 @@
 //! chain each current version ends) and compare with the base tid (a conflict rolls back);
 //! insert the block bodies (the slow part: only those keys are locked meanwhile), each the
 //! whole block stored short or, over the current version, its changed pages (format v2,
-//! [`delta::plan`]); then take the tid from the one-row head table (its row lock serialises
+//! `delta::plan`); then take the tid from the one-row head table (its row lock serialises
 //! commits, so commit order = tid order; a SEQUENCE would let a poller miss a tid), write
 //! index, per-key head and log rows, `NOTIFY outcore`, commit. Keys written for the first time
 //! cannot be locked; two commits creating one key collide on the per-key head's primary key,
