@@ -25,6 +25,8 @@ export OUTCORE_REQUIRE_PG=1
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The core without its PostgreSQL store (cargo feature "postgres", on by default).
+cargo clippy -p outcore --lib --no-default-features --locked -- -D warnings
 # The API documentation builds without warnings (every public item documented, links valid).
 RUSTDOCFLAGS="-D warnings" cargo doc -p outcore --no-deps --locked
 "$VENV/bin/python" -m mypy python/outcore   # the typed Python API (config: pyproject.toml)

@@ -99,6 +99,7 @@ pub enum Error {
     },
     /// An error from PostgreSQL (connection or server); never shows credentials. Its text is
     /// the server's own message for server errors, the chain of causes for the others.
+    #[cfg(feature = "postgres")]
     #[error("PostgreSQL: {}", postgres_text(.0))]
     Postgres(#[from] postgres::Error),
     /// An error from the LMDB index.
@@ -144,9 +145,10 @@ impl Error {
             | Error::Corrupt { .. }
             | Error::SnapshotTooOld { .. }
             | Error::CommitOutcomeUnknown { .. }
-            | Error::Postgres(_)
             | Error::Lmdb(_)
             | Error::Io { .. } => self.to_string(),
+            #[cfg(feature = "postgres")]
+            Error::Postgres(_) => self.to_string(),
         }
     }
 
@@ -163,6 +165,7 @@ impl Error {
 /// "error connecting to server", "invalid connection string"): server errors give the
 /// server's message, detail, hint and SQLSTATE; the others their chain of causes (the refused
 /// connection, the unknown url option).
+#[cfg(feature = "postgres")]
 pub(crate) fn postgres_text(e: &postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         let mut text = db.message().to_string();

@@ -35,8 +35,8 @@ pub use connection::{Connection, Savepoint};
 pub use stats::{reader_leases, LeaseInfo, StoreStats, ROOT_CHANGED};
 
 use crate::storage::{
-    ClosableStorage, Compression, LocalOptions, LocalStorage, MemStorage, PgOptions, PgStorage,
-    StagedRef, Storage, Tid, TxnInfo,
+    ClosableStorage, Compression, LocalOptions, LocalStorage, MemStorage, StagedRef, Storage, Tid,
+    TxnInfo,
 };
 use crate::{Error, Result};
 
@@ -86,6 +86,28 @@ fn check_not_a_file(path: &str) -> Result<()> {
     }
 }
 
+/// The PostgreSQL store at `url` and its compression.
+#[cfg(feature = "postgres")]
+fn open_postgres(url: &str, options: &DbOptions) -> Result<(Arc<dyn Storage>, Compression)> {
+    use crate::storage::{PgOptions, PgStorage};
+    let pg_options = PgOptions {
+        compression: options.compression,
+        ..PgOptions::default()
+    };
+    let store = PgStorage::open_with(url, pg_options)?;
+    let compression = store.compression();
+    Ok((Arc::new(store), compression))
+}
+
+/// Without the `postgres` feature: a clear error.
+#[cfg(not(feature = "postgres"))]
+fn open_postgres(url: &str, _options: &DbOptions) -> Result<(Arc<dyn Storage>, Compression)> {
+    Err(Error::InvalidArgument(format!(
+        "cannot open {url:?}: this build of outcore has no PostgreSQL support (cargo feature \
+         \"postgres\")"
+    )))
+}
+
 impl Database {
     /// Opens `url`: `mem:` for a fresh in-memory store, a filesystem path for the embedded
     /// store (created if missing), `postgresql://user@host/db` for the shared store (its
@@ -103,13 +125,7 @@ impl Database {
             let store = MemStorage::with_compression(options.compression);
             (Arc::new(store), options.compression)
         } else if url.starts_with("postgresql://") || url.starts_with("postgres://") {
-            let pg_options = PgOptions {
-                compression: options.compression,
-                ..PgOptions::default()
-            };
-            let store = PgStorage::open_with(url, pg_options)?;
-            let compression = store.compression();
-            (Arc::new(store), compression)
+            open_postgres(url, &options)?
         } else if url.is_empty() || url.contains("://") {
             return Err(Error::InvalidArgument(format!(
                 "cannot open {url:?}: use a directory path, \"mem:\" or a postgresql:// url"

@@ -34,6 +34,7 @@ pub(crate) mod delta;
 mod lease;
 pub mod local;
 mod mem;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 pub(crate) mod record;
 mod segment;
@@ -45,6 +46,7 @@ pub use delta::Piece;
 pub use lease::ReaderLease;
 pub use local::{LocalOptions, LocalStorage, StagedExtent, StagedHold, StagedRef};
 pub use mem::MemStorage;
+#[cfg(feature = "postgres")]
 pub use postgres::{PgOptions, PgStorage};
 pub use types::{
     CommitRequest, Extent, Key, Located, Oid, PackStats, Payload, Tid, TxnInfo, TxnMeta,
