@@ -93,7 +93,7 @@ def test_uncommitted_and_unstored_arrays_refuse(tmp_path):
     transaction.abort()
     db = outcore.open(str(tmp_path / "db"))
     db.root()["A"] = A = outcore.BigArray((4,), "f8")
-    with pytest.raises(ValueError, match="not committed"):
+    with pytest.raises(TypeError, match="not committed"):
         pickle.dumps(A)
     transaction.abort()
     db.close()

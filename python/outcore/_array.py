@@ -467,7 +467,10 @@ class BigArray(np.lib.mixins.NDArrayOperatorsMixin):
         from ._ref import ArrayRef, _open
 
         if self._native is None:
-            raise TypeError("this BigArray is not stored in a database yet: nothing to refer to")
+            raise TypeError(
+                "this BigArray is not stored in a database yet: only stored arrays pickle "
+                "(as references to them)"
+            )
         if self._conn._db._url == "mem:":
             raise TypeError(
                 "an array of a mem: store cannot be pickled: a mem: store lives in one "

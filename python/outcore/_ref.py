@@ -87,7 +87,8 @@ class ArrayRef:
     @classmethod
     def of(cls, array: BigArray) -> ArrayRef:
         """The reference to ``array`` at its connection's snapshot. Refuses arrays not stored
-        yet, and arrays that do not exist at that snapshot (created and not committed)."""
+        yet, and arrays that do not exist at that snapshot (created and not committed):
+        ``TypeError``, as pickle expects of what it cannot pickle."""
         native = array._stored()
         conn = array._conn
         db = conn._db
@@ -99,9 +100,9 @@ class ArrayRef:
         snap = _snapshot(db, url, at)
         name = next((n for n in snap._native.names() if snap._native.array(n).oid() == oid), None)
         if name is None:
-            raise ValueError(
-                f"this array is not committed in {db._url} (a reference names an array as of "
-                "the last commit this connection saw): commit it first"
+            raise TypeError(
+                f"this array is not committed in {db._url}: a pickled or dask array refers to "
+                "it as of the last commit this connection saw; commit it first"
             )
         dtype, _, shape, order, _ = snap._native.array(name).meta()
         return cls(url, name, oid, at, dtype, tuple(shape), order, db)
