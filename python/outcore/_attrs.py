@@ -70,7 +70,7 @@ class Attrs(MutableMapping[str, Any]):
     def __len__(self) -> int:
         return len(self._load())
 
-    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, *args: Any, **kwargs: Any) -> None:
         """Changes several attributes with one metadata write."""
         attrs = self._load()
         attrs.update(*args, **kwargs)

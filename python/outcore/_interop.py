@@ -138,10 +138,11 @@ def from_zarr(src: Any, root: DB | Root, name: str, *, blksize: int | None = Non
     if not isinstance(src, zarr.Array):
         raise TypeError(f"src must be a zarr array or a path, not {type(src).__name__}")
     _check_dtype(np.dtype(src.dtype), f"zarr array {src.store_path}")
-    attrs = dict(src.attrs)
+    attrs: dict[str, Any] = dict(src.attrs)
     # v2 stores the order; v3 data are C order (an F array remembered in the attribute).
-    order = src.metadata.order if src.metadata.zarr_format == 2 else attrs.get(ORDER_ATTR, "C")
-    attrs.pop(ORDER_ATTR, None)
+    order = str(attrs.pop(ORDER_ATTR, "C"))
+    if src.metadata.zarr_format == 2:
+        order = src.metadata.order
     dtype = attrs.pop(DTYPE_ATTR, None)
     major = 0 if order == "C" else max(src.ndim - 1, 0)
     chunk = src.chunks[major] if src.ndim else 1

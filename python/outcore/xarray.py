@@ -122,7 +122,7 @@ class OutcoreBackendEntrypoint(BackendEntrypoint):
     url = "https://github.com/outcore/outcore"
     open_dataset_parameters = ("filename_or_obj", "drop_variables", "at")
 
-    def open_dataset(  # type: ignore[override]
+    def open_dataset(
         self,
         filename_or_obj: Any,
         *,
