@@ -70,6 +70,22 @@ def test_dataset_round_trip_is_lazy(shared_url):
     db.close()
 
 
+def test_save_a_lazy_dataset(tmp_path):
+    """A Dataset read lazily from one store is written into another slab by slab."""
+    first, second = str(tmp_path / "one"), str(tmp_path / "two")
+    transaction.abort()
+    db = outcore.open(first)
+    outcore.xarray.save(_dataset(), db)
+    transaction.commit()
+    lazy = xr.open_dataset(first, engine="outcore")
+    other = outcore.open(second)
+    outcore.xarray.save(lazy, other)
+    transaction.commit()
+    xr.testing.assert_identical(xr.open_dataset(second, engine="outcore").load(), _dataset())
+    db.close()
+    other.close()
+
+
 def test_arrays_without_dims_and_at(tmp_path):
     url = str(tmp_path / "db")
     transaction.abort()
@@ -77,7 +93,8 @@ def test_arrays_without_dims_and_at(tmp_path):
     db.root()["plain"] = P = outcore.BigArray((2, 3), "i4")
     P[...] = 1
     P.attrs["units"] = "m"
-    tid = transaction.commit() or db.history(1)[0]["tid"]
+    transaction.commit()
+    tid = db.history(1)[0]["tid"]
     P[...] = 2
     transaction.commit()
     ds = xr.open_dataset(url, engine="outcore", at=tid)

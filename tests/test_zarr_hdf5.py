@@ -148,7 +148,10 @@ def test_streaming_in_slabs(db, tmp_path, monkeypatch):
     zarr = pytest.importorskip("zarr")
     monkeypatch.setattr(outcore._interop, "SLAB_BYTES", 4096)
     A = _array(db, "A", (1000, 13), np.dtype("f8"), "C")
-    z = outcore.to_zarr(A, str(tmp_path / "a.zarr"), chunks=(9, 13))
+    seen = []
+    z = outcore.to_zarr(A, str(tmp_path / "a.zarr"), chunks=(9, 13), progress=lambda *p: seen.append(p))
+    # 104-byte rows, 4 KiB slabs: 36 rows (whole 9-row chunks) at a time.
+    assert seen[0] == (36 * 104, 104000) and seen[-1] == (104000, 104000) and len(seen) == 28
     B = outcore.from_zarr(z, db, "B")
     transaction.commit()
     _same(A, B)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -79,6 +79,25 @@ def _check_dtype(dtype: np.dtype[Any], what: str) -> None:
         )
 
 
+#: ``progress(bytes_done, bytes_total)``, called after every slab.
+Progress = Callable[[int, int], None]
+
+
+def _stream(
+    src: Any, dst: Any, shape: tuple[int, ...], major: int, itemsize: int, blksize: int,
+    chunk: int, progress: Progress | None, convert: Callable[[Any], Any] = np.asarray,
+) -> None:
+    """Copies ``src`` into ``dst`` slab by slab (see :func:`_slabs`), reporting progress."""
+    total = itemsize * math.prod(shape)
+    done = 0
+    for index in _slabs(shape, major, itemsize, blksize, chunk):
+        part = convert(src[index])
+        dst[index] = part
+        done += itemsize * int(np.size(part))
+        if progress is not None:
+            progress(done, total)
+
+
 def _without_metadata(dt: np.dtype[Any]) -> np.dtype[Any]:
     """``dt`` without the metadata h5py attaches (it cannot be stored; NumPy warns)."""
     if dt.subdtype is not None:
@@ -98,14 +117,13 @@ def _without_metadata(dt: np.dtype[Any]) -> np.dtype[Any]:
 
 
 def _copy_in(src: Any, root: DB | Root, name: str, order: str, attrs: dict[str, Any],
-             chunk: int, blksize: int, dtype: np.dtype[Any] | None = None) -> BigArray:
+             chunk: int, blksize: int, progress: Progress | None,
+             dtype: np.dtype[Any] | None = None) -> BigArray:
     dtype = _without_metadata(np.dtype(src.dtype)) if dtype is None else dtype
     array = BigArray(tuple(src.shape), dtype, order=order, blksize=blksize)
     array.attrs = attrs
     _root(root)[name] = array
-    major = array._major()
-    for index in _slabs(array.shape, major, dtype.itemsize, blksize, chunk):
-        array[index] = src[index]
+    _stream(src, array, array.shape, array._major(), dtype.itemsize, blksize, chunk, progress)
     return array
 
 
@@ -116,10 +134,14 @@ def _stored_attrs(array: BigArray) -> dict[str, Any]:
     return attrs
 
 
-def from_zarr(src: Any, root: DB | Root, name: str, *, blksize: int | None = None) -> BigArray:
+def from_zarr(
+    src: Any, root: DB | Root, name: str, *, blksize: int | None = None,
+    progress: Progress | None = None,
+) -> BigArray:
     """Copies the zarr array ``src`` (a ``zarr.Array``, or a path or url zarr can open) into
     a new array ``root[name]`` (replacing one of that name), in the current transaction:
-    ``transaction.commit()`` keeps it. Dtype, shape, order and attributes are preserved."""
+    ``transaction.commit()`` keeps it. Dtype, shape, order and attributes are preserved;
+    ``progress(bytes_done, bytes_total)`` is called after every slab."""
     import zarr
 
     from ._array import DEFAULT_BLKSIZE
@@ -147,7 +169,7 @@ def from_zarr(src: Any, root: DB | Root, name: str, *, blksize: int | None = Non
     major = 0 if order == "C" else max(src.ndim - 1, 0)
     chunk = src.chunks[major] if src.ndim else 1
     return _copy_in(
-        src, root, name, order, attrs, chunk, blksize or DEFAULT_BLKSIZE,
+        src, root, name, order, attrs, chunk, blksize or DEFAULT_BLKSIZE, progress,
         None if dtype is None else dtype_from_descriptor(dtype),
     )
 
@@ -159,6 +181,7 @@ def to_zarr(
     chunks: tuple[int, ...] | None = None,
     zarr_format: int = 3,
     overwrite: bool = False,
+    progress: Progress | None = None,
 ) -> Any:
     """Writes ``array`` to a new zarr array at ``store`` (a path, url or zarr store) and
     returns it. ``chunks`` defaults to the outcore blocks along the major axis (whole other
@@ -193,8 +216,10 @@ def to_zarr(
     )
     major = array._major()
     chunk = out.chunks[major] if array.ndim else 1
-    for index in _slabs(array.shape, major, array.itemsize, array.blksize, chunk):
-        out[index] = np.asarray(array[index]).astype(dtype, copy=False)
+    _stream(
+        array, out, array.shape, major, array.itemsize, array.blksize, chunk, progress,
+        lambda part: np.asarray(part).astype(dtype, copy=False),
+    )
     return out
 
 
@@ -210,7 +235,7 @@ def _block_chunks(array: BigArray) -> tuple[int, ...]:
 
 def from_hdf5(
     dataset: Any, root: DB | Root, name: str, *, path: str | None = None,
-    blksize: int | None = None,
+    blksize: int | None = None, progress: Progress | None = None,
 ) -> BigArray:
     """Copies the HDF5 dataset ``dataset`` (an ``h5py.Dataset``, or an HDF5 file name with
     ``path`` naming the dataset in it) into a new array ``root[name]``, in the current
@@ -228,7 +253,7 @@ def from_hdf5(
         with h5py.File(where, "r") as f:
             if path not in f:
                 raise KeyError(f"no dataset {path!r} in HDF5 file {where!r}")
-            return from_hdf5(f[path], root, name, blksize=blksize)
+            return from_hdf5(f[path], root, name, blksize=blksize, progress=progress)
     if isinstance(dataset, h5py.Group):
         raise TypeError(
             f"{dataset.name} is an HDF5 group, not a dataset: pass one of its datasets "
@@ -244,7 +269,9 @@ def from_hdf5(
     order = str(attrs.pop(ORDER_ATTR, "C"))
     major = 0 if order == "C" else max(dataset.ndim - 1, 0)
     chunk = dataset.chunks[major] if dataset.chunks and dataset.ndim else 1
-    return _copy_in(dataset, root, name, order, attrs, chunk, blksize or DEFAULT_BLKSIZE)
+    return _copy_in(
+        dataset, root, name, order, attrs, chunk, blksize or DEFAULT_BLKSIZE, progress
+    )
 
 
 def _plain(value: Any) -> Any:
@@ -258,7 +285,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def to_hdf5(array: BigArray, h5file: Any, name: str, *, chunks: Any = None) -> Any:
+def to_hdf5(
+    array: BigArray, h5file: Any, name: str, *, chunks: Any = None,
+    progress: Progress | None = None,
+) -> Any:
     """Writes ``array`` as a new dataset ``name`` of ``h5file`` (an ``h5py.File`` or group,
     or a file name: opened for appending) and returns it (for a file name: its name).
     HDF5 stores C-order data; an F-order array is the same logical array, remembered in
@@ -269,7 +299,7 @@ def to_hdf5(array: BigArray, h5file: Any, name: str, *, chunks: Any = None) -> A
         raise TypeError(f"array must be an outcore BigArray, not {type(array).__name__}")
     if isinstance(h5file, (str, os.PathLike)):
         with h5py.File(os.fspath(h5file), "a") as f:
-            return to_hdf5(array, f, name, chunks=chunks).name
+            return to_hdf5(array, f, name, chunks=chunks, progress=progress).name
     if not isinstance(h5file, h5py.Group):
         raise TypeError(f"h5file must be an h5py File or Group or a file name, not {type(h5file).__name__}")
     attrs = _stored_attrs(array)
@@ -284,6 +314,5 @@ def to_hdf5(array: BigArray, h5file: Any, name: str, *, chunks: Any = None) -> A
     ds.attrs[ATTRS_ATTR] = json.dumps(attrs)
     major = array._major()
     chunk = ds.chunks[major] if ds.chunks and array.ndim else 1
-    for index in _slabs(array.shape, major, array.itemsize, array.blksize, chunk):
-        ds[index] = np.asarray(array[index])
+    _stream(array, ds, array.shape, major, array.itemsize, array.blksize, chunk, progress)
     return ds
