@@ -13,7 +13,7 @@ fi
 VENV=.venv
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q "maturin>=1.9.4,<2" "numpy>=1.26" pytest transaction zope.interface mypy
+"$VENV/bin/python" -m pip install -q "maturin>=1.9.4,<2" "numpy>=1.26" pytest transaction zope.interface mypy "dask[distributed]" xarray "zarr>=3" h5py
 export PYO3_PYTHON="$PWD/$VENV/bin/python"
 
 # A private PostgreSQL cluster on loopback for the PostgreSQL store's tests.

@@ -38,3 +38,9 @@ def db(request, tmp_path):
 @pytest.fixture
 def local_url(tmp_path):
     return str(tmp_path / "db")
+
+
+@pytest.fixture(params=["local", "pg"])
+def shared_url(request, tmp_path):
+    """The url of a fresh store that other processes can open too (embedded or PostgreSQL)."""
+    return str(tmp_path / "db") if request.param == "local" else pg_url()

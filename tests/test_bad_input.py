@@ -95,7 +95,12 @@ BAD = [
     ("read-only open of a missing store", lambda s: outcore.open(str(s[5] / "none"), readonly=True), outcore.StoreNotFoundError, "no outcore store at"),
     ("other compression for an existing store", lambda s: outcore.open(str(s[5] / "db"), compression="zstd"), ValueError, "is not compressed; compression='zstd' applies only when a store is created"),
     ("historical tid in the future is fine, packed tid is not: bad tid type", lambda s: outcore.open(str(s[5] / "db"), at="x"), ValueError, ""),
-    ("pickling an array", lambda s: __import__("pickle").dumps(s[2]), TypeError, "pickle"),
+    (
+        "pickling an unstored array",
+        lambda s: __import__("pickle").dumps(outcore.BigArray(3)),
+        TypeError,
+        "pickle",
+    ),
     ("negative history limit", lambda s: s[0].history(-1), ValueError, "limit must not be negative"),
     ("history limit of the wrong type", lambda s: s[0].history("5"), TypeError, "limit must be an int or None"),
     ("options after the url are keyword-only", lambda s: outcore.open("mem:", 1 << 20), TypeError, "positional"),

@@ -15,6 +15,7 @@ import os
 
 from . import _native, errors
 from ._array import DEFAULT_BLKSIZE, BigArray, ZBigArray
+from ._interop import from_hdf5, from_zarr, to_hdf5, to_zarr
 from ._db import DB, DEFAULT_CACHE_BYTES, Connection, Root, Stats, TidLike, tid
 from .errors import (
     AddressSpaceError,
@@ -45,6 +46,10 @@ __all__ = [
     "Stats",
     "tid",
     "open",
+    "from_zarr",
+    "to_zarr",
+    "from_hdf5",
+    "to_hdf5",
     "set_log_level",
     "DEFAULT_BLKSIZE",
     "DEFAULT_CACHE_BYTES",

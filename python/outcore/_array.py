@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from . import _index
+from . import _attrs, _index
 from .errors import ReadOnlyError
 
 if TYPE_CHECKING:
@@ -120,6 +120,8 @@ class BigArray(np.lib.mixins.NDArrayOperatorsMixin):
         #: Element access's chunk view: (connection generation, lo, hi, length of the major
         #: axis, ndim, major axis, the view of major-axis indices lo..hi, whether that is all).
         self._chunk: tuple[int, int, int, int, int, int, np.ndarray, bool] | None = None
+        #: Attributes set before the array is stored (written when it is).
+        self._pending_attrs: dict[str, Any] = {}
 
     @classmethod
     def _bind(cls, conn: Connection, native: _native.Array) -> BigArray:
@@ -127,6 +129,7 @@ class BigArray(np.lib.mixins.NDArrayOperatorsMixin):
         self._conn = conn
         self._native = native
         self._chunk = None
+        self._pending_attrs = {}
         return self
 
     def _attach(self, conn: Connection, native: _native.Array) -> None:
@@ -160,6 +163,17 @@ class BigArray(np.lib.mixins.NDArrayOperatorsMixin):
     def blksize(self) -> int:
         meta = self._meta()
         return self._blksize if meta is None else meta[4]
+
+    @property
+    def attrs(self) -> _attrs.Attrs:
+        """User attributes (units, dims, anything JSON can hold), stored with the array:
+        changes join the transaction (``transaction.commit()`` keeps them, abort undoes
+        them). ``A.attrs = {...}`` replaces them all."""
+        return _attrs.Attrs(self)
+
+    @attrs.setter
+    def attrs(self, value: dict[str, Any]) -> None:
+        _attrs.Attrs(self)._store(dict(value))
 
     @property
     def ndim(self) -> int:
@@ -439,10 +453,30 @@ class BigArray(np.lib.mixins.NDArrayOperatorsMixin):
         lo, hi = self._major_range(index)
         self._stored().prefetch(lo, hi)
 
+    def to_dask(self, chunks: Any = None) -> Any:
+        """A lazy dask array of this array as of the connection's snapshot (see
+        :func:`outcore.dask.to_dask`; needs ``pip install outcore[dask]``)."""
+        from .dask import to_dask
+
+        return to_dask(self, chunks)
+
     def __reduce__(self) -> Any:
-        raise TypeError(
-            "a BigArray cannot be pickled; pickle A[...] (a copy of the data) instead"
-        )
+        """Pickles a reference, not the data: store url, array, snapshot tid. Unpickling
+        opens the store (once per process) and gives this array read-only as of that
+        snapshot; uncommitted changes are not seen. Arrays of ``mem:`` stores refuse."""
+        from ._ref import ArrayRef, _open
+
+        if self._native is None:
+            raise TypeError(
+                "this BigArray is not stored in a database yet: only stored arrays pickle "
+                "(as references to them)"
+            )
+        if self._conn._db._url == "mem:":
+            raise TypeError(
+                "an array of a mem: store cannot be pickled: a mem: store lives in one "
+                "process; use a store on disk or PostgreSQL to share arrays between processes"
+            )
+        return (_open, (ArrayRef.of(self),))
 
 
 #: The name wendelin.core users know.

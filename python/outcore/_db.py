@@ -499,6 +499,9 @@ class Root(MutableMapping[str, BigArray]):
             )
             value._attach(self._conn, native)
             self._conn._arrays[native.oid()] = value
+            if value._pending_attrs:
+                value.attrs = value._pending_attrs
+                value._pending_attrs = {}
         elif value._conn is self._conn:
             self._conn._native.link(name, value._native)
         else:

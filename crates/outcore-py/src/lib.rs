@@ -319,6 +319,16 @@ impl Array {
         Ok((mapping, raw.strides))
     }
 
+    /// The user attributes (JSON text written by the Python layer), or None.
+    fn attrs(&self) -> PyResult<Option<String>> {
+        Ok(self.arr.meta().py()?.attrs)
+    }
+
+    /// Replaces the user attributes (None removes them); joins the transaction's changes.
+    fn set_attrs(&self, attrs: Option<String>) -> PyResult<()> {
+        self.arr.set_attrs(attrs).py()
+    }
+
     fn resize(&self, py: Python<'_>, shape: Vec<u64>) -> PyResult<()> {
         logging::call(py, || self.arr.resize(&shape)).py()
     }

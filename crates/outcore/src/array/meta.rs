@@ -60,6 +60,10 @@ pub struct ArrayMeta {
     pub blksize: usize,
     /// The block file holding the data.
     pub file: Oid,
+    /// User attributes: one line of text, opaque to the core (the Python layer stores a JSON
+    /// object: units, dims, ...); `None` when the array has none. Optional in the record so
+    /// that records written before attributes existed stay readable.
+    pub attrs: Option<String>,
 }
 
 impl ArrayMeta {
@@ -79,9 +83,17 @@ impl ArrayMeta {
             order,
             blksize,
             file,
+            attrs: None,
         };
         meta.validate()?;
         Ok(meta)
+    }
+
+    /// This metadata with the user attributes `attrs` (validated: one line).
+    pub fn with_attrs(mut self, attrs: Option<String>) -> Result<Self> {
+        self.attrs = attrs;
+        self.validate()?;
+        Ok(self)
     }
 
     fn validate(&self) -> Result<()> {
@@ -91,6 +103,11 @@ impl ArrayMeta {
         if self.dtype.contains('\n') {
             return Err(Error::InvalidArgument(
                 "dtype descriptor has a newline".into(),
+            ));
+        }
+        if self.attrs.as_deref().is_some_and(|a| a.contains('\n')) {
+            return Err(Error::InvalidArgument(
+                "array attributes have a newline".into(),
             ));
         }
         if self.blksize == 0 || self.blksize % 4096 != 0 || self.blksize as u64 > MAX_BLKSIZE {
@@ -165,10 +182,11 @@ impl ArrayMeta {
         strides
     }
 
-    /// Serialises to the record stored under the array's metadata key.
+    /// Serialises to the record stored under the array's metadata key (the `attrs=` line
+    /// only when there are attributes, so arrays without them keep the older record).
     pub fn encode(&self) -> Vec<u8> {
         let shape: Vec<String> = self.shape.iter().map(u64::to_string).collect();
-        format!(
+        let mut text = format!(
             "outcore-array 1\nitemsize={}\nshape={}\norder={}\nblksize={}\nfile={}\ndtype={}",
             self.itemsize,
             shape.join(","),
@@ -176,15 +194,19 @@ impl ArrayMeta {
             self.blksize,
             self.file.0,
             self.dtype
-        )
-        .into_bytes()
+        );
+        if let Some(attrs) = &self.attrs {
+            text.push_str("\nattrs=");
+            text.push_str(attrs);
+        }
+        text.into_bytes()
     }
 
     /// Parses a record written by [`ArrayMeta::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         let bad = |why: &str| Error::InvalidArgument(format!("bad array metadata: {why}"));
         let text = std::str::from_utf8(bytes).map_err(|_| bad("not UTF-8"))?;
-        let mut lines = text.splitn(7, '\n');
+        let mut lines = text.splitn(8, '\n');
         if lines.next() != Some("outcore-array 1") {
             return Err(bad("unknown header"));
         }
@@ -210,6 +232,15 @@ impl ArrayMeta {
         let blksize = num(field("blksize")?)? as usize;
         let file = Oid(num(field("file")?)?);
         let dtype = field("dtype")?.to_string();
+        // Optional: records written before attributes existed end at the dtype line.
+        let attrs = match lines.next() {
+            None => None,
+            Some(line) => Some(
+                line.strip_prefix("attrs=")
+                    .ok_or_else(|| bad("attrs"))?
+                    .to_string(),
+            ),
+        };
         let meta = ArrayMeta {
             dtype,
             itemsize,
@@ -217,6 +248,7 @@ impl ArrayMeta {
             order,
             blksize,
             file,
+            attrs,
         };
         meta.validate()?;
         Ok(meta)
@@ -251,5 +283,25 @@ mod tests {
         assert!(ArrayMeta::new("<f8", 8, &[u64::MAX, 2], Order::C, 4096, Oid(1)).is_err());
         assert!(ArrayMeta::new("<f8", 8, &[1], Order::C, 1000, Oid(1)).is_err());
         assert!(ArrayMeta::decode(b"garbage").is_err());
+    }
+
+    #[test]
+    fn attrs_are_optional_and_round_trip() {
+        let plain = ArrayMeta::new("<f8", 8, &[3], Order::C, 4096, Oid(2)).unwrap();
+        // A record without the line (as written before attributes existed) still reads.
+        let old = b"outcore-array 1\nitemsize=8\nshape=3\norder=C\nblksize=4096\nfile=2\ndtype=<f8";
+        assert_eq!(ArrayMeta::decode(old).unwrap(), plain);
+        assert_eq!(plain.encode(), old.to_vec());
+        let with = plain.with_attrs(Some(r#"{"units": "m"}"#.into())).unwrap();
+        assert!(with
+            .encode()
+            .ends_with(b"\ndtype=<f8\nattrs={\"units\": \"m\"}"));
+        assert_eq!(ArrayMeta::decode(&with.encode()).unwrap(), with);
+        let empty = with.clone().with_attrs(Some(String::new())).unwrap();
+        assert_eq!(ArrayMeta::decode(&empty.encode()).unwrap(), empty);
+        assert!(with.clone().with_attrs(Some("a\nb".into())).is_err());
+        let mut bad = old.to_vec();
+        bad.extend_from_slice(b"\nunits=m");
+        assert!(ArrayMeta::decode(&bad).is_err());
     }
 }

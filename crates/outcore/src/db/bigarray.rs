@@ -368,6 +368,13 @@ impl BigArray {
         self.handle.adopt(block, version, hold)
     }
 
+    /// Replaces the user attributes (one line of text, opaque to the core; `None` removes
+    /// them). Transactional: written at commit, undone by abort.
+    pub fn set_attrs(&self, attrs: Option<String>) -> Result<()> {
+        self.conn.check_writable()?;
+        self.handle.set_attrs(attrs)
+    }
+
     /// Appends `data` along the major axis: O(len(data)) in data and metadata written.
     /// `data` must match the array's shape on every other axis; on error nothing changes.
     pub fn append<T: Element>(&self, data: ndarray::ArrayViewD<'_, T>) -> Result<()> {

@@ -716,7 +716,8 @@ impl ArrayHandle {
             meta.order,
             meta.blksize,
             meta.file,
-        )?;
+        )?
+        .with_attrs(old.attrs.clone())?;
         let (old_bytes, new_bytes) = (old.nbytes(), meta.nbytes());
         let blk = meta.blksize as u64;
         // Growing touches no memory: blocks past the old end are mapped when viewed.
@@ -738,6 +739,14 @@ impl ArrayHandle {
             g.cut = Some(g.cut.map_or(keep, |c| c.min(keep)));
         }
         g.meta = meta;
+        Ok(())
+    }
+
+    /// Replaces the user attributes (see [`ArrayMeta::attrs`]): a metadata change like
+    /// [`resize`](Self::resize), written at commit and undone by abort or rollback.
+    pub fn set_attrs(&self, attrs: Option<String>) -> Result<()> {
+        let mut g = self.lock()?;
+        g.meta = g.meta.clone().with_attrs(attrs)?;
         Ok(())
     }
 
