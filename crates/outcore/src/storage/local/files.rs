@@ -215,6 +215,27 @@ pub(super) fn free_bytes(path: &Path) -> Option<u64> {
     Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
+/// Takes an advisory lock on `file` (`flock`: exclusive or shared), retrying when
+/// interrupted; it is released when the descriptor is closed.
+pub(super) fn flock(file: &File, exclusive: bool, what: &str) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let how = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    };
+    loop {
+        // SAFETY: flock on a descriptor the caller holds open.
+        if unsafe { libc::flock(file.as_raw_fd(), how) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(Error::io(what.to_string(), e));
+        }
+    }
+}
+
 /// fsyncs a directory, so that entries created in it survive a crash.
 pub(super) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)

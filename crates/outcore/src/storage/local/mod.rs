@@ -31,6 +31,7 @@
 
 mod files;
 mod leases;
+mod pack;
 mod staging;
 
 pub use staging::{StagedExtent, StagedHold, StagedRef};
@@ -47,14 +48,13 @@ use heed::{Database, Env, EnvFlags, EnvOpenOptions, MdbError, RoTxn, RwTxn, With
 
 use super::codec::{self, Compression};
 use super::delta::Tip;
-use super::lease::pack_removals;
 use super::record::{self, decode_log, encode_log, Body, Chain, VersionRecord};
 use super::{
     segment, CommitRequest, Key, Located, Oid, PackStats, Storage, Tid, TxnInfo, VerifyReport,
     Version, Write,
 };
 use crate::{Error, Result};
-use files::{nearly_full, sync_dir, SegmentDir, Uncommitted};
+use files::{nearly_full, SegmentDir, Uncommitted};
 use leases::LeaseDir;
 
 /// The on-disk format version this code writes (format 1 stores are read as they are and
@@ -646,8 +646,8 @@ impl Storage for LocalStorage {
             // with every read instead.
             return Ok(());
         }
-        // Pack holds LMDB's writer lock from start to commit.
-        s.env.write_txn()?.abort();
+        // Pack holds its lock from start to end.
+        drop(s.pack_lock()?);
         Ok(())
     }
 
@@ -662,19 +662,7 @@ impl Storage for LocalStorage {
                 "staged space must be a positive multiple of 4096 bytes, not {len}"
             )));
         }
-        let allocate = |mark: &dyn Fn(u32) -> Result<()>| {
-            let mut txn = s.env.write_txn()?;
-            let next =
-                get_u64(&s.meta, &txn, META_NEXT_STAGING)?.max(u64::from(staging::STAGING_BASE));
-            let seg = u32::try_from(next).map_err(|_| Error::Format {
-                path: s.dir.clone(),
-                reason: "staging segment ids exhausted".into(),
-            })?;
-            mark(seg)?;
-            put_u64(&s.meta, &mut txn, META_NEXT_STAGING, next + 1)?;
-            txn.commit()?;
-            Ok(seg)
-        };
+        let allocate = |mark: &dyn Fn(u32) -> Result<()>| s.allocate_staging(mark);
         s.stager
             .stage(len, s.segment_bytes, s.identity, allocate, |seg| {
                 s.segments.path(seg)
@@ -710,6 +698,22 @@ impl Storage for LocalStorage {
 
 /// The work of the [`Storage`] methods that are more than a line.
 impl Shared {
+    /// Allocates a staging segment id from the index; `mark` (which creates the segment's
+    /// marker) runs inside the allocating transaction (see `staging`).
+    fn allocate_staging(&self, mark: &dyn Fn(u32) -> Result<()>) -> Result<u32> {
+        let mut txn = self.env.write_txn()?;
+        let next =
+            get_u64(&self.meta, &txn, META_NEXT_STAGING)?.max(u64::from(staging::STAGING_BASE));
+        let seg = u32::try_from(next).map_err(|_| Error::Format {
+            path: self.dir.clone(),
+            reason: "staging segment ids exhausted".into(),
+        })?;
+        mark(seg)?;
+        put_u64(&self.meta, &mut txn, META_NEXT_STAGING, next + 1)?;
+        txn.commit()?;
+        Ok(seg)
+    }
+
     fn commit(&self, req: CommitRequest) -> Result<Tid> {
         let s = self;
         // Outside the writer lock: make staged versions durable, and describe them.
@@ -957,106 +961,6 @@ impl Shared {
             out.push(i);
         }
         Ok(out)
-    }
-
-    fn pack(&self, upto: Tid) -> Result<PackStats> {
-        let s = self;
-        let mut txn = s.env.write_txn()?;
-        let head = Tid(get_u64(&s.meta, &txn, META_HEAD)?);
-        let old_horizon = Tid(get_u64(&s.meta, &txn, META_HORIZON)?);
-        let oldest_lease = s.leases.oldest_live()?.unwrap_or(Tid::MAX);
-        let horizon = upto.min(head).min(oldest_lease).max(old_horizon);
-
-        let mut all: Vec<(Key, Tid, VersionRecord)> = Vec::new();
-        for item in s.versions.iter(&txn)? {
-            let (k, v) = item?;
-            let (key, tid) = split_version_key(k).ok_or_else(|| Error::Corrupt {
-                key: Key::Meta(super::Oid(0)),
-                tid: Tid::ZERO,
-                reason: "bad version-index key".into(),
-            })?;
-            all.push((key, tid, VersionRecord::decode(v, key, tid)?));
-        }
-        let mut stats = PackStats {
-            horizon,
-            body_bytes_before: all.iter().map(|(_, _, r)| r.segment_bytes()).sum(),
-            ..PackStats::default()
-        };
-        let removals = pack_removals(
-            all.iter()
-                .map(|(k, t, r)| (*k, *t, r.body == Body::Tombstone)),
-            horizon,
-        );
-        for (key, tid) in &removals {
-            s.versions.delete(&mut txn, &version_key(*key, *tid)[..])?;
-        }
-        stats.versions_removed = removals.len() as u64;
-        let removed: std::collections::HashSet<(Key, Tid)> = removals.into_iter().collect();
-
-        // Copy live bodies, in key order, into fresh segments after the current one.
-        let epoch = get_u64(&s.meta, &txn, META_EPOCH)?;
-        let current = get_u64(&s.meta, &txn, META_SEGMENT)? as u32;
-        let first_new = current + 1;
-        // Declared before the segment file so that the file is closed first on failure.
-        let written = Uncommitted::new(&s.segments, current, get_u64(&s.meta, &txn, META_TAIL)?);
-        let mut seg_state = (first_new, 0u64);
-        let mut out: Option<(File, u32)> = None;
-        let open = |seg: u32| s.segments.reader(seg, epoch);
-        for (i, (key, tid, _)) in all.iter().enumerate() {
-            if removed.contains(&(*key, *tid)) {
-                continue;
-            }
-            stats.versions_kept += 1;
-            let Some((bytes, mut rec)) =
-                record::packed_payload(&all, i, &removed, s.compression, &open)?
-            else {
-                continue;
-            };
-            if seg_state.1 >= s.segment_bytes {
-                if let Some((f, _)) = out.take() {
-                    f.sync_data().map_err(|e| Error::io("syncing segment", e))?;
-                }
-                seg_state = (seg_state.0 + 1, 0);
-            }
-            if out.is_none() {
-                out = Some((s.segments.writer(seg_state.0, true)?, seg_state.0));
-            }
-            let (file, _) = out.as_ref().expect("opened above");
-            let new_offset = segment::append(file, seg_state.1, &bytes, &key.to_string())?;
-            seg_state.1 = new_offset + bytes.len() as u64;
-            rec.body = rec.body.moved_to(seg_state.0, new_offset);
-            stats.body_bytes_after += bytes.len() as u64;
-            s.versions
-                .put(&mut txn, &version_key(*key, *tid)[..], &rec.encode())?;
-        }
-        if let Some((f, _)) = out {
-            f.sync_data().map_err(|e| Error::io("syncing segment", e))?;
-        }
-        sync_dir(&s.dir.join("segments"))?;
-        let hi = horizon.0.to_be_bytes();
-        s.log.delete_range(
-            &mut txn,
-            &(
-                std::ops::Bound::Unbounded,
-                std::ops::Bound::Included(&hi[..]),
-            ),
-        )?;
-        put_u64(&s.meta, &mut txn, META_SEGMENT, u64::from(seg_state.0))?;
-        put_u64(&s.meta, &mut txn, META_TAIL, seg_state.1)?;
-        put_u64(&s.meta, &mut txn, META_EPOCH, epoch + 1)?;
-        put_u64(&s.meta, &mut txn, META_HORIZON, horizon.0)?;
-        // Staging ids below this were allocated (and marked) before this pack took the lock.
-        let staged_before = get_u64(&s.meta, &txn, META_NEXT_STAGING)?;
-        txn.commit()?;
-        written.keep();
-        s.segments.delete_below(first_new)?;
-        // Every version was copied out above: staging segments nobody may publish from any
-        // more (their process ended, or moved on with nothing left staged) go.
-        let _staging = s.stager.lock(true)?;
-        let live_staging = s.stager.live_segments()?;
-        s.segments
-            .delete_staging_except(&live_staging, staged_before)?;
-        Ok(stats)
     }
 
     fn verify(&self) -> Result<VerifyReport> {

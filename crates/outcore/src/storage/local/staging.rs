@@ -358,21 +358,8 @@ impl Stager {
             .mode(0o600)
             .open(&path)
             .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        let how = if exclusive {
-            libc::LOCK_EX
-        } else {
-            libc::LOCK_SH
-        };
-        loop {
-            // SAFETY: flock on a descriptor we own; the lock goes with the descriptor.
-            if unsafe { libc::flock(file.as_raw_fd(), how) } == 0 {
-                return Ok(file);
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(Error::io("locking staging segments", e));
-            }
-        }
+        super::files::flock(&file, exclusive, "locking staging segments")?;
+        Ok(file)
     }
 
     /// The staging segments some live process may still publish from (by its marker).
