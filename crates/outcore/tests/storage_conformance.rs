@@ -740,6 +740,11 @@ fn staged_versions(fx: &Fixture) {
         .unwrap();
     assert!(extent.is_published());
     assert_eq!(s.load(k, tid).unwrap().unwrap().data, data, "stored short");
+    assert!(
+        allocated(extent.file()) < 64 * 1024,
+        "the staged space past the version is given back: {} bytes allocated",
+        allocated(extent.file())
+    );
     match s.locate(k, tid).unwrap() {
         Located::Mapped(e) => {
             assert_eq!(

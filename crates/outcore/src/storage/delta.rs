@@ -30,7 +30,7 @@ use crate::{Error, Result};
 pub(crate) const PAGE: usize = 4096;
 
 /// The most deltas a chain may hold before a commit stores the whole version again.
-pub(crate) const MAX_DEPTH: u32 = 16;
+pub(crate) const MAX_DEPTH: u32 = 64;
 
 /// The deltas of a chain may hold at most this many times the bytes of the whole version.
 pub(crate) const CHAIN_FACTOR: u64 = 2;

@@ -777,11 +777,11 @@ impl Shared {
         put_u64(&s.meta, &mut txn, META_TAIL, seg_state.1)?;
         txn.commit()?;
         appended.keep();
-        for (key, write) in &req.writes {
-            if let (Write::Staged { extent, .. }, true) = (write, key.is_block()) {
-                if extent.belongs_to(s.identity) {
-                    extent.mark_published();
-                }
+        for ((key, write), staged) in req.writes.iter().zip(&staged) {
+            if let (Write::Staged { extent, .. }, true, Some(record)) =
+                (write, key.is_block(), staged)
+            {
+                extent.publish(record.raw_len);
             }
         }
         Ok(tid)

@@ -92,6 +92,23 @@ impl StagedExtent {
         self.published.store(true, Ordering::Release);
     }
 
+    /// Marks the extent as the committed version of its first `used` bytes, and gives back
+    /// the space past them (allocated when staged, named by no record).
+    pub(crate) fn publish(&self, used: u64) {
+        self.mark_published();
+        self.trim(used);
+    }
+
+    /// Frees the extent's space past its first `used` bytes (whole pages).
+    fn trim(&self, used: u64) {
+        let keep = used.next_multiple_of(4096).min(self.len);
+        if keep < self.len {
+            if let Err(e) = punch_hole(&self.file, self.offset + keep, self.len - keep) {
+                tracing::warn!("giving back unused staged space: {e}");
+            }
+        }
+    }
+
     /// True once a commit published the extent.
     pub fn is_published(&self) -> bool {
         self.published.load(Ordering::Acquire)
@@ -112,6 +129,7 @@ impl StagedExtent {
                 self.len
             )));
         }
+        self.trim(len);
         self.file
             .sync_data()
             .map_err(|e| Error::io("syncing a staged version", e))?;
