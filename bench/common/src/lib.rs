@@ -113,3 +113,63 @@ pub fn verdict(ratio: f64, target: f64) -> &'static str {
         "FAIL"
     }
 }
+
+/// The median of `xs` (the upper middle element of an even count). Panics on empty input or
+/// NaN.
+pub fn median<T: Copy + PartialOrd>(xs: impl AsRef<[T]>) -> T {
+    let mut xs = xs.as_ref().to_vec();
+    xs.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    xs[xs.len() / 2]
+}
+
+/// Nearest-rank percentile `p` (0..=1) of `xs`. Panics on empty input or NaN.
+pub fn percentile<T: Copy + PartialOrd>(xs: impl AsRef<[T]>, p: f64) -> T {
+    let mut xs = xs.as_ref().to_vec();
+    xs.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    let rank = ((p * xs.len() as f64).ceil() as usize).clamp(1, xs.len());
+    xs[rank - 1]
+}
+
+/// The machine a report was made on: cores, kernel, CPU, memory, transparent huge pages,
+/// and with `dir` the file system holding it.
+pub fn machine(dir: Option<&std::path::Path>) -> Vec<String> {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = read("/proc/sys/kernel/osrelease").trim().to_string();
+    let model = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown", |(_, m)| m.trim())
+        .to_string();
+    let mem_gib = read("/proc/meminfo")
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / (1024.0 * 1024.0));
+    let thp = read("/sys/kernel/mm/transparent_hugepage/enabled")
+        .trim()
+        .to_string();
+    let mut out = vec![
+        format!("nproc: {nproc}"),
+        format!("kernel: {kernel}"),
+        format!("cpu: {model}"),
+        format!("memory: {mem_gib:.1} GiB"),
+        format!("transparent hugepages: {thp}"),
+    ];
+    if let Some(dir) = dir {
+        // The mount with the longest mount point that contains `dir`.
+        let fs = read("/proc/self/mounts")
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 3 && dir.starts_with(f[1]))
+                    .then(|| (f[1].len(), f[2].to_string(), f[0].to_string()))
+            })
+            .max_by_key(|m| m.0)
+            .map_or("unknown".to_string(), |(_, t, d)| format!("{t} on {d}"));
+        out.push(format!("benchmark dir: {} ({fs})", dir.display()));
+    }
+    out
+}

@@ -89,8 +89,8 @@ use outcore::storage::{
     Version,
 };
 use outcore_bench_common::{
-    add_one, as_bytes, expected_sum, fill, secs, sum1, utc_now, value, verdict, view1, BoxResult,
-    BLOCK_ELEMS, PERIOD,
+    add_one, as_bytes, expected_sum, fill, median, percentile, secs, sum1, utc_now, value, verdict,
+    view1, BoxResult, BLOCK_ELEMS, PERIOD,
 };
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
@@ -241,20 +241,6 @@ fn verify(v: ArrayView1<'_, f64>, sum: f64, plus: u64, what: &str) -> BoxResult<
         }
     }
     Ok(())
-}
-
-fn median<T: Copy + PartialOrd>(xs: &[T]) -> T {
-    let mut xs = xs.to_vec();
-    xs.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    xs[xs.len() / 2]
-}
-
-/// Nearest-rank percentile `p` (0..=1) of `xs`.
-fn percentile<T: Copy + PartialOrd>(xs: &[T], p: f64) -> T {
-    let mut xs = xs.to_vec();
-    xs.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    let rank = ((p * xs.len() as f64).ceil() as usize).clamp(1, xs.len());
-    xs[rank - 1]
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: one clock for every process of the machine.
@@ -1387,41 +1373,16 @@ fn inval_part(args: &Args, base: &str, schema: &str) -> BoxResult<InvalResults> 
 
 /// Machine description lines: cores, kernel, CPU model, memory.
 fn machine() -> Vec<String> {
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let uname = std::process::Command::new("uname")
-        .arg("-r")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| read("/proc/sys/kernel/osrelease").trim().to_string());
-    let cpuinfo = read("/proc/cpuinfo");
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map_or("unknown", |(_, m)| m.trim())
-        .to_string();
-    let mem_gib = read("/proc/meminfo")
-        .lines()
-        .find(|l| l.starts_with("MemTotal:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / (1024.0 * 1024.0));
     let uffd = match outcore::vm::fault_filling_unavailable() {
         None => "available (blocks fetched on first touch)".to_string(),
         Some(why) => format!("unavailable ({why}): blocks fetched when views are made"),
     };
     let budget = std::env::var("OUTCORE_CACHE_BYTES").unwrap_or_else(|_| "default".into());
-    vec![
-        format!("outcore fault-filled memory (userfaultfd): {uffd}; OUTCORE_CACHE_BYTES: {budget}"),
-        format!("nproc: {nproc}"),
-        format!("kernel (`uname -r`): {uname}"),
-        format!("cpu: {model}"),
-        format!("memory: {mem_gib:.1} GiB"),
-    ]
+    let mut lines = vec![format!(
+        "outcore fault-filled memory (userfaultfd): {uffd}; OUTCORE_CACHE_BYTES: {budget}"
+    )];
+    lines.extend(outcore_bench_common::machine(None));
+    lines
 }
 
 /// The server's version and the settings that matter here.
@@ -1516,8 +1477,8 @@ fn report_scan(out: &mut String, args: &Args, s: &ScanResults) {
             s.bytes as f64 / t / 1e9,
             raw / t,
             par / t,
-            secs(median(&m.cpu.iter().map(|c| c.process).collect::<Vec<_>>())),
-            secs(median(&m.cpu.iter().map(|c| c.machine).collect::<Vec<_>>())),
+            secs(median(m.cpu.iter().map(|c| c.process).collect::<Vec<_>>())),
+            secs(median(m.cpu.iter().map(|c| c.machine).collect::<Vec<_>>())),
         );
     }
     let o = &s.outcore;
@@ -1590,8 +1551,8 @@ fn report_commit(out: &mut String, c: &CommitResults) {
             "| {name} | {rw:.3} | {wr:.3} | {tot:.3} | {:.0} | {:.0} | {:.2} | {:.2} |",
             c.bytes as f64 / tot / 1e6,
             c.bytes as f64 / wr / 1e6,
-            secs(median(&m.cpu.iter().map(|c| c.process).collect::<Vec<_>>())),
-            secs(median(&m.cpu.iter().map(|c| c.machine).collect::<Vec<_>>())),
+            secs(median(m.cpu.iter().map(|c| c.process).collect::<Vec<_>>())),
+            secs(median(m.cpu.iter().map(|c| c.machine).collect::<Vec<_>>())),
         );
     }
     let o = &c.outcore;
@@ -1608,7 +1569,7 @@ fn report_commit(out: &mut String, c: &CommitResults) {
         med_s(&o.load_many),
         median(&o.reloaded) as f64 / f64::from(1u32 << 20),
         median(
-            &o.write
+            o.write
                 .iter()
                 .zip(o.store_commit.iter().zip(&o.load_many))
                 .map(|(w, (s, l))| secs(w.saturating_sub(*s + *l)))
@@ -1677,7 +1638,7 @@ fn report_inval(out: &mut String, r: &InvalResults) {
     }
     let _ = writeln!(out);
     for (name, t) in [("poll", &r.modes[0]), ("listen", &r.modes[1])] {
-        let col = |i: usize| median(&t.last_read.iter().map(|x| x[i]).collect::<Vec<_>>());
+        let col = |i: usize| median(t.last_read.iter().map(|x| x[i]).collect::<Vec<_>>());
         let _ = writeln!(
             out,
             "* {name}: B's `begin()` + read that saw the change took {:.2} ms (median): head + \

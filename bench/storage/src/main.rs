@@ -46,7 +46,7 @@ use heed::{Database, Env, EnvOpenOptions, WithoutTls};
 use outcore::storage::{
     CommitRequest, Key, LocalStorage, Located, Oid, Storage, Tid, TxnMeta, Write,
 };
-use outcore_bench_common::{secs, utc_now};
+use outcore_bench_common::{machine, median, secs, utc_now};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{RngCore, SeedableRng};
@@ -385,12 +385,6 @@ impl Reader for OutcoreMmap {
     }
 }
 
-/// Median of `times`.
-fn median(mut times: Vec<Duration>) -> Duration {
-    times.sort();
-    times[times.len() / 2]
-}
-
 /// Writes `blocks` blocks into every writer, taking turns commit by commit (the order rotates
 /// each round) so all of them see the same disk conditions. Returns each writer's total time.
 fn write_interleaved(
@@ -480,44 +474,6 @@ impl Drop for TempDir {
     }
 }
 
-/// Machine description lines: cores, kernel, CPU model, memory, file system of `dir`.
-fn machine(dir: &Path) -> Vec<String> {
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = read("/proc/sys/kernel/osrelease").trim().to_string();
-    let cpuinfo = read("/proc/cpuinfo");
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map_or("unknown", |(_, m)| m.trim())
-        .to_string();
-    let meminfo = read("/proc/meminfo");
-    let mem_gib = meminfo
-        .lines()
-        .find(|l| l.starts_with("MemTotal:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / (1024.0 * 1024.0));
-    // The mount with the longest mount point that contains `dir`.
-    let mounts = read("/proc/self/mounts");
-    let fs = mounts
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 3 && dir.starts_with(f[1])).then(|| (f[1].len(), f[2], f[0]))
-        })
-        .max_by_key(|m| m.0)
-        .map_or("unknown".to_string(), |(_, t, d)| format!("{t} on {d}"));
-    vec![
-        format!("nproc: {nproc}"),
-        format!("kernel: {kernel}"),
-        format!("cpu: {model}"),
-        format!("memory: {mem_gib:.1} GiB"),
-        format!("benchmark dir: {} ({fs})", dir.display()),
-    ]
-}
-
 /// The directory the benchmark directory was created in.
 fn root_parent(root: &Path) -> &Path {
     root.parent().unwrap_or(root)
@@ -604,7 +560,7 @@ fn main() -> BoxResult<()> {
     let tmp = TempDir(root);
 
     let when = utc_now();
-    let machine = machine(root_parent(&tmp.0));
+    let machine = machine(Some(root_parent(&tmp.0)));
     println!("outcore storage benchmark, {when}");
     for line in &machine {
         println!("  {line}");

@@ -75,8 +75,8 @@ use ndarray::{s, ArrayView1, ArrayViewMut1};
 use outcore::array::Order;
 use outcore::db::{BigArray, Connection, Database};
 use outcore_bench_common::{
-    add_one, as_bytes, expected_sum, fill, secs, sum1, utc_now, value, verdict, view1, BoxResult,
-    BLOCK_ELEMS,
+    add_one, as_bytes, expected_sum, fill, machine, median, secs, sum1, utc_now, value, verdict,
+    view1, BoxResult, BLOCK_ELEMS,
 };
 
 mod fault;
@@ -358,11 +358,6 @@ fn write_raw_file(path: &Path, n: u64, plus: u64) -> BoxResult<File> {
 /// The shortest of `xs`.
 fn best(xs: &[Duration]) -> Duration {
     xs.iter().copied().min().unwrap_or_default()
-}
-
-fn median<T: Copy + PartialOrd>(mut xs: Vec<T>) -> T {
-    xs.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    xs[xs.len() / 2]
 }
 
 /// One scan variant's timed passes.
@@ -818,54 +813,6 @@ impl Drop for TempDir {
     }
 }
 
-/// Machine description lines: cores, kernel, CPU model, memory, file system of `dir`.
-fn machine(dir: &Path) -> Vec<String> {
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let uname = std::process::Command::new("uname")
-        .arg("-r")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| read("/proc/sys/kernel/osrelease").trim().to_string());
-    let cpuinfo = read("/proc/cpuinfo");
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map_or("unknown", |(_, m)| m.trim())
-        .to_string();
-    let mem_gib = read("/proc/meminfo")
-        .lines()
-        .find(|l| l.starts_with("MemTotal:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / (1024.0 * 1024.0));
-    let thp = read("/sys/kernel/mm/transparent_hugepage/enabled")
-        .trim()
-        .to_string();
-    // The mount with the longest mount point that contains `dir`.
-    let fs = read("/proc/self/mounts")
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 3 && dir.starts_with(f[1]))
-                .then(|| (f[1].len(), f[2].to_string(), f[0].to_string()))
-        })
-        .max_by_key(|m| m.0)
-        .map_or("unknown".to_string(), |(_, t, d)| format!("{t} on {d}"));
-    vec![
-        format!("nproc: {nproc}"),
-        format!("kernel (`uname -r`): {uname}"),
-        format!("cpu: {model}"),
-        format!("memory: {mem_gib:.1} GiB"),
-        format!("transparent hugepages: {thp}"),
-        format!("benchmark dir: {} ({fs})", dir.display()),
-    ]
-}
-
 /// The command line that reproduces this run.
 fn command(args: &Args) -> String {
     format!(
@@ -974,7 +921,7 @@ fn report(
     let mut out = String::new();
     let _ = writeln!(out, "# VM benchmark results\n");
     let _ = writeln!(out, "{}, machine:\n", utc_now());
-    for l in machine(&args.dir) {
+    for l in machine(Some(&args.dir)) {
         let _ = writeln!(out, "* {l}");
     }
     let _ = writeln!(
