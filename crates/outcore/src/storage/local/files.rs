@@ -215,9 +215,25 @@ pub(super) fn free_bytes(path: &Path) -> Option<u64> {
     Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
+/// Opens (creating, mode 0600) the lock file at `path` and locks it (see [`flock`]); the lock
+/// is held until the returned file is dropped.
+pub(super) fn lock_file(path: &Path, exclusive: bool, what: &str) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    flock(&file, exclusive, what)?;
+    Ok(file)
+}
+
 /// Takes an advisory lock on `file` (`flock`: exclusive or shared), retrying when
 /// interrupted; it is released when the descriptor is closed.
-pub(super) fn flock(file: &File, exclusive: bool, what: &str) -> Result<()> {
+fn flock(file: &File, exclusive: bool, what: &str) -> Result<()> {
     use std::os::fd::AsRawFd;
     let how = if exclusive {
         libc::LOCK_EX

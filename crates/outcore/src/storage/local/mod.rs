@@ -48,7 +48,7 @@ use heed::{Database, Env, EnvFlags, EnvOpenOptions, MdbError, RoTxn, RwTxn, With
 
 use super::codec::{self, Compression};
 use super::delta::Tip;
-use super::record::{self, decode_log, encode_log, Body, Chain, VersionRecord};
+use super::record::{self, encode_log, Body, Chain, VersionRecord};
 use super::{
     segment, CommitRequest, Key, Located, Oid, PackStats, Storage, Tid, TxnInfo, VerifyReport,
     Version, Write,
@@ -887,37 +887,15 @@ impl Shared {
     }
 
     fn log(&self, after: Tid, upto: Tid) -> Result<Vec<TxnInfo>> {
-        let s = self;
-        let txn = s.env.read_txn()?;
-        let packed = Tid(get_u64(&s.meta, &txn, META_HORIZON)?);
+        let txn = self.env.read_txn()?;
+        let packed = Tid(get_u64(&self.meta, &txn, META_HORIZON)?);
         if after < packed {
             return Err(Error::SnapshotTooOld {
                 horizon: packed,
                 requested: after,
             });
         }
-        if upto <= after {
-            return Ok(Vec::new());
-        }
-        let lo = (after.0 + 1).to_be_bytes();
-        let hi = upto.0.to_be_bytes();
-        let range = (
-            std::ops::Bound::Included(&lo[..]),
-            std::ops::Bound::Included(&hi[..]),
-        );
-        let mut out = Vec::new();
-        for item in s.log.range(&txn, &range)? {
-            let (k, v) = item?;
-            let tid = Tid(u64::from_be_bytes(k.try_into().map_err(|_| {
-                Error::Corrupt {
-                    key: Key::Meta(super::Oid(0)),
-                    tid: Tid::ZERO,
-                    reason: "bad commit-log key".into(),
-                }
-            })?));
-            out.push(decode_log(v, tid)?);
-        }
-        Ok(out)
+        self.log_entries(&txn, after, upto)
     }
 
     fn block_indices(&self, file: Oid, at: Tid) -> Result<Vec<u64>> {

@@ -121,21 +121,11 @@ impl Shared {
     /// The pack lock (`<store>/pack.lock`, `flock`): one pack at a time per store; `fence`
     /// takes it to wait for a running pack.
     pub(super) fn pack_lock(&self) -> Result<File> {
-        let path = self.dir.join("pack.lock");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        super::files::flock(&file, true, "waiting for a pack")?;
-        Ok(file)
+        super::files::lock_file(&self.dir.join("pack.lock"), true, "waiting for a pack")
     }
 
     /// The commit-log entries with `after < tid <= upto`, as `txn` sees them.
-    fn log_entries(
+    pub(super) fn log_entries(
         &self,
         txn: &heed::RoTxn,
         after: Tid,

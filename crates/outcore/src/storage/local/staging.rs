@@ -367,17 +367,11 @@ impl Stager {
     /// commit either sees a deleted segment (and fails, nothing written) or keeps it.
     pub fn lock(&self, exclusive: bool) -> Result<File> {
         super::create_private_dir(&self.markers)?;
-        let path = self.markers.join(".lock");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        super::files::flock(&file, exclusive, "locking staging segments")?;
-        Ok(file)
+        super::files::lock_file(
+            &self.markers.join(".lock"),
+            exclusive,
+            "locking staging segments",
+        )
     }
 
     /// The staging segments some live process may still publish from (by its marker).
