@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::source::{SnapshotSource, StagedBlock};
+use super::source::{SnapshotSource, StagedBlock, StoreSpill};
 use crate::array::ArrayMeta;
 use crate::storage::{Key, Oid, Payload, StagedHold, StagedRef, Storage, Tid, Write};
 use crate::vm::BlockMemory;
@@ -245,6 +245,13 @@ impl ArrayHandle {
         };
         let need = (blocks.end.max(first + 1) - first).saturating_mul(blk);
         let window = self.reserve_window(g, first, need)?;
+        if self.writable {
+            // Above the process's dirty budget, written blocks move to staged space.
+            window.spill_to(Arc::new(StoreSpill {
+                storage: storage.clone(),
+                blksize: g.meta.blksize,
+            }));
+        }
         // Windows no view uses and that hold no writes are released first (they would only
         // take address space).
         let mut kept = Vec::with_capacity(windows.len() + 1);

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::storage::{Key, Located, Oid, StagedExtent, Storage, Tid};
-use crate::vm::{Backing, BlockSource, Fetch, FilePiece, Staging};
+use crate::vm::{Backing, BlockSource, Fetch, FilePiece, SpillTarget, Staging};
 use crate::{Error, Result};
 
 /// A block stored as more pieces than this (changed pages of several commits scattered over
@@ -42,6 +42,22 @@ impl Staging for StagedBlock {
 
     fn as_any(&self) -> &dyn std::any::Any {
         self
+    }
+}
+
+/// Where a writable window spills written blocks: staged space of the store, if it has any.
+#[derive(Debug)]
+pub(crate) struct StoreSpill {
+    pub storage: Arc<dyn Storage>,
+    pub blksize: usize,
+}
+
+impl SpillTarget for StoreSpill {
+    fn stage(&self) -> Result<Option<Arc<dyn Staging>>> {
+        Ok(self
+            .storage
+            .stage(self.blksize as u64)?
+            .map(|extent| Arc::new(StagedBlock(extent)) as Arc<dyn Staging>))
     }
 }
 

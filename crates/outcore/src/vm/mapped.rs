@@ -37,6 +37,10 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+mod spill;
+
+pub use spill::SpillTarget;
+
 use super::dirty::{self, PAGE};
 use super::reservation::Reservation;
 use super::uffd::Fetch;
@@ -149,6 +153,8 @@ pub struct BlockMemory {
     what: String,
     reservation: Arc<Reservation>,
     state: Mutex<State>,
+    /// Where written blocks are spilled above the process's dirty budget (set once).
+    spill_target: std::sync::OnceLock<Arc<dyn SpillTarget>>,
 }
 
 #[derive(Debug, Default)]
@@ -160,6 +166,12 @@ struct State {
     next_fragmentation_check: usize,
     /// The staged space of blocks mapped [`Mapped::Staged`].
     staged: BTreeMap<u64, Arc<dyn Staging>>,
+    /// The stored version mapped at blocks mapped from files ([`Mapped::File`],
+    /// [`Mapped::Pieces`]), kept so that a spilled block can show it again.
+    versions: BTreeMap<u64, Backing>,
+    /// Spilled blocks (mapped [`Mapped::Staged`]) and the version their writes apply to:
+    /// discarding the writes maps that version again.
+    spilled: BTreeMap<u64, Backing>,
     /// Every block is fetched on touch (file extents and holes included): set once the
     /// blocks' file extents would need more kernel mappings than the budget allows (see
     /// [`BlockMemory::ensure_mapped`]). Fetched blocks of a window share a few mappings.
@@ -332,6 +344,7 @@ impl BlockMemory {
             what: "an array".into(),
             reservation,
             state: Mutex::new(State::default()),
+            spill_target: std::sync::OnceLock::new(),
         })
     }
 
@@ -561,8 +574,13 @@ impl BlockMemory {
                 }
                 _ => self.map_anonymous(first, 0, run.len() * self.blksize)?,
             }
-            for (b, _) in &run {
+            for (b, backing) in &run {
                 state.staged.remove(b);
+                state.spilled.remove(b);
+                match backing {
+                    Backing::File { .. } => state.versions.insert(*b, backing.clone()),
+                    _ => state.versions.remove(b),
+                };
                 let previous = state.mapped.insert(*b, mapped_as(*b)?);
                 if let (Some(Mapped::Decoded), Some(d)) = (previous, &state.decoded) {
                     punch_hole(d, self.rel(*b) * self.blksize as u64, self.blksize as u64)?;
@@ -591,6 +609,8 @@ impl BlockMemory {
                 server.retire(region, self.rel(block));
             }
         }
+        let version =
+            matches!(backing, Backing::File { .. } | Backing::Pieces(_)).then(|| backing.clone());
         let mapped = match backing {
             Backing::Hole => {
                 self.map_anonymous(block, 0, self.blksize)?;
@@ -695,6 +715,11 @@ impl BlockMemory {
             // Replaced: the owner gives unpublished space back when the last holder drops it.
             state.staged.remove(&block);
         }
+        state.spilled.remove(&block);
+        match version {
+            Some(v) => state.versions.insert(block, v),
+            None => state.versions.remove(&block),
+        };
         match state.mapped.insert(block, mapped.clone()) {
             Some(Mapped::Decoded) if mapped != Mapped::Decoded => {
                 if let Some(d) = &state.decoded {
@@ -955,6 +980,12 @@ impl BlockMemory {
             }
         }
         for (&block, staging) in &state.staged {
+            if state.spilled.contains_key(&block) {
+                // Spilled writes over a version: the whole block is the new version (its
+                // pages cannot be told apart from the version's any more).
+                out.insert(block, vec![0..self.blksize]);
+                continue;
+            }
             let ranges = self.written_staged(block, staging.as_ref())?;
             if !ranges.is_empty() {
                 out.insert(block, ranges);
@@ -1131,6 +1162,14 @@ impl BlockMemory {
                 }
                 None => self.madvise_dontneed(block, &whole),
             };
+        }
+        {
+            let mut state = self.lock();
+            if let Some(version) = state.spilled.get(&block).cloned() {
+                // Spilled: the writes live in staged space over the version. Map the version
+                // again (the staged space is given back when dropped).
+                return self.install_locked(&mut state, block, version);
+            }
         }
         if let Some(staging) = self.lock().staged.get(&block).cloned() {
             // Shared pages live in the file: give them back there (they read as zeros again,

@@ -5,14 +5,18 @@
 //! whose block versions are immutable, page-aligned file extents — is [`BlockMemory`]; its
 //! block state machine is documented there.
 
+mod barrier;
 mod dirty;
+mod dirty_budget;
 mod mapped;
 mod reservation;
 mod uffd;
 
 pub use dirty::{method as scan_method, ScanMethod, PAGE};
+pub use dirty_budget::{dirty_budget, set_dirty_budget, spill_over};
 pub use mapped::{
-    live_memories, max_map_count, Backing, BlockMemory, BlockSource, FilePiece, Staging,
+    live_memories, max_map_count, Backing, BlockMemory, BlockSource, FilePiece, SpillTarget,
+    Staging,
 };
 pub use reservation::{Reservation, ALIGN};
 pub use uffd::{stats as fault_stats, FaultStats, Fetch};

@@ -1,0 +1,252 @@
+//! Spilling: uncommitted writes of a transaction move out of private memory into staged space
+//! of the embedded store (`vm::spill_over`, run by the spill thread above the dirty budget;
+//! called directly here). The written bytes must stay exactly what the program wrote — also
+//! while other threads keep writing the blocks being spilled — commit must publish them,
+//! abort and rollback must show the version before, and the staged space must be given back.
+//!
+//! One test binary: the dirty budget and the spill candidates are process-wide, so the tests
+//! take a lock and never run side by side.
+
+mod common;
+use common::status_kb;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use outcore::array::Order;
+use outcore::db::Database;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// 2 MiB blocks of u64.
+const PER_BLOCK: u64 = (2 << 20) / 8;
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    // The spill thread would otherwise spill on its own at unexpected moments.
+    outcore::vm::set_dirty_budget(u64::MAX);
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Bytes allocated on disk by the staging segments of the store (`segments/s<id>.seg` with
+/// ids from 2**31).
+fn staged_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir.join("segments"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix('s')
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|id| id >= 1 << 31)
+        })
+        .map(|e| e.metadata().unwrap().blocks() * 512)
+        .sum()
+}
+
+/// A store with array "a" of `blocks` blocks of u64, element i holding i, committed.
+fn store_with_array(blocks: u64) -> (tempfile::TempDir, Database) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path().to_str().unwrap()).unwrap();
+    let conn = db.connect().unwrap();
+    let mut a = conn
+        .create::<u64>("a", &[blocks * PER_BLOCK], Order::C)
+        .unwrap();
+    for (i, x) in a.view_mut::<u64>().unwrap().iter_mut().enumerate() {
+        *x = i as u64;
+    }
+    conn.commit().unwrap();
+    (dir, db)
+}
+
+fn read_all(db: &Database) -> Vec<u64> {
+    let conn = db.connect().unwrap();
+    let a = conn.array("a").unwrap();
+    let v = a.view::<u64>().unwrap();
+    v.iter().copied().collect()
+}
+
+#[test]
+fn spilled_writes_commit_and_free_private_memory() {
+    let _s = serial();
+    let blocks = 32; // 64 MiB
+    let (dir, db) = store_with_array(blocks);
+    let conn = db.connect().unwrap();
+    let mut a = conn.array("a").unwrap();
+    let anon_before = status_kb("RssAnon:");
+    for x in a.view_mut::<u64>().unwrap().iter_mut() {
+        *x = x.wrapping_mul(3) + 1;
+    }
+    let anon_written = status_kb("RssAnon:");
+    assert!(
+        anon_written > anon_before + 48 * 1024,
+        "the writes should be private memory first: {anon_before} -> {anon_written} kB"
+    );
+    let left = outcore::vm::spill_over(0).unwrap();
+    assert_eq!(left, 0, "every written block spills");
+    let anon_spilled = status_kb("RssAnon:");
+    assert!(
+        anon_spilled + 48 * 1024 < anon_written,
+        "spilling gives the private memory back: {anon_written} -> {anon_spilled} kB"
+    );
+    assert!(staged_bytes(dir.path()) >= 64 << 20);
+    // The bytes read back through the view are the written ones, and writes after the
+    // spill land too.
+    {
+        let mut v = a.view_mut::<u64>().unwrap();
+        for (i, x) in v.iter().enumerate() {
+            assert!(
+                *x == (i as u64) * 3 + 1,
+                "element {i} reads {x} after spilling"
+            );
+        }
+        v[[5]] = 55;
+    }
+    conn.commit().unwrap();
+    drop(a);
+    drop(conn);
+    let all = read_all(&db);
+    for (i, x) in all.iter().enumerate() {
+        let want = if i == 5 { 55 } else { i as u64 * 3 + 1 };
+        assert!(*x == want, "element {i} reads {x} after commit, not {want}");
+    }
+    let report = db.storage().verify().unwrap();
+    assert!(
+        report.problems.is_empty(),
+        "verify after a spilled commit: {report:?}"
+    );
+    drop(db);
+    let db = Database::open(dir.path().to_str().unwrap()).unwrap();
+    assert_eq!(read_all(&db)[7], 22, "reopened");
+}
+
+#[test]
+fn abort_after_spill_shows_the_version_before_and_frees_the_space() {
+    let _s = serial();
+    let (dir, db) = store_with_array(8);
+    let conn = db.connect().unwrap();
+    let mut a = conn.array("a").unwrap();
+    // The array's first version was written into staged space too (new data), published.
+    let published = staged_bytes(dir.path());
+    a.view_mut::<u64>().unwrap().fill(7);
+    outcore::vm::spill_over(0).unwrap();
+    assert!(staged_bytes(dir.path()) >= published + (16 << 20));
+    conn.abort().unwrap();
+    {
+        let v = a.view::<u64>().unwrap();
+        for (i, x) in v.iter().enumerate() {
+            assert!(*x == i as u64, "element {i} reads {x} after abort");
+        }
+    }
+    assert!(
+        // (a page of slack: the file system may keep one for a new segment's end)
+        staged_bytes(dir.path()) <= published + (64 << 10),
+        "the spilled space is given back at abort ({} bytes staged, {published} before)",
+        staged_bytes(dir.path())
+    );
+    // Written again, the blocks spill again and commit.
+    a.view_mut::<u64>().unwrap().fill(9);
+    outcore::vm::spill_over(0).unwrap();
+    conn.commit().unwrap();
+    drop(a);
+    assert!(read_all(&db).iter().all(|&x| x == 9));
+}
+
+#[test]
+fn rollback_across_a_spill_restores_the_savepoint() {
+    let _s = serial();
+    let (_dir, db) = store_with_array(4);
+    let conn = db.connect().unwrap();
+    let mut a = conn.array("a").unwrap();
+    a.view_mut::<u64>().unwrap()[[3]] = 1003;
+    let sp = conn.savepoint().unwrap();
+    a.view_mut::<u64>().unwrap().fill(5);
+    outcore::vm::spill_over(0).unwrap();
+    conn.rollback(&sp).unwrap();
+    {
+        let v = a.view::<u64>().unwrap();
+        for (i, x) in v.iter().enumerate() {
+            let want = if i == 3 { 1003 } else { i as u64 };
+            assert!(
+                *x == want,
+                "element {i} reads {x} after rollback, not {want}"
+            );
+        }
+    }
+    conn.commit().unwrap();
+    drop(a);
+    let all = read_all(&db);
+    assert_eq!(all[3], 1003);
+    assert_eq!(all[4], 4);
+}
+
+/// A thread keeps writing elements at random places (checking that its previous write
+/// there is still in place) while the blocks are spilled under it, transaction after
+/// transaction. A write landing in memory a spill had already copied would be lost: the
+/// writer would read an older value, and the committed array would differ from its record.
+#[test]
+fn writes_racing_a_spill_are_never_lost() {
+    let _s = serial();
+    let blocks = 16;
+    let n = blocks * PER_BLOCK;
+    let (_dir, db) = store_with_array(blocks);
+    let conn = db.connect().unwrap();
+    let a = conn.array("a").unwrap();
+    // What the writer last wrote at each element (the committed value to begin with).
+    let mut expected: Vec<u64> = (0..n).collect();
+    for txn in 0..8u64 {
+        let view = a.raw_view(0..n).unwrap();
+        let addr = view.ptr as usize;
+        let stop = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(AtomicU64::new(0));
+        let writer = {
+            let stop = stop.clone();
+            let progress = progress.clone();
+            let mut expected = std::mem::take(&mut expected);
+            std::thread::spawn(move || {
+                let p = addr as *mut u64;
+                let mut lost = 0u64;
+                let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ txn;
+                let mut count = 0u64;
+                while !stop.load(Ordering::Relaxed) || count < 100_000 {
+                    // xorshift: positions all over the array, so writes hit blocks being
+                    // spilled and parts of them already copied.
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let i = (x % n) as usize;
+                    // SAFETY: `i < n` elements of the raw view, which `view` keeps mapped
+                    // until this thread is joined; only this thread writes the array.
+                    let at = unsafe { p.add(i) };
+                    if unsafe { at.read_volatile() } != expected[i] {
+                        lost += 1;
+                    }
+                    count += 1;
+                    progress.store(count, Ordering::Relaxed);
+                    let value = (txn << 40) | count;
+                    unsafe { at.write_volatile(value) };
+                    expected[i] = value;
+                }
+                (expected, lost)
+            })
+        };
+        // Spill while the writer runs (each block once per transaction), once it has
+        // written into every block.
+        while progress.load(Ordering::Relaxed) < 10_000 {
+            std::hint::spin_loop();
+        }
+        while outcore::vm::spill_over(0).unwrap() != 0 {}
+        stop.store(true, Ordering::Relaxed);
+        let (record, lost) = writer.join().unwrap();
+        expected = record;
+        assert_eq!(lost, 0, "transaction {txn}: writes lost while spilling");
+        conn.commit().unwrap();
+        drop(view);
+        let v = a.view::<u64>().unwrap();
+        let wrong = v.iter().zip(&expected).filter(|(x, e)| x != e).count();
+        assert_eq!(wrong, 0, "transaction {txn}: elements differ after commit");
+    }
+    let report = db.storage().verify().unwrap();
+    assert!(report.problems.is_empty(), "{report:?}");
+}
