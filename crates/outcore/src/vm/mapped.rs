@@ -983,7 +983,7 @@ impl BlockMemory {
             if state.spilled.contains_key(&block) {
                 // Spilled writes over a version: the whole block is the new version (its
                 // pages cannot be told apart from the version's any more).
-                out.insert(block, vec![0..self.blksize]);
+                out.insert(block, std::iter::once(0..self.blksize).collect());
                 continue;
             }
             let ranges = self.written_staged(block, staging.as_ref())?;
