@@ -3,7 +3,9 @@
 //! cache the kernel reclaims, so it completes and anonymous memory stays small. Written in
 //! transactions of 64 MiB, and in one transaction through one view (new data is written into
 //! staged space of the store: page cache the kernel writes back and reclaims, not anonymous
-//! memory).
+//! memory). Then rewritten in one transaction, committed or aborted: the rewrites are private
+//! memory until the spill thread moves them to staged space (the default dirty budget is a
+//! quarter of the cgroup's limit).
 
 mod common;
 use common::status_kb;
@@ -26,32 +28,87 @@ fn memory_cgroup() -> Option<PathBuf> {
     dir.join("memory.limit_in_bytes").exists().then_some(dir)
 }
 
+/// What the child does: write the array in 64 MiB transactions (`chunks`), in one
+/// transaction (`one`), or in one and then rewrite all of it in one more transaction that
+/// commits (`rewrite`) or aborts (`rewrite-abort`; the store's disk usage after the abort is
+/// reported against before the rewrite).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    Chunks,
+    One,
+    Rewrite,
+    RewriteAbort,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Chunks => "chunks",
+            Mode::One => "one",
+            Mode::Rewrite => "rewrite",
+            Mode::RewriteAbort => "rewrite-abort",
+        }
+    }
+}
+
+/// Bytes allocated on disk under `dir`.
+fn disk_usage(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let m = e.metadata().unwrap();
+        total += if m.is_dir() {
+            disk_usage(&e.path())
+        } else {
+            m.blocks() * 512
+        };
+    }
+    total
+}
+
 #[test]
 fn child_entry() {
     let Ok(dir) = std::env::var("OUTCORE_CGROUP_CHILD") else {
         return;
     };
     let gib: u64 = std::env::var("OUTCORE_GIB").unwrap().parse().unwrap();
+    let mode = std::env::var("OUTCORE_MODE").unwrap();
     let n = gib << 27; // f64 elements
     let db = Database::open(&dir).unwrap();
     let conn = db.connect().unwrap();
     let mut a = conn.create::<f64>("big", &[n], Order::C).unwrap();
     conn.commit().unwrap();
     let chunk = 8u64 << 20; // 64 MiB of f64 per transaction
-    if std::env::var_os("OUTCORE_ONE_TXN").is_some() {
+    if mode == "chunks" {
+        let mut start = 0;
+        while start < n {
+            let end = (start + chunk).min(n);
+            a.slice_mut::<f64, _>(ndarray::s![start as isize..end as isize])
+                .unwrap()
+                .fill(1.0);
+            conn.commit().unwrap();
+            start = end;
+        }
+    } else {
         a.view_mut::<f64>().unwrap().fill(1.0);
         conn.commit().unwrap();
     }
-    let mut start = 0;
-    while start < n && std::env::var_os("OUTCORE_ONE_TXN").is_none() {
-        let end = (start + chunk).min(n);
-        a.slice_mut::<f64, _>(ndarray::s![start as isize..end as isize])
-            .unwrap()
-            .fill(1.0);
-        conn.commit().unwrap();
-        start = end;
+    if mode.starts_with("rewrite") {
+        // Existing data, rewritten in one transaction: private memory until the spill
+        // thread moves it to staged space.
+        let before = disk_usage(std::path::Path::new(&dir));
+        a.view_mut::<f64>().unwrap().fill(2.0);
+        if mode == "rewrite" {
+            conn.commit().unwrap();
+        } else {
+            conn.abort().unwrap();
+            let after = disk_usage(std::path::Path::new(&dir));
+            println!("\n@disk_growth_kb {}", after.saturating_sub(before) >> 10);
+        }
     }
     drop(a);
+    drop(conn);
+    let db = Database::open(&dir).unwrap();
     let reader = db.connect().unwrap();
     let a = reader.array("big").unwrap();
     let anon_before = status_kb("RssAnon:");
@@ -72,15 +129,25 @@ fn child_entry() {
 
 #[test]
 fn array_four_times_the_memory_limit() {
-    four_times_the_memory_limit(false);
+    four_times_the_memory_limit(Mode::Chunks);
 }
 
 #[test]
 fn one_transaction_of_new_data_four_times_the_memory_limit() {
-    four_times_the_memory_limit(true);
+    four_times_the_memory_limit(Mode::One);
 }
 
-fn four_times_the_memory_limit(one_transaction: bool) {
+#[test]
+fn one_transaction_rewriting_four_times_the_memory_limit() {
+    four_times_the_memory_limit(Mode::Rewrite);
+}
+
+#[test]
+fn aborted_rewrite_four_times_the_memory_limit_gives_the_space_back() {
+    four_times_the_memory_limit(Mode::RewriteAbort);
+}
+
+fn four_times_the_memory_limit(mode: Mode) {
     // Without a writable cgroup-v1 memory controller (not root, cgroup v2 only) the limit
     // cannot be set: say so loudly rather than pretend.
     let Some(parent) = memory_cgroup() else {
@@ -95,7 +162,7 @@ fn four_times_the_memory_limit(one_transaction: bool) {
     let group = parent.join(format!(
         "outcore-test-{}-{}",
         std::process::id(),
-        u8::from(one_transaction)
+        mode.name()
     ));
     if let Err(e) = std::fs::create_dir_all(&group)
         .and_then(|_| std::fs::write(group.join("memory.limit_in_bytes"), LIMIT.to_string()))
@@ -110,11 +177,8 @@ fn four_times_the_memory_limit(one_transaction: bool) {
     let exe = std::env::current_exe().unwrap();
     let procs = group.join("cgroup.procs");
     // The child joins the cgroup before it starts (shell `exec` keeps the pid).
-    let mut child = Command::new("sh");
-    if one_transaction {
-        child.env("OUTCORE_ONE_TXN", "1");
-    }
-    let out = child
+    let out = Command::new("sh")
+        .env("OUTCORE_MODE", mode.name())
         .arg("-c")
         .arg(format!(
             "echo $$ > {} && exec {} --exact child_entry --nocapture",
@@ -138,23 +202,37 @@ fn four_times_the_memory_limit(one_transaction: bool) {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let line = stdout
-        .lines()
-        .find_map(|l| l.split_once('@').map(|(_, r)| r.to_string()))
-        .unwrap();
-    let fields: Vec<&str> = line.split(' ').collect();
-    let sum: f64 = fields[1].parse().unwrap();
-    let growth_kb: u64 = fields[3].parse().unwrap();
+    let field = |name: &str| -> u64 {
+        stdout
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.iter()
+                    .position(|x| *x == name)
+                    .map(|i| f[i + 1].parse::<f64>().unwrap() as u64)
+            })
+            .unwrap_or_else(|| panic!("{name} missing in: {stdout}"))
+    };
+    let sum = field("@sum");
+    let growth_kb = field("anon_growth_kb");
     eprintln!(
-        "{gib} GiB in a 1 GiB cgroup (one transaction: {one_transaction}): peak {} MiB, \
-         anon growth while reading {} MiB",
+        "{gib} GiB in a 1 GiB cgroup ({}): peak {} MiB, anon growth while reading {} MiB",
+        mode.name(),
         peak >> 20,
         growth_kb >> 10
     );
-    assert_eq!(sum, (gib << 27) as f64);
+    let value = if mode == Mode::Rewrite { 2 } else { 1 };
+    assert_eq!(sum, value * (gib << 27));
     assert!(peak <= LIMIT);
     assert!(
         growth_kb < 100 * 1024,
         "anonymous memory grew by {growth_kb} kB while reading"
     );
+    if mode == Mode::RewriteAbort {
+        let disk_kb = field("@disk_growth_kb");
+        assert!(
+            disk_kb < 64 * 1024,
+            "the aborted rewrite left {disk_kb} kB on disk"
+        );
+    }
 }
