@@ -28,6 +28,12 @@ log = logging.getLogger("outcore")
 DEFAULT_CACHE_BYTES = 1 << 30
 
 
+def _positive(name: str, value: int | None) -> int | None:
+    if value is not None and (not isinstance(value, int) or value <= 0):
+        raise ValueError(f"{name} must be a positive int, not {value!r}")
+    return value
+
+
 def _cache_bytes(value: int | str | None) -> int:
     if value is None:
         value = os.environ.get("OUTCORE_CACHE_BYTES", DEFAULT_CACHE_BYTES)
@@ -134,6 +140,7 @@ class DB:
         at: TidLike | None = None,
         compression: str | None = None,
         reserve_bytes: int | None = None,
+        dirty_bytes: int | None = None,
     ) -> None:
         self._closed = True  # until opened: repr() and close() work on a failed open
         self._url: str = url if isinstance(url, str) else repr(url)
@@ -150,6 +157,7 @@ class DB:
             compression=compression,
             reserve_bytes=reserve_bytes,
             cache_bytes=self.cache_bytes,
+            dirty_bytes=_positive("dirty_bytes", dirty_bytes),
         )
         _check_compression(self._native, compression)
         self._default: Connection | None = None

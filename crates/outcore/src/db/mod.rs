@@ -58,6 +58,11 @@ pub struct DbOptions {
     /// bytes viewed either way). Windows are reserved when views first need them; an array
     /// that outgrows its window gets another for new views (see README, "Address space").
     pub reserve_bytes: Option<u64>,
+    /// Budget (bytes) of uncommitted writes kept in private memory, process-wide: above it,
+    /// written blocks of the embedded (uncommitted) store are spilled to staged space of the
+    /// store, so a transaction may change more than RAM. `None` keeps the current one
+    /// (default a quarter of RAM or of the memory cgroup's limit, or `OUTCORE_DIRTY_BYTES`).
+    pub dirty_bytes: Option<u64>,
 }
 
 /// A database: a store plus the means to open connections to it. Clones share the store
@@ -120,6 +125,9 @@ impl Database {
     pub fn open_with(url: &str, options: DbOptions) -> Result<Self> {
         if let Some(bytes) = options.cache_bytes {
             crate::vm::set_cache_budget(bytes);
+        }
+        if let Some(bytes) = options.dirty_bytes {
+            crate::vm::set_dirty_budget(bytes);
         }
         let (storage, compression): (Arc<dyn Storage>, _) = if url == "mem:" {
             let store = MemStorage::with_compression(options.compression);
