@@ -334,3 +334,101 @@ fn killed_while_spilling_or_committing() {
     let report = db.storage().verify().unwrap();
     assert!(report.problems.is_empty(), "{report:?}");
 }
+
+/// Spilling where the store cannot stage (compressed: blocks fetched on touch; `mem:`;
+/// PostgreSQL): the blocks wait in the process's scratch file, and the commit writes them to
+/// the store as usual. Abort shows the version before.
+fn spill_without_staging(db: Database, name: &str) {
+    let blocks = 8;
+    let n = blocks * PER_BLOCK;
+    {
+        let conn = db.connect().unwrap();
+        let mut a = conn.create::<u64>("a", &[n], Order::C).unwrap();
+        for (i, x) in a.view_mut::<u64>().unwrap().iter_mut().enumerate() {
+            *x = i as u64;
+        }
+        conn.commit().unwrap();
+    }
+    let conn = db.connect().unwrap();
+    let mut a = conn.array("a").unwrap();
+    for (i, x) in a.view_mut::<u64>().unwrap().iter_mut().enumerate() {
+        *x = 2 * i as u64;
+    }
+    assert_eq!(
+        outcore::vm::spill_over(0).unwrap(),
+        0,
+        "{name}: all spilled"
+    );
+    conn.abort().unwrap();
+    {
+        let v = a.view::<u64>().unwrap();
+        let wrong = v
+            .iter()
+            .enumerate()
+            .filter(|(i, x)| **x != *i as u64)
+            .count();
+        assert_eq!(
+            wrong, 0,
+            "{name}: elements differ after an aborted spilled rewrite"
+        );
+    }
+    for (i, x) in a.view_mut::<u64>().unwrap().iter_mut().enumerate() {
+        *x = 3 * i as u64;
+    }
+    let anon_written = status_kb("RssAnon:");
+    assert_eq!(
+        outcore::vm::spill_over(0).unwrap(),
+        0,
+        "{name}: all spilled"
+    );
+    let anon_spilled = status_kb("RssAnon:");
+    assert!(
+        anon_spilled + 12 * 1024 < anon_written,
+        "{name}: spilling gives the private memory back: {anon_written} -> {anon_spilled} kB"
+    );
+    a.view_mut::<u64>().unwrap()[[1]] = 1;
+    conn.commit().unwrap();
+    drop(a);
+    let other = db.connect().unwrap();
+    let b = other.array("a").unwrap();
+    let v = b.view::<u64>().unwrap();
+    let wrong = v
+        .iter()
+        .enumerate()
+        .filter(|(i, x)| **x != if *i == 1 { 1 } else { 3 * *i as u64 })
+        .count();
+    assert_eq!(wrong, 0, "{name}: elements differ after a spilled commit");
+    let report = db.storage().verify().unwrap();
+    assert!(report.problems.is_empty(), "{name}: {report:?}");
+}
+
+#[test]
+fn compressed_store_spills_to_scratch_space() {
+    let _s = serial();
+    if !common::uffd_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let options = outcore::db::DbOptions {
+        compression: outcore::storage::Compression::Lz4,
+        ..Default::default()
+    };
+    let db = Database::open_with(dir.path().to_str().unwrap(), options).unwrap();
+    spill_without_staging(db, "lz4");
+}
+
+#[test]
+fn memory_store_spills_to_scratch_space() {
+    let _s = serial();
+    spill_without_staging(Database::open("mem:").unwrap(), "mem:");
+}
+
+#[test]
+fn postgres_store_spills_to_scratch_space() {
+    let _s = serial();
+    let Some(base) = common::pg_server() else {
+        return;
+    };
+    let url = common::store_url(&base, "spill");
+    spill_without_staging(Database::open(&url).unwrap(), "PostgreSQL");
+}

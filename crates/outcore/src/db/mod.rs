@@ -22,6 +22,7 @@ mod connection;
 mod describe;
 mod handle;
 pub(crate) mod root;
+mod scratch;
 mod source;
 mod stats;
 mod views;

@@ -45,7 +45,8 @@ impl Staging for StagedBlock {
     }
 }
 
-/// Where a writable window spills written blocks: staged space of the store, if it has any.
+/// Where a writable window spills written blocks: staged space of the store where it has
+/// any (published at commit without a copy), else the process's scratch file.
 #[derive(Debug)]
 pub(crate) struct StoreSpill {
     pub storage: Arc<dyn Storage>,
@@ -54,10 +55,12 @@ pub(crate) struct StoreSpill {
 
 impl SpillTarget for StoreSpill {
     fn stage(&self) -> Result<Option<Arc<dyn Staging>>> {
-        Ok(self
-            .storage
-            .stage(self.blksize as u64)?
-            .map(|extent| Arc::new(StagedBlock(extent)) as Arc<dyn Staging>))
+        let len = self.blksize as u64;
+        Ok(Some(match self.storage.stage(len)? {
+            Some(extent) => Arc::new(StagedBlock(extent)),
+            // The store writes versions only at commit: the block waits in scratch space.
+            None => Arc::new(super::scratch::ScratchExtent::new(len)?),
+        }))
     }
 }
 

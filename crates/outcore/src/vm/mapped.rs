@@ -166,8 +166,9 @@ struct State {
     next_fragmentation_check: usize,
     /// The staged space of blocks mapped [`Mapped::Staged`].
     staged: BTreeMap<u64, Arc<dyn Staging>>,
-    /// The stored version mapped at blocks mapped from files ([`Mapped::File`],
-    /// [`Mapped::Pieces`]), kept so that a spilled block can show it again.
+    /// The stored version behind blocks mapped from files ([`Mapped::File`],
+    /// [`Mapped::Pieces`]) or fetched on touch ([`Mapped::Fetched`]), kept so that a spilled
+    /// block can show it again.
     versions: BTreeMap<u64, Backing>,
     /// Spilled blocks (mapped [`Mapped::Staged`]) and the version their writes apply to:
     /// discarding the writes maps that version again.
@@ -609,8 +610,11 @@ impl BlockMemory {
                 server.retire(region, self.rel(block));
             }
         }
-        let version =
-            matches!(backing, Backing::File { .. } | Backing::Pieces(_)).then(|| backing.clone());
+        let version = matches!(
+            backing,
+            Backing::File { .. } | Backing::Pieces(_) | Backing::Fetch(_)
+        )
+        .then(|| backing.clone());
         let mapped = match backing {
             Backing::Hole => {
                 self.map_anonymous(block, 0, self.blksize)?;

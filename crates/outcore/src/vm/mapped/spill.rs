@@ -2,7 +2,7 @@
 //! of the store, so they stop counting against RAM.
 //!
 //! A block mapped privately (a file version, pieces, or a hole) holds its writes as private
-//! anonymous pages. Spilling it:
+//! anonymous pages; a block fetched on touch is private memory altogether. Spilling it:
 //!
 //! 1. takes the memory's state lock (no install, discard or commit scan of the block runs
 //!    meanwhile) and asks the [`SpillTarget`] for staged space of a block;
@@ -45,8 +45,8 @@ impl BlockMemory {
     }
 
     /// The blocks that could be spilled and their private written bytes, for blocks with
-    /// any: privately mapped blocks (file versions, pieces, holes), not staged or fetched
-    /// ones.
+    /// any: privately mapped blocks (file versions, pieces, holes) and fetched ones, not
+    /// staged or decoded ones.
     pub fn spillable(&self) -> Result<Vec<(u64, usize)>> {
         if self.spill_target.get().is_none() {
             return Ok(Vec::new());
@@ -67,6 +67,15 @@ impl BlockMemory {
                 Some(Mapped::Hole | Mapped::File { .. } | Mapped::Pieces(_))
             )
         });
+        if let Some((_, region)) = self.reservation.remote_if_any() {
+            // Fetched blocks: the fault server tracks their written ranges.
+            for (rel, ranges) in region.dirty_ranges() {
+                let block = rel + self.first;
+                if state.mapped.get(&block) == Some(&Mapped::Fetched) {
+                    out.insert(block, ranges);
+                }
+            }
+        }
         Ok(out
             .into_iter()
             .map(|(b, ranges)| (b, ranges.iter().map(|r| r.len()).sum()))
@@ -82,10 +91,12 @@ impl BlockMemory {
         let mut state = self.lock();
         let version = match state.mapped.get(&block) {
             Some(Mapped::Hole) => Backing::Hole,
-            Some(Mapped::File { .. } | Mapped::Pieces(_)) => match state.versions.get(&block) {
-                Some(v) => v.clone(),
-                None => return Ok(false),
-            },
+            Some(Mapped::File { .. } | Mapped::Pieces(_) | Mapped::Fetched) => {
+                match state.versions.get(&block) {
+                    Some(v) => v.clone(),
+                    None => return Ok(false),
+                }
+            }
             _ => return Ok(false),
         };
         let Some(staging) = target.stage()? else {
@@ -101,7 +112,16 @@ impl BlockMemory {
             .file()
             .write_all_at(bytes, staging.offset())
             .map_err(|e| Error::io(format!("spilling block {block} of {}", self.what), e))
-            .and_then(|()| self.map_shared(block, staging.file(), staging.offset()));
+            .and_then(|()| {
+                if state.mapped.get(&block) == Some(&Mapped::Fetched) {
+                    // The fault server forgets the block (it is loaded and written, so no
+                    // fetch is in flight for it) before its memory is replaced.
+                    if let Some((server, region)) = self.reservation.remote_if_any() {
+                        server.retire(region, self.rel(block));
+                    }
+                }
+                self.map_shared(block, staging.file(), staging.offset())
+            });
         if let Err(e) = moved {
             // Writable again as it was (private pages kept): the writes stay in memory.
             self.protect(block, self.prot())?;
