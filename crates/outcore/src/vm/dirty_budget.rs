@@ -6,7 +6,10 @@
 //! stage register here ([`watch`]). A background thread (`outcore-spill`) checks every
 //! [`POLL`] how much anonymous memory the process holds (`/proc/self/statm`, cheap); only when
 //! that exceeds the budget does it scan the registered memories' page tables for written
-//! blocks, and spills the most written ones until they hold at most half the budget.
+//! blocks, and spills the most written ones until they hold at most half the budget. While it
+//! does, writes to the memories' blocks not written yet wait (`BlockMemory::throttle`):
+//! a program writing faster than the disk takes would otherwise outgrow the budget while
+//! spilling runs behind.
 //!
 //! The budget is `OUTCORE_DIRTY_BYTES`, [`set_dirty_budget`], or by default a quarter of the
 //! memory available to the process (RAM, or the memory cgroup's limit if lower).
@@ -85,8 +88,9 @@ fn run() {
         if anon <= budget || quiet_at.is_some_and(|q| anon < q.saturating_add(budget / 4)) {
             continue;
         }
-        match spill_over(budget) {
-            Ok(dirty) if dirty <= budget => quiet_at = Some(anon),
+        match spill_round(budget) {
+            // Within budget before any spilling: the anonymous memory is the program's own.
+            Ok((before, _)) if before <= budget => quiet_at = Some(anon),
             Ok(_) => quiet_at = None,
             Err(e) => {
                 tracing::warn!("spilling uncommitted writes failed: {e}");
@@ -100,6 +104,11 @@ fn run() {
 /// blocks (most written first) until they hold at most half of it. Returns the written bytes
 /// left in private memory.
 pub fn spill_over(budget: u64) -> crate::Result<u64> {
+    spill_round(budget).map(|(_, after)| after)
+}
+
+/// [`spill_over`], returning the written bytes in private memory before and after.
+fn spill_round(budget: u64) -> crate::Result<(u64, u64)> {
     let memories: Vec<Arc<BlockMemory>> = {
         let mut w = WATCHED.lock().unwrap_or_else(|p| p.into_inner());
         w.memories.retain(|m| m.strong_count() > 0);
@@ -111,8 +120,23 @@ pub fn spill_over(budget: u64) -> crate::Result<u64> {
     }
     let mut failed: Option<crate::Error> = None;
     let mut dirty: u64 = candidates.iter().map(|c| c.2 as u64).sum();
+    let before = dirty;
     if dirty <= budget {
-        return Ok(dirty);
+        return Ok((before, dirty));
+    }
+    // Writers faster than the disk would outrun the spilling: writes to blocks not written
+    // yet wait until it is done (writes to written blocks go on).
+    let mut throttles = Vec::with_capacity(memories.len());
+    for (i, m) in memories.iter().enumerate() {
+        let written: std::collections::BTreeSet<u64> = candidates
+            .iter()
+            .filter(|c| c.0 == i)
+            .map(|c| c.1)
+            .collect();
+        match m.throttle(&written) {
+            Ok(t) => throttles.push(t),
+            Err(e) => tracing::warn!("cannot hold up writers while spilling: {e}"),
+        }
     }
     // Most written first; among equals, lower blocks (a sequential writer is past them).
     candidates.sort_by_key(|&(i, b, n)| (std::cmp::Reverse(n), i, b));
@@ -137,9 +161,10 @@ pub fn spill_over(budget: u64) -> crate::Result<u64> {
             }
         }
     }
+    drop(throttles);
     match failed {
         Some(e) if dirty > budget => Err(e),
-        _ => Ok(dirty),
+        _ => Ok((before, dirty)),
     }
 }
 

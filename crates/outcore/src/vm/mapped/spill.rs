@@ -165,3 +165,76 @@ impl BlockMemory {
         Ok(())
     }
 }
+
+/// Writes to a memory's clean blocks held up while its written blocks are spilled
+/// ([`BlockMemory::throttle`]); dropping it lets them go on.
+pub(crate) struct Throttle {
+    memory: Arc<BlockMemory>,
+    /// Runs of blocks made read-only.
+    runs: Vec<std::ops::Range<u64>>,
+    _barrier: Barrier,
+}
+
+impl BlockMemory {
+    /// Holds up writes to the blocks of this memory not in `written` (a writer faster than
+    /// the disk would otherwise outgrow the budget while blocks are spilled): they are made
+    /// read-only behind a barrier over the whole reservation, so a write to them waits until
+    /// the returned guard is dropped. Reads go on. Best effort: blocks that cannot be
+    /// protected (no kernel mapping left to split) are left writable.
+    pub(crate) fn throttle(
+        self: &Arc<Self>,
+        written: &std::collections::BTreeSet<u64>,
+    ) -> Result<Throttle> {
+        let state = self.lock();
+        let base = self.reservation.base() as usize;
+        let barrier = Barrier::raise(base..base + self.reservation.len())?;
+        let mut runs: Vec<std::ops::Range<u64>> = Vec::new();
+        for (&b, m) in &state.mapped {
+            let clean = matches!(
+                m,
+                Mapped::Hole | Mapped::File { .. } | Mapped::Pieces(_) | Mapped::Fetched
+            ) && !written.contains(&b);
+            if !clean {
+                continue;
+            }
+            match runs.last_mut() {
+                Some(r) if r.end == b => r.end = b + 1,
+                _ => runs.push(b..b + 1),
+            }
+        }
+        runs.retain(|r| self.protect_run(r, libc::PROT_READ).is_ok());
+        drop(state);
+        Ok(Throttle {
+            memory: self.clone(),
+            runs,
+            _barrier: barrier,
+        })
+    }
+
+    fn protect_run(&self, run: &std::ops::Range<u64>, prot: libc::c_int) -> Result<()> {
+        let len = (run.end - run.start) as usize * self.blksize;
+        // SAFETY: the run's blocks lie inside our reservation and are mapped; mprotect only
+        // changes the access rights of that range.
+        let rc = unsafe { libc::mprotect(self.block_ptr(run.start).cast(), len, prot) };
+        if rc != 0 {
+            return Err(Error::io(
+                format!("protecting blocks {run:?} of {}", self.what),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Throttle {
+    fn drop(&mut self) {
+        // Writable again before the barrier drops (waiting writers retry then). Blocks
+        // re-mapped meanwhile got their protection from the new mapping; this repeats it.
+        let prot = self.memory.prot();
+        for run in &self.runs {
+            if let Err(e) = self.memory.protect_run(run, prot) {
+                tracing::error!("{e}: writes to those blocks will fail");
+            }
+        }
+    }
+}
