@@ -432,3 +432,62 @@ fn postgres_store_spills_to_scratch_space() {
     let url = common::store_url(&base, "spill");
     spill_without_staging(Database::open(&url).unwrap(), "PostgreSQL");
 }
+
+/// A fork while blocks are being spilled: the child must not inherit a block made read-only
+/// by a barrier no thread of the child would lower (its writes would wait forever). Children
+/// write every block and exit; each must be done within seconds.
+#[test]
+fn fork_during_spilling_leaves_the_child_writable_memory() {
+    let _s = serial();
+    let blocks = 16;
+    let n = blocks * PER_BLOCK;
+    let (_dir, db) = store_with_array(blocks);
+    let conn = db.connect().unwrap();
+    let a = conn.array("a").unwrap();
+    let view = a.raw_view(0..n).unwrap();
+    let p = view.ptr as *mut u64;
+    for round in 0..12u64 {
+        // SAFETY (all writes below): elements < n of the raw view, kept mapped by `view`.
+        for i in (0..n as usize).step_by(512) {
+            unsafe { p.add(i).write_volatile(round) };
+        }
+        let spiller = std::thread::spawn(|| outcore::vm::spill_over(0).unwrap());
+        std::thread::sleep(std::time::Duration::from_micros(300 * round));
+        // SAFETY: the child only writes memory and calls _exit (no locks, no allocation).
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            for i in (0..n as usize).step_by(512) {
+                unsafe { p.add(i).write_volatile(round + 100) };
+            }
+            unsafe { libc::_exit(0) };
+        }
+        assert!(pid > 0, "fork failed");
+        let mut status = 0;
+        let mut done = false;
+        for _ in 0..1000 {
+            // SAFETY: waitpid on our own child, writing its status into a local.
+            if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+                done = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if !done {
+            // SAFETY: kills and reaps our own child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+        }
+        assert!(
+            done,
+            "round {round}: the forked child hung writing spilled memory"
+        );
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "round {round}: child ended with status {status}"
+        );
+        spiller.join().unwrap();
+        conn.abort().unwrap();
+    }
+}

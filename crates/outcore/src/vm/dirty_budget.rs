@@ -109,6 +109,8 @@ pub fn spill_over(budget: u64) -> crate::Result<u64> {
 
 /// [`spill_over`], returning the written bytes in private memory before and after.
 fn spill_round(budget: u64) -> crate::Result<(u64, u64)> {
+    // No fork while blocks are read-only behind barriers (the child could not lower them).
+    let _moving = super::barrier::MovingMemory::begin()?;
     let memories: Vec<Arc<BlockMemory>> = {
         let mut w = WATCHED.lock().unwrap_or_else(|p| p.into_inner());
         w.memories.retain(|m| m.strong_count() > 0);
