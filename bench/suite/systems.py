@@ -33,10 +33,13 @@ def slabs(n, slab_elems):
 # ---------------------------------------------------------------------------------- outcore
 
 
-def outcore_open(path, cache, compression=None, readonly=False):
+def outcore_open(path, cache, compression=None, readonly=False, dirty_bytes=None):
     """A database and a connection with its own transaction manager (so several stores in one
-    process never commit together)."""
+    process never commit together). ``dirty_bytes`` sets the process-wide dirty budget (it
+    stays set for later opens)."""
     kwargs = {"readonly": True} if readonly else {"compression": compression}
+    if dirty_bytes is not None:
+        kwargs["dirty_bytes"] = dirty_bytes
     db = outcore.open(path, cache_bytes=cache, **kwargs)
     tm = transaction.TransactionManager()
     conn = db.open(transaction_manager=tm)
