@@ -65,6 +65,7 @@ def open(  # noqa: A001
     at: TidLike | None = None,
     compression: str | None = None,
     reserve_bytes: int | None = None,
+    blobs: str | None = None,
 ) -> DB:
     """Opens the database at ``url``: a directory path (the embedded store, created if
     missing) or ``"mem:"`` (in memory). ``readonly`` refuses changes; ``at=tid`` opens the
@@ -72,7 +73,10 @@ def open(  # noqa: A001
     store is created; ``cache_bytes`` is the RAM budget for blocks that cannot be mapped
     (default 1 GiB or ``OUTCORE_CACHE_BYTES``); ``reserve_bytes`` the address space reserved
     per window of an array (default clamp(16 x the bytes viewed, 64 MiB, 1 TiB); an array
-    growing past its window gets another for new views). Every option is keyword-only."""
+    growing past its window gets another for new views). ``blobs="s3://bucket/prefix"``, when
+    the store is created, keeps block bodies in that S3-compatible object store (endpoint,
+    region and credentials from the ``AWS_*`` environment variables); the store records it,
+    so later opens need only ``url``. Every option is keyword-only."""
     return DB(
         url,
         cache_bytes=cache_bytes,
@@ -80,6 +84,7 @@ def open(  # noqa: A001
         at=at,
         compression=compression,
         reserve_bytes=reserve_bytes,
+        blobs=blobs,
     )
 
 

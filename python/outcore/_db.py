@@ -134,6 +134,7 @@ class DB:
         at: TidLike | None = None,
         compression: str | None = None,
         reserve_bytes: int | None = None,
+        blobs: str | None = None,
     ) -> None:
         self._closed = True  # until opened: repr() and close() work on a failed open
         self._url: str = url if isinstance(url, str) else repr(url)
@@ -150,6 +151,7 @@ class DB:
             compression=compression,
             reserve_bytes=reserve_bytes,
             cache_bytes=self.cache_bytes,
+            blobs=blobs,
         )
         _check_compression(self._native, compression)
         self._default: Connection | None = None

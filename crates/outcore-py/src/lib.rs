@@ -43,7 +43,7 @@ struct Database {
 #[pymethods]
 impl Database {
     #[new]
-    #[pyo3(signature = (url, readonly=false, compression=None, reserve_bytes=None, cache_bytes=None))]
+    #[pyo3(signature = (url, readonly=false, compression=None, reserve_bytes=None, cache_bytes=None, blobs=None))]
     fn new(
         py: Python<'_>,
         url: String,
@@ -51,6 +51,7 @@ impl Database {
         compression: Option<String>,
         reserve_bytes: Option<u64>,
         cache_bytes: Option<u64>,
+        blobs: Option<String>,
     ) -> PyResult<Self> {
         let compression: Compression = compression.as_deref().unwrap_or("none").parse().py()?;
         let options = db::DbOptions {
@@ -58,6 +59,7 @@ impl Database {
             compression,
             reserve_bytes,
             cache_bytes,
+            blobs,
         };
         let db = logging::call(py, move || db::Database::open_with(&url, options))
             .map_err(errors::open_error)?;

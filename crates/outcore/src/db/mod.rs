@@ -58,6 +58,13 @@ pub struct DbOptions {
     /// bytes viewed either way). Windows are reserved when views first need them; an array
     /// that outgrows its window gets another for new views (see README, "Address space").
     pub reserve_bytes: Option<u64>,
+    /// Where block bodies live: `s3://bucket/prefix` keeps them as objects in an S3-compatible
+    /// object store (endpoint, region and credentials from the `AWS_*` environment
+    /// variables), the index in the store `url` names. Chosen when the store is created and
+    /// recorded in it: later opens, from any node, need only the url (`None`); naming another
+    /// object store, or one for a store created without, is refused. See README, "Object
+    /// storage".
+    pub blobs: Option<String>,
 }
 
 /// A database: a store plus the means to open connections to it. Clones share the store
@@ -111,7 +118,8 @@ fn open_postgres(url: &str, _options: &DbOptions) -> Result<(Arc<dyn Storage>, C
 impl Database {
     /// Opens `url`: `mem:` for a fresh in-memory store, a filesystem path for the embedded
     /// store (created if missing), `postgresql://user@host/db` for the shared store (its
-    /// schema is created if missing).
+    /// schema is created if missing). A store created with [`DbOptions::blobs`] keeps its
+    /// block bodies in that object store.
     pub fn open(url: &str) -> Result<Self> {
         Self::open_with(url, DbOptions::default())
     }
@@ -142,6 +150,18 @@ impl Database {
             )?;
             let compression = store.compression();
             (Arc::new(store), compression)
+        };
+        let (storage, in_objects) = crate::storage::blobs::setting::attach(
+            storage,
+            options.blobs.as_deref(),
+            options.readonly,
+        )?;
+        // Bodies in an object store are stored as they are (the index compresses only its
+        // own records).
+        let compression = if in_objects {
+            Compression::None
+        } else {
+            compression
         };
         Ok(Self::wrap(storage, options, Some(compression)))
     }
