@@ -90,3 +90,9 @@ pub fn list_objects(url: &str) -> Vec<String> {
     paths.sort();
     paths
 }
+
+/// Deletes the object `path` in the bucket of `url`.
+pub fn delete_object(url: &str, path: &str) {
+    let c = client(url);
+    runtime().block_on(async { c.delete(&Path::from(path)).await.unwrap() });
+}

@@ -161,10 +161,8 @@ impl BlobStorage {
         let now = SystemTime::now();
         let old: Vec<_> = listed
             .into_iter()
-            .filter(|o| {
-                now.duration_since(o.modified)
-                    .is_ok_and(|age| age >= self.options.grace)
-            })
+            // A time ahead of ours (clock skew) counts as age zero.
+            .filter(|o| now.duration_since(o.modified).unwrap_or_default() >= self.options.grace)
             .collect();
         let keys: BTreeSet<Key> = old.iter().map(|o| o.key).collect();
         let mut referenced: HashSet<(Key, u128)> = HashSet::new();
