@@ -91,8 +91,15 @@ fn failed_uploads_commit_nothing() {
     let error = text.lines().find(|l| l.starts_with("@error")).unwrap();
     assert!(error.contains("nothing was committed"), "{error}");
     let read = text.lines().find(|l| l.starts_with("@read")).unwrap();
-    assert!(read.contains("fetching"), "{read}");
-    assert!(!text.contains(&wrong_secret), "the secret in a message: {text}");
+    eprintln!("{error}\n{read}");
+    assert!(
+        read.contains("fetching the body of block 0 of file 1"),
+        "{read}"
+    );
+    assert!(
+        !text.contains(&wrong_secret),
+        "the secret in a message: {text}"
+    );
     // The index is as before: same head, same log, no new key.
     assert_eq!(index.head().unwrap(), t1);
     assert_eq!(index.log(Tid::ZERO, Tid::MAX).unwrap().len(), 1);
@@ -114,7 +121,10 @@ fn a_refused_commit_leaves_no_objects() {
     store_one(&s, t1, k, vec![2; 4096]).unwrap();
     assert_eq!(common::s3::list_objects(&url).len(), 2);
     let conflict = store_one(&s, t1, k, vec![3; 4096]);
-    assert!(matches!(conflict, Err(Error::Conflict { .. })), "{conflict:?}");
+    assert!(
+        matches!(conflict, Err(Error::Conflict { .. })),
+        "{conflict:?}"
+    );
     assert_eq!(
         common::s3::list_objects(&url).len(),
         2,
@@ -194,9 +204,15 @@ fn verify_reports_missing_objects() {
     let report = s.verify().unwrap();
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
     let text = report.problems[0].to_string();
-    assert!(text.contains("missing") && text.contains("block 0 of file 1"), "{text}");
+    assert!(
+        text.contains("missing") && text.contains("block 0 of file 1"),
+        "{text}"
+    );
     let err = s.load(k, t1).unwrap_err();
-    assert!(matches!(err, Error::Corrupt { tid, .. } if tid == t1), "{err}");
+    assert!(
+        matches!(err, Error::Corrupt { tid, .. } if tid == t1),
+        "{err}"
+    );
     assert_eq!(s.load(k, t2).unwrap().unwrap().data, vec![2; 4096]);
 }
 
@@ -219,7 +235,10 @@ fn a_database_remembers_its_object_store() {
     conn.commit().unwrap();
     drop((a, conn));
     db.close();
-    assert!(!common::s3::list_objects(&url).is_empty(), "bodies are objects");
+    assert!(
+        !common::s3::list_objects(&url).is_empty(),
+        "bodies are objects"
+    );
 
     // Reopened with the path alone.
     let db = Database::open(path).unwrap();
@@ -252,5 +271,8 @@ fn a_database_remembers_its_object_store() {
         ..DbOptions::default()
     };
     let err = Database::open_with(plain.to_str().unwrap(), later).unwrap_err();
-    assert!(err.to_string().contains("chosen when a store is created"), "{err}");
+    assert!(
+        err.to_string().contains("chosen when a store is created"),
+        "{err}"
+    );
 }

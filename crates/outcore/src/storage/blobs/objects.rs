@@ -147,13 +147,14 @@ impl Objects {
         Err(error)
     }
 
-    /// Fetches every path in parallel, in the order given. A missing object is `Ok(None)`.
-    pub fn get_all(&self, paths: &[Path]) -> Vec<Result<Option<Vec<u8>>>> {
+    /// Fetches the bodies of every `(block, path)` in parallel, in the order given. A missing
+    /// object is `Ok(None)`.
+    pub fn get_all(&self, paths: &[(Key, Path)]) -> Vec<Result<Option<Vec<u8>>>> {
         let client = &self.client;
         let url = &self.url;
         self.runtime.block_on(
             stream::iter(paths)
-                .map(|path| async move {
+                .map(|(key, path)| async move {
                     let got = match client.get(path).await {
                         Ok(r) => r.bytes().await,
                         Err(e) => Err(e),
@@ -161,7 +162,10 @@ impl Objects {
                     match got {
                         Ok(bytes) => Ok(Some(bytes.to_vec())),
                         Err(object_store::Error::NotFound { .. }) => Ok(None),
-                        Err(e) => Err(failed(format!("fetching {path} from {url}"), e)),
+                        Err(e) => Err(failed(
+                            format!("fetching the body of {key} (object {path} of {url})"),
+                            e,
+                        )),
                     }
                 })
                 .buffered(PARALLEL)

@@ -106,7 +106,7 @@ impl BlobStorage {
             .iter()
             .zip(&pointers)
             .filter_map(|((key, ..), p)| match p {
-                Ok(p) if p.has_object() => Some(self.objects.path(*key, p.id)),
+                Ok(p) if p.has_object() => Some((*key, self.objects.path(*key, p.id))),
                 _ => None,
             })
             .collect();
