@@ -7,16 +7,10 @@ import pytest
 import transaction
 
 import outcore
-from conftest import pg_url, s3_url
 
 
-@pytest.fixture(params=["local", "pg"])
-def index_url(request, tmp_path):
-    return str(tmp_path / "db") if request.param == "local" else pg_url()
-
-
-def test_blobs_are_recorded_at_creation(index_url):
-    blobs = s3_url()
+def test_blobs_are_recorded_at_creation(index_url, s3_url):
+    blobs = s3_url
     transaction.abort()
     db = outcore.open(index_url, blobs=blobs)
     try:
