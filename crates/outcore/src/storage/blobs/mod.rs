@@ -15,7 +15,7 @@
 //! * **Pack**: the index packs, then objects no version it still holds points at, older than
 //!   a grace period (so the uploads of a commit in flight survive), are deleted.
 //!
-//! Which object store a store uses is recorded in its index at creation ([`setting`]).
+//! Which object store a store uses is recorded in its index at creation (`setting.rs`).
 
 #[cfg(feature = "s3")]
 mod objects;
