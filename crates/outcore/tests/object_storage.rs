@@ -276,3 +276,32 @@ fn a_database_remembers_its_object_store() {
         "{err}"
     );
 }
+
+#[test]
+fn a_forked_child_is_refused_not_hung() {
+    let Some(url) = common::s3::s3_store_url("fork") else {
+        return;
+    };
+    let index: Arc<dyn Storage> = Arc::new(outcore::storage::MemStorage::new());
+    let s = BlobStorage::new(index, &url, BlobOptions::default()).unwrap();
+    let k = block(1, 0);
+    let t = store_one(&s, Tid::ZERO, k, vec![5; 4096]).unwrap();
+    // SAFETY: the child only reads through `s` (whose runtime threads it lacks) and exits
+    // with `_exit`, running no destructors or atexit handlers of the parent's state.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let refused = matches!(s.load(k, t), Err(e) if e.to_string().contains("forked"));
+        // SAFETY: ends the child at once, as above.
+        unsafe { libc::_exit(if refused { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above; `status` is a valid out-pointer.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{status}"
+    );
+    // The parent's store works on.
+    assert_eq!(s.load(k, t).unwrap().unwrap().data, vec![5; 4096]);
+}

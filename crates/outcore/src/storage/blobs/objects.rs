@@ -41,6 +41,9 @@ pub(crate) struct Objects {
     prefix: Path,
     client: Arc<dyn ObjectStore>,
     runtime: tokio::runtime::Runtime,
+    /// The process that started `runtime`: a forked child has none of its threads, and
+    /// waiting on it there would hang.
+    pid: u32,
 }
 
 impl std::fmt::Debug for Objects {
@@ -94,7 +97,20 @@ impl Objects {
             prefix: Path::from(prefix),
             client: Arc::new(client),
             runtime,
+            pid: std::process::id(),
         })
+    }
+
+    /// Runs `work` on the store's runtime until it completes; refused in a forked child.
+    fn run<F: std::future::Future>(&self, work: F) -> Result<F::Output> {
+        if std::process::id() != self.pid {
+            return Err(Error::InvalidArgument(format!(
+                "the object store {} was opened by process {} before this one forked from it: \
+                 open the database again in this process",
+                self.url, self.pid
+            )));
+        }
+        Ok(self.runtime.block_on(work))
     }
 
     /// `s3://bucket/prefix`.
@@ -119,7 +135,7 @@ impl Objects {
     /// effort: pack removes what is left) and says which failed.
     pub fn put_all(&self, uploads: Vec<(Path, bytes::Bytes)>) -> Result<()> {
         let client = &self.client;
-        let results: Vec<(Path, object_store::Result<()>)> = self.runtime.block_on(
+        let results: Vec<(Path, object_store::Result<()>)> = self.run(
             stream::iter(uploads)
                 .map(|(path, bytes)| async move {
                     let r = client.put(&path, PutPayload::from(bytes)).await.map(drop);
@@ -127,7 +143,7 @@ impl Objects {
                 })
                 .buffer_unordered(PARALLEL)
                 .collect(),
-        );
+        )?;
         let Some((path, Err(e))) = results.iter().find(|(_, r)| r.is_err()) else {
             return Ok(());
         };
@@ -149,10 +165,10 @@ impl Objects {
 
     /// Fetches the bodies of every `(block, path)` in parallel, in the order given. A missing
     /// object is `Ok(None)`.
-    pub fn get_all(&self, paths: &[(Key, Path)]) -> Vec<Result<Option<Vec<u8>>>> {
+    pub fn get_all(&self, paths: &[(Key, Path)]) -> Result<Vec<Result<Option<Vec<u8>>>>> {
         let client = &self.client;
         let url = &self.url;
-        self.runtime.block_on(
+        self.run(
             stream::iter(paths)
                 .map(|(key, path)| async move {
                     let got = match client.get(path).await {
@@ -177,8 +193,7 @@ impl Objects {
     /// (never deleted).
     pub fn list(&self) -> Result<Vec<Listed>> {
         let metas: Vec<object_store::ObjectMeta> = self
-            .runtime
-            .block_on(self.client.list(Some(&self.prefix)).try_collect())
+            .run(self.client.list(Some(&self.prefix)).try_collect())?
             .map_err(|e| failed(format!("listing {}", self.url), e))?;
         Ok(metas
             .into_iter()
@@ -219,7 +234,7 @@ impl Objects {
     pub fn delete_all(&self, paths: Vec<Path>) -> Result<()> {
         let client = &self.client;
         let url = &self.url;
-        let results: Vec<Result<()>> = self.runtime.block_on(
+        let results: Vec<Result<()>> = self.run(
             stream::iter(paths)
                 .map(|path| async move {
                     match client.delete(&path).await {
@@ -229,7 +244,7 @@ impl Objects {
                 })
                 .buffer_unordered(PARALLEL)
                 .collect(),
-        );
+        )?;
         results.into_iter().collect()
     }
 

@@ -96,8 +96,9 @@ impl BlobStorage {
         })
     }
 
-    /// The bodies of the versions `(key, tid, record)`, fetched in parallel and checked.
-    fn fetch(&self, versions: &[(Key, Tid, &[u8])]) -> Vec<Result<Vec<u8>>> {
+    /// The bodies of the versions `(key, tid, record)`, fetched in parallel and checked;
+    /// fails as a whole only where no request could be made.
+    fn fetch(&self, versions: &[(Key, Tid, &[u8])]) -> Result<Vec<Result<Vec<u8>>>> {
         let pointers: Vec<Result<Pointer>> = versions
             .iter()
             .map(|&(key, tid, record)| self.pointer(key, tid, record))
@@ -110,8 +111,8 @@ impl BlobStorage {
                 _ => None,
             })
             .collect();
-        let mut fetched = self.objects.get_all(&paths).into_iter();
-        versions
+        let mut fetched = self.objects.get_all(&paths)?.into_iter();
+        Ok(versions
             .iter()
             .zip(pointers)
             .map(|(&(key, tid, _), p)| {
@@ -122,7 +123,7 @@ impl BlobStorage {
                 let got = fetched.next().expect("one fetch per object")?;
                 self.check(key, tid, &p, got)
             })
-            .collect()
+            .collect())
     }
 
     /// `got`, the object `p` points at, if it is there and intact.
@@ -329,7 +330,7 @@ impl Storage for BlobStorage {
                 .iter()
                 .map(|h| (h.key, h.tid, &h.record[..]))
                 .collect();
-            for got in self.fetch(&versions) {
+            for got in self.fetch(&versions)? {
                 match got {
                     Ok(data) => report.bytes_checked += data.len() as u64,
                     Err(e @ Error::Corrupt { .. }) => report.problems.push(e),
@@ -359,7 +360,7 @@ impl Storage for BlobStorage {
                 Some((key, v.tid, &v.data[..]))
             })
             .collect();
-        let mut bodies = self.fetch(&blocks).into_iter();
+        let mut bodies = self.fetch(&blocks)?.into_iter();
         let mut out = Vec::with_capacity(keys.len());
         for (key, v) in keys.iter().zip(records.iter()) {
             out.push(match v {
