@@ -39,3 +39,23 @@ def test_blobs_are_recorded_at_creation(index_url, s3_url):
 def test_bad_blobs_urls_are_refused(tmp_path):
     with pytest.raises(ValueError, match="s3://bucket"):
         outcore.open(str(tmp_path / "db"), blobs="https://example.invalid/x")
+
+
+def test_disk_cache(tmp_path, s3_url):
+    url = str(tmp_path / "db")
+    transaction.abort()
+    db = outcore.open(url, blobs=s3_url, cache_dir=tmp_path / "cache", cache_disk_bytes=1 << 30)
+    try:
+        with db.transaction() as root:
+            root["a"] = a = outcore.BigArray((1_000_000,), "f8")
+            a[:] = 2.0
+    finally:
+        db.close()
+    db = outcore.open(url, cache_dir=tmp_path / "cache")
+    try:
+        assert db.root()["a"][:].sum() == 2_000_000.0
+        assert db.root()["a"][:].sum() == 2_000_000.0  # again, mapped from the cache
+    finally:
+        transaction.abort()
+        db.close()
+    assert sum(f.stat().st_size for f in (tmp_path / "cache").iterdir()) >= 8_000_000

@@ -66,6 +66,8 @@ def open(  # noqa: A001
     compression: str | None = None,
     reserve_bytes: int | None = None,
     blobs: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    cache_disk_bytes: int | None = None,
 ) -> DB:
     """Opens the database at ``url``: a directory path (the embedded store, created if
     missing) or ``"mem:"`` (in memory). ``readonly`` refuses changes; ``at=tid`` opens the
@@ -76,7 +78,9 @@ def open(  # noqa: A001
     growing past its window gets another for new views). ``blobs="s3://bucket/prefix"``, when
     the store is created, keeps block bodies in that S3-compatible object store (endpoint,
     region and credentials from the ``AWS_*`` environment variables); the store records it,
-    so later opens need only ``url``. Every option is keyword-only."""
+    so later opens need only ``url``. For such stores ``cache_dir`` keeps fetched block bodies
+    on local disk (mapped from there; at most ``cache_disk_bytes``, default 10 GiB, least
+    recently used out). Every option is keyword-only."""
     return DB(
         url,
         cache_bytes=cache_bytes,
@@ -85,6 +89,8 @@ def open(  # noqa: A001
         compression=compression,
         reserve_bytes=reserve_bytes,
         blobs=blobs,
+        cache_dir=cache_dir,
+        cache_disk_bytes=cache_disk_bytes,
     )
 
 

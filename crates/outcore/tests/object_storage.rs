@@ -173,6 +173,7 @@ fn pack_deletes_unreferenced_objects_after_the_grace_period() {
         &url,
         BlobOptions {
             grace: Duration::ZERO,
+            ..BlobOptions::default()
         },
     )
     .unwrap();
@@ -304,4 +305,62 @@ fn a_forked_child_is_refused_not_hung() {
     );
     // The parent's store works on.
     assert_eq!(s.load(k, t).unwrap().unwrap().data, vec![5; 4096]);
+}
+
+#[test]
+fn the_disk_cache_serves_and_maps_fetched_bodies_within_its_budget() {
+    let Some(url) = common::s3::s3_store_url("cache") else {
+        return;
+    };
+    let (_dir, index) = local_index();
+    let cache = tempfile::tempdir().unwrap();
+    let options = BlobOptions {
+        cache_dir: Some(cache.path().to_path_buf()),
+        cache_disk_bytes: 3 * 8192,
+        ..BlobOptions::default()
+    };
+    let s = BlobStorage::new(index, &url, options).unwrap();
+    let keys: Vec<Key> = (0..5).map(|i| block(1, i)).collect();
+    let mut t = Tid::ZERO;
+    for (i, &k) in keys.iter().enumerate() {
+        t = store_one(&s, t, k, vec![i as u8 + 1; 8192]).unwrap();
+    }
+    // Nothing fetched yet: nothing cached, nothing mapped.
+    assert!(matches!(
+        s.locate(keys[0], t).unwrap(),
+        outcore::storage::Located::CopyOnly(_)
+    ));
+    let loaded = s.load_many(&keys, t).unwrap();
+    assert!(loaded.iter().all(Option::is_some));
+    let cached: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .collect();
+    assert!(
+        cached.iter().sum::<u64>() <= 3 * 8192 && !cached.is_empty(),
+        "{cached:?}"
+    );
+    // With every object gone from the object store, exactly the cached bodies still read,
+    // and they are mapped from the cache.
+    for path in common::s3::list_objects(&url) {
+        common::s3::delete_object(&url, &path);
+    }
+    let mut served = 0;
+    for (i, &k) in keys.iter().enumerate() {
+        match s.load(k, t) {
+            Ok(v) => {
+                assert_eq!(v.unwrap().data, vec![i as u8 + 1; 8192]);
+                served += 1;
+                let outcore::storage::Located::Mapped(e) = s.locate(k, t).unwrap() else {
+                    panic!("block {i} is cached but not mapped");
+                };
+                let mut buf = vec![0; 8192];
+                std::os::unix::fs::FileExt::read_exact_at(&*e.file, &mut buf, e.offset).unwrap();
+                assert_eq!(buf, vec![i as u8 + 1; 8192]);
+            }
+            Err(Error::Corrupt { reason, .. }) => assert!(reason.contains("missing"), "{reason}"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(served, cached.len(), "every cached body, and only those");
 }

@@ -25,6 +25,8 @@ struct Fixture {
     pg: Option<(String, String)>,
     /// For stores with block bodies in an object store: the store and its `s3://` url.
     blobs: Option<(Arc<BlobStorage>, String)>,
+    /// A temp dir for the disk cache of such a store.
+    _cache: Option<tempfile::TempDir>,
 }
 
 impl Fixture {
@@ -118,6 +120,7 @@ fn mem() -> Option<Fixture> {
         _dir: None,
         pg: None,
         blobs: None,
+        _cache: None,
     })
 }
 
@@ -127,6 +130,7 @@ fn mem_lz4() -> Option<Fixture> {
         _dir: None,
         pg: None,
         blobs: None,
+        _cache: None,
     })
 }
 
@@ -143,6 +147,7 @@ fn local_with(compression: Compression) -> Option<Fixture> {
         _dir: Some(dir),
         pg: None,
         blobs: None,
+        _cache: None,
     })
 }
 
@@ -175,6 +180,7 @@ fn pg_with(compression: Compression) -> Option<Fixture> {
         _dir: None,
         pg: Some((url, schema)),
         blobs: None,
+        _cache: None,
     })
 }
 
@@ -189,11 +195,15 @@ fn pg_lz4() -> Option<Fixture> {
 /// `index` (a fixture of an empty store) as the index of a store whose block bodies live
 /// under a fresh prefix of the test S3 server; `None` (test skipped, loudly) without one.
 /// Grace period zero: pack deletes unreferenced objects at once (no commit runs meanwhile).
-fn blobs_over(index: Option<Fixture>) -> Option<Fixture> {
+/// `cached`: with a disk cache of 1 MiB (so tests evict from it), whose bodies are mapped.
+fn blobs_over(index: Option<Fixture>, cached: bool) -> Option<Fixture> {
     let index = index?;
     let url = common::s3::s3_store_url("conf")?;
+    let cache = cached.then(|| tempfile::tempdir().expect("temp dir"));
     let options = BlobOptions {
         grace: Duration::ZERO,
+        cache_dir: cache.as_ref().map(|d| d.path().to_path_buf()),
+        cache_disk_bytes: 1 << 20,
     };
     let store = Arc::new(BlobStorage::new(index.store, &url, options).expect("blob store"));
     Some(Fixture {
@@ -201,6 +211,7 @@ fn blobs_over(index: Option<Fixture>) -> Option<Fixture> {
         _dir: index._dir,
         pg: None,
         blobs: Some((store, url)),
+        _cache: cache,
     })
 }
 
@@ -505,7 +516,16 @@ fn compressible_blocks(fx: &Fixture, compressed: bool) {
     let t = store_one(s, Tid::ZERO, block(f, 0), data.clone()).unwrap();
     assert_eq!(s.load(block(f, 0), t).unwrap().unwrap().data, data);
     let located = s.locate(block(f, 0), t).unwrap();
-    if compressed || !fx.mappable() {
+    if fx._cache.is_some() {
+        // Loaded, so in the disk cache, and mapped from there.
+        let Located::Mapped(e) = located else {
+            panic!("a cached body is mapped: {located:?}")
+        };
+        assert_eq!((e.offset, e.len, e.tid), (0, data.len() as u64, t));
+        let mut buf = vec![0u8; data.len()];
+        e.file.read_exact_at(&mut buf, 0).unwrap();
+        assert!(buf == data);
+    } else if compressed || !fx.mappable() {
         assert!(
             matches!(located, Located::CopyOnly(x) if x == t),
             "{located:?}"
@@ -1041,5 +1061,19 @@ conformance!(local_store, local(), compressed = false);
 conformance!(local_store_zstd, local_zstd(), compressed = true);
 conformance!(pg_store, pg(), compressed = false);
 conformance!(pg_store_lz4, pg_lz4(), compressed = true);
-conformance!(local_index_s3, blobs_over(local()), compressed = false);
-conformance!(pg_index_s3, blobs_over(pg()), compressed = false);
+conformance!(
+    local_index_s3,
+    blobs_over(local(), false),
+    compressed = false
+);
+conformance!(pg_index_s3, blobs_over(pg(), false), compressed = false);
+conformance!(
+    local_index_s3_cached,
+    blobs_over(local(), true),
+    compressed = false
+);
+conformance!(
+    pg_index_s3_cached,
+    blobs_over(pg(), true),
+    compressed = false
+);

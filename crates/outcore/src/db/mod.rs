@@ -65,6 +65,13 @@ pub struct DbOptions {
     /// object store, or one for a store created without, is refused. See README, "Object
     /// storage".
     pub blobs: Option<String>,
+    /// For stores whose block bodies are in an object store: a directory for a disk cache of
+    /// fetched bodies, which are then mapped from there (zero copy, shared by the processes
+    /// of a node using the same directory). `None`: no disk cache.
+    pub cache_dir: Option<std::path::PathBuf>,
+    /// The disk cache's budget in bytes (least recently used bodies go first; default
+    /// 10 GiB).
+    pub cache_disk_bytes: Option<u64>,
 }
 
 /// A database: a store plus the means to open connections to it. Clones share the store
@@ -151,11 +158,7 @@ impl Database {
             let compression = store.compression();
             (Arc::new(store), compression)
         };
-        let (storage, in_objects) = crate::storage::blobs::setting::attach(
-            storage,
-            options.blobs.as_deref(),
-            options.readonly,
-        )?;
+        let (storage, in_objects) = crate::storage::blobs::setting::attach(storage, &options)?;
         // Bodies in an object store are stored as they are (the index compresses only its
         // own records).
         let compression = if in_objects {

@@ -10,13 +10,16 @@
 //!   whose records point at them. A failed upload commits nothing; a crash in between leaves
 //!   only unreferenced objects. Conflicts, snapshots, the log and leases are the index
 //!   store's, so they behave exactly as with bodies inside it.
-//! * **Read**: `locate` answers `CopyOnly`; `load`/`load_many` fetch the objects (in
-//!   parallel) and check length and checksum.
+//! * **Read**: `load`/`load_many` fetch the objects (in parallel) and check length and
+//!   checksum; `locate` answers `CopyOnly`, or, with a disk cache (`cache.rs`) holding the
+//!   body, `Mapped` from the cached file.
 //! * **Pack**: the index packs, then objects no version it still holds points at, older than
 //!   a grace period (so the uploads of a commit in flight survive), are deleted.
 //!
 //! Which object store a store uses is recorded in its index at creation (`setting.rs`).
 
+#[cfg(feature = "s3")]
+mod cache;
 #[cfg(feature = "s3")]
 mod objects;
 #[cfg(feature = "s3")]

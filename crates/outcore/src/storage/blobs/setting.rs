@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use crate::db::DbOptions;
 use crate::storage::{CommitRequest, Key, Oid, Storage, Tid, TxnMeta, Write};
 use crate::{Error, Result};
 
@@ -48,9 +49,9 @@ pub(crate) fn recorded(index: &dyn Storage) -> Result<Option<String>> {
 /// bodies is not built. Returns the store and whether bodies live in an object store.
 pub(crate) fn attach(
     index: Arc<dyn Storage>,
-    requested: Option<&str>,
-    readonly: bool,
+    options: &DbOptions,
 ) -> Result<(Arc<dyn Storage>, bool)> {
+    let (requested, readonly) = (options.blobs.as_deref(), options.readonly);
     let url = match (recorded(&*index)?, requested) {
         (None, None) => return Ok((index, false)),
         (Some(url), None) => url,
@@ -65,10 +66,10 @@ pub(crate) fn attach(
         (None, Some(asked)) => {
             record(&*index, asked, readonly)?;
             // Two creators racing: whichever recorded first decides; check it is ours.
-            return attach(index, Some(asked), readonly);
+            return attach(index, options);
         }
     };
-    wrap(index, &url).map(|s| (s, true))
+    wrap(index, &url, options).map(|s| (s, true))
 }
 
 /// Records `url` as the object store of `index`, which must have no commit yet.
@@ -118,13 +119,21 @@ fn check_url(url: &str) -> Result<()> {
 }
 
 #[cfg(feature = "s3")]
-fn wrap(index: Arc<dyn Storage>, url: &str) -> Result<Arc<dyn Storage>> {
-    let store = super::BlobStorage::new(index, url, super::BlobOptions::default())?;
+fn wrap(index: Arc<dyn Storage>, url: &str, options: &DbOptions) -> Result<Arc<dyn Storage>> {
+    let defaults = super::BlobOptions::default();
+    let blob_options = super::BlobOptions {
+        cache_dir: options.cache_dir.clone(),
+        cache_disk_bytes: options
+            .cache_disk_bytes
+            .unwrap_or(defaults.cache_disk_bytes),
+        ..defaults
+    };
+    let store = super::BlobStorage::new(index, url, blob_options)?;
     Ok(Arc::new(store))
 }
 
 #[cfg(not(feature = "s3"))]
-fn wrap(index: Arc<dyn Storage>, url: &str) -> Result<Arc<dyn Storage>> {
+fn wrap(index: Arc<dyn Storage>, url: &str, _options: &DbOptions) -> Result<Arc<dyn Storage>> {
     Err(Error::InvalidArgument(format!(
         "{} keeps its block bodies in {url}: this build of outcore has no object-storage \
          support (cargo feature \"s3\")",
@@ -163,10 +172,15 @@ mod tests {
     #[test]
     fn recorded_at_creation_then_found_without_asking() {
         let index: Arc<dyn Storage> = Arc::new(crate::storage::MemStorage::new());
+        let ask = |url: &str, readonly: bool| DbOptions {
+            blobs: Some(url.into()),
+            readonly,
+            ..DbOptions::default()
+        };
         // Refused where the blob layer cannot follow: bad urls, read-only, data already there.
-        assert!(attach(index.clone(), Some("nope"), false).is_err());
+        assert!(attach(index.clone(), &ask("nope", false)).is_err());
         assert!(matches!(
-            attach(index.clone(), Some("s3://b/p"), true),
+            attach(index.clone(), &ask("s3://b/p", true)),
             Err(Error::ReadOnly(_))
         ));
         assert_eq!(recorded(&*index).unwrap(), None);
@@ -178,15 +192,15 @@ mod tests {
                 meta: TxnMeta::default(),
             })
             .unwrap();
-        let e = attach(with_data, Some("s3://b/p"), false).unwrap_err();
+        let e = attach(with_data, &ask("s3://b/p", false)).unwrap_err();
         assert!(
             e.to_string().contains("chosen when a store is created"),
             "{e}"
         );
         // Recorded in an empty store (whether or not this build can then open it).
-        let _ = attach(index.clone(), Some("s3://b/p"), false);
+        let _ = attach(index.clone(), &ask("s3://b/p", false));
         assert_eq!(recorded(&*index).unwrap().as_deref(), Some("s3://b/p"));
-        let e = attach(index.clone(), Some("s3://other/p"), false).unwrap_err();
+        let e = attach(index.clone(), &ask("s3://other/p", false)).unwrap_err();
         assert!(e.to_string().contains("not s3://other/p"), "{e}");
     }
 }

@@ -2,19 +2,21 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::ops::Range;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
+use super::cache::DiskCache;
 use super::objects::Objects;
 use super::pointer::Pointer;
 use super::references::held_versions;
 use crate::storage::codec::checksum;
 use crate::storage::delta::{check_runs, used_len};
 use crate::storage::{
-    CommitRequest, Key, Located, Oid, PackStats, Payload, Storage, Tid, TxnInfo, VerifyReport,
-    Version, Write,
+    CommitRequest, Extent, Key, Located, Oid, PackStats, Payload, Storage, Tid, TxnInfo,
+    VerifyReport, Version, Write,
 };
 use crate::{Error, Result};
 
@@ -25,12 +27,21 @@ pub struct BlobOptions {
     /// clock): longer than any commit takes from uploading its bodies to committing the index,
     /// whose objects would otherwise be deleted under it. Default: one hour.
     pub grace: Duration,
+    /// A directory for the disk cache of fetched bodies (see [`BlobOptions::cache_disk_bytes`]);
+    /// `None` (the default): no disk cache, every first touch fetches from the object store.
+    /// Processes of a node may share one directory.
+    pub cache_dir: Option<PathBuf>,
+    /// The disk cache's budget in bytes; least recently used bodies are deleted beyond it.
+    /// Default 10 GiB.
+    pub cache_disk_bytes: u64,
 }
 
 impl Default for BlobOptions {
     fn default() -> Self {
         BlobOptions {
             grace: Duration::from_secs(3600),
+            cache_dir: None,
+            cache_disk_bytes: 10 << 30,
         }
     }
 }
@@ -42,6 +53,8 @@ impl Default for BlobOptions {
 pub struct BlobStorage {
     index: Arc<dyn Storage>,
     objects: Objects,
+    /// Fetched bodies on local disk, mapped by `locate` ([`BlobOptions::cache_dir`]).
+    cache: Option<DiskCache>,
     options: BlobOptions,
 }
 
@@ -60,9 +73,14 @@ impl BlobStorage {
     /// [`Database::open_with`](crate::db::Database::open_with) with
     /// [`DbOptions::blobs`](crate::db::DbOptions::blobs) to create a store that remembers it.
     pub fn new(index: Arc<dyn Storage>, url: &str, options: BlobOptions) -> Result<Self> {
+        let cache = match &options.cache_dir {
+            Some(dir) => Some(DiskCache::open(dir, options.cache_disk_bytes)?),
+            None => None,
+        };
         Ok(BlobStorage {
             index,
             objects: Objects::open(url)?,
+            cache,
             options,
         })
     }
@@ -96,34 +114,68 @@ impl BlobStorage {
         })
     }
 
-    /// The bodies of the versions `(key, tid, record)`, fetched in parallel and checked;
-    /// fails as a whole only where no request could be made.
-    fn fetch(&self, versions: &[(Key, Tid, &[u8])]) -> Result<Vec<Result<Vec<u8>>>> {
-        let pointers: Vec<Result<Pointer>> = versions
+    /// The bodies of the versions `(key, tid, record)`: from the disk cache where
+    /// `use_cache` and it has them, else fetched in parallel (and then cached); all checked.
+    /// Fails as a whole only where no request could be made.
+    fn fetch(
+        &self,
+        versions: &[(Key, Tid, &[u8])],
+        use_cache: bool,
+    ) -> Result<Vec<Result<Vec<u8>>>> {
+        /// What a version needs: nothing more, or a GET of the object a pointer names.
+        enum Step {
+            Done(Result<Vec<u8>>),
+            Get(Pointer),
+        }
+        let steps: Vec<Step> = versions
             .iter()
-            .map(|&(key, tid, record)| self.pointer(key, tid, record))
+            .map(|&(key, tid, record)| {
+                let p = match self.pointer(key, tid, record) {
+                    Ok(p) => p,
+                    Err(e) => return Step::Done(Err(e)),
+                };
+                if !p.has_object() {
+                    return Step::Done(Ok(Vec::new()));
+                }
+                match use_cache.then(|| self.cached(&p)).flatten() {
+                    Some(data) => Step::Done(Ok(data)),
+                    None => Step::Get(p),
+                }
+            })
             .collect();
         let paths: Vec<_> = versions
             .iter()
-            .zip(&pointers)
-            .filter_map(|((key, ..), p)| match p {
-                Ok(p) if p.has_object() => Some((*key, self.objects.path(*key, p.id))),
-                _ => None,
+            .zip(&steps)
+            .filter_map(|(&(key, ..), step)| match step {
+                Step::Get(p) => Some((key, self.objects.path(key, p.id))),
+                Step::Done(_) => None,
             })
             .collect();
         let mut fetched = self.objects.get_all(&paths)?.into_iter();
         Ok(versions
             .iter()
-            .zip(pointers)
-            .map(|(&(key, tid, _), p)| {
-                let p = p?;
-                if !p.has_object() {
-                    return Ok(Vec::new());
+            .zip(steps)
+            .map(|(&(key, tid, _), step)| match step {
+                Step::Done(r) => r,
+                Step::Get(p) => {
+                    let got = fetched.next().expect("one fetch per object")?;
+                    let data = self.check(key, tid, &p, got)?;
+                    if let (Some(cache), true) = (&self.cache, use_cache) {
+                        cache.put(p.id, &data);
+                    }
+                    Ok(data)
                 }
-                let got = fetched.next().expect("one fetch per object")?;
-                self.check(key, tid, &p, got)
             })
             .collect())
+    }
+
+    /// The body `p` points at from the disk cache, if there and intact (a damaged copy is
+    /// ignored: the object store's is fetched and cached over it).
+    fn cached(&self, p: &Pointer) -> Option<Vec<u8>> {
+        let mut file = self.cache.as_ref()?.get(p.id, p.len)?;
+        let mut data = Vec::with_capacity(p.len as usize);
+        std::io::Read::read_to_end(&mut file, &mut data).ok()?;
+        (data.len() as u64 == p.len && checksum(&data) == p.checksum).then_some(data)
     }
 
     /// `got`, the object `p` points at, if it is there and intact.
@@ -209,13 +261,28 @@ impl Storage for BlobStorage {
         Ok(self.load_many(&[key], at)?.pop().flatten())
     }
 
+    /// Blocks whose body is in the disk cache are mapped from there; the others are
+    /// `CopyOnly` (fetched, and so cached, by `load`).
     fn locate(&self, key: Key, at: Tid) -> Result<Located> {
-        if !key.is_block() {
-            return self.index.locate(key, at);
-        }
-        Ok(match self.index.locate(key, at)?.tid() {
-            Some(tid) => Located::CopyOnly(tid),
-            None => Located::Absent,
+        let Some(cache) = self.cache.as_ref().filter(|_| key.is_block()) else {
+            return Ok(match self.index.locate(key, at)? {
+                located if !key.is_block() => located,
+                located => located.tid().map_or(Located::Absent, Located::CopyOnly),
+            });
+        };
+        let Some(v) = self.index.load(key, at)? else {
+            return Ok(Located::Absent);
+        };
+        let p = self.pointer(key, v.tid, &v.data)?;
+        Ok(match cache.get(p.id, p.len).filter(|_| p.has_object()) {
+            Some(file) => Located::Mapped(Extent {
+                file: Arc::new(file),
+                offset: 0,
+                len: p.len,
+                tid: v.tid,
+                checksum: p.checksum,
+            }),
+            None => Located::CopyOnly(v.tid),
         })
     }
 
@@ -330,7 +397,7 @@ impl Storage for BlobStorage {
                 .iter()
                 .map(|h| (h.key, h.tid, &h.record[..]))
                 .collect();
-            for got in self.fetch(&versions)? {
+            for got in self.fetch(&versions, false)? {
                 match got {
                     Ok(data) => report.bytes_checked += data.len() as u64,
                     Err(e @ Error::Corrupt { .. }) => report.problems.push(e),
@@ -360,7 +427,7 @@ impl Storage for BlobStorage {
                 Some((key, v.tid, &v.data[..]))
             })
             .collect();
-        let mut bodies = self.fetch(&blocks)?.into_iter();
+        let mut bodies = self.fetch(&blocks, true)?.into_iter();
         let mut out = Vec::with_capacity(keys.len());
         for (key, v) in keys.iter().zip(records.iter()) {
             out.push(match v {
