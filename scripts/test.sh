@@ -16,16 +16,20 @@ VENV=.venv
 "$VENV/bin/python" -m pip install -q "maturin>=1.9.4,<2" "numpy>=1.26" pytest transaction zope.interface mypy "dask[distributed]" xarray "zarr>=3" h5py
 export PYO3_PYTHON="$PWD/$VENV/bin/python"
 
-# A private PostgreSQL cluster on loopback for the PostgreSQL store's tests.
+# A private PostgreSQL cluster on loopback for the PostgreSQL store's tests, and a private
+# S3 server (SeaweedFS) on loopback for the object-storage tests.
 eval "$(scripts/pg-test-server.sh start)"
 trap 'scripts/pg-test-server.sh stop "$OUTCORE_TEST_PG_DIR"' EXIT
-# With a server promised, PostgreSQL tests that find none fail instead of skipping.
-export OUTCORE_REQUIRE_PG=1
+eval "$(scripts/s3-test-server.sh start)"
+trap 'scripts/pg-test-server.sh stop "$OUTCORE_TEST_PG_DIR"; scripts/s3-test-server.sh stop "$OUTCORE_TEST_S3_DIR"' EXIT
+# With servers promised, PostgreSQL and S3 tests that find none fail instead of skipping.
+export OUTCORE_REQUIRE_PG=1 OUTCORE_REQUIRE_S3=1
 
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-# The core without its PostgreSQL store (cargo feature "postgres", on by default).
+# The core without its PostgreSQL store and object storage (cargo features "postgres" and
+# "s3", on by default).
 cargo clippy -p outcore --lib --no-default-features --locked -- -D warnings
 # The API documentation builds without warnings (every public item documented, links valid).
 RUSTDOCFLAGS="-D warnings" cargo doc -p outcore --no-deps --locked

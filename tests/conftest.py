@@ -20,6 +20,18 @@ def pg_url():
     return f"{base}{sep}outcore_schema=py_{uuid.uuid4().hex[:12]}"
 
 
+@pytest.fixture
+def s3_url():
+    """A fresh ``s3://bucket/prefix`` on the test S3 server (scripts/test.sh starts one)."""
+    base = os.environ.get("OUTCORE_TEST_S3_URL")
+    if not base:
+        why = "OUTCORE_TEST_S3_URL is not set (scripts/test.sh starts an S3 server)"
+        if os.environ.get("OUTCORE_REQUIRE_S3"):
+            pytest.fail(f"{why}, but OUTCORE_REQUIRE_S3 says this run has one")
+        pytest.skip(why)
+    return f"{base.rstrip('/')}/py-{uuid.uuid4().hex[:12]}"
+
+
 @pytest.fixture(params=["mem", "local", "pg"])
 def db(request, tmp_path):
     if request.param == "mem":
@@ -43,4 +55,10 @@ def local_url(tmp_path):
 @pytest.fixture(params=["local", "pg"])
 def shared_url(request, tmp_path):
     """The url of a fresh store that other processes can open too (embedded or PostgreSQL)."""
+    return str(tmp_path / "db") if request.param == "local" else pg_url()
+
+
+@pytest.fixture(params=["local", "pg"])
+def index_url(request, tmp_path):
+    """The url of a fresh store to hold the index of an object-storage store."""
     return str(tmp_path / "db") if request.param == "local" else pg_url()

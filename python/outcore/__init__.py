@@ -66,6 +66,9 @@ def open(  # noqa: A001
     compression: str | None = None,
     reserve_bytes: int | None = None,
     dirty_bytes: int | None = None,
+    blobs: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    cache_disk_bytes: int | None = None,
 ) -> DB:
     """Opens the database at ``url``: a directory path (the embedded store, created if
     missing) or ``"mem:"`` (in memory). ``readonly`` refuses changes; ``at=tid`` opens the
@@ -75,9 +78,13 @@ def open(  # noqa: A001
     per window of an array (default clamp(16 x the bytes viewed, 64 MiB, 1 TiB); an array
     growing past its window gets another for new views); ``dirty_bytes`` the budget of
     uncommitted writes kept in RAM, process-wide (default a quarter of RAM or of the memory
-    cgroup's limit, or ``OUTCORE_DIRTY_BYTES``): above it the embedded store's written blocks
-    are spilled to disk ahead of the commit, so a transaction may change more than RAM.
-    Every option is keyword-only."""
+    cgroup's limit, or ``OUTCORE_DIRTY_BYTES``): above it written blocks are spilled to disk
+    ahead of the commit, so a transaction may change more than RAM.
+    ``blobs="s3://bucket/prefix"``, when the store is created, keeps block bodies in that
+    S3-compatible object store (endpoint, region and credentials from the ``AWS_*``
+    environment variables); the store records it, so later opens need only ``url``. For such
+    stores ``cache_dir`` keeps fetched block bodies on local disk (mapped from there; at most
+    ``cache_disk_bytes``, default 10 GiB, least recently used out). Every option is keyword-only."""
     return DB(
         url,
         cache_bytes=cache_bytes,
@@ -86,6 +93,9 @@ def open(  # noqa: A001
         compression=compression,
         reserve_bytes=reserve_bytes,
         dirty_bytes=dirty_bytes,
+        blobs=blobs,
+        cache_dir=cache_dir,
+        cache_disk_bytes=cache_disk_bytes,
     )
 
 

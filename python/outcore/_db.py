@@ -141,6 +141,9 @@ class DB:
         compression: str | None = None,
         reserve_bytes: int | None = None,
         dirty_bytes: int | None = None,
+        blobs: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_disk_bytes: int | None = None,
     ) -> None:
         self._closed = True  # until opened: repr() and close() work on a failed open
         self._url: str = url if isinstance(url, str) else repr(url)
@@ -158,6 +161,9 @@ class DB:
             reserve_bytes=reserve_bytes,
             cache_bytes=self.cache_bytes,
             dirty_bytes=_positive("dirty_bytes", dirty_bytes),
+            blobs=blobs,
+            cache_dir=None if cache_dir is None else os.fspath(cache_dir),
+            cache_disk_bytes=cache_disk_bytes,
         )
         _check_compression(self._native, compression)
         self._default: Connection | None = None

@@ -17,6 +17,9 @@ class Database:
         reserve_bytes: int | None = None,
         cache_bytes: int | None = None,
         dirty_bytes: int | None = None,
+        blobs: str | None = None,
+        cache_dir: str | None = None,
+        cache_disk_bytes: int | None = None,
     ) -> Database: ...
     def compression(self) -> str | None: ...
     def connect(self) -> Connection: ...

@@ -31,15 +31,31 @@ impl Store {
     /// Opens `url` (a directory, `mem:` or a `postgresql://` url); `compression` applies when
     /// a store is created.
     pub fn open(url: &str, access: Access, compression: Compression) -> Result<Store> {
-        let readonly = access == Access::Existing;
-        let db = Database::open_with(
+        Self::open_with(
             url,
             DbOptions {
-                readonly,
+                readonly: access == Access::Existing,
                 compression,
                 ..DbOptions::default()
             },
-        )?;
+        )
+    }
+
+    /// Opens `url` for writing, created if missing with `compression` and, if given, its
+    /// block bodies in the object store `blobs` (`s3://bucket/prefix`).
+    pub fn create(url: &str, compression: Compression, blobs: Option<String>) -> Result<Store> {
+        Self::open_with(
+            url,
+            DbOptions {
+                compression,
+                blobs,
+                ..DbOptions::default()
+            },
+        )
+    }
+
+    fn open_with(url: &str, options: DbOptions) -> Result<Store> {
+        let db = Database::open_with(url, options)?;
         let compression = db.compression();
         Ok(Store {
             db,

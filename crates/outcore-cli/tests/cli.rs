@@ -655,6 +655,42 @@ fn postgres_store() {
     fails(&["cat", &store, "c[7]"], 1);
 }
 
+/// `import --blobs` creates a store whose block bodies are objects in the test S3 server;
+/// every later command finds them from the store's path alone. Needs `OUTCORE_TEST_S3_URL`
+/// (scripts/test.sh starts a private server); skipped without it.
+#[test]
+fn object_storage() {
+    let Ok(base) = std::env::var("OUTCORE_TEST_S3_URL") else {
+        let why = "OUTCORE_TEST_S3_URL is not set (scripts/test.sh starts an S3 server)";
+        assert!(std::env::var_os("OUTCORE_REQUIRE_S3").is_none(), "{why}");
+        eprintln!("SKIPPED: {why}");
+        return;
+    };
+    let blobs = format!("{base}/cli-{}", std::process::id());
+    let fx = Fixture::new();
+    let store = fx.store();
+    let bytes = c_f8();
+    let input = fx.write("c.npy", &bytes);
+    ok(&["import", &store, "c", &input, "--blobs", &blobs]);
+    let out = fx.path("out.npy");
+    ok(&["export", &store, "c", &out]);
+    assert!(std::fs::read(&out).unwrap() == bytes, "round trip");
+    assert!(json(&["verify", "--json", &store])["ok"] == true);
+    // Asking for another object store later is refused.
+    let err = fails(
+        &[
+            "import",
+            &store,
+            "d",
+            &input,
+            "--blobs",
+            &format!("{blobs}x"),
+        ],
+        1,
+    );
+    assert!(err.contains(&blobs), "{err}");
+}
+
 /// A read-only bind mount, unmounted when dropped (also when the test fails).
 struct ReadOnlyMount(PathBuf);
 

@@ -43,7 +43,9 @@ struct Database {
 #[pymethods]
 impl Database {
     #[new]
-    #[pyo3(signature = (url, readonly=false, compression=None, reserve_bytes=None, cache_bytes=None, dirty_bytes=None))]
+    // One argument per keyword of `outcore.open`: Python callers name them.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (url, readonly=false, compression=None, reserve_bytes=None, cache_bytes=None, blobs=None, cache_dir=None, cache_disk_bytes=None, dirty_bytes=None))]
     fn new(
         py: Python<'_>,
         url: String,
@@ -52,6 +54,9 @@ impl Database {
         reserve_bytes: Option<u64>,
         cache_bytes: Option<u64>,
         dirty_bytes: Option<u64>,
+        blobs: Option<String>,
+        cache_dir: Option<std::path::PathBuf>,
+        cache_disk_bytes: Option<u64>,
     ) -> PyResult<Self> {
         let compression: Compression = compression.as_deref().unwrap_or("none").parse().py()?;
         let options = db::DbOptions {
@@ -60,6 +65,9 @@ impl Database {
             reserve_bytes,
             cache_bytes,
             dirty_bytes,
+            blobs,
+            cache_dir,
+            cache_disk_bytes,
         };
         let db = logging::call(py, move || db::Database::open_with(&url, options))
             .map_err(errors::open_error)?;

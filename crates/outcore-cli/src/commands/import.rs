@@ -24,7 +24,7 @@ use crate::error::{CliError, IoContext, Result};
 use crate::npy;
 use crate::output::{human_bytes, shape_str, Out};
 use crate::rawio::{chunks, Mapped};
-use crate::store::{commit, user, Access, Store};
+use crate::store::{commit, user, Store};
 use crate::time::tid_hex;
 
 /// Arguments of `outcore import`.
@@ -45,6 +45,11 @@ pub struct ImportArgs {
     /// Block compression when the store is created: none, lz4 or zstd.
     #[arg(long, value_name = "CODEC", default_value = "none", value_parser = parse_compression)]
     pub compression: Compression,
+    /// Keep block bodies in an S3-compatible object store when the store is created:
+    /// s3://bucket/prefix (endpoint, region and credentials from the AWS_* environment
+    /// variables). The store records it; later commands need only the store's url.
+    #[arg(long, value_name = "S3_URL")]
+    pub blobs: Option<String>,
 }
 
 /// Parses a block size: bytes, or a number with a K, M or G suffix (powers of 1024).
@@ -95,7 +100,7 @@ pub fn run(args: &ImportArgs, ctx: &Ctx) -> Result<()> {
     file.seek(SeekFrom::Start(header.data_offset))
         .context(|| format!("reading {path}"))?;
 
-    let store = Store::open(&args.store, Access::Create, args.compression)?;
+    let store = Store::create(&args.store, args.compression, args.blobs.clone())?;
     if !args.force && store.db.connect()?.contains(&args.name)? {
         return Err(CliError::runtime(format!(
             "{} already has an array named {:?} (use --force to replace it)",

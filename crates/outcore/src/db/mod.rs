@@ -60,10 +60,24 @@ pub struct DbOptions {
     /// that outgrows its window gets another for new views (see README, "Address space").
     pub reserve_bytes: Option<u64>,
     /// Budget (bytes) of uncommitted writes kept in private memory, process-wide: above it,
-    /// written blocks of the embedded (uncommitted) store are spilled to staged space of the
-    /// store, so a transaction may change more than RAM. `None` keeps the current one
+    /// written blocks are spilled to disk (staged space of the embedded uncompressed store,
+    /// else the process's scratch file), so a transaction may change more than RAM. `None` keeps the current one
     /// (default a quarter of RAM or of the memory cgroup's limit, or `OUTCORE_DIRTY_BYTES`).
     pub dirty_bytes: Option<u64>,
+    /// Where block bodies live: `s3://bucket/prefix` keeps them as objects in an S3-compatible
+    /// object store (endpoint, region and credentials from the `AWS_*` environment
+    /// variables), the index in the store `url` names. Chosen when the store is created and
+    /// recorded in it: later opens, from any node, need only the url (`None`); naming another
+    /// object store, or one for a store created without, is refused. See README, "Object
+    /// storage".
+    pub blobs: Option<String>,
+    /// For stores whose block bodies are in an object store: a directory for a disk cache of
+    /// fetched bodies, which are then mapped from there (zero copy, shared by the processes
+    /// of a node using the same directory). `None`: no disk cache.
+    pub cache_dir: Option<std::path::PathBuf>,
+    /// The disk cache's budget in bytes (least recently used bodies go first; default
+    /// 10 GiB).
+    pub cache_disk_bytes: Option<u64>,
 }
 
 /// A database: a store plus the means to open connections to it. Clones share the store
@@ -117,7 +131,8 @@ fn open_postgres(url: &str, _options: &DbOptions) -> Result<(Arc<dyn Storage>, C
 impl Database {
     /// Opens `url`: `mem:` for a fresh in-memory store, a filesystem path for the embedded
     /// store (created if missing), `postgresql://user@host/db` for the shared store (its
-    /// schema is created if missing).
+    /// schema is created if missing). A store created with [`DbOptions::blobs`] keeps its
+    /// block bodies in that object store.
     pub fn open(url: &str) -> Result<Self> {
         Self::open_with(url, DbOptions::default())
     }
@@ -151,6 +166,14 @@ impl Database {
             )?;
             let compression = store.compression();
             (Arc::new(store), compression)
+        };
+        let (storage, in_objects) = crate::storage::blobs::setting::attach(storage, &options)?;
+        // Bodies in an object store are stored as they are (the index compresses only its
+        // own records).
+        let compression = if in_objects {
+            Compression::None
+        } else {
+            compression
         };
         Ok(Self::wrap(storage, options, Some(compression)))
     }

@@ -160,7 +160,7 @@ pub(crate) fn plan(key: Key, write: &Write, tip: Option<Tip>) -> Result<Option<P
 }
 
 /// Checks that `runs` are ascending, disjoint, non-empty page ranges inside `len` bytes.
-fn check_runs(key: Key, runs: &[Range<u32>], len: usize) -> Result<()> {
+pub(crate) fn check_runs(key: Key, runs: &[Range<u32>], len: usize) -> Result<()> {
     let mut previous_end = 0u32;
     for (i, r) in runs.iter().enumerate() {
         if r.start >= r.end || (i > 0 && r.start < previous_end) || r.end as usize * PAGE > len {

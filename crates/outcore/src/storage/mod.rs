@@ -28,6 +28,7 @@
 //! * **Mapping**: [`Storage::locate`] tells where an uncompressed block version lies in a file
 //!   (page-aligned, immutable while referenced), so the memory layer can `mmap` it directly.
 
+pub mod blobs;
 mod closable;
 pub(crate) mod codec;
 pub(crate) mod delta;
@@ -40,6 +41,8 @@ pub(crate) mod record;
 mod segment;
 mod types;
 
+#[cfg(feature = "s3")]
+pub use blobs::{BlobOptions, BlobStorage};
 pub use closable::ClosableStorage;
 pub use codec::Compression;
 pub use delta::Piece;

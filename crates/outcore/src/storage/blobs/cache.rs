@@ -1,0 +1,202 @@
+//! The local disk cache of fetched bodies: one immutable file per object, named by the
+//! object's random id, so a cached body can be *mapped* (`Located::Mapped`) — zero copy, one
+//! page-cache copy shared by every process of the node using the same directory. Bounded by a
+//! byte budget, least recently used first out (a hit renews the file's mtime). Files are
+//! written under a temporary name, synced, then renamed: a reader sees a whole body or none.
+//! Deleting a file another process has mapped is safe (the mapping keeps the inode).
+
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use crate::{Error, Result};
+
+/// Temporary files start with this; never taken for bodies, removed when found stale.
+const TEMP_PREFIX: &str = ".tmp-";
+
+/// A directory of cached bodies with a byte budget.
+#[derive(Debug)]
+pub(crate) struct DiskCache {
+    dir: PathBuf,
+    budget: u64,
+    /// Bytes this process believes the directory holds (other processes add to it too: each
+    /// eviction recounts from the directory).
+    used: AtomicU64,
+    /// One eviction at a time in this process.
+    evicting: Mutex<()>,
+}
+
+impl DiskCache {
+    /// The cache in `dir` (created if missing), holding at most about `budget` bytes.
+    pub fn open(dir: &Path, budget: u64) -> Result<DiskCache> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating the cache directory {}", dir.display()), e))?;
+        let cache = DiskCache {
+            dir: dir.to_path_buf(),
+            budget,
+            used: AtomicU64::new(0),
+            evicting: Mutex::new(()),
+        };
+        let used = cache.entries()?.iter().map(|e| e.size).sum();
+        cache.used.store(used, Ordering::Relaxed);
+        Ok(cache)
+    }
+
+    fn path(&self, id: u128) -> PathBuf {
+        self.dir.join(format!("{id:032x}"))
+    }
+
+    /// The cached body `id` of `len` bytes, opened for reading; `None` if not cached (or the
+    /// file is not that long: not ours, left alone).
+    pub fn get(&self, id: u128, len: u64) -> Option<File> {
+        let file = File::open(self.path(id)).ok()?;
+        if file.metadata().ok()?.len() != len {
+            return None;
+        }
+        // Recently used: eviction takes the oldest mtime first. Best effort (a read-only
+        // cache directory still serves hits).
+        let _ = file.set_modified(SystemTime::now());
+        Some(file)
+    }
+
+    /// Caches body `id`; failures (a full disk) only cost the cache, so they are logged.
+    pub fn put(&self, id: u128, bytes: &[u8]) {
+        if bytes.len() as u64 > self.budget {
+            return;
+        }
+        if let Err(e) = self.write(id, bytes) {
+            tracing::warn!("not caching a fetched block in {}: {e}", self.dir.display());
+            return;
+        }
+        let used = self.used.fetch_add(bytes.len() as u64, Ordering::Relaxed) + bytes.len() as u64;
+        if used > self.budget {
+            if let Err(e) = self.evict() {
+                tracing::warn!("evicting from the cache {}: {e}", self.dir.display());
+            }
+        }
+    }
+
+    fn write(&self, id: u128, bytes: &[u8]) -> std::io::Result<()> {
+        let temp = self.dir.join(format!(
+            "{TEMP_PREFIX}{id:032x}-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let done = (|| {
+            let mut f = File::create(&temp)?;
+            f.write_all(bytes)?;
+            // Synced before the name appears: a crash never leaves a named file whose
+            // contents the disk did not get (it would be mapped unchecked).
+            f.sync_data()?;
+            std::fs::rename(&temp, self.path(id))
+        })();
+        if done.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        done
+    }
+
+    /// The cached bodies with size and mtime; stale temporary files (over an hour old, from
+    /// a crashed writer) are removed on the way.
+    fn entries(&self) -> Result<Vec<Entry>> {
+        let read = std::fs::read_dir(&self.dir)
+            .map_err(|e| Error::io(format!("listing the cache {}", self.dir.display()), e))?;
+        let now = SystemTime::now();
+        let mut out = Vec::new();
+        for entry in read.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            let modified = meta.modified().unwrap_or(now);
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with(TEMP_PREFIX) {
+                let stale = now
+                    .duration_since(modified)
+                    .is_ok_and(|age| age.as_secs() > 3600);
+                if stale {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+                continue;
+            }
+            if meta.is_file() {
+                out.push(Entry {
+                    path: entry.path(),
+                    size: meta.len(),
+                    modified,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes least recently used bodies until the directory holds at most 90% of the
+    /// budget (so evictions are not one per fetch).
+    fn evict(&self) -> Result<()> {
+        let _one = self.evicting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries = self.entries()?;
+        let mut used: u64 = entries.iter().map(|e| e.size).sum();
+        entries.sort_by_key(|e| e.modified);
+        let target = self.budget / 10 * 9;
+        for e in entries {
+            if used <= target {
+                break;
+            }
+            if std::fs::remove_file(&e.path).is_ok() {
+                used -= e.size;
+            }
+        }
+        self.used.store(used, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// A cached body found by a listing.
+struct Entry {
+    path: PathBuf,
+    size: u64,
+    modified: SystemTime,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_budget_least_recently_used_first_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), 30_000).unwrap();
+        assert!(cache.get(1, 10).is_none());
+        for id in 1..=3u128 {
+            cache.put(id, &[id as u8; 10_000]);
+        }
+        // Touch 1 (older mtimes than 2 and 3 otherwise), then overflow: 2 goes first.
+        let old = SystemTime::now() - std::time::Duration::from_secs(100);
+        for id in 2..=3 {
+            File::open(cache.path(id))
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        assert!(cache.get(1, 10_000).is_some());
+        File::open(cache.path(3))
+            .unwrap()
+            .set_modified(old + std::time::Duration::from_secs(1))
+            .unwrap();
+        cache.put(4, &[4; 10_000]);
+        assert!(cache.get(2, 10_000).is_none(), "least recently used");
+        assert!(cache.get(3, 10_000).is_none(), "next least recently used");
+        let mut f = cache.get(1, 10_000).unwrap();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut bytes).unwrap();
+        assert_eq!(bytes, vec![1; 10_000]);
+        assert!(cache.get(4, 10_000).is_some());
+        assert!(cache.get(4, 9_999).is_none(), "a length mismatch is no hit");
+        // Bodies larger than the whole budget are not cached.
+        cache.put(5, &vec![5; 40_000]);
+        assert!(cache.get(5, 40_000).is_none());
+        // A new cache on the directory counts what is there.
+        let again = DiskCache::open(dir.path(), 30_000).unwrap();
+        assert_eq!(again.used.load(Ordering::Relaxed), 20_000);
+    }
+}

@@ -1,0 +1,261 @@
+//! The object-store side of the blob layer: one bucket prefix, a small tokio runtime owned by
+//! the store, and the batched requests the store makes (parallel PUTs and GETs, a listing,
+//! deletions). Synchronous callers block on the runtime; retries with backoff are the client's
+//! (`object_store`'s `RetryConfig`). Endpoint, region and credentials come from the `AWS_*`
+//! environment variables only, and no message built here contains them.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::stream::{self, StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path;
+use object_store::{BackoffConfig, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+
+use crate::storage::{Key, Oid};
+use crate::{Error, Result};
+
+/// Requests in flight at once within one batch.
+const PARALLEL: usize = 16;
+
+/// An object of the store found by [`Objects::list`].
+#[derive(Debug)]
+pub(crate) struct Listed {
+    /// The block it holds a body of.
+    pub key: Key,
+    /// Its name under the block (the pointer's id).
+    pub id: u128,
+    /// Its full path, for deletion.
+    pub path: Path,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When the object store says it was written.
+    pub modified: SystemTime,
+}
+
+/// A bucket prefix of an S3-compatible object store.
+pub(crate) struct Objects {
+    /// `s3://bucket/prefix`, for messages.
+    url: String,
+    /// Every object of the store lies under it: `<prefix>/<file oid>/<block>/<id>`.
+    prefix: Path,
+    client: Arc<dyn ObjectStore>,
+    runtime: tokio::runtime::Runtime,
+    /// The process that started `runtime`: a forked child has none of its threads, and
+    /// waiting on it there would hang.
+    pid: u32,
+}
+
+impl std::fmt::Debug for Objects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Objects").field("url", &self.url).finish()
+    }
+}
+
+/// Wraps an object-store error with what was being done (the client's text names the
+/// request and the server's answer, never the credentials).
+fn failed(what: String, e: impl std::fmt::Display) -> Error {
+    Error::io(what, std::io::Error::other(e.to_string()))
+}
+
+impl Objects {
+    /// The prefix `url` (`s3://bucket[/prefix]`) of the store `AWS_*` describes. Connects
+    /// lazily: a wrong endpoint or bucket shows at the first request.
+    pub fn open(url: &str) -> Result<Objects> {
+        let bad = || {
+            Error::InvalidArgument(format!(
+                "blobs={url:?}: expected s3://bucket or s3://bucket/prefix"
+            ))
+        };
+        let rest = url.strip_prefix("s3://").ok_or_else(bad)?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(bad());
+        }
+        let retry = RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(5),
+                base: 2.0,
+            },
+            max_retries: 10,
+            retry_timeout: Duration::from_secs(120),
+        };
+        let client = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_retry(retry)
+            .build()
+            .map_err(|e| failed(format!("configuring the object store for {url}"), e))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("outcore-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting the object-store runtime", e))?;
+        Ok(Objects {
+            url: url.to_owned(),
+            prefix: Path::from(prefix),
+            client: Arc::new(client),
+            runtime,
+            pid: std::process::id(),
+        })
+    }
+
+    /// Runs `work` on the store's runtime until it completes; refused in a forked child.
+    fn run<F: std::future::Future>(&self, work: F) -> Result<F::Output> {
+        if std::process::id() != self.pid {
+            return Err(Error::InvalidArgument(format!(
+                "the object store {} was opened by process {} before this one forked from it: \
+                 open the database again in this process",
+                self.url, self.pid
+            )));
+        }
+        Ok(self.runtime.block_on(work))
+    }
+
+    /// `s3://bucket/prefix`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Where body `id` of block `key` lives: a name no other write can produce.
+    pub fn path(&self, key: Key, id: u128) -> Path {
+        let (file, index) = match key {
+            Key::Block { file, index } => (file.0, index),
+            Key::Meta(oid) => (oid.0, u64::MAX),
+        };
+        self.prefix
+            .clone()
+            .join(file.to_string())
+            .join(index.to_string())
+            .join(format!("{id:032x}"))
+    }
+
+    /// Uploads every `(path, bytes)` in parallel; on failure deletes what did upload (best
+    /// effort: pack removes what is left) and says which failed.
+    pub fn put_all(&self, uploads: Vec<(Path, bytes::Bytes)>) -> Result<()> {
+        let client = &self.client;
+        let results: Vec<(Path, object_store::Result<()>)> = self.run(
+            stream::iter(uploads)
+                .map(|(path, bytes)| async move {
+                    let r = client.put(&path, PutPayload::from(bytes)).await.map(drop);
+                    (path, r)
+                })
+                .buffer_unordered(PARALLEL)
+                .collect(),
+        )?;
+        let Some((path, Err(e))) = results.iter().find(|(_, r)| r.is_err()) else {
+            return Ok(());
+        };
+        let error = failed(
+            format!(
+                "uploading block bodies to {} ({path}; nothing was committed)",
+                self.url
+            ),
+            e,
+        );
+        let uploaded: Vec<Path> = results
+            .iter()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(p, _)| p.clone())
+            .collect();
+        self.delete_quietly(uploaded);
+        Err(error)
+    }
+
+    /// Fetches the bodies of every `(block, path)` in parallel, in the order given. A missing
+    /// object is `Ok(None)`.
+    pub fn get_all(&self, paths: &[(Key, Path)]) -> Result<Vec<Result<Option<Vec<u8>>>>> {
+        let client = &self.client;
+        let url = &self.url;
+        self.run(
+            stream::iter(paths)
+                .map(|(key, path)| async move {
+                    let got = match client.get(path).await {
+                        Ok(r) => r.bytes().await,
+                        Err(e) => Err(e),
+                    };
+                    match got {
+                        Ok(bytes) => Ok(Some(bytes.to_vec())),
+                        Err(object_store::Error::NotFound { .. }) => Ok(None),
+                        Err(e) => Err(failed(
+                            format!("fetching the body of {key} (object {path} of {url})"),
+                            e,
+                        )),
+                    }
+                })
+                .buffered(PARALLEL)
+                .collect(),
+        )
+    }
+
+    /// Every object under the prefix that names a block body; other objects are skipped
+    /// (never deleted).
+    pub fn list(&self) -> Result<Vec<Listed>> {
+        let metas: Vec<object_store::ObjectMeta> = self
+            .run(self.client.list(Some(&self.prefix)).try_collect())?
+            .map_err(|e| failed(format!("listing {}", self.url), e))?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| {
+                let (key, id) = self.parse(&m.location)?;
+                Some(Listed {
+                    key,
+                    id,
+                    path: m.location,
+                    size: m.size,
+                    modified: SystemTime::from(m.last_modified),
+                })
+            })
+            .collect())
+    }
+
+    /// The block and id of a body's path, `None` for other paths.
+    fn parse(&self, path: &Path) -> Option<(Key, u128)> {
+        let mut parts = path.prefix_match(&self.prefix)?;
+        let file: u64 = parts.next()?.as_ref().parse().ok()?;
+        let index: u64 = parts.next()?.as_ref().parse().ok()?;
+        let id = parts.next()?;
+        let id = id.as_ref();
+        if parts.next().is_some() || id.len() != 32 {
+            return None;
+        }
+        let id = u128::from_str_radix(id, 16).ok()?;
+        Some((
+            Key::Block {
+                file: Oid(file),
+                index,
+            },
+            id,
+        ))
+    }
+
+    /// Deletes `paths` in parallel; an object already gone counts as deleted.
+    pub fn delete_all(&self, paths: Vec<Path>) -> Result<()> {
+        let client = &self.client;
+        let url = &self.url;
+        let results: Vec<Result<()>> = self.run(
+            stream::iter(paths)
+                .map(|path| async move {
+                    match client.delete(&path).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                        Err(e) => Err(failed(format!("deleting {path} from {url}"), e)),
+                    }
+                })
+                .buffer_unordered(PARALLEL)
+                .collect(),
+        )?;
+        results.into_iter().collect()
+    }
+
+    /// [`Objects::delete_all`] for objects nothing references, whose leftovers pack removes
+    /// anyway: failures are only logged.
+    pub fn delete_quietly(&self, paths: Vec<Path>) {
+        if paths.is_empty() {
+            return;
+        }
+        if let Err(e) = self.delete_all(paths) {
+            tracing::warn!("unreferenced block bodies stay until the next pack: {e}");
+        }
+    }
+}
