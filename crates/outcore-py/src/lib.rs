@@ -45,7 +45,7 @@ impl Database {
     #[new]
     // One argument per keyword of `outcore.open`: Python callers name them.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (url, readonly=false, compression=None, reserve_bytes=None, cache_bytes=None, blobs=None, cache_dir=None, cache_disk_bytes=None, dirty_bytes=None))]
+    #[pyo3(signature = (url, readonly=false, compression=None, reserve_bytes=None, cache_bytes=None, dirty_bytes=None, blobs=None, cache_dir=None, cache_disk_bytes=None))]
     fn new(
         py: Python<'_>,
         url: String,
