@@ -182,6 +182,14 @@ impl ArrayHandle {
         self.discard_all()
     }
 
+    /// Lets every window forget the stored versions it keeps for spilling (with the files
+    /// they hold open): the connection is closed, nothing is spilled or discarded any more.
+    pub fn forget_versions(&self) {
+        for m in self.all_memory() {
+            m.forget_versions();
+        }
+    }
+
     /// Drops every written page of every reservation.
     pub fn discard_all(&self) -> Result<()> {
         for m in self.all_memory() {

@@ -147,6 +147,13 @@ impl BlockMemory {
         Ok(true)
     }
 
+    /// Forgets the stored versions kept for spilling (and the files they hold open): from
+    /// now on only blocks mapped again can be spilled. For a closed connection, whose views
+    /// may outlive it.
+    pub fn forget_versions(&self) {
+        self.lock().versions.clear();
+    }
+
     /// True if `block` holds spilled writes.
     pub fn is_spilled(&self, block: u64) -> bool {
         self.lock().spilled.contains_key(&block)
