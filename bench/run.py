@@ -10,8 +10,9 @@ bench/results/RESULTS.md and bench/results/chart.png.
 
 Workloads: scan, fault, write, append, demo, pg (pg runs when --pg or OUTCORE_TEST_PG gives a
 postgresql:// url); storage format v2 (issue 15): small-commits, many-small, resize,
-deltas-scan; write path (issue 16): write-new, write-rewrite, mapping-budget. Run from any
-interpreter: it re-executes itself under bench/.venv.
+deltas-scan; write path (issue 16): write-new, write-rewrite, mapping-budget; demo-wendelin
+(outcore's demo against wendelin.core's, which needs `bash bench/wendelin-setup.sh` once).
+Run from any interpreter: it re-executes itself under bench/.venv.
 """
 
 import argparse
@@ -37,6 +38,7 @@ WORKLOADS = (
     "write-new",
     "write-rewrite",
     "mapping-budget",
+    "demo-wendelin",
 )
 
 
@@ -108,6 +110,7 @@ def main(argv=None):
             common,
             deltas,
             demo,
+            demo_vs_wendelin,
             many_small,
             mappings,
             pg,
@@ -139,6 +142,11 @@ def main(argv=None):
                 "workload pg needs --pg URL or OUTCORE_TEST_PG (scripts/pg-test-server.sh start)"
             )
         only.discard("pg")
+    skipped = []
+    why = demo_vs_wendelin.missing() if "demo-wendelin" in only else None
+    if why:
+        only.discard("demo-wendelin")
+        skipped.append(("demo-wendelin", f"skipped: {why}"))
     command = "python bench/run.py " + " ".join(sys.argv[1:])
     t_start = time.perf_counter()
 
@@ -150,7 +158,9 @@ def main(argv=None):
     machine_lines = common.machine(cfg)
     for line in machine_lines:
         log(line)
-    sections, errors = [], []
+    for key, why in skipped:
+        log(f"workload {key} {why}")
+    sections, errors = [], skipped
 
     def run(key, fn):
         if key not in only:
@@ -184,6 +194,7 @@ def main(argv=None):
         run("write-new", lambda: write_fill.write_new(cfg, log))
         run("write-rewrite", lambda: write_fill.write_rewrite(cfg, log))
         run("mapping-budget", lambda: mappings.mapping_budget(cfg, log))
+        run("demo-wendelin", lambda: demo_vs_wendelin.demo_vs_wendelin(cfg, log))
     finally:
         if not args.keep:
             common.remove(cfg.dir)

@@ -45,6 +45,7 @@ class Config:
     map_size: int  # bytes of the array of mapping-budget
     map_commits: int  # commits of mapping-budget ...
     map_pages: int  # ... each rewriting this many random 4 KiB pages
+    wendelin_sizes: tuple  # worksizes in MiB of demo-wendelin
     dir: str = "/var/tmp/outcore-bench"  # run.py makes a fresh one per run
     pg_url: str | None = None
     seed: int = 7
@@ -73,6 +74,7 @@ class Config:
             map_size=32 * MiB,
             map_commits=10,
             map_pages=200,
+            wendelin_sizes=(32, 64),
         )
 
     @classmethod
@@ -99,6 +101,7 @@ class Config:
             map_size=512 * MiB,
             map_commits=50,
             map_pages=2000,
+            wendelin_sizes=(512, 2048),
         )
 
     @property

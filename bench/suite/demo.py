@@ -35,7 +35,8 @@ def status_sampler(pid, peak):
 
 
 def run_child(args):
-    """Runs ``args``; returns (exit code, seconds, peak VmHWM bytes, peak RssAnon bytes)."""
+    """Runs ``args``; returns (exit code, seconds, peak VmHWM bytes, peak RssAnon bytes,
+    stdout)."""
     t0 = time.perf_counter()
     p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     peak = {}
@@ -48,7 +49,7 @@ def run_child(args):
     # The demo prints its own VmHWM last ("peak N kB"), which no sample can miss.
     printed = [int(kb) * 1024 for kb in re.findall(r"peak (\d+) kB", out)]
     hwm = max(printed + [peak.get("VmHWM", 0)])
-    return p.returncode, seconds, hwm, peak.get("RssAnon", 0)
+    return p.returncode, seconds, hwm, peak.get("RssAnon", 0), out
 
 
 class MemoryCgroup:
@@ -140,7 +141,7 @@ def demo(cfg, log):
                     step,
                     path,
                 ]
-                code, secs, hwm, anon = run_child(cg.wrap(args) if cg else args)
+                code, secs, hwm, anon, _out = run_child(cg.wrap(args) if cg else args)
                 cg_peak = cg.peak() if cg else None
                 if code and not cg:
                     raise RuntimeError(f"{' '.join(args)} failed with exit code {code}")
