@@ -668,8 +668,6 @@ impl Connection {
                     failed.get_or_insert(e);
                 }
             }
-            // Views outlive the connection; the store's files they would keep open do not.
-            h.forget_versions();
         }
         st.closed = true;
         st.arrays.clear();

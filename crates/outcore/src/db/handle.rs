@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::source::SnapshotSource;
+use super::source::{MappedAt, SnapshotSource};
 use crate::array::ArrayMeta;
 use crate::storage::{Key, Oid, StagedHold, StagedRef, Storage, Tid};
 use crate::vm::BlockMemory;
@@ -42,6 +42,8 @@ pub(crate) struct ArrayHandle {
     /// `stored_end` at a snapshot: (snapshot, one past the last stored block). A leaf lock
     /// (taken under `txn`, nothing taken under it but store-internal locks).
     stored_end: Mutex<Option<(Tid, u64)>>,
+    /// The snapshot and cut its blocks were last mapped at (for spilling).
+    mapped_at: Arc<MappedAt>,
 }
 
 #[derive(Debug)]
@@ -102,6 +104,7 @@ impl ArrayHandle {
                 adopted: BTreeMap::new(),
             }),
             stored_end: Mutex::new(None),
+            mapped_at: Arc::new(MappedAt::new()),
         }
     }
 
@@ -114,6 +117,8 @@ impl ArrayHandle {
         at: Tid,
         cut: Option<u64>,
     ) -> SnapshotSource<'a> {
+        // Every mapping goes through here: what it maps is the version at (at, cut).
+        self.mapped_at.set(at, cut);
         SnapshotSource {
             storage,
             file: g.meta.file,
@@ -180,14 +185,6 @@ impl ArrayHandle {
         let mut g = self.txn.lock().unwrap_or_else(|p| p.into_inner());
         g.detached = true;
         self.discard_all()
-    }
-
-    /// Lets every window forget the stored versions it keeps for spilling (with the files
-    /// they hold open): the connection is closed, nothing is spilled or discarded any more.
-    pub fn forget_versions(&self) {
-        for m in self.all_memory() {
-            m.forget_versions();
-        }
     }
 
     /// Drops every written page of every reservation.

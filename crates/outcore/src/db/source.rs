@@ -1,5 +1,6 @@
 //! Telling the memory layer what lies behind a block at a snapshot.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::storage::{Key, Located, Oid, StagedExtent, Storage, Tid};
@@ -45,15 +46,53 @@ impl Staging for StagedBlock {
     }
 }
 
+/// The snapshot and shrink cut an array's windows were last mapped at (updated whenever
+/// its blocks are mapped), read without locks by the spill thread: the version under a
+/// mapped block is its version there.
+#[derive(Debug)]
+pub(crate) struct MappedAt {
+    at: AtomicU64,
+    /// The cut, or `u64::MAX` for none.
+    cut: AtomicU64,
+}
+
+impl MappedAt {
+    pub fn new() -> Self {
+        MappedAt {
+            at: AtomicU64::new(0),
+            cut: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    pub fn set(&self, at: Tid, cut: Option<u64>) {
+        self.at.store(at.0, Ordering::Release);
+        self.cut.store(cut.unwrap_or(u64::MAX), Ordering::Release);
+    }
+}
+
 /// Where a writable window spills written blocks: staged space of the store where it has
 /// any (published at commit without a copy), else the process's scratch file.
 #[derive(Debug)]
 pub(crate) struct StoreSpill {
     pub storage: Arc<dyn Storage>,
+    pub file: Oid,
     pub blksize: usize,
+    pub mapped_at: Arc<MappedAt>,
 }
 
 impl SpillTarget for StoreSpill {
+    fn version(&self, block: u64) -> Result<Backing> {
+        let source = SnapshotSource {
+            storage: &self.storage,
+            file: self.file,
+            at: Tid(self.mapped_at.at.load(Ordering::Acquire)),
+            cut: Some(self.mapped_at.cut.load(Ordering::Acquire)).filter(|&c| c != u64::MAX),
+            stage_from: None,
+            blksize: self.blksize,
+        };
+        source.backing(block)
+    }
+
     fn stage(&self) -> Result<Option<Arc<dyn Staging>>> {
         let len = self.blksize as u64;
         Ok(Some(match self.storage.stage(len)? {

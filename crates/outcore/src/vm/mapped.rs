@@ -166,10 +166,6 @@ struct State {
     next_fragmentation_check: usize,
     /// The staged space of blocks mapped [`Mapped::Staged`].
     staged: BTreeMap<u64, Arc<dyn Staging>>,
-    /// The stored version behind blocks mapped from files ([`Mapped::File`],
-    /// [`Mapped::Pieces`]) or fetched on touch ([`Mapped::Fetched`]), kept so that a spilled
-    /// block can show it again.
-    versions: BTreeMap<u64, Backing>,
     /// Spilled blocks (mapped [`Mapped::Staged`]) and the version their writes apply to:
     /// discarding the writes maps that version again.
     spilled: BTreeMap<u64, Backing>,
@@ -575,13 +571,9 @@ impl BlockMemory {
                 }
                 _ => self.map_anonymous(first, 0, run.len() * self.blksize)?,
             }
-            for (b, backing) in &run {
+            for (b, _) in &run {
                 state.staged.remove(b);
                 state.spilled.remove(b);
-                match backing {
-                    Backing::File { .. } => state.versions.insert(*b, backing.clone()),
-                    _ => state.versions.remove(b),
-                };
                 let previous = state.mapped.insert(*b, mapped_as(*b)?);
                 if let (Some(Mapped::Decoded), Some(d)) = (previous, &state.decoded) {
                     punch_hole(d, self.rel(*b) * self.blksize as u64, self.blksize as u64)?;
@@ -610,11 +602,6 @@ impl BlockMemory {
                 server.retire(region, self.rel(block));
             }
         }
-        let version = matches!(
-            backing,
-            Backing::File { .. } | Backing::Pieces(_) | Backing::Fetch(_)
-        )
-        .then(|| backing.clone());
         let mapped = match backing {
             Backing::Hole => {
                 self.map_anonymous(block, 0, self.blksize)?;
@@ -720,10 +707,6 @@ impl BlockMemory {
             state.staged.remove(&block);
         }
         state.spilled.remove(&block);
-        match version {
-            Some(v) => state.versions.insert(block, v),
-            None => state.versions.remove(&block),
-        };
         match state.mapped.insert(block, mapped.clone()) {
             Some(Mapped::Decoded) if mapped != Mapped::Decoded => {
                 if let Some(d) = &state.decoded {

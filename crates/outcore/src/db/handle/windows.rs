@@ -97,7 +97,9 @@ impl ArrayHandle {
             // Above the process's dirty budget, written blocks move to staged space.
             window.spill_to(Arc::new(StoreSpill {
                 storage: storage.clone(),
+                file: g.meta.file,
                 blksize: g.meta.blksize,
+                mapped_at: self.mapped_at.clone(),
             }));
         }
         // Windows no view uses and that hold no writes are released first (they would only

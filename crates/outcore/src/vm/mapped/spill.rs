@@ -5,7 +5,8 @@
 //! anonymous pages; a block fetched on touch is private memory altogether. Spilling it:
 //!
 //! 1. takes the memory's state lock (no install, discard or commit scan of the block runs
-//!    meanwhile) and asks the [`SpillTarget`] for staged space of a block;
+//!    meanwhile) and asks the [`SpillTarget`] for the version under the block and for
+//!    staged space of a block;
 //! 2. raises a write [`Barrier`] over the block, then makes it read-only: from here on no
 //!    write can change it, and a thread that writes waits in the barrier's signal handler;
 //! 3. writes the block's current bytes (the version plus the writes) into the staged space;
@@ -29,9 +30,13 @@ use crate::{Error, Result};
 
 /// Where a memory's spilled blocks go: staged space of the store (the layer above knows it).
 pub trait SpillTarget: Send + Sync + std::fmt::Debug {
-    /// Space for one block's bytes, or `None` when the store cannot stage now (compressed or
-    /// remote stores, a nearly full file system): the block's writes then stay in memory.
+    /// Space for one block's bytes, or `None` when there is none now (the block's writes
+    /// then stay in memory).
     fn stage(&self) -> Result<Option<Arc<dyn Staging>>>;
+
+    /// The stored version `block` is mapped from (its backing at the snapshot the memory
+    /// was last mapped at): what discarding its spilled writes shows again.
+    fn version(&self, block: u64) -> Result<Backing>;
 }
 
 impl BlockMemory {
@@ -92,10 +97,7 @@ impl BlockMemory {
         let version = match state.mapped.get(&block) {
             Some(Mapped::Hole) => Backing::Hole,
             Some(Mapped::File { .. } | Mapped::Pieces(_) | Mapped::Fetched) => {
-                match state.versions.get(&block) {
-                    Some(v) => v.clone(),
-                    None => return Ok(false),
-                }
+                target.version(block)?
             }
             _ => return Ok(false),
         };
@@ -129,7 +131,6 @@ impl BlockMemory {
         }
         drop(barrier);
         state.mapped.insert(block, Mapped::Staged);
-        state.versions.remove(&block);
         state.staged.insert(block, staging.clone());
         state.spilled.insert(block, version);
         drop(state);
@@ -145,13 +146,6 @@ impl BlockMemory {
             );
         }
         Ok(true)
-    }
-
-    /// Forgets the stored versions kept for spilling (and the files they hold open): from
-    /// now on only blocks mapped again can be spilled. For a closed connection, whose views
-    /// may outlive it.
-    pub fn forget_versions(&self) {
-        self.lock().versions.clear();
     }
 
     /// True if `block` holds spilled writes.
