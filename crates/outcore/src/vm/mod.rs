@@ -7,6 +7,7 @@
 
 mod dirty;
 mod mapped;
+mod readahead;
 mod reservation;
 mod uffd;
 
