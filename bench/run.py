@@ -10,7 +10,8 @@ bench/results/RESULTS.md and bench/results/chart.png.
 
 Workloads: scan, fault, write, append, demo, pg (pg runs when --pg or OUTCORE_TEST_PG gives a
 postgresql:// url); storage format v2 (issue 15): small-commits, many-small, resize,
-deltas-scan; write path (issue 16): write-new, write-rewrite, mapping-budget. Run from any
+deltas-scan; write path (issue 16): write-new, write-rewrite, mapping-budget; latency (issue
+17): random-rows (root: a memory cgroup). Run from any
 interpreter: it re-executes itself under bench/.venv.
 """
 
@@ -37,6 +38,7 @@ WORKLOADS = (
     "write-new",
     "write-rewrite",
     "mapping-budget",
+    "random-rows",
 )
 
 
@@ -114,6 +116,7 @@ def main(argv=None):
             read,
             report,
             resize,
+            rows,
             small_commits,
             systems,
             write,
@@ -184,6 +187,7 @@ def main(argv=None):
         run("write-new", lambda: write_fill.write_new(cfg, log))
         run("write-rewrite", lambda: write_fill.write_rewrite(cfg, log))
         run("mapping-budget", lambda: mappings.mapping_budget(cfg, log))
+        run("random-rows", lambda: rows.random_rows(cfg, log))
     finally:
         if not args.keep:
             common.remove(cfg.dir)

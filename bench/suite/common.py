@@ -45,6 +45,8 @@ class Config:
     map_size: int  # bytes of the array of mapping-budget
     map_commits: int  # commits of mapping-budget ...
     map_pages: int  # ... each rewriting this many random 4 KiB pages
+    rows_size: int  # bytes of the 2-D float32 array of random-rows ...
+    rows_limit: int  # ... read inside a memory cgroup of this many bytes
     dir: str = "/var/tmp/outcore-bench"  # run.py makes a fresh one per run
     pg_url: str | None = None
     seed: int = 7
@@ -73,6 +75,8 @@ class Config:
             map_size=32 * MiB,
             map_commits=10,
             map_pages=200,
+            rows_size=512 * MiB,
+            rows_limit=160 * MiB,
         )
 
     @classmethod
@@ -99,6 +103,8 @@ class Config:
             map_size=512 * MiB,
             map_commits=50,
             map_pages=2000,
+            rows_size=2 * GiB,
+            rows_limit=512 * MiB,
         )
 
     @property
