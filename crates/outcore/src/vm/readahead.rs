@@ -66,13 +66,15 @@ pub fn small_view(reservation: &Reservation, range: Range<usize>) {
 
 /// Reads the byte ranges `ranges` of `reservation` (file-backed memory only: the caller leaves
 /// out fetched blocks, which the fault server prefetches, and holes) into memory in the
-/// process's read-ahead thread and returns at once. The thread populates them [`STEP`] at a
-/// time (`MADV_POPULATE_READ`): each piece is read as the faults would read it — with huge-page
-/// advice as large folios, not the small ones `MADV_WILLNEED` allocates — and mapped, so the
-/// caller's later accesses take no fault. It holds `reservation` until done, so the ranges
-/// stay this memory's.
+/// process's read-ahead thread and returns at once; no more than half the RAM of them, from
+/// the start. The thread populates them [`STEP`] at a time (`MADV_POPULATE_READ`): each
+/// piece is read as the faults would read it — with huge-page advice as large folios, not
+/// the small ones `MADV_WILLNEED` allocates — and mapped, so the caller's later accesses take
+/// no fault. It holds `reservation` until done, so the ranges stay this memory's. Prefetches
+/// are served in the order they come.
 pub fn in_background(reservation: Arc<Reservation>, ranges: Vec<Range<usize>>) {
-    if ranges.iter().all(|r| r.is_empty()) {
+    let ranges = first_bytes(ranges, prefetch_limit());
+    if ranges.is_empty() {
         return;
     }
     let mut worker = WORKER.lock().unwrap_or_else(|e| e.into_inner());
@@ -103,6 +105,28 @@ pub fn in_background(reservation: Arc<Reservation>, ranges: Vec<Range<usize>>) {
             Err(_) => job.1.into_iter().for_each(|r| willneed(&job.0, r)),
         }
     }
+}
+
+/// The most one prefetch reads: half the machine's RAM. Reading more would evict its own
+/// start from the page cache before it is used (the fault-filled path caps its prefetches at
+/// its budget for the same reason).
+fn prefetch_limit() -> usize {
+    // SAFETY: sysconf only reads system configuration.
+    let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
+    usize::try_from(pages).map_or(usize::MAX, |p| p.saturating_mul(super::PAGE) / 2)
+}
+
+/// The first `limit` bytes of `ranges`, in order, empty ranges left out.
+fn first_bytes(ranges: Vec<Range<usize>>, mut limit: usize) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    for r in ranges {
+        let len = r.len().min(limit);
+        if len > 0 {
+            out.push(r.start..r.start + len);
+            limit -= len;
+        }
+    }
+    out
 }
 
 /// A prefetch: the memory and its byte ranges to populate.
@@ -148,5 +172,21 @@ fn for_pages(reservation: &Reservation, range: Range<usize>, mut f: impl FnMut(*
         let len = STEP.min(end - at);
         f(reservation.base().wrapping_add(at), len);
         at += len;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_bytes;
+
+    #[test]
+    fn first_bytes_keeps_the_start_of_the_ranges_in_order() {
+        let ranges = vec![0..10, 20..20, 30..50, 60..70];
+        assert_eq!(first_bytes(ranges.clone(), 25), vec![0..10, 30..45]);
+        assert_eq!(
+            first_bytes(ranges.clone(), 0),
+            Vec::<std::ops::Range<usize>>::new()
+        );
+        assert_eq!(first_bytes(ranges, usize::MAX), vec![0..10, 30..50, 60..70]);
     }
 }
