@@ -11,8 +11,9 @@ bench/results/RESULTS.md and bench/results/chart.png.
 Workloads: scan, fault, write, append, demo, pg (pg runs when --pg or OUTCORE_TEST_PG gives a
 postgresql:// url); storage format v2 (issue 15): small-commits, many-small, resize,
 deltas-scan; write path (issue 16): write-new, write-rewrite, mapping-budget; demo-wendelin
-(outcore's demo against wendelin.core's, which needs `bash bench/wendelin-setup.sh` once).
-Run from any interpreter: it re-executes itself under bench/.venv.
+(outcore's demo against wendelin.core's, which needs `bash bench/wendelin-setup.sh` once);
+latency (issue 17): random-rows (root: a memory cgroup). Run from any interpreter: it
+re-executes itself under bench/.venv.
 """
 
 import argparse
@@ -39,6 +40,7 @@ WORKLOADS = (
     "write-rewrite",
     "mapping-budget",
     "demo-wendelin",
+    "random-rows",
 )
 
 
@@ -117,6 +119,7 @@ def main(argv=None):
             read,
             report,
             resize,
+            rows,
             small_commits,
             systems,
             write,
@@ -195,6 +198,7 @@ def main(argv=None):
         run("write-rewrite", lambda: write_fill.write_rewrite(cfg, log))
         run("mapping-budget", lambda: mappings.mapping_budget(cfg, log))
         run("demo-wendelin", lambda: demo_vs_wendelin.demo_vs_wendelin(cfg, log))
+        run("random-rows", lambda: rows.random_rows(cfg, log))
     finally:
         if not args.keep:
             common.remove(cfg.dir)

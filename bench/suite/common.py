@@ -46,6 +46,8 @@ class Config:
     map_commits: int  # commits of mapping-budget ...
     map_pages: int  # ... each rewriting this many random 4 KiB pages
     wendelin_sizes: tuple  # worksizes in MiB of demo-wendelin
+    rows_size: int  # bytes of the 2-D float32 array of random-rows ...
+    rows_limit: int  # ... read inside a memory cgroup of this many bytes
     dir: str = "/var/tmp/outcore-bench"  # run.py makes a fresh one per run
     pg_url: str | None = None
     seed: int = 7
@@ -75,6 +77,8 @@ class Config:
             map_commits=10,
             map_pages=200,
             wendelin_sizes=(32, 64),
+            rows_size=512 * MiB,
+            rows_limit=160 * MiB,
         )
 
     @classmethod
@@ -102,6 +106,8 @@ class Config:
             map_commits=50,
             map_pages=2000,
             wendelin_sizes=(512, 2048),
+            rows_size=2 * GiB,
+            rows_limit=512 * MiB,
         )
 
     @property

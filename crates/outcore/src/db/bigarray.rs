@@ -174,6 +174,7 @@ impl BigArray {
         let m = self.meta()?;
         let (bytes, shape) = sub_array(&m, major)?;
         let memory = self.map(bytes.clone())?;
+        memory.read_view_ahead(bytes.start as usize..bytes.end as usize);
         let origin = memory.blocks().start * m.blksize as u64;
         // The sub-array lies in the window: `map_bytes` returned one holding its blocks.
         let ptr = memory

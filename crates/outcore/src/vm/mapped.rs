@@ -42,6 +42,7 @@ mod spill;
 pub use spill::SpillTarget;
 
 use super::dirty::{self, PAGE};
+use super::readahead;
 use super::reservation::Reservation;
 use super::uffd::Fetch;
 use crate::{Error, Result};
@@ -774,6 +775,7 @@ impl BlockMemory {
                 std::io::Error::last_os_error(),
             ));
         }
+        readahead::advise_file_mapping(addr, len);
         Ok(())
     }
 
@@ -857,17 +859,11 @@ impl BlockMemory {
         if range.is_empty() {
             return Ok(());
         }
-        let origin = self.first as usize * self.blksize;
-        if range.start < origin || range.end - origin > self.reservation.len() {
-            return Err(Error::IndexOutOfBounds(format!(
-                "bytes {range:?} lie outside the reservation of blocks {:?}",
-                self.blocks()
-            )));
-        }
+        let rel = self.in_reservation(&range)?;
         // madvise wants whole pages; blocks are page-aligned, so the rounded range stays
         // inside the mapped blocks.
-        let start = (range.start - origin) / PAGE * PAGE;
-        let end = (range.end - origin).div_ceil(PAGE) * PAGE;
+        let start = rel.start / PAGE * PAGE;
+        let end = rel.end.div_ceil(PAGE) * PAGE;
         let addr = self.reservation.base().wrapping_add(start);
         // SAFETY: advice on a range inside our reservation; callers mapped it first. Neither
         // WILLNEED nor POPULATE_READ changes what the memory holds.
@@ -878,16 +874,64 @@ impl BlockMemory {
         Ok(())
     }
 
-    /// Starts reading the mapped bytes `range` into memory in the background (readahead);
-    /// fetched blocks are queued for the fault server's workers, within its RAM budget.
+    /// The bytes `range` (offsets in the array) as offsets in the reservation; an error if
+    /// they lie outside it.
+    fn in_reservation(&self, range: &Range<usize>) -> Result<Range<usize>> {
+        let origin = self.first as usize * self.blksize;
+        if range.start < origin || range.end - origin > self.reservation.len() {
+            return Err(Error::IndexOutOfBounds(format!(
+                "bytes {range:?} lie outside the reservation of blocks {:?}",
+                self.blocks()
+            )));
+        }
+        Ok(range.start - origin..range.end - origin)
+    }
+
+    /// Starts reading the mapped bytes `range` into memory in the background and returns at
+    /// once (`vm::readahead`); fetched blocks are queued for the fault server's workers,
+    /// within its RAM budget.
     pub fn prefetch(&self, range: Range<usize>) -> Result<()> {
-        if !range.is_empty() {
-            if let Some((server, region)) = self.reservation.remote_if_any() {
-                let remote = self.remote_blocks(&range);
-                server.prefetch(region, remote.into_iter().map(|b| self.rel(b)));
+        if range.is_empty() {
+            return Ok(());
+        }
+        let origin = range.start - self.in_reservation(&range)?.start;
+        if let Some((server, region)) = self.reservation.remote_if_any() {
+            let remote = self.remote_blocks(&range);
+            server.prefetch(region, remote.into_iter().map(|b| self.rel(b)));
+        }
+        let files = self.file_runs(&range);
+        let rel = files.into_iter().map(|r| r.start - origin..r.end - origin);
+        readahead::in_background(self.reservation.clone(), rel.collect());
+        Ok(())
+    }
+
+    /// The parts of the bytes `range` (not empty) on blocks mapped from files, as byte ranges
+    /// in the array, consecutive blocks joined.
+    fn file_runs(&self, range: &Range<usize>) -> Vec<Range<usize>> {
+        let first = (range.start / self.blksize) as u64;
+        let last = ((range.end - 1) / self.blksize) as u64;
+        let state = self.lock();
+        let mut runs: Vec<Range<usize>> = Vec::new();
+        for (&b, m) in state.mapped.range(first..=last) {
+            if !matches!(m, Mapped::File { .. } | Mapped::Pieces(_)) {
+                continue;
+            }
+            let bytes = b as usize * self.blksize..(b as usize + 1) * self.blksize;
+            let part = bytes.start.max(range.start)..bytes.end.min(range.end);
+            match runs.last_mut() {
+                Some(run) if run.end == part.start => run.end = part.end,
+                _ => runs.push(part),
             }
         }
-        self.advise(range, libc::MADV_WILLNEED, "prefetching array data")
+        runs
+    }
+
+    /// Reads the bytes `range` of a view just made ahead if the view is small (see
+    /// `vm::readahead::small_view`).
+    pub fn read_view_ahead(&self, range: Range<usize>) {
+        if let Ok(rel) = self.in_reservation(&range) {
+            readahead::small_view(&self.reservation, rel);
+        }
     }
 
     /// The fetched blocks under the bytes `range` (not empty), ascending.
@@ -916,10 +960,21 @@ impl BlockMemory {
                 server.load_now(region, self.rel(b))?;
             }
         }
-        // Read the whole range ahead at once (the page faults of POPULATE_READ alone read
-        // around each page, a small window at a time), then map it.
-        self.advise(range.clone(), libc::MADV_WILLNEED, "loading array data")?;
-        self.advise(range, libc::MADV_POPULATE_READ, "loading array data")
+        // Without huge-page advice, read each piece ahead first (the page faults of
+        // POPULATE_READ alone read around each page, a window at a time); with it, its faults
+        // read whole folios, faster. Pieces, so a range larger than RAM does not evict its
+        // start before it is mapped.
+        let rel = self.in_reservation(&range)?;
+        let origin = range.start - rel.start;
+        for at in rel.clone().step_by(readahead::LOAD_PIECE) {
+            let piece = at..(at + readahead::LOAD_PIECE).min(rel.end);
+            if !readahead::faults_read_folios() {
+                readahead::willneed(&self.reservation, piece.clone());
+            }
+            let bytes = piece.start + origin..piece.end + origin;
+            self.advise(bytes, libc::MADV_POPULATE_READ, "loading array data")?;
+        }
+        Ok(())
     }
 
     /// True if `block` is mapped.

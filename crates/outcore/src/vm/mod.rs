@@ -9,6 +9,7 @@ mod barrier;
 mod dirty;
 mod dirty_budget;
 mod mapped;
+mod readahead;
 mod reservation;
 mod uffd;
 
