@@ -31,9 +31,9 @@ def test_rust_warnings_reach_the_outcore_logger(caplog):
     found = [r for r in caplog.records if OUTGREW in r.getMessage()]
     assert len(found) == 1, caplog.records
     record = found[0]
-    assert record.name == "outcore.db.handle"
+    assert record.name == "outcore.db.handle.windows"
     assert record.levelno == logging.WARNING
-    assert record.pathname.endswith("handle.rs") and record.lineno > 0
+    assert record.pathname.endswith("windows.rs") and record.lineno > 0
     assert A.shape == (8 << 20,)
     transaction.abort()
     db.close()
