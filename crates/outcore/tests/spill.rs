@@ -491,3 +491,33 @@ fn fork_during_spilling_leaves_the_child_writable_memory() {
         conn.abort().unwrap();
     }
 }
+
+/// More written windows than the write barrier has slots: a spill round throttles what it
+/// can and still spills everything (it must not wait for a slot only its own end frees).
+#[test]
+fn many_written_arrays_spill_without_running_out_of_barriers() {
+    let _s = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path().to_str().unwrap()).unwrap();
+    let conn = db.connect().unwrap();
+    let count = 80;
+    for k in 0..count {
+        let mut a = conn
+            .create::<u64>(&format!("a{k}"), &[PER_BLOCK], Order::C)
+            .unwrap();
+        a.view_mut::<u64>().unwrap().fill(k);
+    }
+    conn.commit().unwrap();
+    let mut arrays: Vec<_> = (0..count)
+        .map(|k| conn.array(&format!("a{k}")).unwrap())
+        .collect();
+    for (k, a) in arrays.iter_mut().enumerate() {
+        a.view_mut::<u64>().unwrap().fill(1000 + k as u64);
+    }
+    assert_eq!(outcore::vm::spill_over(0).unwrap(), 0, "everything spilled");
+    conn.commit().unwrap();
+    for (k, a) in arrays.iter().enumerate() {
+        let v = a.view::<u64>().unwrap();
+        assert!(v.iter().all(|&x| x == 1000 + k as u64), "array {k}");
+    }
+}

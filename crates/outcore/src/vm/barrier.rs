@@ -37,8 +37,13 @@ use crate::{Error, Result};
 /// `si_code` of a fault on a page mapped without the access (`<asm-generic/siginfo.h>`).
 const SEGV_ACCERR: libc::c_int = 2;
 
-/// Barriers that can be up at once (one per spilling thread and block).
-const SLOTS: usize = 16;
+/// Barriers that can be up at once: one per block being spilled, and one per throttled
+/// memory (throttling takes a slot only while [`THROTTLE_LEAVES`] stay free).
+const SLOTS: usize = 64;
+
+/// Slots throttling leaves free, so spilling a block never waits for a slot that only the
+/// end of the same spill round would free.
+pub(crate) const THROTTLE_LEAVES: usize = 4;
 
 /// One barrier's address range. `state` is the futex word: [`FREE`], [`CLAIMED`] (being
 /// filled in, not yet active) or [`ACTIVE`].
@@ -104,6 +109,35 @@ impl Barrier {
             // Every slot is taken (more than SLOTS threads spilling): wait for one.
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+    }
+}
+
+impl Barrier {
+    /// Like [`Barrier::raise`], but without waiting: `None` unless, after taking a slot, at
+    /// least `leave_free` slots stay free.
+    pub(crate) fn try_raise(range: Range<usize>, leave_free: usize) -> Result<Option<Barrier>> {
+        install()?;
+        let _claim = CLAIM.lock().unwrap_or_else(|p| p.into_inner());
+        let free = TABLE
+            .iter()
+            .filter(|s| s.state.load(Ordering::Acquire) == FREE)
+            .count();
+        if free <= leave_free {
+            return Ok(None);
+        }
+        for (i, slot) in TABLE.iter().enumerate() {
+            if slot
+                .state
+                .compare_exchange(FREE, CLAIMED, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                slot.start.store(range.start, Ordering::Relaxed);
+                slot.end.store(range.end, Ordering::Relaxed);
+                slot.state.store(ACTIVE, Ordering::Release);
+                return Ok(Some(Barrier { slot: i }));
+            }
+        }
+        Ok(None)
     }
 }
 

@@ -136,7 +136,7 @@ fn spill_round(budget: u64) -> crate::Result<(u64, u64)> {
             .map(|c| c.1)
             .collect();
         match m.throttle(&written) {
-            Ok(t) => throttles.push(t),
+            Ok(t) => throttles.extend(t),
             Err(e) => tracing::warn!("cannot hold up writers while spilling: {e}"),
         }
     }

@@ -180,15 +180,19 @@ impl BlockMemory {
     /// Holds up writes to the blocks of this memory not in `written` (a writer faster than
     /// the disk would otherwise outgrow the budget while blocks are spilled): they are made
     /// read-only behind a barrier over the whole reservation, so a write to them waits until
-    /// the returned guard is dropped. Reads go on. Best effort: blocks that cannot be
-    /// protected (no kernel mapping left to split) are left writable.
+    /// the returned guard is dropped. Reads go on. Best effort: `None` when no barrier slot
+    /// is to spare (many memories throttled at once); blocks that cannot be protected (no
+    /// kernel mapping left to split) are left writable.
     pub(crate) fn throttle(
         self: &Arc<Self>,
         written: &std::collections::BTreeSet<u64>,
-    ) -> Result<Throttle> {
+    ) -> Result<Option<Throttle>> {
         let state = self.lock();
         let base = self.reservation.base() as usize;
-        let barrier = Barrier::raise(base..base + self.reservation.len())?;
+        let range = base..base + self.reservation.len();
+        let Some(barrier) = Barrier::try_raise(range, crate::vm::barrier::THROTTLE_LEAVES)? else {
+            return Ok(None);
+        };
         let mut runs: Vec<std::ops::Range<u64>> = Vec::new();
         for (&b, m) in &state.mapped {
             let clean = matches!(
@@ -205,11 +209,11 @@ impl BlockMemory {
         }
         runs.retain(|r| self.protect_run(r, libc::PROT_READ).is_ok());
         drop(state);
-        Ok(Throttle {
+        Ok(Some(Throttle {
             memory: self.clone(),
             runs,
             _barrier: barrier,
-        })
+        }))
     }
 
     fn protect_run(&self, run: &std::ops::Range<u64>, prot: libc::c_int) -> Result<()> {
