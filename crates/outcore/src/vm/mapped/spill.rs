@@ -101,6 +101,10 @@ impl BlockMemory {
             }
             _ => return Ok(false),
         };
+        if !self.has_writes(&state, block)? {
+            // Discarded since it was found written (an abort): nothing to spill.
+            return Ok(false);
+        }
         let Some(staging) = target.stage()? else {
             return Ok(false);
         };
@@ -146,6 +150,19 @@ impl BlockMemory {
             );
         }
         Ok(true)
+    }
+
+    /// True if `block` (privately mapped or fetched) holds a write now.
+    fn has_writes(&self, state: &super::State, block: u64) -> Result<bool> {
+        if state.mapped.get(&block) == Some(&Mapped::Fetched) {
+            let rel = self.rel(block);
+            return Ok(self
+                .reservation
+                .remote_if_any()
+                .is_some_and(|(_, region)| region.dirty_ranges().iter().any(|(b, _)| *b == rel)));
+        }
+        let start = self.block_ptr(block) as usize;
+        Ok(!crate::vm::dirty::written_pages(start..start + self.blksize)?.is_empty())
     }
 
     /// True if `block` holds spilled writes.
