@@ -300,7 +300,11 @@ fn four_times_the_memory_limit(mode: Mode, store: Store) {
     );
     let value = if mode == Mode::Rewrite { 2 } else { 1 };
     assert_eq!(sum, value * (mib << 17));
-    assert!(peak <= limit);
+    // The kernel's high-water mark may pass the limit by its per-CPU charge batches.
+    assert!(
+        peak <= limit + (1 << 20),
+        "peak {peak} bytes in a cgroup limited to {limit}"
+    );
     // Mapped data is page cache; fetched blocks are anonymous memory within the cache budget.
     let allowed_kb = match store {
         Store::Local => 100 << 10,
