@@ -93,26 +93,14 @@ impl Barrier {
         install()?;
         let _claim = CLAIM.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            for (i, slot) in TABLE.iter().enumerate() {
-                if slot
-                    .state
-                    .compare_exchange(FREE, CLAIMED, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    slot.start.store(range.start, Ordering::Relaxed);
-                    slot.end.store(range.end, Ordering::Relaxed);
-                    // Release: a handler that sees ACTIVE sees the range.
-                    slot.state.store(ACTIVE, Ordering::Release);
-                    return Ok(Barrier { slot: i });
-                }
+            if let Some(barrier) = claim(&range) {
+                return Ok(barrier);
             }
             // Every slot is taken (more than SLOTS threads spilling): wait for one.
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
-}
 
-impl Barrier {
     /// Like [`Barrier::raise`], but without waiting: `None` unless, after taking a slot, at
     /// least `leave_free` slots stay free.
     pub(crate) fn try_raise(range: Range<usize>, leave_free: usize) -> Result<Option<Barrier>> {
@@ -122,23 +110,30 @@ impl Barrier {
             .iter()
             .filter(|s| s.state.load(Ordering::Acquire) == FREE)
             .count();
-        if free <= leave_free {
-            return Ok(None);
-        }
-        for (i, slot) in TABLE.iter().enumerate() {
-            if slot
-                .state
-                .compare_exchange(FREE, CLAIMED, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-            {
-                slot.start.store(range.start, Ordering::Relaxed);
-                slot.end.store(range.end, Ordering::Relaxed);
-                slot.state.store(ACTIVE, Ordering::Release);
-                return Ok(Some(Barrier { slot: i }));
-            }
-        }
-        Ok(None)
+        Ok(if free > leave_free {
+            claim(&range)
+        } else {
+            None
+        })
     }
+}
+
+/// Takes a free slot for `range` and activates it (callers hold [`CLAIM`]).
+fn claim(range: &Range<usize>) -> Option<Barrier> {
+    for (i, slot) in TABLE.iter().enumerate() {
+        if slot
+            .state
+            .compare_exchange(FREE, CLAIMED, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            slot.start.store(range.start, Ordering::Relaxed);
+            slot.end.store(range.end, Ordering::Relaxed);
+            // Release: a handler that sees ACTIVE sees the range.
+            slot.state.store(ACTIVE, Ordering::Release);
+            return Some(Barrier { slot: i });
+        }
+    }
+    None
 }
 
 impl Drop for Barrier {
