@@ -153,8 +153,9 @@ fn discard_restores_and_install_switches_versions() {
     mem.install(1, new.backing(1).unwrap()).unwrap();
     assert_eq!(slice(&mem, 1), &fill(1, 50)[..]);
     assert!(mem.dirty_blocks().unwrap().is_empty());
+    // Other tests of this binary allocate concurrently: allow their few MiB.
     assert!(
-        status_kb("RssAnon:") + 1024 < anon_dirty + 2048,
+        status_kb("RssAnon:") < anon_dirty + 8192,
         "private pages freed"
     );
     // Remap picks up new backings for mapped blocks only.
