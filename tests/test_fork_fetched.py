@@ -75,3 +75,54 @@ def test_a_fork_pool_reads_views_of_fetched_arrays(tmp_path, kind):
     assert int(view.sum()) == int(expected.sum())
     tm.abort()
     db.close()
+
+
+# Run in a fresh interpreter: it loads block 0 of the array, forks, and exits at once, before
+# its child reads anything; the child waits until it is an orphan and then reads.
+_ORPHAN = r"""
+import os, sys
+import outcore
+db = outcore.open(sys.argv[1])
+view = db.root()["A"][:]
+blk = int(sys.argv[2])
+print("parent", int(view[:blk].sum()), flush=True)
+me = os.getpid()
+if os.fork():
+    os._exit(0)  # the parent is gone before its child touches anything
+while os.getppid() == me:
+    pass
+print("child loaded", int(view[:blk].sum()), flush=True)
+print("child unloaded", int(view[5 * blk : 6 * blk].sum()), flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", ["lz4", "pg"])
+def test_a_child_outliving_its_parent_never_reads_zeros(tmp_path, kind):
+    """The parent serves its forked children's fetched memory; once it has exited, a block
+    the child had not read fails loudly (SIGBUS after a message naming it), never reads as
+    zeros, and what the child had already is still right."""
+    import subprocess
+    import sys
+
+    if not _kernel_serves_forks():
+        pytest.skip("no userfaultfd fork events without CAP_SYS_PTRACE: children cannot read")
+    url, options = _url(kind, tmp_path)
+    db = outcore.open(url, **options)
+    db.root()["A"] = A = outcore.BigArray((N,), "i8", blksize=1 << 20)
+    A[:] = np.arange(N) % 1000 + 1
+    transaction.commit()
+    db.close()
+    blk = (1 << 20) // 8
+    expected = np.arange(N) % 1000 + 1
+    # The grandchild keeps stdout and stderr open: run() returns once both have exited.
+    out = subprocess.run(
+        [sys.executable, "-c", _ORPHAN, url, str(blk)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = out.stdout.splitlines()
+    assert f"parent {int(expected[:blk].sum())}" in lines, out
+    assert f"child loaded {int(expected[:blk].sum())}" in lines, out
+    assert not any(line.startswith("child unloaded") for line in lines), out
+    assert "has exited" in out.stderr and "block 5" in out.stderr, out.stderr

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::fork::{release_slot, Child, CHILDREN, CHILD_SLOTS};
+use super::orphan;
 use super::sys::{UffdMsg, EVENT_FORK, EVENT_PAGEFAULT};
 use super::FaultServer;
 
@@ -75,6 +76,8 @@ impl FaultServer {
             unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 1000) };
             for pfd in pfds.iter().filter(|p| p.fd >= 0 && p.revents != 0) {
                 loop {
+                    // Counted, so a fork can wait until its event was handled (orphan.rs).
+                    orphan::read_started();
                     // SAFETY: reading fault messages into a buffer of that many messages.
                     let n = unsafe {
                         libc::read(
@@ -84,6 +87,7 @@ impl FaultServer {
                         )
                     };
                     if n <= 0 {
+                        orphan::read_done();
                         break; // EAGAIN: no more messages for now
                     }
                     for msg in &msgs[..n as usize / std::mem::size_of::<UffdMsg>()] {
@@ -101,6 +105,10 @@ serve; the newest cannot read fetched memory\n";
                                 // SAFETY: writes a static buffer to stderr.
                                 unsafe { libc::write(2, FULL.as_ptr().cast(), FULL.len()) };
                             }
+                            if pfd.fd == self.uffd.raw() {
+                                // The child holds its descriptor too, to outlive this process.
+                                orphan::send_to_child(fd);
+                            }
                         }
                         let rec = Tagged {
                             from: pfd.fd,
@@ -117,6 +125,7 @@ serve; the newest cannot read fetched memory\n";
                             )
                         };
                     }
+                    orphan::read_done();
                 }
             }
         }

@@ -13,7 +13,8 @@
 //!   `write_fault`, the workers' `fetch_and_install`).
 //! * `budget.rs`: the RAM budget, the LRU of loaded blocks, eviction (step 6), spare frames;
 //!   `frames.rs`: the frame pool.
-//! * `fork.rs`: serving the faults of forked children.
+//! * `fork.rs`: serving the faults of forked children; `orphan.rs`: handing a child its own
+//!   descriptor, so that a child outliving this process fails loudly instead of reading zeros.
 //!
 //! # The fault path, top to bottom
 //!
@@ -98,6 +99,7 @@ mod fork;
 pub(super) mod frames;
 mod lifecycle;
 mod messages;
+mod orphan;
 mod region;
 mod sys;
 
@@ -286,9 +288,16 @@ pub(crate) fn server() -> std::result::Result<&'static FaultServer, String> {
                 return Err("disabled by OUTCORE_NO_USERFAULTFD".into());
             }
             let server = FaultServer::start().map(|s| &*Box::leak(Box::new(s)))?;
-            // SAFETY: registers a handler that only stores an atomic and writes(2) a static
-            // message, both async-signal-safe, as a handler run in a forked child must be.
-            unsafe { libc::pthread_atfork(None, None, Some(in_forked_child)) };
+            // SAFETY: registers handlers that touch atomics, sockets and (in the child) start
+            // a thread with pthread_create, as orphan.rs explains; none takes a lock another
+            // thread could hold across the fork.
+            unsafe {
+                libc::pthread_atfork(
+                    Some(orphan::before_fork),
+                    Some(orphan::after_fork_in_parent),
+                    Some(in_forked_child),
+                )
+            };
             Ok(server)
         })
         .clone()
@@ -298,6 +307,7 @@ pub(crate) fn server() -> std::result::Result<&'static FaultServer, String> {
 /// the child has no fetched memory (it is not inherited), so say why touching it segfaults.
 extern "C" fn in_forked_child() {
     FORKED.store(true, Ordering::Relaxed);
+    orphan::after_fork_in_child();
     let Some(Ok(server)) = SERVER.get() else {
         return;
     };

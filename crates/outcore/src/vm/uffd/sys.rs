@@ -199,6 +199,12 @@ impl Uffd {
         Some(Uffd(unsafe { OwnedFd::from_raw_fd(dup) }))
     }
 
+    /// A userfaultfd received from the kernel or another process (a fork event's, or one
+    /// handed over by the parent).
+    pub fn from_owned(fd: OwnedFd) -> Uffd {
+        Uffd(fd)
+    }
+
     /// The raw descriptor, to poll and read.
     pub fn raw(&self) -> RawFd {
         self.0.as_raw_fd()
