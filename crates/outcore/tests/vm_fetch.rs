@@ -95,6 +95,31 @@ fn touching_one_element_fetches_one_block_and_writes_are_tracked() {
 }
 
 #[test]
+fn a_write_that_faults_a_block_in_is_recorded_with_the_install() {
+    let _serial = BUDGET_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+    if !available() {
+        return;
+    }
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let mem = BlockMemory::new(BLK, 4, true).unwrap();
+    mem.ensure_mapped(0..4, &Source(fetches.clone())).unwrap();
+    // The first touch of block 2 is a write in its third granule.
+    let at = 2 * (64 << 10) + 17;
+    // SAFETY (test): mapped writable memory; the write faults the block in first.
+    unsafe { std::ptr::write_volatile(mem.block_ptr(2).add(at), 0xAB) };
+    assert_eq!(byte(&mem, 2, at), 0xAB, "the write landed on the fetched block");
+    assert_eq!(byte(&mem, 2, at + 1), content(2)[at + 1], "the rest is the stored version");
+    let w = mem.written_pages().unwrap();
+    assert_eq!(w[&2], vec![2 * (64 << 10)..3 * (64 << 10)], "its granule is written");
+    // A write to another granule still traps and widens the record to the whole block.
+    // SAFETY (test): mapped writable memory, loaded now.
+    unsafe { std::ptr::write_volatile(mem.block_ptr(2).add(5), 0xCD) };
+    assert_eq!(mem.written_pages().unwrap()[&2], vec![0..BLK]);
+    mem.discard(&[2]).unwrap();
+    assert_eq!(byte(&mem, 2, at), content(2)[at]);
+}
+
+#[test]
 fn concurrent_faults_on_one_block_fetch_it_once() {
     // Loaded blocks count against the process-wide budget the budget tests measure.
     let _serial = BUDGET_TESTS.lock().unwrap_or_else(|p| p.into_inner());

@@ -19,8 +19,9 @@ use crate::{Error, Result};
 const FAULT_RETRY_MS: [u64; 4] = [0, 100, 500, 2000];
 
 impl FaultServer {
-    /// Step 3: a missing page. Queues its block (and read-ahead) for the workers.
-    pub(super) fn fault(&'static self, addr: usize) {
+    /// Step 3: a missing page, touched by a write if `write`. Queues its block (and
+    /// read-ahead) for the workers.
+    pub(super) fn fault(&'static self, addr: usize, write: bool) {
         // 3a. Find the region and block.
         let Some((region, block)) = self.locate(addr) else {
             // Not ours (any more): let the thread retry against whatever is mapped now.
@@ -41,7 +42,11 @@ impl FaultServer {
                 }
                 continue;
             }
-            self.queue(Arc::downgrade(&region), &region, b);
+            // 3d. A writer of a writable region gets its granule unprotected with the
+            // install (step 4g); read-only regions never see a write fault.
+            let write_at = (write && b == block && !region.moves())
+                .then(|| addr - region.block_range(b).start as usize);
+            self.queue(Arc::downgrade(&region), &region, b, write_at);
         }
     }
 
@@ -54,14 +59,24 @@ impl FaultServer {
     }
 
     /// Queues a job for `block` unless one is pending; true if queued.
-    fn queue(&self, weak: Weak<FetchedRegion>, region: &FetchedRegion, block: u64) -> bool {
+    fn queue(
+        &self,
+        weak: Weak<FetchedRegion>,
+        region: &FetchedRegion,
+        block: u64,
+        write_at: Option<usize>,
+    ) -> bool {
         let key = BlockKey {
             region: region.id,
             block,
         };
         let fresh = lock(&self.queued).insert(key);
         if fresh {
-            self.send(Job::Own { region: weak, key });
+            self.send(Job::Own {
+                region: weak,
+                key,
+                write_at,
+            });
         }
         fresh
     }
@@ -75,8 +90,15 @@ impl FaultServer {
             self.uffd.wake(page_range(addr));
             return;
         };
+        let offset = addr - region.block_range(block).start as usize;
+        self.record_write(&region, block, offset);
+    }
+
+    /// Records a write at byte `offset` of `block` and lifts the protection there, in that
+    /// order (step 5); if the block is not loaded any more, wakes the writer to fault it in
+    /// anew.
+    fn record_write(&self, region: &FetchedRegion, block: u64, offset: usize) {
         let block_range = region.block_range(block);
-        let offset = addr - block_range.start as usize;
         let mut state = region.lock_idle(block);
         let unprotect = state
             .blocks
@@ -105,8 +127,12 @@ impl FaultServer {
         let mut scratch = Vec::new();
         loop {
             let job = lock(rx).recv();
-            let (weak, key) = match job {
-                Ok(Job::Own { region, key }) => (region, key),
+            let (weak, key, write_at) = match job {
+                Ok(Job::Own {
+                    region,
+                    key,
+                    write_at,
+                }) => (region, key, write_at),
                 Ok(Job::Child { child, start }) => {
                     self.load_for_child(&child, start, &mut scratch);
                     continue;
@@ -115,7 +141,7 @@ impl FaultServer {
             };
             match weak.upgrade() {
                 Some(region) => {
-                    self.load(&region, key.block, &mut scratch);
+                    self.load(&region, key.block, write_at, &mut scratch);
                     self.evict_over_budget();
                     self.refill_spares();
                 }
@@ -128,8 +154,15 @@ impl FaultServer {
 
     /// Step 4 for a fault: fetches and installs one block; if that keeps failing, poisons
     /// it.
-    fn load(&self, region: &FetchedRegion, block: u64, scratch: &mut Vec<u8>) {
-        if let Err((e, what)) = self.fetch_and_install(region, block, &FAULT_RETRY_MS, scratch) {
+    fn load(
+        &self,
+        region: &FetchedRegion,
+        block: u64,
+        write_at: Option<usize>,
+        scratch: &mut Vec<u8>,
+    ) {
+        let fetched = self.fetch_and_install(region, block, &FAULT_RETRY_MS, write_at, scratch);
+        if let Err((e, what)) = fetched {
             // Nobody can receive this error: the faulting instruction waits. Say what broke,
             // then make the access fail (SIGBUS) rather than show wrong data.
             let msg = format!(
@@ -156,7 +189,7 @@ impl FaultServer {
             if room < region.blksize as u64 {
                 return;
             }
-            if self.wants_fetch(region, b) && self.queue(weak.clone(), region, b) {
+            if self.wants_fetch(region, b) && self.queue(weak.clone(), region, b, None) {
                 room -= region.blksize as u64;
             }
         }
@@ -165,17 +198,19 @@ impl FaultServer {
     /// Step 4 without a fault: fetches `block` now in the calling thread (if it is
     /// registered and not loaded), so that errors reach the caller instead of the fault path.
     pub fn load_now(&self, region: &FetchedRegion, block: u64) -> Result<()> {
-        self.fetch_and_install(region, block, &[0], &mut Vec::new())
+        self.fetch_and_install(region, block, &[0], None, &mut Vec::new())
             .map_err(|(e, _)| e)
     }
 
     /// Step 4: fetches `block` (retrying after each delay) into a frame (moving regions) or
-    /// `scratch`, and installs it; on failure, the error and what was being fetched.
+    /// `scratch`, and installs it (with a write at byte `write_at` recorded, see
+    /// [`Job::Own`]); on failure, the error and what was being fetched.
     fn fetch_and_install(
         &self,
         region: &FetchedRegion,
         block: u64,
         delays_ms: &[u64],
+        write_at: Option<usize>,
         scratch: &mut Vec<u8>,
     ) -> std::result::Result<(), (Error, String)> {
         let range = region.block_range(block);
@@ -264,9 +299,13 @@ impl FaultServer {
         if moved {
             self.moves_used.store(true, Ordering::Relaxed);
         }
-        // Write-protected, so the first write is seen (step 5).
+        // Write-protected, so the first write is seen (step 5). A waiting writer is woken
+        // only in 4g, once its write is recorded and its granule unprotected.
         let installed = moved
-            || self.uffd.copy(range, buf, true).is_ok()
+            || match write_at {
+                Some(_) => self.uffd.copy_protected_quietly(range, buf).is_ok(),
+                None => self.uffd.copy(range, buf, true).is_ok(),
+            }
             || self.uffd.copy_missing_pages(range, buf, true);
         if moved {
             self.uffd.wake(range);
@@ -282,6 +321,11 @@ impl FaultServer {
             };
             counter.fetch_add(1, Ordering::Relaxed);
             self.loaded(region, block, generation);
+            if let Some(offset) = write_at {
+                // Step 5 for the writer that faulted the block in: recorded before it runs.
+                self.record_write(region, block, offset);
+                self.uffd.wake(range);
+            }
         } else {
             // The mapping changed under us (ENOENT): the waiting threads retry their
             // access against whatever is mapped now.

@@ -167,7 +167,7 @@ serve; the newest cannot read fetched memory\n";
                 if rec.from == own {
                     match msg.event {
                         EVENT_PAGEFAULT if wp => self.write_fault(addr),
-                        EVENT_PAGEFAULT => self.fault(addr),
+                        EVENT_PAGEFAULT => self.fault(addr, msg.is_write()),
                         EVENT_FORK => {
                             let snapshot = Arc::new(self.snapshot());
                             if let Some(c) = Child::new(&msg, snapshot) {

@@ -176,6 +176,10 @@ enum Job {
         region: Weak<FetchedRegion>,
         /// The region's id and the block.
         key: BlockKey,
+        /// The block was first touched by a write at this byte offset: it is installed with
+        /// that write recorded and its granule unprotected, saving the writer a second
+        /// round trip (step 5) right after the first.
+        write_at: Option<usize>,
     },
     /// For a forked child.
     Child {

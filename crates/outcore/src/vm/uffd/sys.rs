@@ -22,11 +22,13 @@ pub(super) const FEATURE_POISON: u64 = 1 << 14;
 const MOVE_MODE_DONTWAKE: u64 = 1;
 const REGISTER_MISSING: u64 = 1;
 const REGISTER_WP: u64 = 2;
+const COPY_MODE_DONTWAKE: u64 = 1;
 const COPY_MODE_WP: u64 = 2;
 /// `UFFD_EVENT_PAGEFAULT`.
 pub(super) const EVENT_PAGEFAULT: u8 = 0x12;
 /// `UFFD_EVENT_FORK`.
 pub(super) const EVENT_FORK: u8 = 0x13;
+const PAGEFAULT_FLAG_WRITE: u64 = 1;
 const PAGEFAULT_FLAG_WP: u64 = 1 << 1;
 const UFFD_USER_MODE_ONLY: libc::c_int = 1;
 /// The base page size the kernel copies and protects in.
@@ -121,6 +123,12 @@ impl UffdMsg {
     /// True for a write-protect fault (a write to a protected page), false for a missing page.
     pub fn is_write_protect(&self) -> bool {
         self.flags & PAGEFAULT_FLAG_WP != 0
+    }
+
+    /// True for a missing-page fault raised by a write (the thread writes once the page is
+    /// there).
+    pub fn is_write(&self) -> bool {
+        self.flags & PAGEFAULT_FLAG_WRITE != 0
     }
 
     /// The descriptor a fork event carries.
@@ -235,6 +243,16 @@ impl Uffd {
     /// threads waiting there; `protect`: the pages arrive write-protected. Pages already
     /// present fail the whole call (EEXIST), see [`Uffd::copy_missing_pages`].
     pub fn copy(&self, range: UffdioRange, src: &[u8], protect: bool) -> std::io::Result<()> {
+        self.copy_mode(range, src, if protect { COPY_MODE_WP } else { 0 })
+    }
+
+    /// [`Uffd::copy`] write-protected, without waking anyone: the caller wakes the range
+    /// (after lifting the protection where a waiting thread is about to write).
+    pub fn copy_protected_quietly(&self, range: UffdioRange, src: &[u8]) -> std::io::Result<()> {
+        self.copy_mode(range, src, COPY_MODE_WP | COPY_MODE_DONTWAKE)
+    }
+
+    fn copy_mode(&self, range: UffdioRange, src: &[u8], mode: u64) -> std::io::Result<()> {
         assert!(
             src.len() as u64 >= range.len,
             "copy source shorter than its range"
@@ -243,7 +261,7 @@ impl Uffd {
             dst: range.start,
             src: src.as_ptr() as u64,
             len: range.len,
-            mode: if protect { COPY_MODE_WP } else { 0 },
+            mode,
             ..UffdioCopy::default()
         };
         ioctl(self.raw(), UFFDIO_COPY, &mut copy)
