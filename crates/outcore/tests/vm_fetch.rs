@@ -107,10 +107,22 @@ fn a_write_that_faults_a_block_in_is_recorded_with_the_install() {
     let at = 2 * (64 << 10) + 17;
     // SAFETY (test): mapped writable memory; the write faults the block in first.
     unsafe { std::ptr::write_volatile(mem.block_ptr(2).add(at), 0xAB) };
-    assert_eq!(byte(&mem, 2, at), 0xAB, "the write landed on the fetched block");
-    assert_eq!(byte(&mem, 2, at + 1), content(2)[at + 1], "the rest is the stored version");
+    assert_eq!(
+        byte(&mem, 2, at),
+        0xAB,
+        "the write landed on the fetched block"
+    );
+    assert_eq!(
+        byte(&mem, 2, at + 1),
+        content(2)[at + 1],
+        "the rest is the stored version"
+    );
     let w = mem.written_pages().unwrap();
-    assert_eq!(w[&2], vec![2 * (64 << 10)..3 * (64 << 10)], "its granule is written");
+    assert_eq!(
+        w[&2],
+        vec![2 * (64 << 10)..3 * (64 << 10)],
+        "its granule is written"
+    );
     // A write to another granule still traps and widens the record to the whole block.
     // SAFETY (test): mapped writable memory, loaded now.
     unsafe { std::ptr::write_volatile(mem.block_ptr(2).add(5), 0xCD) };
