@@ -32,6 +32,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
+use super::fork_gate::ForkGuard;
 use crate::{Error, Result};
 
 /// `si_code` of a fault on a page mapped without the access (`<asm-generic/siginfo.h>`).
@@ -145,51 +146,23 @@ impl Drop for Barrier {
     }
 }
 
-/// Spill rounds running now, and whether a `fork` waits for them (see [`MovingMemory`]).
-static MOVING: AtomicU32 = AtomicU32::new(0);
-static FORKING: AtomicU32 = AtomicU32::new(0);
-
 /// Held while memory is being moved behind barriers (a spill round): a `fork` waits until
-/// no such round runs and keeps new ones from starting, so a child never inherits memory
-/// made read-only by a barrier that nobody in the child would lower (its writers would wait
-/// forever).
-pub(crate) struct MovingMemory(());
+/// no such round runs and keeps new ones from starting (a [`ForkGuard`]), so a child never
+/// inherits memory made read-only by a barrier that nobody in the child would lower (its
+/// writers would wait forever).
+pub(crate) struct MovingMemory {
+    /// Held for its `Drop`.
+    _guard: ForkGuard,
+}
 
 impl MovingMemory {
     /// Waits while a fork is in progress, then marks a round as running.
     pub(crate) fn begin() -> Result<MovingMemory> {
         install()?;
-        loop {
-            while FORKING.load(Ordering::Acquire) != 0 {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            MOVING.fetch_add(1, Ordering::AcqRel);
-            if FORKING.load(Ordering::Acquire) == 0 {
-                return Ok(MovingMemory(()));
-            }
-            MOVING.fetch_sub(1, Ordering::AcqRel);
-        }
+        Ok(MovingMemory {
+            _guard: ForkGuard::enter(),
+        })
     }
-}
-
-impl Drop for MovingMemory {
-    fn drop(&mut self) {
-        MOVING.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// `pthread_atfork` prepare handler: waits for running rounds to end, and keeps new ones
-/// from starting until the fork is done.
-extern "C" fn before_fork() {
-    FORKING.fetch_add(1, Ordering::AcqRel);
-    while MOVING.load(Ordering::Acquire) != 0 {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-}
-
-/// `pthread_atfork` parent and child handler.
-extern "C" fn after_fork() {
-    FORKING.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// Installs [`on_segv`] as the process's `SIGSEGV` handler, once.
@@ -214,8 +187,6 @@ fn install() -> Result<()> {
                 if libc::sigaction(libc::SIGSEGV, &ours, std::ptr::null_mut()) != 0 {
                     return Err(std::io::Error::last_os_error().to_string());
                 }
-                // The handlers only touch atomics and sleep, which is safe around a fork.
-                libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork));
             }
             Ok(())
         })

@@ -417,6 +417,8 @@ impl BlockMemory {
     /// Maps a run of consecutive blocks (a single file run, a run of holes, or one block of
     /// any kind).
     fn map_run(&self, state: &mut State, run: Vec<(u64, Backing)>) -> Result<()> {
+        // As in `install_locked`: a fork must not split a change of fetched blocks.
+        let _fork = super::fork_gate::ForkGuard::enter();
         let first = run[0].0;
         let whole_run: Option<Box<dyn Fn(u64) -> Result<Mapped>>> = match &run[0].1 {
             _ if run.len() == 1 => None,

@@ -8,6 +8,7 @@
 mod barrier;
 mod dirty;
 mod dirty_budget;
+mod fork_gate;
 mod mapped;
 mod readahead;
 mod reservation;

@@ -7,6 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::*;
+use crate::vm::fork_gate::ForkGuard;
 use crate::{Error, Result};
 
 pub(super) fn memfd() -> Result<File> {
@@ -62,6 +63,9 @@ impl BlockMemory {
         block: u64,
         backing: Backing,
     ) -> Result<()> {
+        // A fork in the middle would give the child a fetched block whose pages and recorded
+        // version disagree (vm/fork_gate.rs).
+        let _fork = ForkGuard::enter();
         let was_remote = state.mapped.get(&block) == Some(&Mapped::Fetched);
         if was_remote {
             // Before the memory changes: no fetch of the old registration may land in it.
@@ -126,10 +130,10 @@ impl BlockMemory {
                         // pages): a new mapping would show zeros until registered.
                         if !was_remote {
                             self.map_fetched(block, region.moves())?;
-                            // Without fork events a forked child would inherit the memory but
-                            // not its registration, and read zeros where blocks are not fetched
-                            // yet: give it no mapping. With them, this process serves the
-                            // child's faults.
+                            // Forked children register inherited fetched memory themselves
+                            // and this process serves their faults (uffd/inherit.rs); with
+                            // that turned off they would read zeros where blocks are not
+                            // fetched yet: give them no mapping.
                             if !server.serves_forks() {
                                 let start = block as usize * self.blksize;
                                 self.advise(

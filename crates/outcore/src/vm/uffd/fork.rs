@@ -1,6 +1,6 @@
-//! Serving the faults of forked children (and grandchildren) that kept fetched memory: each
-//! sees the blocks registered when it was forked ([`Snapshot`]), fetched by this process and
-//! copied into its address space.
+//! Serving the faults of forked children (and grandchildren): each sees the blocks registered
+//! when it (or its forked ancestor) was forked ([`Snapshot`]), fetched by this process and
+//! copied into its address space. How a child's userfaultfd gets here: `inherit.rs`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use super::fault::fetch_caught;
-use super::sys::{page_range, Uffd, UffdMsg, UffdioRange, PAGE};
+use super::sys::{page_range, Uffd, UffdioRange, PAGE};
 use super::{lock, read, FaultServer, Fetch, Job};
 use crate::Error;
 
@@ -37,7 +37,30 @@ pub(super) struct SnapshotRegion {
     len: usize,
     blksize: usize,
     what: String,
-    blocks: HashMap<u64, Arc<dyn Fetch>>,
+    /// The registered blocks and how to fetch each.
+    pub blocks: HashMap<u64, Arc<dyn Fetch>>,
+}
+
+impl SnapshotRegion {
+    /// The addresses of `blocks` of this region, which starts at `base`.
+    pub fn run_range(&self, base: usize, blocks: std::ops::Range<u64>) -> UffdioRange {
+        UffdioRange {
+            start: (base + blocks.start as usize * self.blksize) as u64,
+            len: (blocks.end - blocks.start) * self.blksize as u64,
+        }
+    }
+}
+
+/// "block N of <array>" for the block of `snapshot` holding `addr`, if any.
+pub(super) fn describe(snapshot: &Snapshot, addr: usize) -> Option<String> {
+    let (&base, region) = snapshot.range(..=addr).next_back()?;
+    (addr < base + region.len).then(|| {
+        format!(
+            "block {} of {}",
+            (addr - base) / region.blksize,
+            region.what
+        )
+    })
 }
 
 /// The block of a snapshot holding an address.
@@ -75,24 +98,15 @@ pub(super) fn release_slot(fd: i32) {
 }
 
 impl Child {
-    /// The child announced by fork event `msg`, seeing `snapshot`.
-    pub fn new(msg: &UffdMsg, snapshot: Arc<Snapshot>) -> Option<Arc<Child>> {
-        // The reader owns (and closes) the received descriptor: keep a duplicate for ioctls.
-        let uffd = Uffd::duplicate(msg.fork_fd())?;
+    /// The child whose userfaultfd is `fd` (received by the reader, which owns and closes
+    /// it), seeing `snapshot`.
+    pub fn new(fd: i32, snapshot: Arc<Snapshot>) -> Option<Arc<Child>> {
+        let uffd = Uffd::duplicate(fd)?;
         Some(Arc::new(Child {
             uffd,
             snapshot,
             queued: Mutex::new(HashSet::new()),
         }))
-    }
-
-    /// A write to a page the child inherited write-protected: the child has no transaction
-    /// and its writes are private to it, so just lift the protection (of the whole block).
-    pub fn write_fault(&self, addr: usize) {
-        let range = snapshot_block(&self.snapshot, addr).map_or(page_range(addr), |b| b.range);
-        if self.uffd.unprotect(range).is_err() {
-            self.uffd.wake(range);
-        }
     }
 
     /// False once the child's address space is gone (it exited or exec'd). Asked with a copy

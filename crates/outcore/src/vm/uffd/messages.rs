@@ -3,21 +3,34 @@
 //! [`FaultServer::write_fault`] and the forked children's faults).
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::Ordering;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::fork::{release_slot, Child, CHILDREN, CHILD_SLOTS};
-use super::orphan;
-use super::sys::{UffdMsg, EVENT_FORK, EVENT_PAGEFAULT};
+use super::inherit::{self, Controls, CONTROLS, CONTROL_SLOTS};
+use super::sys::{UffdMsg, EVENT_PAGEFAULT};
 use super::FaultServer;
 
-/// A message and the descriptor it was read from, passed from reader to handler.
+/// What a [`Tagged`] record carries.
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A message of a userfaultfd.
+    Message,
+    /// A forked child's userfaultfd (in `msg.flags`), received on control socket `from`.
+    Adopt,
+    /// Control socket `from` hung up.
+    HungUp,
+}
+
+/// A record passed from reader to handler: a message and the descriptor it was read from.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Tagged {
-    from: i32,
+    kind: Kind,
+    from: RawFd,
     msg: UffdMsg,
 }
 
@@ -44,23 +57,47 @@ pub(super) fn spawn(server: &'static FaultServer) {
         .expect("spawn the fault reader");
 }
 
+/// Writes `rec` to the handler's pipe (atomic: smaller than PIPE_BUF; the pipe holds
+/// thousands of records, and each faulting thread has one message outstanding at most).
+fn pass(pipe: &OwnedFd, rec: Tagged) {
+    // SAFETY: writes one plain struct to our pipe.
+    unsafe {
+        libc::write(
+            pipe.as_raw_fd(),
+            (&rec as *const Tagged).cast(),
+            std::mem::size_of::<Tagged>(),
+        )
+    };
+}
+
+/// Takes the descriptors to poll from `slots` (-1 free, below -1 not polled) into `pfds`.
+fn poll_slots(slots: &[AtomicI32], pfds: &mut [libc::pollfd]) {
+    for (slot, pfd) in slots.iter().zip(pfds) {
+        let fd = slot.load(Ordering::Acquire);
+        pfd.fd = fd.max(-1); // -1: ignored by poll
+        pfd.revents = 0;
+    }
+}
+
 impl FaultServer {
     /// The reader: moves every message of this process's descriptor and of the children's
-    /// into `pipe`, each tagged with the descriptor it came from.
+    /// into `pipe`, each tagged with the descriptor it came from, and the children's
+    /// descriptors arriving on control sockets (`inherit.rs`).
     ///
-    /// A fork waits in the kernel until its fork event is read, and glibc holds every
-    /// malloc arena lock across the fork: so this thread never allocates (nor takes a lock)
-    /// after it starts; everything else happens in [`FaultServer::handle_faults`].
+    /// It never allocates nor takes a lock after it starts: the handler may wait for
+    /// anything, and the messages must keep flowing meanwhile.
     fn read_messages(&'static self, pipe: OwnedFd) {
         let mut msgs = [UffdMsg::EMPTY; 64];
+        let empty = libc::pollfd {
+            fd: -1,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let mut pfds = [empty; 1 + CHILD_SLOTS + CONTROL_SLOTS];
         loop {
-            let mut pfds = [libc::pollfd {
-                fd: -1,
-                events: libc::POLLIN,
-                revents: 0,
-            }; 1 + CHILD_SLOTS];
             pfds[0].fd = self.uffd.raw();
-            for (slot, pfd) in CHILDREN.iter().zip(&mut pfds[1..]) {
+            pfds[0].revents = 0;
+            for slot in &CHILDREN {
                 let fd = slot.load(Ordering::Acquire);
                 if fd < -1 {
                     // The handler is done with this child: close its descriptor here, where
@@ -68,16 +105,22 @@ impl FaultServer {
                     // SAFETY: the descriptor was received by this thread and is closed once.
                     unsafe { libc::close(-fd - 2) };
                     slot.store(-1, Ordering::Release);
-                } else {
-                    pfd.fd = fd; // -1: ignored by poll
                 }
             }
+            let (children, controls) = pfds[1..].split_at_mut(CHILD_SLOTS);
+            poll_slots(&CHILDREN, children);
+            poll_slots(&CONTROLS, controls);
             // SAFETY: valid pollfds for the duration of the call.
             unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 1000) };
-            for pfd in pfds.iter().filter(|p| p.fd >= 0 && p.revents != 0) {
+            for (i, pfd) in pfds.iter().enumerate() {
+                if pfd.fd < 0 || pfd.revents == 0 {
+                    continue;
+                }
+                if i > CHILD_SLOTS {
+                    self.receive_children(pfd.fd, &CONTROLS[i - 1 - CHILD_SLOTS], &pipe);
+                    continue;
+                }
                 loop {
-                    // Counted, so a fork can wait until its event was handled (orphan.rs).
-                    orphan::read_started();
                     // SAFETY: reading fault messages into a buffer of that many messages.
                     let n = unsafe {
                         libc::read(
@@ -87,45 +130,63 @@ impl FaultServer {
                         )
                     };
                     if n <= 0 {
-                        orphan::read_done();
                         break; // EAGAIN: no more messages for now
                     }
                     for msg in &msgs[..n as usize / std::mem::size_of::<UffdMsg>()] {
-                        if msg.event == EVENT_FORK {
-                            // Poll the child from now on (its faults may come before the
-                            // handler sees this message).
-                            let fd = msg.fork_fd();
-                            let free = CHILDREN.iter().find(|s| {
-                                s.compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Relaxed)
-                                    .is_ok()
-                            });
-                            if free.is_none() {
-                                const FULL: &[u8] = b"outcore: too many forked children to \
-serve; the newest cannot read fetched memory\n";
-                                // SAFETY: writes a static buffer to stderr.
-                                unsafe { libc::write(2, FULL.as_ptr().cast(), FULL.len()) };
-                            }
-                            if pfd.fd == self.uffd.raw() {
-                                // The child holds its descriptor too, to outlive this process.
-                                orphan::send_to_child(fd);
-                            }
-                        }
-                        let rec = Tagged {
-                            from: pfd.fd,
-                            msg: *msg,
-                        };
-                        // Atomic (smaller than PIPE_BUF); the pipe holds thousands of them,
-                        // and each faulting thread has one message outstanding at most.
-                        // SAFETY: writes one plain struct to our pipe.
-                        unsafe {
-                            libc::write(
-                                pipe.as_raw_fd(),
-                                (&rec as *const Tagged).cast(),
-                                std::mem::size_of::<Tagged>(),
-                            )
-                        };
+                        let kind = Kind::Message;
+                        let (from, msg) = (pfd.fd, *msg);
+                        pass(&pipe, Tagged { kind, from, msg });
                     }
-                    orphan::read_done();
+                }
+            }
+        }
+    }
+
+    /// Step 4 of `inherit.rs`: takes the descriptors of forked children arriving on control
+    /// socket `control` (held in `slot`), polls them from now on, and tells the handler.
+    fn receive_children(&self, control: RawFd, slot: &AtomicI32, pipe: &OwnedFd) {
+        let record = |kind, fd: RawFd| {
+            let mut msg = UffdMsg::EMPTY;
+            msg.flags = fd as u32 as u64;
+            Tagged {
+                kind,
+                from: control,
+                msg,
+            }
+        };
+        loop {
+            match inherit::receive(control) {
+                Ok(Some(fd)) => {
+                    let free = CHILDREN.iter().find(|s| {
+                        s.compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Relaxed)
+                            .is_ok()
+                    });
+                    if free.is_some() {
+                        // Polled from the next round on: the handler sees this record
+                        // before any fault of the child.
+                        pass(pipe, record(Kind::Adopt, fd));
+                    } else {
+                        const FULL: &[u8] = b"outcore: too many forked children to serve; the \
+newest cannot read fetched memory it has not read before\n";
+                        // SAFETY: writes a static buffer to stderr; closes the descriptor
+                        // received just now.
+                        unsafe {
+                            libc::write(2, FULL.as_ptr().cast(), FULL.len());
+                            libc::close(fd);
+                        }
+                        // Hang up on the child, so that it answers its faults itself (fails
+                        // them loudly) instead of waiting for this process.
+                        slot.store(-control - 2, Ordering::Release);
+                        pass(pipe, record(Kind::HungUp, -1));
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(()) => {
+                    // Stop polling it; the handler forgets and closes it.
+                    slot.store(-control - 2, Ordering::Release);
+                    pass(pipe, record(Kind::HungUp, -1));
+                    return;
                 }
             }
         }
@@ -135,9 +196,11 @@ serve; the newest cannot read fetched memory\n";
     /// this process (steps 3 and 5 of the fault path) and for the forked children it serves.
     fn handle_faults(&'static self, pipe: OwnedFd) {
         let own = self.uffd.raw();
-        let mut children: HashMap<i32, Arc<Child>> = HashMap::new();
+        let mut children: HashMap<RawFd, Arc<Child>> = HashMap::new();
+        let mut controls = Controls::default();
         let mut last_probe = std::time::Instant::now();
         let mut rec = Tagged {
+            kind: Kind::Message,
             from: -1,
             msg: UffdMsg::EMPTY,
         };
@@ -150,7 +213,8 @@ serve; the newest cannot read fetched memory\n";
             // SAFETY: one valid pollfd for the duration of the call.
             unsafe { libc::poll(&mut pfd, 1, 1000) };
             loop {
-                // SAFETY: reads one plain struct from our pipe (non-blocking).
+                // SAFETY: reads one plain struct from our pipe (non-blocking); only the
+                // reader writes there, whole records with a valid `kind`.
                 let n = unsafe {
                     libc::read(
                         pipe.as_raw_fd(),
@@ -163,30 +227,29 @@ serve; the newest cannot read fetched memory\n";
                 }
                 let msg = rec.msg;
                 let addr = msg.address as usize;
-                let wp = msg.is_write_protect();
-                if rec.from == own {
-                    match msg.event {
-                        EVENT_PAGEFAULT if wp => self.write_fault(addr),
-                        EVENT_PAGEFAULT => self.fault(addr, msg.is_write()),
-                        EVENT_FORK => {
-                            let snapshot = Arc::new(self.snapshot());
-                            if let Some(c) = Child::new(&msg, snapshot) {
-                                children.insert(msg.fork_fd(), c);
+                match rec.kind {
+                    Kind::Adopt => {
+                        let fd = msg.flags as u32 as RawFd;
+                        match controls.snapshot(rec.from).and_then(|s| Child::new(fd, s)) {
+                            Some(c) => {
+                                children.insert(fd, c);
                             }
+                            None => release_slot(fd),
                         }
-                        _ => {}
                     }
-                } else if let Some(child) = children.get(&rec.from).cloned() {
-                    match msg.event {
-                        EVENT_PAGEFAULT if wp => child.write_fault(addr),
-                        EVENT_PAGEFAULT => self.child_fault(&child, addr),
-                        // A grandchild sees what its parent saw.
-                        EVENT_FORK => {
-                            if let Some(c) = Child::new(&msg, child.snapshot.clone()) {
-                                children.insert(msg.fork_fd(), c);
-                            }
+                    Kind::HungUp => controls.hung_up(rec.from),
+                    Kind::Message if msg.event != EVENT_PAGEFAULT => {}
+                    Kind::Message if rec.from == own => {
+                        if msg.is_write_protect() {
+                            self.write_fault(addr)
+                        } else {
+                            self.fault(addr, msg.is_write())
                         }
-                        _ => {}
+                    }
+                    Kind::Message => {
+                        if let Some(child) = children.get(&rec.from).cloned() {
+                            self.child_fault(&child, addr);
+                        }
                     }
                 }
             }

@@ -13,8 +13,9 @@
 //!   `write_fault`, the workers' `fetch_and_install`).
 //! * `budget.rs`: the RAM budget, the LRU of loaded blocks, eviction (step 6), spare frames;
 //!   `frames.rs`: the frame pool.
-//! * `fork.rs`: serving the faults of forked children; `orphan.rs`: handing a child its own
-//!   descriptor, so that a child outliving this process fails loudly instead of reading zeros.
+//! * `inherit.rs`: what happens at a fork, in the parent and in the child (which registers
+//!   its inherited fetched memory with a userfaultfd of its own and hands it over);
+//!   `fork.rs`: serving the faults of forked children.
 //!
 //! # The fault path, top to bottom
 //!
@@ -52,11 +53,12 @@
 //!
 //! # Forked children
 //!
-//! Where the kernel reports forks (`UFFD_FEATURE_EVENT_FORK`), a child keeps its registered
-//! memory and the handler receives a userfaultfd for the child's address space with the fork
-//! event. It snapshots which version every registered block had, and serves the child's
-//! missing pages from it (fetched here, copied into the child, writable: the child's writes
-//! are its own). Elsewhere fetched memory is not inherited (`MADV_DONTFORK`, in `mapped.rs`).
+//! A child inherits fetched memory. At the fork this process snapshots which version every
+//! registered block has; the child registers those blocks with a userfaultfd of its own and
+//! hands it over a socket; the handler then serves the child's missing pages from the
+//! snapshot (fetched here, copied into the child, writable: the child's writes are its own).
+//! A child that outlives this process fails its faults loudly. Steps in `inherit.rs`. With
+//! `OUTCORE_NO_UFFD_FORK` fetched memory is not inherited (`MADV_DONTFORK`, in `mapped.rs`).
 //!
 //! # Lock order
 //!
@@ -70,8 +72,14 @@
 //!                            state to end, see below)
 //!  3. leaves, never held while taking another lock: FaultServer.lru, FaultServer.queued,
 //!     FaultServer.jobs, the job receiver (an idle worker waits in `recv` holding it),
-//!     Child.queued, FramePool.sizes, PENDING_RX
+//!     Child.queued, FramePool.sizes, PENDING_RX, and inherit.rs's NEW_CONTROLS,
+//!     PENDING_SNAPSHOT and INHERITED
 //! ```
+//!
+//! Around a fork (`vm/fork_gate.rs`): the prepare handler first waits until no `ForkGuard`
+//! is held (callers hold one while changing fetched mappings, under their own locks), then
+//! takes `regions` and each region's state to snapshot; the child's handler takes no lock
+//! another thread could have held (only `try_lock`).
 //!
 //! Apart from `regions` → a region's state, every lock is released before the next is taken.
 //! The handler's `write_fault` holds a region's state across the `UFFDIO_WRITEPROTECT` ioctl.
@@ -97,9 +105,9 @@ mod budget;
 mod fault;
 mod fork;
 pub(super) mod frames;
+mod inherit;
 mod lifecycle;
 mod messages;
-mod orphan;
 mod region;
 mod sys;
 
@@ -114,6 +122,7 @@ use crate::{Error, Result};
 use budget::LruEntry;
 use fork::Child;
 use frames::FramePool;
+pub(super) use inherit::{after_fork_in_child, after_fork_in_parent, before_fork};
 pub(crate) use region::FetchedRegion;
 use sys::Uffd;
 
@@ -208,8 +217,8 @@ pub(crate) struct FaultServer {
     generation: AtomicU64,
     /// The kernel has `UFFDIO_MOVE` (Linux >= 6.8).
     move_available: bool,
-    /// The kernel reports forks (`UFFD_FEATURE_EVENT_FORK`, which needs `CAP_SYS_PTRACE`):
-    /// forked children keep fetched memory, and this process serves their faults.
+    /// Forked children inherit fetched memory, and this process serves their faults
+    /// (`inherit.rs`); off with `OUTCORE_NO_UFFD_FORK`.
     serves_forks: bool,
     /// A block was ever loaded by a move: keep a few spare frames ready.
     moves_used: AtomicBool,
@@ -292,41 +301,11 @@ pub(crate) fn server() -> std::result::Result<&'static FaultServer, String> {
                 return Err("disabled by OUTCORE_NO_USERFAULTFD".into());
             }
             let server = FaultServer::start().map(|s| &*Box::leak(Box::new(s)))?;
-            // SAFETY: registers handlers that touch atomics, sockets and (in the child) start
-            // a thread with pthread_create, as orphan.rs explains; none takes a lock another
-            // thread could hold across the fork.
-            unsafe {
-                libc::pthread_atfork(
-                    Some(orphan::before_fork),
-                    Some(orphan::after_fork_in_parent),
-                    Some(in_forked_child),
-                )
-            };
+            // Forked children inherit fetched memory (inherit.rs).
+            crate::vm::fork_gate::install_handlers();
             Ok(server)
         })
         .clone()
-}
-
-/// Runs in a forked child: stops it from using the parent's fault server. Without fork events
-/// the child has no fetched memory (it is not inherited), so say why touching it segfaults.
-extern "C" fn in_forked_child() {
-    FORKED.store(true, Ordering::Relaxed);
-    orphan::after_fork_in_child();
-    let Some(Ok(server)) = SERVER.get() else {
-        return;
-    };
-    let has_regions = server
-        .regions
-        .try_read()
-        .map(|r| !r.is_empty())
-        .unwrap_or(true);
-    if !server.serves_forks && has_regions {
-        const WHY: &[u8] = b"outcore: warning: this forked child cannot read fetched (compressed \
-or PostgreSQL) arrays of its parent, touching them is a segfault: serving a child's faults \
-needs userfaultfd fork events (CAP_SYS_PTRACE); use the 'spawn' or 'forkserver' start method\n";
-        // SAFETY: writes a static buffer to stderr; write(2) is async-signal-safe.
-        unsafe { libc::write(2, WHY.as_ptr().cast(), WHY.len()) };
-    }
 }
 
 /// Sets the RAM budget for loaded clean blocks of the whole process.
@@ -355,27 +334,9 @@ impl FaultServer {
             offered & sys::FEATURE_MOVE != 0 && std::env::var_os("OUTCORE_NO_UFFD_MOVE").is_none();
         let base = if poison { sys::FEATURE_POISON } else { 0 }
             | if move_available { sys::FEATURE_MOVE } else { 0 };
-        // Fork events need CAP_SYS_PTRACE: without it the kernel refuses them (EPERM), and a
-        // descriptor that failed its handshake is replaced by a fresh one.
-        let fork = offered & sys::FEATURE_EVENT_FORK != 0
-            && std::env::var_os("OUTCORE_NO_UFFD_FORK").is_none();
-        let mut configured = None;
-        for features in [base | sys::FEATURE_EVENT_FORK, base] {
-            let wants_fork = features & sys::FEATURE_EVENT_FORK != 0;
-            if wants_fork && !fork {
-                continue;
-            }
-            let (uffd, full_mode) = Uffd::open()?;
-            match uffd.api(features) {
-                Ok(_) => {
-                    configured = Some((uffd, full_mode, wants_fork));
-                    break;
-                }
-                Err(e) if !wants_fork => return Err(format!("UFFDIO_API: {e}")),
-                Err(_) => {}
-            }
-        }
-        let (uffd, full_mode, serves_forks) = configured.ok_or("UFFDIO_API failed")?;
+        let (uffd, full_mode) = Uffd::open()?;
+        uffd.api(base).map_err(|e| format!("UFFDIO_API: {e}"))?;
+        let serves_forks = std::env::var_os("OUTCORE_NO_UFFD_FORK").is_none();
         if !full_mode {
             tracing::warn!(
                 "userfaultfd in user-mode-only mode: system calls that read or write array \

@@ -13,8 +13,6 @@ const UFFDIO_WRITEPROTECT: libc::c_ulong = 0xC018_AA06;
 const UFFDIO_POISON: libc::c_ulong = 0xC020_AA08;
 const USERFAULTFD_IOC_NEW: libc::c_ulong = 0xAA00;
 const UFFD_API: u64 = 0xAA;
-/// `UFFD_FEATURE_EVENT_FORK`: fork events carrying a descriptor for the child.
-pub(super) const FEATURE_EVENT_FORK: u64 = 1 << 1;
 /// `UFFD_FEATURE_MOVE`: `UFFDIO_MOVE` (Linux >= 6.8).
 pub(super) const FEATURE_MOVE: u64 = 1 << 10;
 /// `UFFD_FEATURE_POISON`: `UFFDIO_POISON`.
@@ -26,8 +24,6 @@ const COPY_MODE_DONTWAKE: u64 = 1;
 const COPY_MODE_WP: u64 = 2;
 /// `UFFD_EVENT_PAGEFAULT`.
 pub(super) const EVENT_PAGEFAULT: u8 = 0x12;
-/// `UFFD_EVENT_FORK`.
-pub(super) const EVENT_FORK: u8 = 0x13;
 const PAGEFAULT_FLAG_WRITE: u64 = 1;
 const PAGEFAULT_FLAG_WP: u64 = 1 << 1;
 const UFFD_USER_MODE_ONLY: libc::c_int = 1;
@@ -100,7 +96,7 @@ struct UffdioPoison {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub(super) struct UffdMsg {
-    /// `EVENT_PAGEFAULT`, `EVENT_FORK`, ...
+    /// `EVENT_PAGEFAULT`, ...
     pub event: u8,
     reserved: [u8; 7],
     /// Fault flags, or the child's descriptor of a fork event.
@@ -129,11 +125,6 @@ impl UffdMsg {
     /// there).
     pub fn is_write(&self) -> bool {
         self.flags & PAGEFAULT_FLAG_WRITE != 0
-    }
-
-    /// The descriptor a fork event carries.
-    pub fn fork_fd(&self) -> RawFd {
-        self.flags as u32 as i32
     }
 }
 
@@ -207,12 +198,6 @@ impl Uffd {
         Some(Uffd(unsafe { OwnedFd::from_raw_fd(dup) }))
     }
 
-    /// A userfaultfd received from the kernel or another process (a fork event's, or one
-    /// handed over by the parent).
-    pub fn from_owned(fd: OwnedFd) -> Uffd {
-        Uffd(fd)
-    }
-
     /// The raw descriptor, to poll and read.
     pub fn raw(&self) -> RawFd {
         self.0.as_raw_fd()
@@ -234,6 +219,17 @@ impl Uffd {
         let mut reg = UffdioRegister {
             range,
             mode: if missing { REGISTER_MISSING } else { 0 } | REGISTER_WP,
+            ..UffdioRegister::default()
+        };
+        ioctl(self.raw(), UFFDIO_REGISTER, &mut reg)
+    }
+
+    /// Registers `range` for missing-page faults only (a forked child's inherited memory,
+    /// whose writes nobody tracks).
+    pub fn register_missing(&self, range: UffdioRange) -> std::io::Result<()> {
+        let mut reg = UffdioRegister {
+            range,
+            mode: REGISTER_MISSING,
             ..UffdioRegister::default()
         };
         ioctl(self.raw(), UFFDIO_REGISTER, &mut reg)
