@@ -14,7 +14,11 @@ import transaction
 
 import outcore
 
-CLI = pathlib.Path(os.environ.get("OUTCORE_CLI") or pathlib.Path(__file__).resolve().parents[1] / "target" / "release" / "outcore")
+#: The command under test (OUTCORE_CLI: another build, e.g. one from before a change).
+CLI = pathlib.Path(
+    os.environ.get("OUTCORE_CLI")
+    or pathlib.Path(__file__).resolve().parents[1] / "target" / "release" / "outcore"
+)
 STRUCT = np.dtype([("a", "<i4"), ("b", ">f8"), ("c", "S3")])
 CASES = [
     ((301, 13), np.dtype("<f8"), "C"),

@@ -91,7 +91,9 @@ def _only_dataset(h5file: str) -> str:
 
     found: list[str] = []
     with h5py.File(h5file, "r") as f:
-        f.visititems(lambda name, obj: found.append("/" + name) if isinstance(obj, h5py.Dataset) else None)
+        f.visititems(
+            lambda name, obj: found.append("/" + name) if isinstance(obj, h5py.Dataset) else None
+        )
     if len(found) == 1:
         return found[0]
     listed = ", ".join(found[:10]) + (", ..." if len(found) > 10 else "")
@@ -142,7 +144,9 @@ def do_import(args: argparse.Namespace, emit: Emit) -> dict[str, Any]:
         if fmt == "zarr":
             A = from_zarr(path, root, args.name, blksize=args.blksize, progress=progress)
         else:
-            A = from_hdf5(path, root, args.name, path=dataset, blksize=args.blksize, progress=progress)
+            A = from_hdf5(
+                path, root, args.name, path=dataset, blksize=args.blksize, progress=progress
+            )
         done = _describe(A)
         txn = tm.get()
         txn.user = _user()
@@ -234,7 +238,9 @@ def _export_hdf5(A: BigArray, path: str, dataset: str, force: bool, progress: Pr
             if not isinstance(f[dataset], h5py.Dataset):
                 raise Failure(f"{path}:{dataset} is an HDF5 group, not a dataset")
             if not force:
-                raise Failure(f"{path} already has a dataset {dataset!r} (use --force to replace it)")
+                raise Failure(
+                    f"{path} already has a dataset {dataset!r} (use --force to replace it)"
+                )
             del f[dataset]
         try:
             to_hdf5(A, f, dataset, progress=progress)
