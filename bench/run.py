@@ -12,8 +12,9 @@ Workloads: scan, fault, write, append, demo, pg (pg runs when --pg or OUTCORE_TE
 postgresql:// url); storage format v2 (issue 15): small-commits, many-small, resize,
 deltas-scan; write path (issue 16): write-new, write-rewrite, mapping-budget; demo-wendelin
 (outcore's demo against wendelin.core's, which needs `bash bench/wendelin-setup.sh` once);
-latency (issue 17): random-rows (root: a memory cgroup). Run from any interpreter: it
-re-executes itself under bench/.venv.
+latency (issue 17): random-rows (root: a memory cgroup); dask (issue 19): a reduction and a
+computed write on a 2-process dask.distributed cluster, outcore vs zarr v3 vs one process.
+Run from any interpreter: it re-executes itself under bench/.venv.
 """
 
 import argparse
@@ -41,6 +42,7 @@ WORKLOADS = (
     "mapping-budget",
     "demo-wendelin",
     "random-rows",
+    "dask",
 )
 
 
@@ -81,6 +83,7 @@ def parse_args(argv):
     p.add_argument("--size-mib", type=int, help="array size of workloads 1-3, write-new/-rewrite")
     p.add_argument("--cache-mib", type=int, help="outcore's budget (cache_bytes)")
     p.add_argument("--slab-mib", type=int, help="bytes per read of h5py, zarr, TensorStore scans")
+    p.add_argument("--dask-mib", type=int, help="array size of workload dask (half is written)")
     p.add_argument("--rounds", type=int, help="timed repetitions (medians are reported)")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
     return p.parse_args(argv)
@@ -96,6 +99,8 @@ def config(args):
         cfg.cache = args.cache_mib * MiB
     if args.slab_mib:
         cfg.slab = args.slab_mib * MiB
+    if args.dask_mib:
+        cfg.dask_size = args.dask_mib * MiB
     if args.rounds:
         cfg.rounds = max(1, args.rounds)
     cfg.pg_url = args.pg or os.environ.get("OUTCORE_TEST_PG")
@@ -110,6 +115,7 @@ def main(argv=None):
         from suite import (
             append,
             common,
+            dask_cluster,
             deltas,
             demo,
             demo_vs_wendelin,
@@ -199,6 +205,7 @@ def main(argv=None):
         run("mapping-budget", lambda: mappings.mapping_budget(cfg, log))
         run("demo-wendelin", lambda: demo_vs_wendelin.demo_vs_wendelin(cfg, log))
         run("random-rows", lambda: rows.random_rows(cfg, log))
+        run("dask", lambda: dask_cluster.dask_cluster(cfg, log))
     finally:
         if not args.keep:
             common.remove(cfg.dir)

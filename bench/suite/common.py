@@ -48,6 +48,7 @@ class Config:
     wendelin_sizes: tuple  # worksizes in MiB of demo-wendelin
     rows_size: int  # bytes of the 2-D float32 array of random-rows ...
     rows_limit: int  # ... read inside a memory cgroup of this many bytes
+    dask_size: int  # bytes of the array reduced by workload dask (half as many are written)
     dir: str = "/var/tmp/outcore-bench"  # run.py makes a fresh one per run
     pg_url: str | None = None
     seed: int = 7
@@ -79,6 +80,7 @@ class Config:
             wendelin_sizes=(32, 64),
             rows_size=512 * MiB,
             rows_limit=160 * MiB,
+            dask_size=256 * MiB,
         )
 
     @classmethod
@@ -108,6 +110,7 @@ class Config:
             wendelin_sizes=(512, 2048),
             rows_size=2 * GiB,
             rows_limit=512 * MiB,
+            dask_size=8 * GiB,
         )
 
     @property
@@ -299,7 +302,10 @@ def machine(cfg):
 def versions():
     """Versions of the installed peers."""
     out = []
-    for dist in ("outcore", "numpy", "zarr", "h5py", "tensorstore", "psycopg", "matplotlib"):
+    for dist in (
+        "outcore", "numpy", "zarr", "h5py", "tensorstore", "dask", "distributed", "psycopg",
+        "matplotlib",
+    ):
         try:
             out.append(f"{dist} {importlib.metadata.version(dist)}")
         except importlib.metadata.PackageNotFoundError:

@@ -34,9 +34,11 @@ pub enum Command {
     Info(info::InfoArgs),
     /// List transactions, newest first: tid, time, user, description, changed arrays.
     Log(log::LogArgs),
-    /// Import a NumPy .npy file as an array (streamed; one commit per 64 MiB part).
+    /// Import a NumPy .npy file (one commit per 64 MiB part), a .zarr array or an HDF5 dataset
+    /// (one commit; through Python) as an array, streamed.
     Import(import::ImportArgs),
-    /// Export an array to a NumPy .npy file (streamed, from one snapshot).
+    /// Export an array to a NumPy .npy file, a .zarr array or an HDF5 dataset (streamed, from
+    /// one snapshot).
     Export(export::ExportArgs),
     /// Print (part of) a numeric array, selected with NumPy slice syntax: NAME[2:10, ::2].
     Cat(cat::CatArgs),

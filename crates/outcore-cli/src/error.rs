@@ -1,8 +1,9 @@
 //! The command's error type and its exit codes.
 //!
 //! Every failure ends as one line `outcore: error: ...` on stderr and one of the [`exit`]
-//! codes; nothing panics on bad input. Usage errors (exit 2) are all found by clap, including
-//! the value parsers of slices, durations, tids and sizes, before a store is opened.
+//! codes; nothing panics on bad input. Usage errors (exit 2) are found by clap, including
+//! the value parsers of slices, durations, tids and sizes, before a store is opened — except
+//! options that do not fit the format of an import's or export's file, found by its name.
 
 use std::fmt;
 
@@ -25,6 +26,8 @@ pub mod exit {
 pub enum CliError {
     /// Anything going wrong at run time.
     Runtime(String),
+    /// A bad command line found after parsing (options that do not fit the file's format).
+    Usage(String),
     /// Damaged data found by `verify`.
     Damage(String),
     /// Another transaction won a write conflict.
@@ -43,6 +46,7 @@ impl CliError {
     pub fn code(&self) -> i32 {
         match self {
             CliError::Runtime(_) => exit::RUNTIME,
+            CliError::Usage(_) => exit::USAGE,
             CliError::Damage(_) => exit::DAMAGE,
             CliError::Conflict(_) => exit::CONFLICT,
             CliError::BrokenPipe => exit::OK,
@@ -53,7 +57,7 @@ impl CliError {
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let text = match self {
-            CliError::Runtime(m) | CliError::Damage(m) => m.as_str(),
+            CliError::Runtime(m) | CliError::Usage(m) | CliError::Damage(m) => m.as_str(),
             CliError::Conflict(m) => m.as_str(),
             CliError::BrokenPipe => "broken pipe",
         };

@@ -8,6 +8,7 @@
 mod catalog;
 mod cli;
 mod commands;
+mod convert;
 mod error;
 mod memory;
 mod output;

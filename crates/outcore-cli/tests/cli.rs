@@ -556,6 +556,68 @@ fn bad_input_is_one_line_with_exit_code() {
     assert_eq!(names, ["c", "s"]);
 }
 
+/// The parts of zarr and HDF5 import and export that need no Python: options that do not fit
+/// the file's format, and an interpreter that cannot be run (tests/test_cli_zarr_hdf5.py
+/// drives the conversions themselves).
+#[test]
+fn zarr_and_hdf5_without_python() {
+    let fx = Fixture::new();
+    let store = fx.store();
+    ok(&["import", &store, "c", &fx.write("c.npy", &c_f8())]);
+    let npy_path = fx.path("x.npy");
+    let err = fails(&["export", &store, "c", &npy_path, "--dataset", "d"], 2);
+    assert!(err.contains("--dataset applies to HDF5 files"), "{err}");
+    let err = fails(&["export", &store, "c", &npy_path, "--zarr-format", "2"], 2);
+    assert!(
+        err.contains("--zarr-format applies to .zarr targets"),
+        "{err}"
+    );
+    fails(
+        &[
+            "export",
+            &store,
+            "c",
+            &fx.path("x.h5"),
+            "--zarr-format",
+            "2",
+        ],
+        2,
+    );
+    fails(
+        &[
+            "export",
+            &store,
+            "c",
+            &fx.path("x.zarr"),
+            "--zarr-format",
+            "4",
+        ],
+        2,
+    );
+    let err = fails(
+        &["import", &store, "x", &fx.path("c.npy"), "--dataset", "d"],
+        2,
+    );
+    assert!(err.contains("--dataset applies to HDF5 files"), "{err}");
+    for target in ["x.zarr", "x.h5", "x.hdf5:/g/d"] {
+        let out = Command::new(BIN)
+            .args(["export", &store, "c", &fx.path(target)])
+            .env("OUTCORE_PYTHON", fx.path("no-such-python"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("the outcore binary runs");
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("cannot run the Python interpreter")
+                && err.contains("no-such-python")
+                && err.contains("OUTCORE_PYTHON"),
+            "{err}"
+        );
+        assert!(!Path::new(&fx.path(target)).exists());
+    }
+}
+
 #[test]
 fn help_everywhere_and_mem_stores() {
     let top = ok(&["--help"]);

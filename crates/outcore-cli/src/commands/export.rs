@@ -1,4 +1,6 @@
-//! `outcore export STORE NAME FILE.npy`: an array becomes a `.npy` file, streamed.
+//! `outcore export STORE NAME FILE`: an array becomes a `.npy` file, a `.zarr` array or an
+//! HDF5 dataset, streamed. zarr and HDF5 are written by the Python package (see
+//! [`crate::convert`]); the rest of this comment is about `.npy` files.
 //!
 //! Everything is read from one snapshot (the head when the command starts), in parts of about
 //! 64 MiB, each through a fresh read-only connection at that snapshot so that memory stays
@@ -6,6 +8,7 @@
 //! file is written under a temporary name in the target directory and renamed into place at
 //! the end: an interrupted export leaves no partial FILE.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -16,6 +19,7 @@ use outcore::storage::Compression;
 
 use super::Ctx;
 use crate::catalog::Catalog;
+use crate::convert::{self, Format};
 use crate::dtype::Dtype;
 use crate::error::{CliError, IoContext, Result};
 use crate::npy;
@@ -30,8 +34,19 @@ pub struct ExportArgs {
     pub store: String,
     /// The array's name.
     pub name: String,
-    /// The .npy file to write (replaced if it exists).
+    /// The file to write: FILE.npy (replaced if it exists), DIR.zarr, FILE.h5 or
+    /// FILE.h5:/group/dataset (added to an existing HDF5 file); zarr and HDF5 need Python
+    /// with outcore and zarr or h5py ($OUTCORE_PYTHON, else python3).
     pub file: PathBuf,
+    /// The dataset inside the HDF5 file (default: the array's name).
+    #[arg(long, value_name = "PATH")]
+    pub dataset: Option<String>,
+    /// The zarr format version of a .zarr target: 2 or 3.
+    #[arg(long, value_name = "2|3", value_parser = clap::value_parser!(u8).range(2..=3))]
+    pub zarr_format: Option<u8>,
+    /// Replace an existing .zarr target or HDF5 dataset (a .npy file is always replaced).
+    #[arg(short, long)]
+    pub force: bool,
 }
 
 /// Removes the temporary file unless the export completed.
@@ -56,6 +71,48 @@ fn fortran_flag(order: Order, shape: &[u64]) -> bool {
 
 /// Runs `outcore export`.
 pub fn run(args: &ExportArgs, ctx: &Ctx) -> Result<()> {
+    let format = convert::format_of(&args.file, false);
+    if format != Some(Format::Hdf5) && args.dataset.is_some() {
+        return Err(CliError::Usage(format!(
+            "--dataset applies to HDF5 files (.h5, .hdf5), not {}",
+            args.file.display()
+        )));
+    }
+    if format != Some(Format::Zarr) && args.zarr_format.is_some() {
+        return Err(CliError::Usage(format!(
+            "--zarr-format applies to .zarr targets, not {}",
+            args.file.display()
+        )));
+    }
+    match format {
+        Some(_) => run_converted(args, ctx),
+        None => run_npy(args, ctx),
+    }
+}
+
+/// Exports to a zarr array or HDF5 dataset through `outcore.convert`.
+fn run_converted(args: &ExportArgs, ctx: &Ctx) -> Result<()> {
+    let mut argv: Vec<OsString> = vec![
+        "export".into(),
+        args.store.clone().into(),
+        args.name.clone().into(),
+        args.file.clone().into(),
+    ];
+    convert::option(&mut argv, "--dataset", args.dataset.as_ref());
+    convert::option(
+        &mut argv,
+        "--zarr-format",
+        args.zarr_format.map(|f| f.to_string()),
+    );
+    if args.force {
+        argv.push("--force".into());
+    }
+    let done = convert::run(&argv, ctx)?;
+    convert::print_done("export", &args.name, &done)
+}
+
+/// Exports to a `.npy` file.
+fn run_npy(args: &ExportArgs, ctx: &Ctx) -> Result<()> {
     let store = Store::open(&args.store, Access::Existing, Compression::None)?;
     let at = store.storage().head()?;
     let catalog = Catalog::load(store.storage(), at)?;

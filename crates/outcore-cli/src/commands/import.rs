@@ -1,4 +1,6 @@
-//! `outcore import STORE NAME FILE.npy`: a `.npy` file becomes an array, streamed.
+//! `outcore import STORE NAME FILE`: a `.npy` file, a `.zarr` array or an HDF5 dataset becomes
+//! an array, streamed. zarr and HDF5 are converted by the Python package (see
+//! [`crate::convert`]) in one transaction; the rest of this comment is about `.npy` files.
 //!
 //! The data is copied in parts of about 64 MiB (whole blocks), straight from the file into
 //! the array's memory, and **each part is committed as its own transaction**
@@ -10,6 +12,7 @@
 //! replaces it. A fresh connection per part keeps decoded memory bounded for compressed stores
 //! too.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -20,6 +23,7 @@ use outcore::db::BigArray;
 use outcore::storage::{Compression, Oid, TxnMeta};
 
 use super::Ctx;
+use crate::convert;
 use crate::error::{CliError, IoContext, Result};
 use crate::npy;
 use crate::output::{human_bytes, shape_str, Out};
@@ -34,8 +38,13 @@ pub struct ImportArgs {
     pub store: String,
     /// The name to store the array under.
     pub name: String,
-    /// The NumPy .npy file (format version 1, 2 or 3).
+    /// The NumPy .npy file (format version 1, 2 or 3), a zarr v2/v3 array (DIR.zarr) or an
+    /// HDF5 dataset (FILE.h5 or FILE.h5:/group/dataset); zarr and HDF5 need Python with
+    /// outcore and zarr or h5py ($OUTCORE_PYTHON, else python3).
     pub file: PathBuf,
+    /// The dataset inside an HDF5 file (default: the file's only dataset).
+    #[arg(long, value_name = "PATH")]
+    pub dataset: Option<String>,
     /// Bytes per block: a multiple of 4096; K, M, G suffixes allowed (default 2M).
     #[arg(long, value_name = "BYTES", value_parser = parse_blksize)]
     pub blksize: Option<usize>,
@@ -81,6 +90,43 @@ pub fn parse_compression(text: &str) -> Result<Compression, String> {
 
 /// Runs `outcore import`.
 pub fn run(args: &ImportArgs, ctx: &Ctx) -> Result<()> {
+    match convert::format_of(&args.file, true) {
+        Some(_) => run_converted(args, ctx),
+        None if args.dataset.is_some() => Err(CliError::Usage(format!(
+            "--dataset applies to HDF5 files (.h5, .hdf5), not {}",
+            args.file.display()
+        ))),
+        None => run_npy(args, ctx),
+    }
+}
+
+/// Imports a zarr array or HDF5 dataset through `outcore.convert`.
+fn run_converted(args: &ImportArgs, ctx: &Ctx) -> Result<()> {
+    let mut argv: Vec<OsString> = vec![
+        "import".into(),
+        args.store.clone().into(),
+        args.name.clone().into(),
+        args.file.clone().into(),
+    ];
+    convert::option(&mut argv, "--dataset", args.dataset.as_ref());
+    convert::option(&mut argv, "--blksize", args.blksize.map(|b| b.to_string()));
+    convert::option(&mut argv, "--blobs", args.blobs.as_ref());
+    if args.compression != Compression::None {
+        convert::option(
+            &mut argv,
+            "--compression",
+            Some(args.compression.to_string()),
+        );
+    }
+    if args.force {
+        argv.push("--force".into());
+    }
+    let done = convert::run(&argv, ctx)?;
+    convert::print_done("import", &args.name, &done)
+}
+
+/// Imports a `.npy` file, part by part.
+fn run_npy(args: &ImportArgs, ctx: &Ctx) -> Result<()> {
     let path = args.file.display().to_string();
     let mut file = File::open(&args.file).context(|| format!("opening {path}"))?;
     let header =
