@@ -170,6 +170,10 @@ macro_rules! forward_storage {
             self.target()?.stage(len)
         }
 
+        fn stage_body(&self, key: Key, bytes: &[u8]) -> Result<Option<super::StagedRef>> {
+            self.target()?.stage_body(key, bytes)
+        }
+
         fn hold_staged(&self, version: &super::StagedRef) -> Result<super::StagedHold> {
             self.target()?.hold_staged(version)
         }
