@@ -184,6 +184,12 @@ impl Database {
         Ok(r.map(|r| PyBytes::new(py, &r.to_bytes())))
     }
 
+    /// True if `stage_block` stages blocks in this store (it may still answer `None` when
+    /// the disk is nearly full).
+    fn stages_blocks(&self) -> bool {
+        self.db.storage().stages_bodies()
+    }
+
     /// The store's location.
     fn describe(&self) -> String {
         self.db.storage().describe()

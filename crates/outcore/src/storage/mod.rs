@@ -186,6 +186,12 @@ pub trait Storage: Send + Sync + Debug {
             .map(Some)
     }
 
+    /// True if [`Storage::stage_body`] stages bodies here (it may still answer `None`, for
+    /// a nearly full disk); false where it never does.
+    fn stages_bodies(&self) -> bool {
+        false
+    }
+
     /// Keeps the body `version` names (staged by [`Storage::stage_body`], maybe in another
     /// process) from pack until the hold is dropped: taken by the process that will publish
     /// it with [`Write::Adopt`] as soon as it receives the reference. Fails if the body is

@@ -345,6 +345,10 @@ impl Storage for BlobStorage {
         self.index.log(after, upto)
     }
 
+    fn stages_bodies(&self) -> bool {
+        true
+    }
+
     fn stage_body(&self, key: Key, bytes: &[u8]) -> Result<Option<StagedRef>> {
         super::staging::stage(&self.objects, key, bytes)
     }

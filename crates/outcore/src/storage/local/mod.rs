@@ -672,6 +672,10 @@ impl Storage for LocalStorage {
             .map_err(|e| s.explain_full(e))
     }
 
+    fn stages_bodies(&self) -> bool {
+        self.shared.writable && self.shared.compression == Compression::None
+    }
+
     fn hold_staged(&self, version: &StagedRef) -> Result<StagedHold> {
         let (segment, _) = staging::place_of(version)?;
         self.shared.stager.hold(segment)

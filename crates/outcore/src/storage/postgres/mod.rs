@@ -547,6 +547,10 @@ impl Storage for PgStorage {
         self.inner.commit(req)
     }
 
+    fn stages_bodies(&self) -> bool {
+        true
+    }
+
     fn stage_body(&self, key: Key, bytes: &[u8]) -> Result<Option<super::StagedRef>> {
         staging::stage(&self.inner, key, bytes)
     }
