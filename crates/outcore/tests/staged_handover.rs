@@ -17,8 +17,8 @@ mod common;
 use outcore::array::Order;
 use outcore::db::Database;
 use outcore::storage::{
-    BlobOptions, BlobStorage, CommitRequest, Key, LocalStorage, Oid, PgStorage, StagedPlace,
-    StagedRef, Storage, Tid, TxnMeta, Write,
+    BlobOptions, BlobStorage, CommitRequest, Compression, Key, LocalStorage, Oid, PgOptions,
+    PgStorage, StagedPlace, StagedRef, Storage, Tid, TxnMeta, Write,
 };
 use outcore::Error;
 
@@ -157,8 +157,15 @@ fn pg_spec(name: &str) -> Option<String> {
     Some(format!("pg:{url}&lease_timeout={LEASE_SECS}"))
 }
 
-fn pg(name: &str) -> Option<Fixture> {
+/// A PostgreSQL store; created with `compression` (staged bodies are encoded like any).
+fn pg(name: &str, compression: Compression) -> Option<Fixture> {
     let spec = pg_spec(name)?;
+    let url = spec.strip_prefix("pg:").unwrap();
+    let options = PgOptions {
+        compression,
+        ..PgOptions::default()
+    };
+    drop(PgStorage::open_with(url, options).unwrap());
     let store = open(&spec, Duration::ZERO);
     Some(Fixture {
         spec,
@@ -376,8 +383,18 @@ macro_rules! on_every_store {
             $(#[test] fn $test() { super::$test(super::local().unwrap()) })*
         }
         mod postgres {
+            use outcore::storage::Compression;
             $(#[test] fn $test() {
-                if let Some(f) = super::pg(stringify!($test)) { super::$test(f) }
+                if let Some(f) = super::pg(stringify!($test), Compression::None) {
+                    super::$test(f)
+                }
+            })*
+        }
+        mod postgres_zstd {
+            use outcore::storage::Compression;
+            $(#[test] fn $test() {
+                let name = concat!("z_", stringify!($test));
+                if let Some(f) = super::pg(name, Compression::Zstd) { super::$test(f) }
             })*
         }
         mod local_index_s3 {
