@@ -221,3 +221,18 @@ def test_stores_that_cannot_stage_ship_chunks(tmp_path, cluster):
         scheduler.remove_plugin(name="outcore-result-sizes")
         transaction.abort()
         db.close()
+
+
+def test_bad_references_are_refused(db):
+    db.root()["A"] = A = outcore.BigArray((N,), np.float64)
+    transaction.commit()
+    native = A._stored(change=True)
+    with pytest.raises(ValueError, match="no reference to a staged block version"):
+        native.adopt(0, b"not a reference")
+    if db._native.stages_blocks():
+        ref = db._native.stage_block(native.file(), 1, b"\x01" * 4096)
+        with pytest.raises(ValueError, match="staged for another block"):
+            native.adopt(0, ref)
+    else:
+        assert db._native.stage_block(native.file(), 1, b"\x01" * 4096) is None
+    transaction.abort()
