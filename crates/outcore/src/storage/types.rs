@@ -234,19 +234,24 @@ impl CommitRequest {
     /// `writes` and references, each checked to have been staged for the block it is written
     /// to.
     pub(crate) fn adopted(&self) -> crate::Result<Vec<(usize, super::StagedRef)>> {
-        let mut out = Vec::new();
-        for (i, (key, write)) in self.writes.iter().enumerate() {
-            if let Write::Adopt(r) = write {
-                if r.key != *key {
-                    return Err(crate::Error::InvalidArgument(format!(
-                        "{key}: {r} was staged for another block; nothing was committed"
-                    )));
-                }
-                out.push((i, *r));
-            }
-        }
-        Ok(out)
+        adopted(&self.writes)
     }
+}
+
+/// [`CommitRequest::adopted`] of `writes`.
+pub(crate) fn adopted(writes: &[(Key, Write)]) -> crate::Result<Vec<(usize, super::StagedRef)>> {
+    let mut out = Vec::new();
+    for (i, (key, write)) in writes.iter().enumerate() {
+        if let Write::Adopt(r) = write {
+            if r.key != *key {
+                return Err(crate::Error::InvalidArgument(format!(
+                    "{key}: {r} was staged for another block; nothing was committed"
+                )));
+            }
+            out.push((i, *r));
+        }
+    }
+    Ok(out)
 }
 
 /// One commit-log entry.

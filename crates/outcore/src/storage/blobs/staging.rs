@@ -117,30 +117,19 @@ pub(super) fn publish(
     grace: Duration,
     writes: &mut [(Key, Write)],
 ) -> Result<()> {
-    let mut adopted = Vec::new();
-    for (key, write) in writes.iter() {
-        if let Write::Adopt(r) = write {
-            if r.key != *key {
-                return Err(Error::InvalidArgument(format!(
-                    "{key}: {r} was staged for another block; nothing was committed"
-                )));
-            }
-            adopted.push(*r);
-        }
-    }
+    let adopted = crate::storage::types::adopted(writes)?;
     if adopted.is_empty() {
         return Ok(());
     }
-    check(objects, &adopted, grace / 2, "nothing was committed")?;
-    for (_, write) in writes.iter_mut() {
-        if let Write::Adopt(r) = write {
-            let pointer = Pointer {
-                id: object_of(r)?,
-                len: r.len,
-                checksum: r.checksum,
-            };
-            *write = Write::Store(pointer.encode());
-        }
+    let refs: Vec<StagedRef> = adopted.iter().map(|(_, r)| *r).collect();
+    check(objects, &refs, grace / 2, "nothing was committed")?;
+    for (i, r) in adopted {
+        let pointer = Pointer {
+            id: object_of(&r)?,
+            len: r.len,
+            checksum: r.checksum,
+        };
+        writes[i].1 = Write::Store(pointer.encode());
     }
     Ok(())
 }
