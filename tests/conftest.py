@@ -62,3 +62,9 @@ def shared_url(request, tmp_path):
 def index_url(request, tmp_path):
     """The url of a fresh store to hold the index of an object-storage store."""
     return str(tmp_path / "db") if request.param == "local" else pg_url()
+
+
+@pytest.fixture
+def pg_store_url():
+    """The url of a fresh store on the test PostgreSQL server."""
+    return pg_url()

@@ -8,14 +8,17 @@ first); ``transaction.abort()`` discards them.
 
 Two ways, chosen by the store:
 
-* **Embedded store** (a directory, uncompressed): each task writes its blocks into staged
-  space of the store itself (``Database.stage_block``: one copy, into the page cache) and
-  returns only references (a few numbers per block); this process adopts them into its
-  transaction (``Array.adopt``) and the commit records them without a copy. The data never
-  travels to this process. Chunks are realigned to whole blocks along the major axis. Space
-  staged by tasks whose results are never committed is reclaimed by ``pack`` once this
-  process and the workers are gone.
-* **Other stores** (PostgreSQL, compressed, ``mem:``): the computed chunks travel to this
+* **Stores that stage** — the embedded store (uncompressed), PostgreSQL, and object storage
+  (``blobs=``): each task writes its blocks into the store itself as unpublished versions
+  (``Database.stage_block``: into staged space of the embedded store, rows of PostgreSQL's
+  staging table, objects in the bucket) and returns only references (a few dozen bytes per
+  block); this process adopts them into its transaction (``Array.adopt``) and the commit
+  publishes them without a copy. The data never travels to this process. Chunks are
+  realigned to whole blocks along the major axis. Bodies staged by tasks whose results are
+  never committed are reclaimed by ``pack`` once nothing holds them (embedded: this process
+  and the workers are gone; PostgreSQL: their leases expired or the transaction ended;
+  object storage: after the grace period).
+* **Other stores** (compressed embedded, ``mem:``): the computed chunks travel to this
   process and are written into the array as they arrive; at most ``in_flight`` are computed
   ahead of the writes.
 """
@@ -96,22 +99,33 @@ def store(x: Any, A: Any, *, in_flight: int | None = None, scheduler: Any = None
             A[region(i)] = chunk
 
 
-def _staging_layout(A: Any) -> tuple[str, int, str, int] | None:
-    """(url, block size, order, bytes per major-axis index) when tasks can stage blocks
-    into A's store themselves: an embedded store without compression."""
-    url = A._conn._describe()
-    if url == "mem:" or url.startswith(("postgres://", "postgresql://")) or not os.path.isdir(url):
+def _staging_layout(A: Any) -> tuple[str, int, int, str, int] | None:
+    """(url, block file, block size, order, bytes per major-axis index) when tasks can
+    stage blocks into A's store themselves (``Database.stages_blocks``)."""
+    db = A._conn._db
+    if not db._native.stages_blocks():
         return None
-    if A._conn._db._native.compression() != "none":
-        return None
-    _dtype, itemsize, shape, order, blksize = A._stored().meta()
+    url = db._url
+    if not url.startswith(("postgres://", "postgresql://")):
+        url = os.path.abspath(url)  # the embedded store, wherever the workers run
+    native = A._stored()
+    _dtype, itemsize, shape, order, blksize = native.meta()
     major = 0 if order == "C" else len(shape) - 1
     row = itemsize * math.prod(d for axis, d in enumerate(shape) if axis != major)
-    return url, blksize, order, row
+    return url, native.file(), blksize, order, row
 
 
 def _store_staged(
-    x: Any, A: Any, url: str, blksize: int, order: str, row: int, *, in_flight: Any, scheduler: Any
+    x: Any,
+    A: Any,
+    url: str,
+    file: int,
+    blksize: int,
+    order: str,
+    row: int,
+    *,
+    in_flight: Any,
+    scheduler: Any,
 ) -> None:
     """Tasks stage whole blocks into the store and return references; they are adopted here."""
     import dask
@@ -132,7 +146,7 @@ def _store_staged(
     tasks = []
     for k, blocks in enumerate(x.to_delayed().ravel()):
         first_block = int(starts[k]) * row // blksize
-        tasks.append(dask.delayed(_stage_chunk)(blocks, url, first_block, blksize, order))
+        tasks.append(dask.delayed(_stage_chunk)(blocks, url, file, first_block, blksize, order))
     client = _distributed_client()
     native = A._stored(change=True)
     if client is not None:
@@ -150,9 +164,9 @@ def _store_staged(
 
 
 def _stage_chunk(
-    chunk: Any, url: str, first_block: int, blksize: int, order: str
-) -> list[tuple[int, tuple[int, int, int, int]]]:
-    """In a worker: stages the blocks of `chunk` (whole blocks of the array from
+    chunk: Any, url: str, file: int, first_block: int, blksize: int, order: str
+) -> list[tuple[int, bytes]]:
+    """In a worker: stages the blocks of `chunk` (whole blocks of block file `file` from
     `first_block` on, the last one possibly short) and returns their references."""
     from . import _native
 
@@ -162,11 +176,11 @@ def _stage_chunk(
     raw = np.asarray(chunk).tobytes(order="C" if order == "C" else "F")
     refs = []
     for i, off in enumerate(range(0, len(raw), blksize)):
-        ref = db.stage_block(raw[off : off + blksize])
+        ref = db.stage_block(file, first_block + i, raw[off : off + blksize])
         if ref is None:
             raise OSError(
-                f"{url} cannot stage blocks: it leaves 1 GiB of its disk free (or the store "
-                "is compressed); nothing was committed"
+                f"{url} cannot stage blocks: it leaves 1 GiB of its disk free; nothing was "
+                "committed"
             )
         refs.append((first_block + i, ref))
     return refs

@@ -17,6 +17,7 @@ use outcore::db;
 use outcore::storage::{Compression, Tid, TxnMeta};
 use outcore::vm::Reservation;
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 
 use errors::to_py;
 
@@ -164,13 +165,29 @@ impl Database {
         Ok((r.versions_checked, r.bytes_checked, problems))
     }
 
-    /// Writes `data` (a block's new contents) into staged space of the store and hands it
-    /// over to the process that will commit it: (segment, offset, length, checksum), or
-    /// `None` where the store cannot stage.
-    fn stage_block(&self, py: Python<'_>, data: &[u8]) -> PyResult<Option<(u32, u64, u64, u64)>> {
+    /// Writes `data` (the new contents of block `block` of block file `file`) into the store
+    /// ahead of the commit that publishes it, for another process to adopt
+    /// (`Array.adopt`): its reference (opaque bytes, to send anywhere), or `None` where the
+    /// store cannot stage.
+    fn stage_block<'py>(
+        &self,
+        py: Python<'py>,
+        file: u64,
+        block: u64,
+        data: &[u8],
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let db = self.db.clone();
-        let r = logging::call(py, move || db.stage_block(data)).py()?;
-        Ok(r.map(|r| (r.segment, r.offset, r.len, r.checksum)))
+        let r = logging::call(py, move || {
+            db.stage_block(outcore::storage::Oid(file), block, data)
+        })
+        .py()?;
+        Ok(r.map(|r| PyBytes::new(py, &r.to_bytes())))
+    }
+
+    /// True if `stage_block` stages blocks in this store (it may still answer `None` when
+    /// the disk is nearly full).
+    fn stages_blocks(&self) -> bool {
+        self.db.storage().stages_bodies()
     }
 
     /// The store's location.
@@ -301,6 +318,11 @@ impl Array {
         self.arr.oid().0
     }
 
+    /// The block file holding the array's blocks (what `Database.stage_block` stages for).
+    fn file(&self) -> PyResult<u64> {
+        Ok(self.arr.meta().py()?.file.0)
+    }
+
     /// (dtype descriptor, itemsize, shape, order, blksize).
     fn meta(&self) -> PyResult<(String, usize, Vec<u64>, String, usize)> {
         let m = self.arr.meta().py()?;
@@ -352,16 +374,10 @@ impl Array {
         logging::call(py, || self.arr.load(lo..hi)).py()
     }
 
-    /// Makes a version another process staged (`Database.stage_block`) block `block`'s new
-    /// version in this transaction.
-    fn adopt(&self, py: Python<'_>, block: u64, version: (u32, u64, u64, u64)) -> PyResult<()> {
-        let (segment, offset, len, checksum) = version;
-        let r = outcore::storage::StagedRef {
-            segment,
-            offset,
-            len,
-            checksum,
-        };
+    /// Makes a version another process staged (`Database.stage_block`, whose reference
+    /// `version` is) block `block`'s new version in this transaction.
+    fn adopt(&self, py: Python<'_>, block: u64, version: &[u8]) -> PyResult<()> {
+        let r = outcore::storage::StagedRef::from_bytes(version).py()?;
         logging::call(py, || self.arr.adopt(block, r)).py()
     }
 

@@ -358,11 +358,12 @@ impl BigArray {
         self.handle.resize(&self.conn.storage, at, shape)
     }
 
-    /// Makes `version` — block `block`'s new contents, staged and handed over by another
-    /// process with [`Database::stage_block`](super::Database::stage_block) — part of this transaction: the commit
-    /// publishes it without a copy, atomically with everything else (a conflicting commit of
-    /// that block fails it as usual); abort drops it. Views of this connection show it after
-    /// the commit. The embedded store only.
+    /// Makes `version` — block `block`'s new contents, staged by another process with
+    /// [`Database::stage_block`](super::Database::stage_block) — part of this transaction:
+    /// the commit publishes it without a copy, atomically with everything else (a
+    /// conflicting commit of that block fails it as usual); abort drops it. Views of this
+    /// connection show it after the commit. The embedded store, PostgreSQL and object
+    /// storage (not `mem:`).
     pub fn adopt(&self, block: u64, version: StagedRef) -> Result<()> {
         self.conn.check_writable()?;
         let hold = self.conn.storage.hold_staged(&version)?;

@@ -466,6 +466,16 @@ impl ArrayHandle {
                 self.oid
             )));
         }
+        let key = Key::Block {
+            file: g.meta.file,
+            index: block,
+        };
+        if version.key != key {
+            return Err(Error::InvalidArgument(format!(
+                "{version} cannot become {key} of array {}: it was staged for another block",
+                self.oid
+            )));
+        }
         if version.len > g.meta.blksize as u64 {
             return Err(Error::InvalidArgument(format!(
                 "a staged version of {} bytes for a block of {} bytes",

@@ -36,8 +36,8 @@ pub use connection::{Connection, Savepoint};
 pub use stats::{reader_leases, LeaseInfo, StoreStats, ROOT_CHANGED};
 
 use crate::storage::{
-    ClosableStorage, Compression, LocalOptions, LocalStorage, MemStorage, StagedRef, Storage, Tid,
-    TxnInfo,
+    ClosableStorage, Compression, Key, LocalOptions, LocalStorage, MemStorage, Oid, StagedRef,
+    Storage, Tid, TxnInfo,
 };
 use crate::{Error, Result};
 
@@ -249,19 +249,12 @@ impl Database {
     }
 
     /// For a process that computes a block's new contents for another to commit (a dask
-    /// worker): writes `bytes` (at most a block) into staged space of the store and hands it
-    /// over; the committing process gives the reference to [`BigArray::adopt`]. `None` where
-    /// the store cannot stage (compressed, remote, in-memory, nearly full): send the bytes
-    /// instead.
-    pub fn stage_block(&self, bytes: &[u8]) -> Result<Option<StagedRef>> {
-        let len = bytes.len().next_multiple_of(4096).max(4096) as u64;
-        let Some(extent) = self.storage.stage(len)? else {
-            return Ok(None);
-        };
-        let used = crate::storage::delta::used_len(bytes);
-        std::os::unix::fs::FileExt::write_all_at(&**extent.file(), &bytes[..used], extent.offset())
-            .map_err(|e| Error::io("writing a staged block", e))?;
-        let checksum = crate::storage::codec::checksum(&bytes[..used]);
-        extent.hand_over(used as u64, checksum).map(Some)
+    /// worker): writes `bytes` (at most a block) into the store as an unpublished version of
+    /// block `block` of block file `file` ([`Storage::stage_body`]) and returns its reference;
+    /// the committing process gives it to [`BigArray::adopt`]. `None` where the store cannot
+    /// stage (compressed embedded, in-memory, nearly full): send the bytes instead.
+    pub fn stage_block(&self, file: Oid, block: u64, bytes: &[u8]) -> Result<Option<StagedRef>> {
+        self.storage
+            .stage_body(Key::Block { file, index: block }, bytes)
     }
 }

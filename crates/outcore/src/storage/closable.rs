@@ -170,6 +170,14 @@ macro_rules! forward_storage {
             self.target()?.stage(len)
         }
 
+        fn stages_bodies(&self) -> bool {
+            self.target().is_ok_and(|s| s.stages_bodies())
+        }
+
+        fn stage_body(&self, key: Key, bytes: &[u8]) -> Result<Option<super::StagedRef>> {
+            self.target()?.stage_body(key, bytes)
+        }
+
         fn hold_staged(&self, version: &super::StagedRef) -> Result<super::StagedHold> {
             self.target()?.hold_staged(version)
         }

@@ -39,6 +39,7 @@ mod mem;
 pub mod postgres;
 pub(crate) mod record;
 mod segment;
+mod staged;
 mod types;
 
 #[cfg(feature = "s3")]
@@ -47,10 +48,11 @@ pub use closable::ClosableStorage;
 pub use codec::Compression;
 pub use delta::Piece;
 pub use lease::ReaderLease;
-pub use local::{LocalOptions, LocalStorage, StagedExtent, StagedHold, StagedRef};
+pub use local::{LocalOptions, LocalStorage, StagedExtent};
 pub use mem::MemStorage;
 #[cfg(feature = "postgres")]
 pub use postgres::{PgOptions, PgStorage};
+pub use staged::{StagedHold, StagedPlace, StagedRef};
 pub use types::{
     CommitRequest, Extent, Key, Located, Oid, PackStats, Payload, Tid, TxnInfo, TxnMeta,
     VerifyReport, Version, Write,
@@ -165,14 +167,38 @@ pub trait Storage: Send + Sync + Debug {
         Ok(None)
     }
 
-    /// Keeps the staging segment of `version` (staged and handed over by another process)
-    /// from pack until the hold is dropped: taken by the process that will publish it with
-    /// [`Write::Adopt`] as soon as it receives the reference. Stores that cannot publish
-    /// such versions refuse.
+    /// Writes `bytes` (at most a block) as a new version of block `key` ahead of the commit
+    /// that publishes it, for another process to publish ([`Write::Adopt`], see
+    /// [`StagedRef`]): nothing reads it until then, and pack reclaims it once nothing holds
+    /// it. `None` where the store cannot (compressed embedded, `mem:`, read-only or nearly
+    /// full stores): send the bytes instead. The default stages space with
+    /// [`Storage::stage`] and hands it over.
+    fn stage_body(&self, key: Key, bytes: &[u8]) -> Result<Option<StagedRef>> {
+        let len = bytes.len().next_multiple_of(4096).max(4096) as u64;
+        let Some(extent) = self.stage(len)? else {
+            return Ok(None);
+        };
+        let used = delta::used_len(bytes);
+        std::os::unix::fs::FileExt::write_all_at(&**extent.file(), &bytes[..used], extent.offset())
+            .map_err(|e| Error::io("writing a staged block", e))?;
+        extent
+            .hand_over(key, used as u64, codec::checksum(&bytes[..used]))
+            .map(Some)
+    }
+
+    /// True if [`Storage::stage_body`] stages bodies here (it may still answer `None`, for
+    /// a nearly full disk); false where it never does.
+    fn stages_bodies(&self) -> bool {
+        false
+    }
+
+    /// Keeps the body `version` names (staged by [`Storage::stage_body`], maybe in another
+    /// process) from pack until the hold is dropped: taken by the process that will publish
+    /// it with [`Write::Adopt`] as soon as it receives the reference. Fails if the body is
+    /// gone already or the store cannot publish such versions.
     fn hold_staged(&self, version: &StagedRef) -> Result<StagedHold> {
         Err(Error::InvalidArgument(format!(
-            "{} cannot publish a version staged by another process ({version:?}); only the \
-             embedded store can",
+            "{} cannot publish a version staged by another process ({version:?})",
             self.describe()
         )))
     }

@@ -149,10 +149,11 @@ pub enum Write {
         /// The bytes written there.
         from: Arc<dyn Payload>,
     },
-    /// A new version of a block that another process staged and handed over
-    /// ([`StagedExtent::hand_over`](super::StagedExtent::hand_over)): the embedded store
-    /// records it as it lies (the commit fails, writing nothing, if a pack reclaimed it
-    /// meanwhile); other stores refuse it.
+    /// A new version of a block whose body another process staged
+    /// ([`Storage::stage_body`](super::Storage::stage_body)) in this store: the store records
+    /// it as it lies, without a copy (the commit fails, writing nothing, if a pack reclaimed
+    /// it meanwhile, if it was staged for another block or by another store). `mem:` stores
+    /// refuse it.
     Adopt(super::StagedRef),
     /// A deletion marker: from this tid on the key reads as absent (a hole for blocks).
     Delete,
@@ -223,11 +224,34 @@ impl CommitRequest {
         {
             Some((key, _)) => Err(crate::Error::InvalidArgument(format!(
                 "{key}: {store} cannot publish a version staged by another process (only \
-                 the embedded store can)"
+                 the embedded store, PostgreSQL and object storage can)"
             ))),
             None => Ok(()),
         }
     }
+
+    /// The writes that publish staged bodies ([`Write::Adopt`]): their positions in
+    /// `writes` and references, each checked to have been staged for the block it is written
+    /// to.
+    pub(crate) fn adopted(&self) -> crate::Result<Vec<(usize, super::StagedRef)>> {
+        adopted(&self.writes)
+    }
+}
+
+/// [`CommitRequest::adopted`] of `writes`.
+pub(crate) fn adopted(writes: &[(Key, Write)]) -> crate::Result<Vec<(usize, super::StagedRef)>> {
+    let mut out = Vec::new();
+    for (i, (key, write)) in writes.iter().enumerate() {
+        if let Write::Adopt(r) = write {
+            if r.key != *key {
+                return Err(crate::Error::InvalidArgument(format!(
+                    "{key}: {r} was staged for another block; nothing was committed"
+                )));
+            }
+            out.push((i, *r));
+        }
+    }
+    Ok(out)
 }
 
 /// One commit-log entry.

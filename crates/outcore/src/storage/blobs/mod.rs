@@ -28,6 +28,8 @@ mod pointer;
 mod references;
 pub(crate) mod setting;
 #[cfg(feature = "s3")]
+mod staging;
+#[cfg(feature = "s3")]
 mod store;
 
 #[cfg(feature = "s3")]

@@ -189,6 +189,26 @@ impl Objects {
         )
     }
 
+    /// The size and write time of every object of `paths`, in parallel, in the order given;
+    /// `None` for a missing object.
+    pub fn head_all(&self, paths: &[Path]) -> Result<Vec<Option<(u64, SystemTime)>>> {
+        let client = &self.client;
+        let url = &self.url;
+        let results: Vec<Result<Option<(u64, SystemTime)>>> = self.run(
+            stream::iter(paths)
+                .map(|path| async move {
+                    match client.head(path).await {
+                        Ok(m) => Ok(Some((m.size, SystemTime::from(m.last_modified)))),
+                        Err(object_store::Error::NotFound { .. }) => Ok(None),
+                        Err(e) => Err(failed(format!("looking up {path} in {url}"), e)),
+                    }
+                })
+                .buffered(PARALLEL)
+                .collect(),
+        )?;
+        results.into_iter().collect()
+    }
+
     /// Every object under the prefix that names a block body; other objects are skipped
     /// (never deleted).
     pub fn list(&self) -> Result<Vec<Listed>> {

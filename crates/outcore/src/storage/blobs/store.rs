@@ -15,8 +15,8 @@ use super::references::held_versions;
 use crate::storage::codec::checksum;
 use crate::storage::delta::{check_runs, used_len};
 use crate::storage::{
-    CommitRequest, Extent, Key, Located, Oid, PackStats, Payload, Storage, Tid, TxnInfo,
-    VerifyReport, Version, Write,
+    CommitRequest, Extent, Key, Located, Oid, PackStats, Payload, StagedHold, StagedRef, Storage,
+    Tid, TxnInfo, VerifyReport, Version, Write,
 };
 use crate::{Error, Result};
 
@@ -287,7 +287,6 @@ impl Storage for BlobStorage {
     }
 
     fn commit(&self, req: CommitRequest) -> Result<Tid> {
-        req.refuse_adoption(&self.describe())?;
         let mut uploads = Vec::new();
         let mut writes = Vec::with_capacity(req.writes.len());
         for (key, write) in req.writes {
@@ -325,6 +324,8 @@ impl Storage for BlobStorage {
             };
             writes.push((key, Write::Store(pointer.encode())));
         }
+        // Bodies staged ahead become pointers to their objects (`staging.rs`).
+        super::staging::publish(&self.objects, self.options.grace, &mut writes)?;
         let paths: Vec<_> = uploads.iter().map(|(p, _)| p.clone()).collect();
         self.objects.put_all(uploads)?;
         let done = self.index.commit(CommitRequest {
@@ -342,6 +343,18 @@ impl Storage for BlobStorage {
 
     fn log(&self, after: Tid, upto: Tid) -> Result<Vec<TxnInfo>> {
         self.index.log(after, upto)
+    }
+
+    fn stages_bodies(&self) -> bool {
+        true
+    }
+
+    fn stage_body(&self, key: Key, bytes: &[u8]) -> Result<Option<StagedRef>> {
+        super::staging::stage(&self.objects, key, bytes)
+    }
+
+    fn hold_staged(&self, version: &StagedRef) -> Result<StagedHold> {
+        super::staging::hold(&self.objects, self.options.grace, version)
     }
 
     fn acquire_lease(&self, at: Tid) -> Result<u64> {

@@ -34,7 +34,9 @@ mod leases;
 mod pack;
 mod staging;
 
-pub use staging::{StagedExtent, StagedHold, StagedRef};
+pub use staging::StagedExtent;
+
+use super::{StagedHold, StagedRef};
 
 use std::collections::HashMap;
 use std::fs::{DirBuilder, File};
@@ -670,13 +672,13 @@ impl Storage for LocalStorage {
             .map_err(|e| s.explain_full(e))
     }
 
+    fn stages_bodies(&self) -> bool {
+        self.shared.writable && self.shared.compression == Compression::None
+    }
+
     fn hold_staged(&self, version: &StagedRef) -> Result<StagedHold> {
-        if version.segment < staging::STAGING_BASE {
-            return Err(Error::InvalidArgument(format!(
-                "{version:?} is not a staged block version"
-            )));
-        }
-        self.shared.stager.hold(version.segment)
+        let (segment, _) = staging::place_of(version)?;
+        self.shared.stager.hold(segment)
     }
 
     fn pack_horizon(&self) -> Result<Tid> {
@@ -804,8 +806,9 @@ impl Shared {
         }
         let lock = self.stager.lock(false)?;
         for (key, r) in adopted {
-            let size = std::fs::metadata(self.segments.path(r.segment)).map(|m| m.len());
-            if !size.is_ok_and(|size| size >= r.offset + r.len) {
+            let (segment, offset) = staging::place_of(&r)?;
+            let size = std::fs::metadata(self.segments.path(segment)).map(|m| m.len());
+            if !size.is_ok_and(|size| size >= offset + r.len) {
                 return Err(Error::NotFound(format!(
                     "{key}: the staged version {r:?} is gone (its writer ended and a pack \
                      reclaimed it before this commit); nothing was committed: compute it again"
@@ -823,9 +826,10 @@ impl Shared {
         let mut out = Vec::with_capacity(req.writes.len());
         for (key, write) in &req.writes {
             if let Write::Adopt(r) = write {
-                if !key.is_block() || r.segment < staging::STAGING_BASE {
+                let (seg, offset) = staging::place_of(r)?;
+                if !key.is_block() || r.key != *key {
                     return Err(Error::InvalidArgument(format!(
-                        "{key}: {r:?} is not a staged block version"
+                        "{key}: {r} was staged for another block"
                     )));
                 }
                 out.push(Some(VersionRecord {
@@ -833,8 +837,8 @@ impl Shared {
                     checksum: r.checksum,
                     raw_len: r.len,
                     body: Body::Segment {
-                        seg: r.segment,
-                        offset: r.offset,
+                        seg,
+                        offset,
                         stored_len: r.len,
                     },
                 }));

@@ -27,13 +27,14 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 
 use super::files::sync_dir;
-use super::staging::{StagedHold, STAGING_BASE};
+use super::staging::STAGING_BASE;
 use super::{
     get_u64, put_u64, split_version_key, version_key, Shared, META_EPOCH, META_HEAD, META_HORIZON,
     META_NEXT_STAGING, META_SEGMENT, META_TAIL,
 };
 use crate::storage::lease::pack_removals;
 use crate::storage::record::{self, Body, VersionRecord};
+use crate::storage::StagedHold;
 use crate::storage::{segment, Key, PackStats, Tid};
 use crate::{Error, Result};
 

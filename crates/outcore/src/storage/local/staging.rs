@@ -33,6 +33,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::storage::{Key, StagedHold, StagedPlace, StagedRef};
 use crate::{Error, Result};
 
 /// The first staging segment id. Commit segments count up from 0 and never get here.
@@ -119,10 +120,12 @@ impl StagedExtent {
     /// Hands the extent over to another process, which publishes it with
     /// [`Write::Adopt`](crate::storage::Write::Adopt): the first `len` bytes written to it
     /// (raw, up to the last non-zero page), with their xxh3-64 `checksum`, are synced here, and
-    /// this process no longer gives the space back when the extent is dropped. Until some
-    /// process publishes it, the space is reclaimed by a pack once no live process holds the
-    /// segment (see [`StagedRef`]).
-    pub fn hand_over(&self, len: u64, checksum: u64) -> Result<StagedRef> {
+    /// this process no longer gives the space back when the extent is dropped. Only block
+    /// `key` can publish it. Until some process publishes it, the space is reclaimed by a
+    /// pack once no live process holds the segment (the publishing process holds it with
+    /// `LocalStorage::hold_staged` from when it receives the reference until its transaction
+    /// ends, so pack keeps it even if the writer exits).
+    pub fn hand_over(&self, key: Key, len: u64, checksum: u64) -> Result<StagedRef> {
         if len > self.len {
             return Err(Error::InvalidArgument(format!(
                 "{len} bytes do not fit the {} bytes staged",
@@ -135,35 +138,15 @@ impl StagedExtent {
             .map_err(|e| Error::io("syncing a staged version", e))?;
         self.mark_published();
         Ok(StagedRef {
-            segment: self.seg,
-            offset: self.offset,
+            key,
+            place: StagedPlace::Segment {
+                segment: self.seg,
+                offset: self.offset,
+            },
             len,
             checksum,
         })
     }
-}
-
-/// A staged block version written by one process and published by another (a dask worker
-/// and the client that commits): plain numbers, to send anywhere. The publishing process
-/// holds the segment (`LocalStorage::hold_staged`) from when it receives the reference until
-/// its transaction ends, so pack keeps it even if the writer exits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct StagedRef {
-    /// The staging segment's id.
-    pub segment: u32,
-    /// Byte offset of the version in it.
-    pub offset: u64,
-    /// Length of the version (bytes past it read as zeros).
-    pub len: u64,
-    /// xxh3-64 of those bytes.
-    pub checksum: u64,
-}
-
-/// Keeps a staging segment from pack (a marker of this process) while a transaction may
-/// still publish a version from it; the marker goes when this is dropped.
-#[derive(Debug)]
-pub struct StagedHold {
-    _marker: SegmentHold,
 }
 
 impl std::fmt::Debug for StagedExtent {
@@ -184,6 +167,17 @@ impl Drop for StagedExtent {
         if let Err(e) = punch_hole(&self.file, self.offset, self.len) {
             tracing::warn!("giving back staged space: {e}");
         }
+    }
+}
+
+/// The staging segment and offset of `version`, which a store of this kind staged; a
+/// reference to a body staged elsewhere is refused.
+pub(crate) fn place_of(version: &StagedRef) -> Result<(u32, u64)> {
+    match version.place {
+        StagedPlace::Segment { segment, offset } if segment >= STAGING_BASE => {
+            Ok((segment, offset))
+        }
+        _ => Err(version.foreign("the embedded store")),
     }
 }
 
@@ -356,9 +350,7 @@ impl Stager {
             .join(format!("{}-{seg}-{n}", std::process::id()));
         File::create(&marker)
             .map_err(|e| Error::io(format!("creating {}", marker.display()), e))?;
-        Ok(StagedHold {
-            _marker: SegmentHold { marker },
-        })
+        Ok(StagedHold::new(SegmentHold { marker }))
     }
 
     /// Takes the staging lock (`staging/.lock`, `flock`): exclusive for pack while it decides

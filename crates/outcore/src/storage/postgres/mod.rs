@@ -40,6 +40,7 @@
 mod chain;
 mod pool;
 mod schema;
+mod staging;
 mod tls;
 
 use std::collections::HashSet;
@@ -119,6 +120,9 @@ struct Inner {
     /// a commit on the head row every committer updates, so it is done `OID_BATCH` at a
     /// time. Unused oids of a batch are skipped for good.
     spare_oids: Mutex<Range<u64>>,
+    /// The lease that keeps the bodies this process stages or holds from pack (see
+    /// `staging.rs`), registered on first use.
+    staging_lease: Mutex<Option<i64>>,
 }
 
 /// Oids taken from the server at a time (see `Inner::spare_oids`).
@@ -279,6 +283,13 @@ impl PgStorage {
                 }
                 Some(_) => {}
             }
+            // Additive: stores made before staging get the table (older builds ignore it).
+            let staged: bool = t
+                .query_one("SELECT to_regclass('outcore_staged') IS NOT NULL", &[])?
+                .get(0);
+            if !staged {
+                t.batch_execute(staging::CREATE)?;
+            }
             let code: i16 = t
                 .query_one("SELECT compression FROM outcore_head", &[])?
                 .get(0);
@@ -298,6 +309,7 @@ impl PgStorage {
             describe: format!("{} (schema {})", url_for_messages(url), options.schema),
             leases: Mutex::new(HashSet::new()),
             spare_oids: Mutex::new(0..0),
+            staging_lease: Mutex::new(None),
         });
         spawn_heartbeat(Arc::downgrade(&inner));
         Ok(PgStorage { inner })
@@ -374,6 +386,28 @@ impl Inner {
 }
 
 impl Inner {
+    /// This process's staging lease (a lease at the newest tid, pinning no history, renewed
+    /// by the heartbeat like every lease), registered on first use.
+    fn staging_lease(&self) -> Result<i64> {
+        let mut lease = self.staging_lease.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = *lease {
+            return Ok(id);
+        }
+        let id: i64 = self.with_client(|c| {
+            Ok(c.query_one(
+                "INSERT INTO outcore_lease (tid) VALUES ($1) RETURNING id",
+                &[&db_tid(Tid::MAX)],
+            )?
+            .get(0))
+        })?;
+        self.leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+        *lease = Some(id);
+        Ok(id)
+    }
+
     /// The versions `<= at` of `keys` (composed from their chains), fetched in one query.
     fn load_batch(&self, keys: &[Key], at: Tid) -> Result<Vec<Option<Version>>> {
         let rows = self.with_client(|c| chain::query(c, keys, at))?;
@@ -510,8 +544,19 @@ impl Storage for PgStorage {
     }
 
     fn commit(&self, req: CommitRequest) -> Result<Tid> {
-        req.refuse_adoption("a PostgreSQL store")?;
         self.inner.commit(req)
+    }
+
+    fn stages_bodies(&self) -> bool {
+        true
+    }
+
+    fn stage_body(&self, key: Key, bytes: &[u8]) -> Result<Option<super::StagedRef>> {
+        staging::stage(&self.inner, key, bytes)
+    }
+
+    fn hold_staged(&self, version: &super::StagedRef) -> Result<super::StagedHold> {
+        staging::hold(&self.inner, version)
     }
 
     fn log(&self, after: Tid, upto: Tid) -> Result<Vec<TxnInfo>> {
@@ -685,6 +730,7 @@ impl Storage for PgStorage {
             if let Err(e) = fold_deltas(&mut t, horizon, compression)? {
                 return Ok(Err(e));
             }
+            staging::reclaim(&mut t, timeout)?;
             let removed = t.execute(
                 "DELETE FROM outcore_obj o USING (
                      SELECT tag, oid, idx, max(tid) AS keep FROM outcore_obj
@@ -696,7 +742,8 @@ impl Storage for PgStorage {
             )?;
             t.execute(
                 "DELETE FROM outcore_data d
-                 WHERE NOT EXISTS (SELECT 1 FROM outcore_obj o WHERE o.data_id = d.id)",
+                 WHERE NOT EXISTS (SELECT 1 FROM outcore_obj o WHERE o.data_id = d.id)
+                   AND NOT EXISTS (SELECT 1 FROM outcore_staged s WHERE s.data_id = d.id)",
                 &[],
             )?;
             t.execute("DELETE FROM outcore_log WHERE tid <= $1", &[&horizon])?;
@@ -803,6 +850,8 @@ impl Inner {
         let log_keys: Vec<u8> = keys_sorted.iter().flat_map(|k| k.encode()).collect();
         let token: i64 = rand_token();
         let base = db_tid(req.base);
+        // Bodies staged ahead (`Write::Adopt`): published once the sequencer row is held.
+        let adopted = req.adopted()?;
 
         let outcome = self.with_fresh_client(|c| -> Result<Result<Tid>> {
             let mut t = c.transaction()?;
@@ -896,6 +945,24 @@ impl Inner {
                     &[&now],
                 )?
                 .get(0);
+            // 3b. Staged bodies: taken out of the staging table (pack, which takes the
+            //     sequencer row too, cannot reclaim them now) and pointed at.
+            if !adopted.is_empty() {
+                let refs: Vec<super::StagedRef> = adopted.iter().map(|(_, r)| *r).collect();
+                let published = match staging::publish(&mut t, &refs)? {
+                    Ok(p) => p,
+                    Err(e) => return Ok(Err(e)),
+                };
+                for ((i, _), (data_id, codec, checksum, raw_len)) in adopted.iter().zip(published) {
+                    rows[*i] = ObjRow {
+                        data_id: Some(data_id),
+                        codec,
+                        checksum,
+                        raw_len,
+                        ..ObjRow::default()
+                    };
+                }
+            }
             // 4. Index rows, per-key heads, log, notify.
             let insert_obj = t.prepare(
                 "INSERT INTO outcore_obj
