@@ -233,12 +233,14 @@ impl CommitRequest {
     /// The writes that publish staged bodies ([`Write::Adopt`]): their positions in
     /// `writes` and references, each checked to have been staged for the block it is written
     /// to.
+    #[cfg(feature = "postgres")]
     pub(crate) fn adopted(&self) -> crate::Result<Vec<(usize, super::StagedRef)>> {
         adopted(&self.writes)
     }
 }
 
 /// [`CommitRequest::adopted`] of `writes`.
+#[cfg(any(feature = "postgres", feature = "s3"))]
 pub(crate) fn adopted(writes: &[(Key, Write)]) -> crate::Result<Vec<(usize, super::StagedRef)>> {
     let mut out = Vec::new();
     for (i, (key, write)) in writes.iter().enumerate() {
