@@ -148,3 +148,48 @@ def test_children_read_without_cap_sys_ptrace():
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert " passed" in out.stdout and "skipped" not in out.stdout.split("\n")[-2], out.stdout
+
+
+def test_forks_racing_new_versions_see_whole_blocks(tmp_path):
+    """Another thread keeps moving the parent's view to new versions (each block rewritten
+    and registered anew) while the parent forks: every child sees each block whole — one
+    version, never zeros, never a mix (a fork waits for a mapping change in flight)."""
+    import threading
+
+    if not _serves_forks():
+        pytest.skip("OUTCORE_NO_UFFD_FORK: fetched memory is not inherited")
+    url = str(tmp_path / "z")
+    nblocks, per = 8, (1 << 20) // 8
+    db = outcore.open(url, compression="lz4")
+    writer_tm = transaction.TransactionManager()
+    W = db.open(writer_tm).root()
+    W["A"] = outcore.BigArray((nblocks * per,), "i8", blksize=1 << 20)
+    W["A"][:] = 1
+    writer_tm.commit()
+    tm = transaction.TransactionManager()
+    view = db.open(tm).root()["A"][:]
+    stop = threading.Event()
+
+    def rewrite():
+        k = 2
+        while not stop.is_set():
+            W["A"][:] = k
+            writer_tm.commit()
+            tm.abort()  # the reader's view moves to version k
+            k += 1
+
+    t = threading.Thread(target=rewrite)
+    t.start()
+    try:
+        for _ in range(40):
+            pid = os.fork()
+            if pid == 0:
+                blocks = view.reshape(nblocks, per)
+                ok = all(b.min() == b.max() > 0 for b in blocks)
+                os._exit(0 if ok else 1)
+            _, status = os.waitpid(pid, 0)
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    finally:
+        stop.set()
+        t.join()
+    db.close()
