@@ -60,8 +60,10 @@ fn failed(what: String, e: impl std::fmt::Display) -> Error {
 
 impl Objects {
     /// The prefix `url` (`s3://bucket[/prefix]`) of the store `AWS_*` describes. Connects
-    /// lazily: a wrong endpoint or bucket shows at the first request.
-    pub fn open(url: &str) -> Result<Objects> {
+    /// lazily: a wrong endpoint or bucket shows at the first request. A request that fails
+    /// in a way worth retrying (no connection, a timeout, a 5xx answer) is retried with
+    /// backoff until `retry_window` has passed since its first attempt.
+    pub fn open(url: &str, retry_window: Duration) -> Result<Objects> {
         let bad = || {
             Error::InvalidArgument(format!(
                 "blobs={url:?}: expected s3://bucket or s3://bucket/prefix"
@@ -78,8 +80,9 @@ impl Objects {
                 max_backoff: Duration::from_secs(5),
                 base: 2.0,
             },
-            max_retries: 10,
-            retry_timeout: Duration::from_secs(120),
+            // The window decides, not a count: a server restart takes as long as it takes.
+            max_retries: usize::MAX,
+            retry_timeout: retry_window,
         };
         let client = AmazonS3Builder::from_env()
             .with_bucket_name(bucket)

@@ -34,6 +34,10 @@ pub struct BlobOptions {
     /// The disk cache's budget in bytes; least recently used bodies are deleted beyond it.
     /// Default 10 GiB.
     pub cache_disk_bytes: u64,
+    /// How long a failing object-store request is retried (with backoff: 100 ms doubling to
+    /// 5 s) before the operation fails: an outage shorter than this is ridden out, a longer one
+    /// fails `load` and `commit` after it (a commit then writes nothing). Default two minutes.
+    pub retry_window: Duration,
 }
 
 impl Default for BlobOptions {
@@ -42,6 +46,7 @@ impl Default for BlobOptions {
             grace: Duration::from_secs(3600),
             cache_dir: None,
             cache_disk_bytes: 10 << 30,
+            retry_window: Duration::from_secs(120),
         }
     }
 }
@@ -79,7 +84,7 @@ impl BlobStorage {
         };
         Ok(BlobStorage {
             index,
-            objects: Objects::open(url)?,
+            objects: Objects::open(url, options.retry_window)?,
             cache,
             options,
         })
