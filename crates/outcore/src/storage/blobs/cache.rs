@@ -22,9 +22,12 @@ const TEMP_PREFIX: &str = ".tmp-";
 pub(crate) struct DiskCache {
     dir: PathBuf,
     budget: u64,
-    /// Bytes this process believes the directory holds (other processes add to it too: each
-    /// eviction recounts from the directory).
+    /// Bytes this process believes the directory holds, with the bodies it is writing (other
+    /// processes add to it too: each eviction recounts from the directory).
     used: AtomicU64,
+    /// Bytes of the bodies this process is writing (not yet under their names, so not in a
+    /// listing of the directory).
+    pending: AtomicU64,
     /// One eviction at a time in this process.
     evicting: Mutex<()>,
 }
@@ -38,6 +41,7 @@ impl DiskCache {
             dir: dir.to_path_buf(),
             budget,
             used: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
             evicting: Mutex::new(()),
         };
         let used = cache.entries()?.iter().map(|e| e.size).sum();
@@ -63,19 +67,27 @@ impl DiskCache {
     }
 
     /// Caches body `id`; failures (a full disk) only cost the cache, so they are logged.
+    /// Room is made first: the directory stays within the budget but for bodies other
+    /// processes are writing at the same moment.
     pub fn put(&self, id: u128, bytes: &[u8]) {
-        if bytes.len() as u64 > self.budget {
+        let len = bytes.len() as u64;
+        if len > self.budget {
             return;
         }
-        if let Err(e) = self.write(id, bytes) {
-            tracing::warn!("not caching a fetched block in {}: {e}", self.dir.display());
-            return;
-        }
-        let used = self.used.fetch_add(bytes.len() as u64, Ordering::Relaxed) + bytes.len() as u64;
+        // Pending before used: a body an eviction's count of `used` includes is pending or
+        // in the directory when the eviction looks (see `evict`).
+        self.pending.fetch_add(len, Ordering::SeqCst);
+        let used = self.used.fetch_add(len, Ordering::SeqCst) + len;
         if used > self.budget {
             if let Err(e) = self.evict() {
                 tracing::warn!("evicting from the cache {}: {e}", self.dir.display());
             }
+        }
+        let written = self.write(id, bytes);
+        self.pending.fetch_sub(len, Ordering::SeqCst);
+        if let Err(e) = written {
+            self.used.fetch_sub(len, Ordering::SeqCst);
+            tracing::warn!("not caching a fetched block in {}: {e}", self.dir.display());
         }
     }
 
@@ -130,12 +142,18 @@ impl DiskCache {
         Ok(out)
     }
 
-    /// Deletes least recently used bodies until the directory holds at most 90% of the
-    /// budget (so evictions are not one per fetch).
+    /// Deletes least recently used bodies until the directory and the bodies this process is
+    /// writing hold at most 90% of the budget (so evictions are not one per fetch), and
+    /// recounts the bytes used from the directory (other processes write to it too).
     fn evict(&self) -> Result<()> {
         let _one = self.evicting.lock().unwrap_or_else(|p| p.into_inner());
+        // Read in this order, a body counted in `believed` is in `pending` or in the listing
+        // (or both: an over-estimate, so an eviction a little early). Bodies other threads
+        // add meanwhile stay counted: the count is corrected by a difference, not replaced.
+        let believed = self.used.load(Ordering::SeqCst);
+        let pending = self.pending.load(Ordering::SeqCst);
         let mut entries = self.entries()?;
-        let mut used: u64 = entries.iter().map(|e| e.size).sum();
+        let mut used: u64 = entries.iter().map(|e| e.size).sum::<u64>() + pending;
         entries.sort_by_key(|e| e.modified);
         let target = self.budget / 10 * 9;
         for e in entries {
@@ -146,7 +164,8 @@ impl DiskCache {
                 used -= e.size;
             }
         }
-        self.used.store(used, Ordering::Relaxed);
+        self.used
+            .fetch_add(used.wrapping_sub(believed), Ordering::SeqCst);
         Ok(())
     }
 }
