@@ -159,3 +159,63 @@ fn an_array_larger_than_the_disk_cache_is_scanned_and_rewritten() {
         "{leaked} bytes of evicted bodies still mapped"
     );
 }
+
+#[test]
+fn large_bodies_go_up_in_parts_and_come_down_in_ranges() {
+    use outcore::storage::{
+        BlobOptions, BlobStorage, CommitRequest, Key, MemStorage, Oid, Storage, Tid, TxnMeta, Write,
+    };
+    let Some(url) = common::s3::s3_store_url("parts") else {
+        return;
+    };
+    let index: Arc<dyn Storage> = Arc::new(MemStorage::new());
+    let s = BlobStorage::new(index, &url, BlobOptions::default()).unwrap();
+    let (big, small) = (
+        Key::Block {
+            file: Oid(1),
+            index: 0,
+        },
+        Key::Block {
+            file: Oid(1),
+            index: 1,
+        },
+    );
+    // 40 MiB and a bit (5 parts of 8 MiB and a short one), every 8 bytes different.
+    let body: Vec<u8> = (0..(40u64 << 20) / 8 + 3)
+        .flat_map(|i| (i * 0x9e37_79b9_7f4a_7c15).to_le_bytes())
+        .collect();
+    let t = s
+        .commit(CommitRequest {
+            base: Tid::ZERO,
+            writes: vec![
+                (big, Write::Store(body.clone())),
+                (small, Write::Store(vec![5; 1 << 20])),
+            ],
+            meta: TxnMeta::default(),
+        })
+        .unwrap();
+    let path = s.object_path(big, t).unwrap().unwrap();
+    let etag = common::s3::etag(&url, &path);
+    assert!(
+        etag.trim_matches('"').ends_with("-6"),
+        "not uploaded in 6 parts: {etag}"
+    );
+    let small_etag = common::s3::etag(&url, &s.object_path(small, t).unwrap().unwrap());
+    assert!(
+        !small_etag.contains('-'),
+        "a small body is one PUT: {small_etag}"
+    );
+    assert!(
+        s.load(big, t).unwrap().unwrap().data == body,
+        "ranged fetch differs"
+    );
+    assert!(s.verify().unwrap().problems.is_empty());
+    // An object shorter than its pointer says, or damaged inside one range: corrupt.
+    common::s3::damage_object(&url, &path, (17 << 20) + 5);
+    let err = s.load(big, t).unwrap_err();
+    assert!(err.to_string().contains("checksum"), "{err}");
+    common::s3::put_object(&url, &path, body[..body.len() - 4096].to_vec());
+    let err = s.load(big, t).unwrap_err();
+    assert!(matches!(err, outcore::Error::Corrupt { .. }), "{err:?}");
+    eprintln!("{err}");
+}

@@ -204,6 +204,7 @@ fn blobs_over(index: Option<Fixture>, cached: bool) -> Option<Fixture> {
         grace: Duration::ZERO,
         cache_dir: cache.as_ref().map(|d| d.path().to_path_buf()),
         cache_disk_bytes: 1 << 20,
+        ..BlobOptions::default()
     };
     let store = Arc::new(BlobStorage::new(index.store, &url, options).expect("blob store"));
     Some(Fixture {

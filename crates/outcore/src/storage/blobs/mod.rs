@@ -21,6 +21,10 @@
 #[cfg(feature = "s3")]
 mod cache;
 #[cfg(feature = "s3")]
+mod cache_home;
+#[cfg(feature = "s3")]
+mod fetch;
+#[cfg(feature = "s3")]
 mod objects;
 #[cfg(feature = "s3")]
 mod pointer;
@@ -29,6 +33,8 @@ mod references;
 pub(crate) mod setting;
 #[cfg(feature = "s3")]
 mod store;
+#[cfg(feature = "s3")]
+mod upload;
 
 #[cfg(feature = "s3")]
 pub use store::{BlobOptions, BlobStorage};

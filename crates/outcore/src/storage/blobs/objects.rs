@@ -1,7 +1,8 @@
 //! The object-store side of the blob layer: one bucket prefix, a small tokio runtime owned by
 //! the store, and the batched requests the store makes (parallel PUTs and GETs, a listing,
-//! deletions). Synchronous callers block on the runtime; retries with backoff are the client's
-//! (`object_store`'s `RetryConfig`). Endpoint, region and credentials come from the `AWS_*`
+//! deletions; one body's PUT or GET is `upload.rs`'s or `fetch.rs`'s). Synchronous callers
+//! block on the runtime; retries with backoff are the client's (`object_store`'s
+//! `RetryConfig`). Endpoint, region and credentials come from the `AWS_*`
 //! environment variables only, and no message built here contains them.
 
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
-use object_store::{BackoffConfig, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use object_store::{BackoffConfig, ObjectStore, ObjectStoreExt, RetryConfig};
 
 use crate::storage::{Key, Oid};
 use crate::{Error, Result};
@@ -141,7 +142,7 @@ impl Objects {
         let results: Vec<(Path, object_store::Result<()>)> = self.run(
             stream::iter(uploads)
                 .map(|(path, bytes)| async move {
-                    let r = client.put(&path, PutPayload::from(bytes)).await.map(drop);
+                    let r = super::upload::put_body(client, &path, bytes).await;
                     (path, r)
                 })
                 .buffer_unordered(PARALLEL)
@@ -166,20 +167,16 @@ impl Objects {
         Err(error)
     }
 
-    /// Fetches the bodies of every `(block, path)` in parallel, in the order given. A missing
-    /// object is `Ok(None)`.
-    pub fn get_all(&self, paths: &[(Key, Path)]) -> Result<Vec<Result<Option<Vec<u8>>>>> {
+    /// Fetches the bodies of every `(block, path, expected length)` in parallel, in the order
+    /// given (large ones in parallel ranges, `fetch.rs`). A missing object is `Ok(None)`.
+    pub fn get_all(&self, paths: &[(Key, Path, u64)]) -> Result<Vec<Result<Option<Vec<u8>>>>> {
         let client = &self.client;
         let url = &self.url;
         self.run(
             stream::iter(paths)
-                .map(|(key, path)| async move {
-                    let got = match client.get(path).await {
-                        Ok(r) => r.bytes().await,
-                        Err(e) => Err(e),
-                    };
-                    match got {
-                        Ok(bytes) => Ok(Some(bytes.to_vec())),
+                .map(|(key, path, len)| async move {
+                    match super::fetch::get_body(client, path, *len).await {
+                        Ok(bytes) => Ok(Some(bytes)),
                         Err(object_store::Error::NotFound { .. }) => Ok(None),
                         Err(e) => Err(failed(
                             format!("fetching the body of {key} (object {path} of {url})"),

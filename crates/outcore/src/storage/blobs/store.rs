@@ -152,7 +152,7 @@ impl BlobStorage {
             .iter()
             .zip(&steps)
             .filter_map(|(&(key, ..), step)| match step {
-                Step::Get(p) => Some((key, self.objects.path(key, p.id))),
+                Step::Get(p) => Some((key, self.objects.path(key, p.id), p.len)),
                 Step::Done(_) => None,
             })
             .collect();
