@@ -12,8 +12,9 @@ Workloads: scan, fault, write, append, demo, pg (pg runs when --pg or OUTCORE_TE
 postgresql:// url); storage format v2 (issue 15): small-commits, many-small, resize,
 deltas-scan; write path (issue 16): write-new, write-rewrite, mapping-budget; demo-wendelin
 (outcore's demo against wendelin.core's, which needs `bash bench/wendelin-setup.sh` once);
-latency (issue 17): random-rows (root: a memory cgroup). Run from any interpreter: it
-re-executes itself under bench/.venv.
+latency (issue 17): random-rows (root: a memory cgroup); object storage (issue 18): s3 (the
+S3 server AWS_* and OUTCORE_TEST_S3_URL name, else a private SeaweedFS started for the run).
+Run from any interpreter: it re-executes itself under bench/.venv.
 """
 
 import argparse
@@ -41,6 +42,7 @@ WORKLOADS = (
     "mapping-budget",
     "demo-wendelin",
     "random-rows",
+    "s3",
 )
 
 
@@ -120,6 +122,7 @@ def main(argv=None):
             report,
             resize,
             rows,
+            s3,
             small_commits,
             systems,
             write,
@@ -177,7 +180,7 @@ def main(argv=None):
 
     try:
         data = total = readers = None
-        if only & {"scan", "fault", "write", "pg"}:
+        if only & {"scan", "fault", "write", "pg", "s3"}:
             log(f"generating {cfg.n * 8 >> 20} MiB of data")
             data, total = common.make_data(cfg.n)
         if only & {"scan", "fault"}:
@@ -199,6 +202,7 @@ def main(argv=None):
         run("mapping-budget", lambda: mappings.mapping_budget(cfg, log))
         run("demo-wendelin", lambda: demo_vs_wendelin.demo_vs_wendelin(cfg, log))
         run("random-rows", lambda: rows.random_rows(cfg, log))
+        run("s3", lambda: s3.s3(cfg, data, log))
     finally:
         if not args.keep:
             common.remove(cfg.dir)

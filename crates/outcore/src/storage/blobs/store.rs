@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
-use super::cache::DiskCache;
+use super::cache_writer::CachedBodies;
 use super::objects::Objects;
 use super::pointer::Pointer;
 use super::references::held_versions;
@@ -59,7 +59,7 @@ pub struct BlobStorage {
     index: Arc<dyn Storage>,
     objects: Objects,
     /// Fetched bodies on local disk, mapped by `locate` ([`BlobOptions::cache_dir`]).
-    cache: Option<DiskCache>,
+    cache: Option<CachedBodies>,
     options: BlobOptions,
 }
 
@@ -79,7 +79,7 @@ impl BlobStorage {
     /// [`DbOptions::blobs`](crate::db::DbOptions::blobs) to create a store that remembers it.
     pub fn new(index: Arc<dyn Storage>, url: &str, options: BlobOptions) -> Result<Self> {
         let cache = match &options.cache_dir {
-            Some(dir) => Some(DiskCache::open(dir, options.cache_disk_bytes)?),
+            Some(dir) => Some(CachedBodies::open(dir, options.cache_disk_bytes)?),
             None => None,
         };
         Ok(BlobStorage {
@@ -104,6 +104,14 @@ impl BlobStorage {
         let p = self.pointer(key, v.tid, &v.data)?;
         Ok(p.has_object()
             .then(|| self.objects.path(key, p.id).to_string()))
+    }
+
+    /// Waits until the bodies fetched so far are in the disk cache, which a background
+    /// thread writes them to (for tools and tests; nothing needs to wait for it).
+    pub fn flush_cache(&self) {
+        if let Some(cache) = &self.cache {
+            cache.flush();
+        }
     }
 
     /// The pointer a block version's record holds; `Corrupt` if it holds none.
