@@ -189,6 +189,24 @@ impl Objects {
         )
     }
 
+    /// Fetches the object `path` (expected to hold `len` bytes) in the background and hands
+    /// the body, or `None` if it could not be fetched, to `done`. In a forked child (no
+    /// runtime threads) `done` gets `None` at once.
+    pub fn spawn_get(
+        &self,
+        path: Path,
+        len: u64,
+        done: impl FnOnce(Option<Vec<u8>>) + Send + 'static,
+    ) {
+        if std::process::id() != self.pid {
+            return done(None);
+        }
+        let client = self.client.clone();
+        self.runtime.spawn(async move {
+            done(super::fetch::get_body(&client, &path, len).await.ok());
+        });
+    }
+
     /// Every object under the prefix that names a block body; other objects are skipped
     /// (never deleted).
     pub fn list(&self) -> Result<Vec<Listed>> {

@@ -12,6 +12,9 @@ use super::cache_writer::CachedBodies;
 use super::objects::Objects;
 use super::pointer::Pointer;
 use super::references::held_versions;
+use readahead::ReadAhead;
+
+mod readahead;
 use crate::storage::codec::checksum;
 use crate::storage::delta::{check_runs, used_len};
 use crate::storage::{
@@ -60,6 +63,8 @@ pub struct BlobStorage {
     objects: Objects,
     /// Fetched bodies on local disk, mapped by `locate` ([`BlobOptions::cache_dir`]).
     cache: Option<CachedBodies>,
+    /// Bodies fetched ahead of single loads (`store/readahead.rs`).
+    read_ahead: ReadAhead,
     options: BlobOptions,
 }
 
@@ -86,6 +91,7 @@ impl BlobStorage {
             index,
             objects: Objects::open(url, options.retry_window)?,
             cache,
+            read_ahead: ReadAhead::default(),
             options,
         })
     }
@@ -270,7 +276,11 @@ impl Storage for BlobStorage {
         self.index.new_oids(n)
     }
 
+    /// A block is loaded with read-ahead (`store/readahead.rs`).
     fn load(&self, key: Key, at: Tid) -> Result<Option<Version>> {
+        if key.is_block() {
+            return self.load_block(key, at);
+        }
         Ok(self.load_many(&[key], at)?.pop().flatten())
     }
 
