@@ -37,13 +37,21 @@ struct State {
     /// The block last loaded one at a time, and the last block read ahead of it.
     last: Option<(Oid, u64)>,
     ahead_until: Option<(Oid, u64)>,
-    /// By object id: `None` while the fetch is on its way, then the body (`None` again if
-    /// the fetch failed: the load then fetches, and reports, itself).
-    bodies: HashMap<u128, (u64, Option<Option<Vec<u8>>>)>,
+    /// By object id, with its length.
+    bodies: HashMap<u128, (u64, Slot)>,
     /// Object ids in the order they were asked for, for dropping the oldest.
     order: VecDeque<u128>,
     /// Bytes of `bodies` (their lengths, whether arrived or not).
     bytes: u64,
+}
+
+/// A body fetched ahead.
+#[derive(Debug)]
+enum Slot {
+    /// The fetch is on its way.
+    Coming,
+    /// The body, or `None` if the fetch failed (the load then fetches, and reports, itself).
+    Arrived(Option<Vec<u8>>),
 }
 
 impl Shared {
@@ -53,10 +61,10 @@ impl Shared {
 }
 
 impl State {
-    fn remove(&mut self, id: u128) -> Option<Option<Option<Vec<u8>>>> {
-        let (len, body) = self.bodies.remove(&id)?;
+    fn remove(&mut self, id: u128) -> Option<Slot> {
+        let (len, slot) = self.bodies.remove(&id)?;
         self.bytes -= len;
-        Some(body)
+        Some(slot)
     }
 }
 
@@ -75,7 +83,7 @@ impl ReadAhead {
             state.remove(old);
         }
         state.bytes += len;
-        state.bodies.insert(id, (len, None));
+        state.bodies.insert(id, (len, Slot::Coming));
         state.order.push_back(id);
         drop(state);
         self.shared.changed.notify_all();
@@ -88,16 +96,19 @@ impl ReadAhead {
         loop {
             match state.bodies.get(&id) {
                 None => return None,
-                Some((_, None)) => {
+                Some((_, Slot::Coming)) => {
                     state = self
                         .shared
                         .changed
                         .wait(state)
                         .unwrap_or_else(|p| p.into_inner());
                 }
-                Some((_, Some(_))) => {
+                Some((_, Slot::Arrived(_))) => {
                     state.order.retain(|&o| o != id);
-                    return state.remove(id).flatten().flatten();
+                    return match state.remove(id) {
+                        Some(Slot::Arrived(body)) => body,
+                        _ => None,
+                    };
                 }
             }
         }
@@ -106,8 +117,8 @@ impl ReadAhead {
     /// What a fetch ahead of object `id` delivers (stored unless dropped meanwhile).
     fn arrived(shared: &Shared, id: u128, body: Option<Vec<u8>>) {
         let mut state = shared.lock();
-        if let Some((_, slot @ None)) = state.bodies.get_mut(&id) {
-            *slot = Some(body);
+        if let Some((_, slot @ Slot::Coming)) = state.bodies.get_mut(&id) {
+            *slot = Slot::Arrived(body);
         }
         drop(state);
         shared.changed.notify_all();
