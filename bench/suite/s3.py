@@ -106,7 +106,8 @@ def raw_put(obstore, store, prefix, data):
 
     def job(lo, hi):
         async def run():
-            await obstore.put_async(store, f"{prefix}/{lo // BLOCK_ELEMS}", memoryview(data[lo:hi]).cast("B"))
+            body = memoryview(data[lo:hi]).cast("B")
+            await obstore.put_async(store, f"{prefix}/{lo // BLOCK_ELEMS}", body)
 
         return run
 
@@ -150,7 +151,9 @@ def s3(cfg, data, log):
         cache_dir = cfg.path(f"s3-cache-{run_id}")
 
         def open_db(disk=2 * size):
-            db = outcore.open(path, cache_bytes=cfg.cache, cache_dir=cache_dir, cache_disk_bytes=disk)
+            db = outcore.open(
+                path, cache_bytes=cfg.cache, cache_dir=cache_dir, cache_disk_bytes=disk
+            )
             tm = transaction.TransactionManager()
             return db, db.open(transaction_manager=tm), tm
 
@@ -204,9 +207,7 @@ def s3(cfg, data, log):
         for lo, hi in slabs(len(part), 128 * BLOCK_ELEMS):
             z[lo:hi] = part[lo:hi]
         zt = timed(
-            lambda: check_sum(
-                float(np.sum(zarr.open_array(zstore, mode="r")[:])), total, "zarr"
-            ),
+            lambda: check_sum(float(np.sum(zarr.open_array(zstore, mode="r")[:])), total, "zarr"),
             rounds,
         )
         log(f"  zarr v3 on S3 {gbps(size, zt.median):.2f} GB/s")
