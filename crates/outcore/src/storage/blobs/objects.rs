@@ -107,14 +107,21 @@ impl Objects {
 
     /// Runs `work` on the store's runtime until it completes; refused in a forked child.
     fn run<F: std::future::Future>(&self, work: F) -> Result<F::Output> {
-        if std::process::id() != self.pid {
-            return Err(Error::InvalidArgument(format!(
-                "the object store {} was opened by process {} before this one forked from it: \
-                 open the database again in this process",
-                self.url, self.pid
-            )));
-        }
+        self.same_process()?;
         Ok(self.runtime.block_on(work))
+    }
+
+    /// Refuses a forked child, which has none of the runtime's threads (waiting on them
+    /// there would hang).
+    fn same_process(&self) -> Result<()> {
+        if std::process::id() == self.pid {
+            return Ok(());
+        }
+        Err(Error::InvalidArgument(format!(
+            "the object store {} was opened by process {} before this one forked from it: \
+             open the database again in this process",
+            self.url, self.pid
+        )))
     }
 
     /// `s3://bucket/prefix`.
@@ -174,36 +181,28 @@ impl Objects {
         let url = &self.url;
         self.run(
             stream::iter(paths)
-                .map(|(key, path, len)| async move {
-                    match super::fetch::get_body(client, path, *len).await {
-                        Ok(bytes) => Ok(Some(bytes)),
-                        Err(object_store::Error::NotFound { .. }) => Ok(None),
-                        Err(e) => Err(failed(
-                            format!("fetching the body of {key} (object {path} of {url})"),
-                            e,
-                        )),
-                    }
-                })
+                .map(|(key, path, len)| get_one(client, url, *key, path, *len))
                 .buffered(PARALLEL)
                 .collect(),
         )
     }
 
-    /// Fetches the object `path` (expected to hold `len` bytes) in the background and hands
-    /// the body, or `None` if it could not be fetched, to `done`. In a forked child (no
-    /// runtime threads) `done` gets `None` at once.
+    /// [`Objects::get_all`] of one body in the background: `done` gets what `get_all` would
+    /// have returned for it. In a forked child (no runtime threads) `done` gets the refusal
+    /// at once.
     pub fn spawn_get(
         &self,
+        key: Key,
         path: Path,
         len: u64,
-        done: impl FnOnce(Option<Vec<u8>>) + Send + 'static,
+        done: impl FnOnce(Result<Option<Vec<u8>>>) + Send + 'static,
     ) {
-        if std::process::id() != self.pid {
-            return done(None);
+        if let Err(e) = self.same_process() {
+            return done(Err(e));
         }
-        let client = self.client.clone();
+        let (client, url) = (self.client.clone(), self.url.clone());
         self.runtime.spawn(async move {
-            done(super::fetch::get_body(&client, &path, len).await.ok());
+            done(get_one(&client, &url, key, &path, len).await);
         });
     }
 
@@ -275,5 +274,24 @@ impl Objects {
         if let Err(e) = self.delete_all(paths) {
             tracing::warn!("unreferenced block bodies stay until the next pack: {e}");
         }
+    }
+}
+
+/// The body of `key` in object `path` of `url` (expected to hold `len` bytes): `Ok(None)` if
+/// the object is missing, an error naming the block if it cannot be fetched.
+async fn get_one(
+    client: &Arc<dyn ObjectStore>,
+    url: &str,
+    key: Key,
+    path: &Path,
+    len: u64,
+) -> Result<Option<Vec<u8>>> {
+    match super::fetch::get_body(client, path, len).await {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(failed(
+            format!("fetching the body of {key} (object {path} of {url})"),
+            e,
+        )),
     }
 }

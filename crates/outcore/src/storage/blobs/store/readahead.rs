@@ -50,8 +50,8 @@ struct State {
 enum Slot {
     /// The fetch is on its way.
     Coming,
-    /// The body, or `None` if the fetch failed (the load then fetches, and reports, itself).
-    Arrived(Option<Vec<u8>>),
+    /// What the fetch found: the body, `None` for a missing object, or why it failed.
+    Arrived(Result<Option<Vec<u8>>>),
 }
 
 impl Shared {
@@ -90,8 +90,9 @@ impl ReadAhead {
         true
     }
 
-    /// The body of object `id` if it was fetched ahead (waiting while it is on its way).
-    fn take(&self, id: u128) -> Option<Vec<u8>> {
+    /// What the fetch ahead of object `id` found, if there was one (waiting while it is on
+    /// its way).
+    fn take(&self, id: u128) -> Option<Result<Option<Vec<u8>>>> {
         let mut state = self.shared.lock();
         loop {
             match state.bodies.get(&id) {
@@ -106,7 +107,7 @@ impl ReadAhead {
                 Some((_, Slot::Arrived(_))) => {
                     state.order.retain(|&o| o != id);
                     return match state.remove(id) {
-                        Some(Slot::Arrived(body)) => body,
+                        Some(Slot::Arrived(got)) => Some(got),
                         _ => None,
                     };
                 }
@@ -115,10 +116,10 @@ impl ReadAhead {
     }
 
     /// What a fetch ahead of object `id` delivers (stored unless dropped meanwhile).
-    fn arrived(shared: &Shared, id: u128, body: Option<Vec<u8>>) {
+    fn arrived(shared: &Shared, id: u128, got: Result<Option<Vec<u8>>>) {
         let mut state = shared.lock();
         if let Some((_, slot @ Slot::Coming)) = state.bodies.get_mut(&id) {
-            *slot = Slot::Arrived(body);
+            *slot = Slot::Arrived(got);
         }
         drop(state);
         shared.changed.notify_all();
@@ -139,7 +140,7 @@ impl BlobStorage {
         }
         if p.has_object() {
             if let Some(got) = self.read_ahead.take(p.id) {
-                let data = self.check(key, v.tid, &p, Some(got))?;
+                let data = self.check(key, v.tid, &p, got?)?;
                 if let Some(cache) = &self.cache {
                     cache.put(p.id, &data);
                 }
@@ -194,10 +195,10 @@ impl BlobStorage {
             }
             let shared = self.read_ahead.shared.clone();
             let id = p.id;
-            self.objects
-                .spawn_get(self.objects.path(key, id), p.len, move |body| {
-                    ReadAhead::arrived(&shared, id, body)
-                });
+            let path = self.objects.path(key, id);
+            self.objects.spawn_get(key, path, p.len, move |got| {
+                ReadAhead::arrived(&shared, id, got)
+            });
         }
     }
 }
