@@ -66,49 +66,88 @@ impl DiskCache {
         Some(file)
     }
 
-    /// Caches body `id`; failures (a full disk) only cost the cache, so they are logged.
-    /// Room is made first: the directory stays within the budget but for bodies other
-    /// processes are writing at the same moment.
+    /// Caches body `id` (see [`DiskCache::put_all`]).
+    #[cfg(test)]
     pub fn put(&self, id: u128, bytes: &[u8]) {
-        let len = bytes.len() as u64;
-        if len > self.budget {
-            return;
+        self.put_all(&[(id, bytes)]);
+    }
+
+    /// Caches the bodies `(id, bytes)`; failures (a full disk) only cost the cache, so they
+    /// are logged. Room is made first: the directory stays within the budget but for bodies
+    /// other processes are writing at the same moment. Every body is written under a
+    /// temporary name, all are synced, then all are named: a crash never leaves a named file
+    /// whose contents the disk did not get (it would be mapped unchecked), and one journal
+    /// commit of the file system serves the whole batch.
+    pub fn put_all(&self, bodies: &[(u128, &[u8])]) {
+        // Groups of at most a quarter of the budget (or one body), so that making room for a
+        // group never means emptying the cache, nor overrunning it.
+        let mut group: Vec<(u128, &[u8])> = Vec::new();
+        let mut bytes = 0;
+        for &(id, body) in bodies {
+            let len = body.len() as u64;
+            if len > self.budget {
+                continue;
+            }
+            if !group.is_empty() && bytes + len > self.budget / 4 {
+                self.put_group(&group, bytes);
+                (group, bytes) = (Vec::new(), 0);
+            }
+            group.push((id, body));
+            bytes += len;
         }
+        if !group.is_empty() {
+            self.put_group(&group, bytes);
+        }
+    }
+
+    /// [`DiskCache::put_all`] of `bodies`, `total` bytes, each within the budget.
+    fn put_group(&self, bodies: &[(u128, &[u8])], total: u64) {
         // Pending before used: a body an eviction's count of `used` includes is pending or
         // in the directory when the eviction looks (see `evict`).
-        self.pending.fetch_add(len, Ordering::SeqCst);
-        let used = self.used.fetch_add(len, Ordering::SeqCst) + len;
+        self.pending.fetch_add(total, Ordering::SeqCst);
+        let used = self.used.fetch_add(total, Ordering::SeqCst) + total;
         if used > self.budget {
             if let Err(e) = self.evict() {
                 tracing::warn!("evicting from the cache {}: {e}", self.dir.display());
             }
         }
-        let written = self.write(id, bytes);
-        self.pending.fetch_sub(len, Ordering::SeqCst);
-        if let Err(e) = written {
-            self.used.fetch_sub(len, Ordering::SeqCst);
-            tracing::warn!("not caching a fetched block in {}: {e}", self.dir.display());
+        let written: Vec<_> = bodies
+            .iter()
+            .map(|&(id, bytes)| (id, bytes.len() as u64, self.write_temp(id, bytes)))
+            .collect();
+        for (id, len, temp) in written {
+            let named = temp.and_then(|(path, file)| {
+                let done = file
+                    .sync_data()
+                    .and_then(|()| std::fs::rename(&path, self.path(id)));
+                if done.is_err() {
+                    let _ = std::fs::remove_file(&path);
+                }
+                done
+            });
+            if let Err(e) = named {
+                self.used.fetch_sub(len, Ordering::SeqCst);
+                tracing::warn!("not caching a fetched block in {}: {e}", self.dir.display());
+            }
         }
+        self.pending.fetch_sub(total, Ordering::SeqCst);
     }
 
-    fn write(&self, id: u128, bytes: &[u8]) -> std::io::Result<()> {
+    /// Writes `bytes` to a new temporary file, not synced; removed again on failure.
+    fn write_temp(&self, id: u128, bytes: &[u8]) -> std::io::Result<(PathBuf, File)> {
         let temp = self.dir.join(format!(
             "{TEMP_PREFIX}{id:032x}-{}-{:08x}",
             std::process::id(),
             rand::random::<u32>()
         ));
-        let done = (|| {
-            let mut f = File::create(&temp)?;
-            f.write_all(bytes)?;
-            // Synced before the name appears: a crash never leaves a named file whose
-            // contents the disk did not get (it would be mapped unchecked).
-            f.sync_data()?;
-            std::fs::rename(&temp, self.path(id))
-        })();
-        if done.is_err() {
-            let _ = std::fs::remove_file(&temp);
+        let written = File::create(&temp).and_then(|mut f| f.write_all(bytes).map(|()| f));
+        match written {
+            Ok(f) => Ok((temp, f)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&temp);
+                Err(e)
+            }
         }
-        done
     }
 
     /// The cached bodies with size and mtime; stale temporary files (over an hour old, from

@@ -16,6 +16,9 @@ use crate::{Error, Result};
 /// Bytes of bodies waiting to be written, at most.
 const MAX_QUEUED: u64 = 128 << 20;
 
+/// Bodies written and synced together, at most.
+const BATCH: usize = 32;
+
 /// A [`DiskCache`] with its writer thread.
 #[derive(Debug)]
 pub(crate) struct CachedBodies {
@@ -100,17 +103,21 @@ impl CachedBodies {
     }
 }
 
-/// The writer thread: writes queued bodies until the store closes and the queue is empty.
+/// The writer thread: writes queued bodies, up to [`BATCH`] at a time (synced together),
+/// until the store closes and the queue is empty.
 fn write_queued(cache: &DiskCache, shared: &Shared) {
     let mut queue = shared.lock();
     loop {
-        if let Some((id, body)) = queue.bodies.pop_front() {
-            queue.writing += 1;
+        if !queue.bodies.is_empty() {
+            let n = queue.bodies.len().min(BATCH);
+            let batch: Vec<(u128, Vec<u8>)> = queue.bodies.drain(..n).collect();
+            queue.writing += n;
             drop(queue);
-            cache.put(id, &body);
+            let bodies: Vec<(u128, &[u8])> = batch.iter().map(|(id, b)| (*id, &b[..])).collect();
+            cache.put_all(&bodies);
             queue = shared.lock();
-            queue.writing -= 1;
-            queue.bytes -= body.len() as u64;
+            queue.writing -= n;
+            queue.bytes -= batch.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
             shared.changed.notify_all();
         } else if queue.closed {
             return;
