@@ -77,11 +77,13 @@ impl CachedBodies {
         self.cache.get(id, len)
     }
 
-    /// Queues body `id` for the cache (a copy of `bytes`), unless too much is waiting.
+    /// Queues body `id` for the cache (a copy of `bytes`), unless too much is waiting (or
+    /// this is a forked child, without the writer thread).
     pub fn put(&self, id: u128, bytes: &[u8]) {
         let len = bytes.len() as u64;
         let mut queue = self.shared.lock();
-        if queue.closed || queue.bytes + len > MAX_QUEUED {
+        let forked = std::process::id() != self.pid;
+        if forked || queue.closed || queue.bytes + len > MAX_QUEUED {
             return;
         }
         queue.bytes += len;
@@ -90,8 +92,12 @@ impl CachedBodies {
         self.shared.changed.notify_all();
     }
 
-    /// Waits until every body queued so far is in the cache (or failed to be written).
+    /// Waits until every body queued so far is in the cache (or failed to be written); in a
+    /// forked child, which has no writer thread, returns at once.
     pub fn flush(&self) {
+        if std::process::id() != self.pid {
+            return;
+        }
         let mut queue = self.shared.lock();
         while !queue.bodies.is_empty() || queue.writing > 0 {
             queue = self
