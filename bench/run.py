@@ -13,7 +13,9 @@ postgresql:// url); storage format v2 (issue 15): small-commits, many-small, res
 deltas-scan; write path (issue 16): write-new, write-rewrite, mapping-budget; demo-wendelin
 (outcore's demo against wendelin.core's, which needs `bash bench/wendelin-setup.sh` once);
 latency (issue 17): random-rows (root: a memory cgroup); dask (issue 19): a reduction and a
-computed write on a 2-process dask.distributed cluster, outcore vs zarr v3 vs one process.
+computed write on a 2-process dask.distributed cluster, outcore vs zarr v3 vs one process;
+object storage (issue 18): s3 (the S3 server AWS_* and OUTCORE_TEST_S3_URL name, else a
+private SeaweedFS started for the run).
 Run from any interpreter: it re-executes itself under bench/.venv.
 """
 
@@ -43,6 +45,7 @@ WORKLOADS = (
     "demo-wendelin",
     "random-rows",
     "dask",
+    "s3",
 )
 
 
@@ -126,6 +129,7 @@ def main(argv=None):
             report,
             resize,
             rows,
+            s3,
             small_commits,
             systems,
             write,
@@ -183,7 +187,7 @@ def main(argv=None):
 
     try:
         data = total = readers = None
-        if only & {"scan", "fault", "write", "pg"}:
+        if only & {"scan", "fault", "write", "pg", "s3"}:
             log(f"generating {cfg.n * 8 >> 20} MiB of data")
             data, total = common.make_data(cfg.n)
         if only & {"scan", "fault"}:
@@ -206,6 +210,7 @@ def main(argv=None):
         run("demo-wendelin", lambda: demo_vs_wendelin.demo_vs_wendelin(cfg, log))
         run("random-rows", lambda: rows.random_rows(cfg, log))
         run("dask", lambda: dask_cluster.dask_cluster(cfg, log))
+        run("s3", lambda: s3.s3(cfg, data, log))
     finally:
         if not args.keep:
             common.remove(cfg.dir)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Sets up the side-by-side benchmark (bench/run.py) on a fresh machine: a Python 3.12 venv in
 # bench/.venv (zarr 3 needs Python >= 3.12), the peers from PyPI (numpy, h5py, zarr,
-# tensorstore, matplotlib, psycopg, dask.distributed) and outcore itself, built in release
-# mode into that venv.
+# tensorstore, matplotlib, psycopg, dask.distributed; obstore for the object-storage
+# workload) and outcore itself, built in release mode into that venv.
 # Usage: bash bench/setup.sh            (PYTHON=/path/to/python3.12 to pick the interpreter)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,9 +20,9 @@ fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q "maturin>=1.9.4,<2" "numpy>=1.26" transaction zope.interface \
-  "zarr>=3" h5py tensorstore matplotlib "psycopg[binary]>=3" "dask[distributed]"
+  "zarr>=3" h5py tensorstore matplotlib "psycopg[binary]>=3" "dask[distributed]" obstore
 export PYO3_PYTHON="$PWD/$VENV/bin/python"
 VIRTUAL_ENV="$PWD/$VENV" "$VENV/bin/maturin" develop --release --locked -q
-"$VENV/bin/python" -c 'import outcore, zarr, h5py, tensorstore, matplotlib, psycopg
+"$VENV/bin/python" -c 'import outcore, zarr, h5py, tensorstore, matplotlib, psycopg, obstore
 from importlib.metadata import version as v
 print("bench/.venv ready:", ", ".join(f"{m} {v(m)}" for m in ("zarr", "h5py", "tensorstore")))'

@@ -24,6 +24,9 @@ eval "$(scripts/s3-test-server.sh start)"
 trap 'scripts/pg-test-server.sh stop "$OUTCORE_TEST_PG_DIR"; scripts/s3-test-server.sh stop "$OUTCORE_TEST_S3_DIR"' EXIT
 # With servers promised, PostgreSQL and S3 tests that find none fail instead of skipping.
 export OUTCORE_REQUIRE_PG=1 OUTCORE_REQUIRE_S3=1
+# Default disk caches of object-storage stores (under $XDG_CACHE_HOME/outcore) go to the S3
+# server's directory, removed with it, not to the user's cache directory.
+export XDG_CACHE_HOME="$OUTCORE_TEST_S3_DIR/xdg-cache"
 
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
 cargo fmt --all -- --check

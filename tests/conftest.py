@@ -21,8 +21,10 @@ def pg_url():
 
 
 @pytest.fixture
-def s3_url():
-    """A fresh ``s3://bucket/prefix`` on the test S3 server (scripts/test.sh starts one)."""
+def s3_url(tmp_path, monkeypatch):
+    """A fresh ``s3://bucket/prefix`` on the test S3 server (scripts/test.sh starts one).
+    Default disk caches go under the test's temporary directory."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     base = os.environ.get("OUTCORE_TEST_S3_URL")
     if not base:
         why = "OUTCORE_TEST_S3_URL is not set (scripts/test.sh starts an S3 server)"

@@ -59,3 +59,28 @@ def test_disk_cache(tmp_path, s3_url):
         transaction.abort()
         db.close()
     assert sum(f.stat().st_size for f in (tmp_path / "cache").iterdir()) >= 8_000_000
+
+
+def test_default_disk_cache_and_turning_it_off(tmp_path, s3_url):
+    url = str(tmp_path / "db")
+    home = tmp_path / "xdg-cache" / "outcore"  # XDG_CACHE_HOME, set by the s3_url fixture
+    transaction.abort()
+    db = outcore.open(url, blobs=s3_url, cache_disk_bytes=0)
+    try:
+        with db.transaction() as root:
+            root["a"] = a = outcore.BigArray((500_000,), "f8")
+            a[:] = 3.0
+        assert db.root()["a"][:].sum() == 1_500_000.0
+    finally:
+        transaction.abort()
+        db.close()
+    assert not home.exists(), "cache_disk_bytes=0: no disk cache"
+    db = outcore.open(url)
+    try:
+        assert db.root()["a"][:].sum() == 1_500_000.0
+    finally:
+        transaction.abort()
+        db.close()
+    (store,) = home.iterdir()  # one directory per object store
+    assert store.name.startswith(s3_url.split("/")[2] + "-")
+    assert sum(f.stat().st_size for f in store.iterdir()) >= 4_000_000

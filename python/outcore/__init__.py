@@ -83,8 +83,10 @@ def open(  # noqa: A001
     ``blobs="s3://bucket/prefix"``, when the store is created, keeps block bodies in that
     S3-compatible object store (endpoint, region and credentials from the ``AWS_*``
     environment variables); the store records it, so later opens need only ``url``. For such
-    stores ``cache_dir`` keeps fetched block bodies on local disk (mapped from there; at most
-    ``cache_disk_bytes``, default 10 GiB, least recently used out). Every option is keyword-only."""
+    stores ``cache_dir`` keeps fetched block bodies on local disk (default: a directory per
+    object store under ``$XDG_CACHE_HOME/outcore`` or ``~/.cache/outcore``; mapped from there;
+    at most ``cache_disk_bytes``, default 10 GiB, least recently used out;
+    ``cache_disk_bytes=0`` turns it off). Every option is keyword-only."""
     return DB(
         url,
         cache_bytes=cache_bytes,

@@ -332,6 +332,7 @@ fn the_disk_cache_serves_and_maps_fetched_bodies_within_its_budget() {
     ));
     let loaded = s.load_many(&keys, t).unwrap();
     assert!(loaded.iter().all(Option::is_some));
+    s.flush_cache();
     let cached: Vec<_> = std::fs::read_dir(cache.path())
         .unwrap()
         .map(|e| e.unwrap().metadata().unwrap().len())

@@ -204,6 +204,7 @@ fn blobs_over(index: Option<Fixture>, cached: bool) -> Option<Fixture> {
         grace: Duration::ZERO,
         cache_dir: cache.as_ref().map(|d| d.path().to_path_buf()),
         cache_disk_bytes: 1 << 20,
+        ..BlobOptions::default()
     };
     let store = Arc::new(BlobStorage::new(index.store, &url, options).expect("blob store"));
     Some(Fixture {
@@ -515,6 +516,10 @@ fn compressible_blocks(fx: &Fixture, compressed: bool) {
     let data = vec![42u8; 1 << 20];
     let t = store_one(s, Tid::ZERO, block(f, 0), data.clone()).unwrap();
     assert_eq!(s.load(block(f, 0), t).unwrap().unwrap().data, data);
+    if let Some((blobs, _)) = &fx.blobs {
+        // Fetched bodies are cached by a background thread.
+        blobs.flush_cache();
+    }
     let located = s.locate(block(f, 0), t).unwrap();
     if fx._cache.is_some() {
         // Loaded, so in the disk cache, and mapped from there.

@@ -71,12 +71,14 @@ pub struct DbOptions {
     /// object store, or one for a store created without, is refused. See README, "Object
     /// storage".
     pub blobs: Option<String>,
-    /// For stores whose block bodies are in an object store: a directory for a disk cache of
-    /// fetched bodies, which are then mapped from there (zero copy, shared by the processes
-    /// of a node using the same directory). `None`: no disk cache.
+    /// For stores whose block bodies are in an object store: the directory of the disk cache
+    /// of fetched bodies, which are then mapped from there (zero copy, shared by the processes
+    /// of a node using the same directory). `None`: the default, a directory per object store
+    /// under `$XDG_CACHE_HOME/outcore` (else `~/.cache/outcore`); no disk cache where that
+    /// cannot be made.
     pub cache_dir: Option<std::path::PathBuf>,
     /// The disk cache's budget in bytes (least recently used bodies go first; default
-    /// 10 GiB).
+    /// 10 GiB); `Some(0)` turns the disk cache off.
     pub cache_disk_bytes: Option<u64>,
 }
 

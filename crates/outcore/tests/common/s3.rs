@@ -96,3 +96,13 @@ pub fn delete_object(url: &str, path: &str) {
     let c = client(url);
     runtime().block_on(async { c.delete(&Path::from(path)).await.unwrap() });
 }
+
+/// The ETag the server gives the object `path` in the bucket of `url` (a multipart upload's
+/// ends in `-<parts>`).
+pub fn etag(url: &str, path: &str) -> String {
+    let c = client(url);
+    runtime()
+        .block_on(async { c.head(&Path::from(path)).await.unwrap() })
+        .e_tag
+        .unwrap_or_default()
+}

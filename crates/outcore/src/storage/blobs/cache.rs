@@ -22,9 +22,12 @@ const TEMP_PREFIX: &str = ".tmp-";
 pub(crate) struct DiskCache {
     dir: PathBuf,
     budget: u64,
-    /// Bytes this process believes the directory holds (other processes add to it too: each
-    /// eviction recounts from the directory).
+    /// Bytes this process believes the directory holds, with the bodies it is writing (other
+    /// processes add to it too: each eviction recounts from the directory).
     used: AtomicU64,
+    /// Bytes of the bodies this process is writing (not yet under their names, so not in a
+    /// listing of the directory).
+    pending: AtomicU64,
     /// One eviction at a time in this process.
     evicting: Mutex<()>,
 }
@@ -38,6 +41,7 @@ impl DiskCache {
             dir: dir.to_path_buf(),
             budget,
             used: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
             evicting: Mutex::new(()),
         };
         let used = cache.entries()?.iter().map(|e| e.size).sum();
@@ -62,41 +66,88 @@ impl DiskCache {
         Some(file)
     }
 
-    /// Caches body `id`; failures (a full disk) only cost the cache, so they are logged.
+    /// Caches body `id` (see [`DiskCache::put_all`]).
+    #[cfg(test)]
     pub fn put(&self, id: u128, bytes: &[u8]) {
-        if bytes.len() as u64 > self.budget {
-            return;
+        self.put_all(&[(id, bytes)]);
+    }
+
+    /// Caches the bodies `(id, bytes)`; failures (a full disk) only cost the cache, so they
+    /// are logged. Room is made first: the directory stays within the budget but for bodies
+    /// other processes are writing at the same moment. Every body is written under a
+    /// temporary name, all are synced, then all are named: a crash never leaves a named file
+    /// whose contents the disk did not get (it would be mapped unchecked), and one journal
+    /// commit of the file system serves the whole batch.
+    pub fn put_all(&self, bodies: &[(u128, &[u8])]) {
+        // Groups of at most a quarter of the budget (or one body), so that making room for a
+        // group never means emptying the cache, nor overrunning it.
+        let mut group: Vec<(u128, &[u8])> = Vec::new();
+        let mut bytes = 0;
+        for &(id, body) in bodies {
+            let len = body.len() as u64;
+            if len > self.budget {
+                continue;
+            }
+            if !group.is_empty() && bytes + len > self.budget / 4 {
+                self.put_group(&group, bytes);
+                (group, bytes) = (Vec::new(), 0);
+            }
+            group.push((id, body));
+            bytes += len;
         }
-        if let Err(e) = self.write(id, bytes) {
-            tracing::warn!("not caching a fetched block in {}: {e}", self.dir.display());
-            return;
+        if !group.is_empty() {
+            self.put_group(&group, bytes);
         }
-        let used = self.used.fetch_add(bytes.len() as u64, Ordering::Relaxed) + bytes.len() as u64;
+    }
+
+    /// [`DiskCache::put_all`] of `bodies`, `total` bytes, each within the budget.
+    fn put_group(&self, bodies: &[(u128, &[u8])], total: u64) {
+        // Pending before used: a body an eviction's count of `used` includes is pending or
+        // in the directory when the eviction looks (see `evict`).
+        self.pending.fetch_add(total, Ordering::SeqCst);
+        let used = self.used.fetch_add(total, Ordering::SeqCst) + total;
         if used > self.budget {
             if let Err(e) = self.evict() {
                 tracing::warn!("evicting from the cache {}: {e}", self.dir.display());
             }
         }
+        let written: Vec<_> = bodies
+            .iter()
+            .map(|&(id, bytes)| (id, bytes.len() as u64, self.write_temp(id, bytes)))
+            .collect();
+        for (id, len, temp) in written {
+            let named = temp.and_then(|(path, file)| {
+                let done = file
+                    .sync_data()
+                    .and_then(|()| std::fs::rename(&path, self.path(id)));
+                if done.is_err() {
+                    let _ = std::fs::remove_file(&path);
+                }
+                done
+            });
+            if let Err(e) = named {
+                self.used.fetch_sub(len, Ordering::SeqCst);
+                tracing::warn!("not caching a fetched block in {}: {e}", self.dir.display());
+            }
+        }
+        self.pending.fetch_sub(total, Ordering::SeqCst);
     }
 
-    fn write(&self, id: u128, bytes: &[u8]) -> std::io::Result<()> {
+    /// Writes `bytes` to a new temporary file, not synced; removed again on failure.
+    fn write_temp(&self, id: u128, bytes: &[u8]) -> std::io::Result<(PathBuf, File)> {
         let temp = self.dir.join(format!(
             "{TEMP_PREFIX}{id:032x}-{}-{:08x}",
             std::process::id(),
             rand::random::<u32>()
         ));
-        let done = (|| {
-            let mut f = File::create(&temp)?;
-            f.write_all(bytes)?;
-            // Synced before the name appears: a crash never leaves a named file whose
-            // contents the disk did not get (it would be mapped unchecked).
-            f.sync_data()?;
-            std::fs::rename(&temp, self.path(id))
-        })();
-        if done.is_err() {
-            let _ = std::fs::remove_file(&temp);
+        let written = File::create(&temp).and_then(|mut f| f.write_all(bytes).map(|()| f));
+        match written {
+            Ok(f) => Ok((temp, f)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&temp);
+                Err(e)
+            }
         }
-        done
     }
 
     /// The cached bodies with size and mtime; stale temporary files (over an hour old, from
@@ -130,12 +181,18 @@ impl DiskCache {
         Ok(out)
     }
 
-    /// Deletes least recently used bodies until the directory holds at most 90% of the
-    /// budget (so evictions are not one per fetch).
+    /// Deletes least recently used bodies until the directory and the bodies this process is
+    /// writing hold at most 90% of the budget (so evictions are not one per fetch), and
+    /// recounts the bytes used from the directory (other processes write to it too).
     fn evict(&self) -> Result<()> {
         let _one = self.evicting.lock().unwrap_or_else(|p| p.into_inner());
+        // Read in this order, a body counted in `believed` is in `pending` or in the listing
+        // (or both: an over-estimate, so an eviction a little early). Bodies other threads
+        // add meanwhile stay counted: the count is corrected by a difference, not replaced.
+        let believed = self.used.load(Ordering::SeqCst);
+        let pending = self.pending.load(Ordering::SeqCst);
         let mut entries = self.entries()?;
-        let mut used: u64 = entries.iter().map(|e| e.size).sum();
+        let mut used: u64 = entries.iter().map(|e| e.size).sum::<u64>() + pending;
         entries.sort_by_key(|e| e.modified);
         let target = self.budget / 10 * 9;
         for e in entries {
@@ -146,7 +203,8 @@ impl DiskCache {
                 used -= e.size;
             }
         }
-        self.used.store(used, Ordering::Relaxed);
+        self.used
+            .fetch_add(used.wrapping_sub(believed), Ordering::SeqCst);
         Ok(())
     }
 }

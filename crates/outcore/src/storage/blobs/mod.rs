@@ -21,6 +21,12 @@
 #[cfg(feature = "s3")]
 mod cache;
 #[cfg(feature = "s3")]
+mod cache_home;
+#[cfg(feature = "s3")]
+mod cache_writer;
+#[cfg(feature = "s3")]
+mod fetch;
+#[cfg(feature = "s3")]
 mod objects;
 #[cfg(feature = "s3")]
 mod pointer;
@@ -31,6 +37,8 @@ pub(crate) mod setting;
 mod staging;
 #[cfg(feature = "s3")]
 mod store;
+#[cfg(feature = "s3")]
+mod upload;
 
 #[cfg(feature = "s3")]
 pub use store::{BlobOptions, BlobStorage};

@@ -1,7 +1,8 @@
 //! The object-store side of the blob layer: one bucket prefix, a small tokio runtime owned by
 //! the store, and the batched requests the store makes (parallel PUTs and GETs, a listing,
-//! deletions). Synchronous callers block on the runtime; retries with backoff are the client's
-//! (`object_store`'s `RetryConfig`). Endpoint, region and credentials come from the `AWS_*`
+//! deletions; one body's PUT or GET is `upload.rs`'s or `fetch.rs`'s). Synchronous callers
+//! block on the runtime; retries with backoff are the client's (`object_store`'s
+//! `RetryConfig`). Endpoint, region and credentials come from the `AWS_*`
 //! environment variables only, and no message built here contains them.
 
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
-use object_store::{BackoffConfig, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use object_store::{BackoffConfig, ObjectStore, ObjectStoreExt, RetryConfig};
 
 use crate::storage::{Key, Oid};
 use crate::{Error, Result};
@@ -60,8 +61,10 @@ fn failed(what: String, e: impl std::fmt::Display) -> Error {
 
 impl Objects {
     /// The prefix `url` (`s3://bucket[/prefix]`) of the store `AWS_*` describes. Connects
-    /// lazily: a wrong endpoint or bucket shows at the first request.
-    pub fn open(url: &str) -> Result<Objects> {
+    /// lazily: a wrong endpoint or bucket shows at the first request. A request that fails
+    /// in a way worth retrying (no connection, a timeout, a 5xx answer) is retried with
+    /// backoff until `retry_window` has passed since its first attempt.
+    pub fn open(url: &str, retry_window: Duration) -> Result<Objects> {
         let bad = || {
             Error::InvalidArgument(format!(
                 "blobs={url:?}: expected s3://bucket or s3://bucket/prefix"
@@ -78,8 +81,9 @@ impl Objects {
                 max_backoff: Duration::from_secs(5),
                 base: 2.0,
             },
-            max_retries: 10,
-            retry_timeout: Duration::from_secs(120),
+            // The window decides, not a count: a server restart takes as long as it takes.
+            max_retries: usize::MAX,
+            retry_timeout: retry_window,
         };
         let client = AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
@@ -103,14 +107,21 @@ impl Objects {
 
     /// Runs `work` on the store's runtime until it completes; refused in a forked child.
     fn run<F: std::future::Future>(&self, work: F) -> Result<F::Output> {
-        if std::process::id() != self.pid {
-            return Err(Error::InvalidArgument(format!(
-                "the object store {} was opened by process {} before this one forked from it: \
-                 open the database again in this process",
-                self.url, self.pid
-            )));
-        }
+        self.same_process()?;
         Ok(self.runtime.block_on(work))
+    }
+
+    /// Refuses a forked child, which has none of the runtime's threads (waiting on them
+    /// there would hang).
+    fn same_process(&self) -> Result<()> {
+        if std::process::id() == self.pid {
+            return Ok(());
+        }
+        Err(Error::InvalidArgument(format!(
+            "the object store {} was opened by process {} before this one forked from it: \
+             open the database again in this process",
+            self.url, self.pid
+        )))
     }
 
     /// `s3://bucket/prefix`.
@@ -138,7 +149,7 @@ impl Objects {
         let results: Vec<(Path, object_store::Result<()>)> = self.run(
             stream::iter(uploads)
                 .map(|(path, bytes)| async move {
-                    let r = client.put(&path, PutPayload::from(bytes)).await.map(drop);
+                    let r = super::upload::put_body(client, &path, bytes).await;
                     (path, r)
                 })
                 .buffer_unordered(PARALLEL)
@@ -163,27 +174,14 @@ impl Objects {
         Err(error)
     }
 
-    /// Fetches the bodies of every `(block, path)` in parallel, in the order given. A missing
-    /// object is `Ok(None)`.
-    pub fn get_all(&self, paths: &[(Key, Path)]) -> Result<Vec<Result<Option<Vec<u8>>>>> {
+    /// Fetches the bodies of every `(block, path, expected length)` in parallel, in the order
+    /// given (large ones in parallel ranges, `fetch.rs`). A missing object is `Ok(None)`.
+    pub fn get_all(&self, paths: &[(Key, Path, u64)]) -> Result<Vec<Result<Option<Vec<u8>>>>> {
         let client = &self.client;
         let url = &self.url;
         self.run(
             stream::iter(paths)
-                .map(|(key, path)| async move {
-                    let got = match client.get(path).await {
-                        Ok(r) => r.bytes().await,
-                        Err(e) => Err(e),
-                    };
-                    match got {
-                        Ok(bytes) => Ok(Some(bytes.to_vec())),
-                        Err(object_store::Error::NotFound { .. }) => Ok(None),
-                        Err(e) => Err(failed(
-                            format!("fetching the body of {key} (object {path} of {url})"),
-                            e,
-                        )),
-                    }
-                })
+                .map(|(key, path, len)| get_one(client, url, *key, path, *len))
                 .buffered(PARALLEL)
                 .collect(),
         )
@@ -207,6 +205,25 @@ impl Objects {
                 .collect(),
         )?;
         results.into_iter().collect()
+    }
+
+    /// [`Objects::get_all`] of one body in the background: `done` gets what `get_all` would
+    /// have returned for it. In a forked child (no runtime threads) `done` gets the refusal
+    /// at once.
+    pub fn spawn_get(
+        &self,
+        key: Key,
+        path: Path,
+        len: u64,
+        done: impl FnOnce(Result<Option<Vec<u8>>>) + Send + 'static,
+    ) {
+        if let Err(e) = self.same_process() {
+            return done(Err(e));
+        }
+        let (client, url) = (self.client.clone(), self.url.clone());
+        self.runtime.spawn(async move {
+            done(get_one(&client, &url, key, &path, len).await);
+        });
     }
 
     /// Every object under the prefix that names a block body; other objects are skipped
@@ -277,5 +294,24 @@ impl Objects {
         if let Err(e) = self.delete_all(paths) {
             tracing::warn!("unreferenced block bodies stay until the next pack: {e}");
         }
+    }
+}
+
+/// The body of `key` in object `path` of `url` (expected to hold `len` bytes): `Ok(None)` if
+/// the object is missing, an error naming the block if it cannot be fetched.
+async fn get_one(
+    client: &Arc<dyn ObjectStore>,
+    url: &str,
+    key: Key,
+    path: &Path,
+    len: u64,
+) -> Result<Option<Vec<u8>>> {
+    match super::fetch::get_body(client, path, len).await {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(failed(
+            format!("fetching the body of {key} (object {path} of {url})"),
+            e,
+        )),
     }
 }

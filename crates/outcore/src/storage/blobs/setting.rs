@@ -121,15 +121,40 @@ fn check_url(url: &str) -> Result<()> {
 #[cfg(feature = "s3")]
 fn wrap(index: Arc<dyn Storage>, url: &str, options: &DbOptions) -> Result<Arc<dyn Storage>> {
     let defaults = super::BlobOptions::default();
+    let budget = options
+        .cache_disk_bytes
+        .unwrap_or(defaults.cache_disk_bytes);
+    // The default directory is a convenience: where it cannot be made, no disk cache.
+    let cache_dir = match (&options.cache_dir, budget) {
+        (_, 0) => None,
+        (Some(dir), _) => Some(dir.clone()),
+        (None, _) => {
+            let endpoint = std::env::var("AWS_ENDPOINT_URL").ok();
+            super::cache_home::default_cache_dir(url, endpoint.as_deref()).filter(|d| usable(d))
+        }
+    };
     let blob_options = super::BlobOptions {
-        cache_dir: options.cache_dir.clone(),
-        cache_disk_bytes: options
-            .cache_disk_bytes
-            .unwrap_or(defaults.cache_disk_bytes),
+        cache_dir,
+        cache_disk_bytes: budget,
         ..defaults
     };
     let store = super::BlobStorage::new(index, url, blob_options)?;
     Ok(Arc::new(store))
+}
+
+/// True if the default cache directory `dir` exists or can be made; says why not otherwise.
+#[cfg(feature = "s3")]
+fn usable(dir: &std::path::Path) -> bool {
+    match std::fs::create_dir_all(dir) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(
+                "no disk cache of block bodies: cannot create {} ({e}); give cache_dir",
+                dir.display()
+            );
+            false
+        }
+    }
 }
 
 #[cfg(not(feature = "s3"))]
@@ -175,6 +200,8 @@ mod tests {
         let ask = |url: &str, readonly: bool| DbOptions {
             blobs: Some(url.into()),
             readonly,
+            // No disk cache: nothing made under the user's cache directory.
+            cache_disk_bytes: Some(0),
             ..DbOptions::default()
         };
         // Refused where the blob layer cannot follow: bad urls, read-only, data already there.

@@ -8,10 +8,13 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
-use super::cache::DiskCache;
+use super::cache_writer::CachedBodies;
 use super::objects::Objects;
 use super::pointer::Pointer;
 use super::references::held_versions;
+use readahead::ReadAhead;
+
+mod readahead;
 use crate::storage::codec::checksum;
 use crate::storage::delta::{check_runs, used_len};
 use crate::storage::{
@@ -34,6 +37,10 @@ pub struct BlobOptions {
     /// The disk cache's budget in bytes; least recently used bodies are deleted beyond it.
     /// Default 10 GiB.
     pub cache_disk_bytes: u64,
+    /// How long a failing object-store request is retried (with backoff: 100 ms doubling to
+    /// 5 s) before the operation fails: an outage shorter than this is ridden out, a longer one
+    /// fails `load` and `commit` after it (a commit then writes nothing). Default two minutes.
+    pub retry_window: Duration,
 }
 
 impl Default for BlobOptions {
@@ -42,6 +49,7 @@ impl Default for BlobOptions {
             grace: Duration::from_secs(3600),
             cache_dir: None,
             cache_disk_bytes: 10 << 30,
+            retry_window: Duration::from_secs(120),
         }
     }
 }
@@ -54,7 +62,9 @@ pub struct BlobStorage {
     index: Arc<dyn Storage>,
     objects: Objects,
     /// Fetched bodies on local disk, mapped by `locate` ([`BlobOptions::cache_dir`]).
-    cache: Option<DiskCache>,
+    cache: Option<CachedBodies>,
+    /// Bodies fetched ahead of single loads (`store/readahead.rs`).
+    read_ahead: ReadAhead,
     options: BlobOptions,
 }
 
@@ -74,13 +84,14 @@ impl BlobStorage {
     /// [`DbOptions::blobs`](crate::db::DbOptions::blobs) to create a store that remembers it.
     pub fn new(index: Arc<dyn Storage>, url: &str, options: BlobOptions) -> Result<Self> {
         let cache = match &options.cache_dir {
-            Some(dir) => Some(DiskCache::open(dir, options.cache_disk_bytes)?),
+            Some(dir) => Some(CachedBodies::open(dir, options.cache_disk_bytes)?),
             None => None,
         };
         Ok(BlobStorage {
             index,
-            objects: Objects::open(url)?,
+            objects: Objects::open(url, options.retry_window)?,
             cache,
+            read_ahead: ReadAhead::default(),
             options,
         })
     }
@@ -99,6 +110,14 @@ impl BlobStorage {
         let p = self.pointer(key, v.tid, &v.data)?;
         Ok(p.has_object()
             .then(|| self.objects.path(key, p.id).to_string()))
+    }
+
+    /// Waits until the bodies fetched so far are in the disk cache, which a background
+    /// thread writes them to (for tools and tests; nothing needs to wait for it).
+    pub fn flush_cache(&self) {
+        if let Some(cache) = &self.cache {
+            cache.flush();
+        }
     }
 
     /// The pointer a block version's record holds; `Corrupt` if it holds none.
@@ -147,7 +166,7 @@ impl BlobStorage {
             .iter()
             .zip(&steps)
             .filter_map(|(&(key, ..), step)| match step {
-                Step::Get(p) => Some((key, self.objects.path(key, p.id))),
+                Step::Get(p) => Some((key, self.objects.path(key, p.id), p.len)),
                 Step::Done(_) => None,
             })
             .collect();
@@ -257,7 +276,11 @@ impl Storage for BlobStorage {
         self.index.new_oids(n)
     }
 
+    /// A block is loaded with read-ahead (`store/readahead.rs`).
     fn load(&self, key: Key, at: Tid) -> Result<Option<Version>> {
+        if key.is_block() {
+            return self.load_block(key, at);
+        }
         Ok(self.load_many(&[key], at)?.pop().flatten())
     }
 
