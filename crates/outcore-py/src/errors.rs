@@ -77,6 +77,9 @@ impl Class {
             E::Lmdb(_) | E::Io { .. } | E::Postgres(_) => Class::Storage,
             E::InvalidShape(_) | E::InvalidArgument(_) => Class::BadValue,
             E::IndexOutOfBounds(_) => Class::BadIndex,
+            // `Error` is non-exhaustive: a kind added later is an `OSError` subclass until it
+            // is given its own class here.
+            _ => Class::Storage,
         }
     }
 

@@ -8,8 +8,9 @@ use std::path::PathBuf;
 
 use crate::storage::{Key, Tid};
 
-/// Everything that can go wrong in outcore.
+/// Everything that can go wrong in outcore. New kinds may be added: match with a wildcard arm.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// Another transaction committed a newer version of `key` after this transaction's snapshot
     /// (`base`). First committer wins; abort and retry the transaction.

@@ -16,7 +16,7 @@ use super::{lock, BlockKey, FaultServer, Fetch, FetchedRegion, Job};
 use crate::{Error, Result};
 
 /// Retry delays of a fetch on the fault path (its error has nobody to go to).
-const FAULT_RETRY_MS: [u64; 4] = [0, 100, 500, 2000];
+pub(super) const FAULT_RETRY_MS: [u64; 4] = [0, 100, 500, 2000];
 
 impl FaultServer {
     /// Step 3: a missing page, touched by a write if `write`. Queues its block (and
@@ -247,14 +247,7 @@ impl FaultServer {
             }
         };
         // 4c. Fetch, with no lock held.
-        let mut fetched = Err(Error::NotFound(String::new()));
-        for &delay in delays_ms {
-            std::thread::sleep(Duration::from_millis(delay));
-            fetched = fetch_caught(&*fetch, buf);
-            if fetched.is_ok() {
-                break;
-            }
-        }
+        let fetched = fetch_retrying(&*fetch, buf, delays_ms);
         // 4d. Unqueue: from here on a new fault on this block queues it again, so a thread
         // that faults after the copy below (say, the block was dropped meanwhile) is never
         // left waiting on a job that already finished.
@@ -333,6 +326,26 @@ impl FaultServer {
         }
         Ok(())
     }
+}
+
+/// [`fetch_caught`], after each of `delays_ms` (milliseconds) in turn while it fails; the
+/// last error if every attempt failed.
+pub(super) fn fetch_retrying(
+    fetch: &dyn Fetch,
+    buf: &mut [u8],
+    delays_ms: &[u64],
+) -> Result<usize> {
+    let mut last = None;
+    for &delay in delays_ms {
+        std::thread::sleep(Duration::from_millis(delay));
+        match fetch_caught(fetch, buf) {
+            Ok(len) => return Ok(len),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        Error::InvalidArgument(format!("{}: no fetch attempted", fetch.describe()))
+    }))
 }
 
 /// `fetch.fetch_into(buf)`, with a panic (a bug in a store or decoder) turned into an error

@@ -5,12 +5,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
 
-use super::fault::fetch_caught;
+use super::fault::{fetch_retrying, FAULT_RETRY_MS};
 use super::sys::{page_range, Uffd, UffdioRange, PAGE};
 use super::{lock, read, FaultServer, Fetch, Job};
-use crate::Error;
 
 /// Most forked children served at once.
 pub(super) const CHILD_SLOTS: usize = 256;
@@ -200,14 +198,7 @@ impl FaultServer {
             return;
         };
         scratch.resize(range.len as usize, 0);
-        let mut fetched = Err(Error::NotFound(String::new()));
-        for delay in [0, 100, 500, 2000] {
-            std::thread::sleep(Duration::from_millis(delay));
-            fetched = fetch_caught(&*fetch, scratch);
-            if fetched.is_ok() {
-                break;
-            }
-        }
+        let fetched = fetch_retrying(&*fetch, scratch, &FAULT_RETRY_MS);
         // A fault from now on queues the block again (the copy below skips present pages).
         lock(&child.queued).remove(&start);
         match fetched {
