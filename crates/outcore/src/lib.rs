@@ -29,6 +29,7 @@
 pub mod array;
 pub mod db;
 pub mod error;
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod storage;
