@@ -367,23 +367,49 @@ fn refuse(watch: &Watch, addr: usize) {
     std::process::abort();
 }
 
+/// The buffers of a one-byte message carrying at most one descriptor: the byte, its iovec
+/// and room for one control message, aligned as `cmsghdr` wants.
+struct Buffers {
+    byte: [u8; 1],
+    iov: libc::iovec,
+    space: [u64; 4],
+}
+
+impl Default for Buffers {
+    fn default() -> Self {
+        Buffers {
+            byte: [0],
+            iov: libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 1,
+            },
+            space: [0; 4],
+        }
+    }
+}
+
+impl Buffers {
+    /// A message header pointing into these buffers, with `control_len` bytes (at most 32)
+    /// of control space: valid while the buffers are neither moved nor dropped.
+    fn message(&mut self, control_len: usize) -> libc::msghdr {
+        self.iov.iov_base = self.byte.as_mut_ptr().cast();
+        // SAFETY: an all-zero msghdr is a valid empty message.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut self.iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = self.space.as_mut_ptr().cast();
+        msg.msg_controllen = control_len.min(std::mem::size_of_val(&self.space));
+        msg
+    }
+}
+
 /// Step 4 in the server's reader: receives a child's descriptor from control socket
 /// `control`, without blocking and without allocating. `Ok(Some(fd))`: a descriptor;
 /// `Ok(None)`: nothing (yet); `Err(())`: the socket hung up (every holder of the child's end
 /// is gone).
 pub(super) fn receive(control: RawFd) -> Result<Option<RawFd>, ()> {
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    let mut space = [0u64; 4];
-    // SAFETY: an all-zero msghdr is a valid empty message.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = space.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&space);
+    let mut buffers = Buffers::default();
+    let mut msg = buffers.message(std::mem::size_of::<[u64; 4]>());
     // SAFETY: receives into the buffers `msg` points to, alive for the call.
     let n = unsafe {
         libc::recvmsg(
@@ -419,20 +445,9 @@ pub(super) fn receive(control: RawFd) -> Result<Option<RawFd>, ()> {
 
 /// Sends descriptor `fd` over socket `sock` (SCM_RIGHTS).
 fn send_fd(sock: RawFd, fd: RawFd) {
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // Room for one control message carrying one descriptor, aligned as cmsghdr wants.
-    let mut space = [0u64; 4];
-    // SAFETY: an all-zero msghdr is a valid empty message.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = space.as_mut_ptr().cast();
+    let mut buffers = Buffers::default();
     // SAFETY: CMSG_SPACE only computes a size.
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as usize;
+    let msg = buffers.message(unsafe { libc::CMSG_SPACE(4) } as usize);
     // SAFETY: the control buffer holds CMSG_SPACE(4) bytes (32 >= 24), so the first header
     // and its 4 data bytes lie within it.
     unsafe {
