@@ -185,6 +185,7 @@ pub(in crate::vm) fn after_fork_in_child() {
         (CONTROL.load(Ordering::Relaxed), inherited)
     };
     let (true, Some(snapshot)) = (control >= 0, snapshot) else {
+        warn_if_not_inherited();
         return;
     };
     CONTROL.store(control, Ordering::Relaxed);
@@ -214,6 +215,22 @@ pub(in crate::vm) fn after_fork_in_child() {
                  'spawn' or 'forkserver' start method\n"
             ));
         }
+    }
+}
+
+/// With inheritance turned off (`OUTCORE_NO_UFFD_FORK`), says why touching the parent's
+/// fetched memory is a segfault here (it is `MADV_DONTFORK`: not inherited).
+fn warn_if_not_inherited() {
+    let Some(Ok(server)) = SERVER.get() else {
+        return;
+    };
+    let has_regions = server.regions.try_read().map_or(true, |r| !r.is_empty());
+    if !server.serves_forks && has_regions {
+        say(
+            "outcore: warning: this forked child cannot read fetched (compressed or \
+             PostgreSQL) arrays of its parent (OUTCORE_NO_UFFD_FORK): touching them is a \
+             segfault\n",
+        );
     }
 }
 
