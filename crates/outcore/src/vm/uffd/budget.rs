@@ -89,7 +89,7 @@ impl FaultServer {
     pub(super) fn evict_over_budget(&self) {
         let budget = self.budget.load(Ordering::Relaxed);
         // Spares give way to loaded blocks (a lowered budget, or loads after an idle time).
-        self.frames.trim(self.spare_limit());
+        self.frames.trim(|| self.spare_limit());
         let mut kept_dirty = 0;
         loop {
             let next = {

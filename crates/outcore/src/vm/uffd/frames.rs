@@ -123,9 +123,13 @@ impl FramePool {
         }
     }
 
-    /// Frees the pages of spares beyond `limit` bytes (per size).
-    pub fn trim(&self, limit: usize) {
+    /// Frees the pages of spares beyond `limit()` bytes (per size).
+    pub fn trim(&self, limit: impl FnOnce() -> usize) {
         let mut sizes = lock(&self.sizes);
+        // Read under the pool's lock: a limit read before it could be stale by the time the
+        // lock is taken (a region removed meanwhile freed budget and filled the pool), and
+        // would free the spares just made.
+        let limit = limit();
         for (&size, s) in sizes.iter_mut() {
             let keep = (limit / size).max(MIN_SPARES);
             let n = s.full.len().saturating_sub(keep);
