@@ -118,16 +118,22 @@ def _describe(A: BigArray) -> dict[str, Any]:
 Emit = Callable[[dict[str, Any]], None]
 
 
-def do_import(args: argparse.Namespace, emit: Emit) -> dict[str, Any]:
-    """``import``: one transaction creating (or with --force replacing) ``args.name``."""
-    fmt, path, given = kind(args.src)
-    dataset = _dataset(given, args.dataset)
+def _check_format(fmt: str, dataset: str | None) -> None:
+    """Refuses ``--dataset`` for zarr, and says what to install when the format's library is
+    missing."""
     if fmt == "zarr":
         if dataset:
             raise Failure("--dataset applies to HDF5 files only", USAGE)
         _need("zarr", "zarr")
     else:
         _need("h5py", "hdf5")
+
+
+def do_import(args: argparse.Namespace, emit: Emit) -> dict[str, Any]:
+    """``import``: one transaction creating (or with --force replacing) ``args.name``."""
+    fmt, path, given = kind(args.src)
+    dataset = _dataset(given, args.dataset)
+    _check_format(fmt, dataset)
     if not os.path.exists(path):
         raise Failure(f"no {'zarr array' if fmt == 'zarr' else 'HDF5 file'} at {path}")
     if fmt == "hdf5" and dataset is None:
@@ -172,14 +178,9 @@ def do_export(args: argparse.Namespace, emit: Emit) -> dict[str, Any]:
     """``export``: ``args.name`` at the store's head to a new zarr array or HDF5 dataset."""
     fmt, path, given = kind(args.dst)
     dataset = _dataset(given, args.dataset)
-    if fmt == "zarr":
-        if dataset:
-            raise Failure("--dataset applies to HDF5 files only", USAGE)
-        _need("zarr", "zarr")
-    else:
-        if args.zarr_format is not None:
-            raise Failure("--zarr-format applies to .zarr targets only", USAGE)
-        _need("h5py", "hdf5")
+    if fmt != "zarr" and args.zarr_format is not None:
+        raise Failure("--zarr-format applies to .zarr targets only", USAGE)
+    _check_format(fmt, dataset)
     db = DB(args.store, readonly=True)
     try:
         root = db.open(transaction_manager=transaction.TransactionManager()).root()
