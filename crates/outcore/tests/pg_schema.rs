@@ -91,7 +91,7 @@ fn create_v1(c: &mut postgres::Client, schema: &str) {
         )
         .unwrap()
         .get(0);
-    let sum = |b: &[u8]| xxhash_rust::xxh3::xxh3_64(b) as i64;
+    let sum = |b: &[u8]| twox_hash::XxHash3_64::oneshot(b) as i64;
     let meta = b"outcore-array 1".to_vec();
     c.execute(
         "INSERT INTO outcore_obj VALUES (1, $1, 0, $2, $3, 0, $4, $5, NULL),

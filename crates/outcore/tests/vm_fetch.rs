@@ -668,3 +668,124 @@ fn a_forked_child_reads_the_parents_snapshot_of_fetched_memory() {
     assert_eq!(byte(&mem, 7, 3), expected(7, 3));
     assert_eq!(byte(&mem, 4, 10), 99);
 }
+
+/// A fetch of local data (as of a file or memory): records which thread ran each attempt,
+/// and fails the first `failures` attempts.
+struct Local {
+    block: u64,
+    threads: Arc<std::sync::Mutex<Vec<(u64, String)>>>,
+    failures: Arc<AtomicUsize>,
+}
+
+impl Fetch for Local {
+    fn fetch(&self) -> Result<Vec<u8>> {
+        let name = std::thread::current().name().unwrap_or("?").to_string();
+        self.threads.lock().unwrap().push((self.block, name));
+        let fail = self
+            .failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if fail {
+            return Err(outcore::Error::io(
+                format!("test block {}", self.block),
+                std::io::Error::other("a transient failure"),
+            ));
+        }
+        Ok(content(self.block))
+    }
+    fn describe(&self) -> String {
+        format!("local test block {}", self.block)
+    }
+    fn is_local(&self) -> bool {
+        true
+    }
+}
+
+struct LocalSource {
+    threads: Arc<std::sync::Mutex<Vec<(u64, String)>>>,
+    failures: Arc<AtomicUsize>,
+}
+
+impl BlockSource for LocalSource {
+    fn backing(&self, block: u64) -> Result<Backing> {
+        Ok(Backing::Fetch(Arc::new(Local {
+            block,
+            threads: self.threads.clone(),
+            failures: self.failures.clone(),
+        })))
+    }
+}
+
+/// The threads that ran the fetches of `block`, in order.
+fn fetched_by(threads: &std::sync::Mutex<Vec<(u64, String)>>, block: u64) -> Vec<String> {
+    let threads = threads.lock().unwrap();
+    threads
+        .iter()
+        .filter(|(b, _)| *b == block)
+        .map(|(_, t)| t.clone())
+        .collect()
+}
+
+#[test]
+fn an_isolated_fault_on_local_data_is_fetched_by_the_fault_thread() {
+    let _serial = BUDGET_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+    if !available() {
+        return;
+    }
+    for writable in [false, true] {
+        let source = LocalSource {
+            threads: Arc::default(),
+            failures: Arc::default(),
+        };
+        let mem = BlockMemory::new(BLK, 8, writable).unwrap();
+        mem.ensure_mapped(0..8, &source).unwrap();
+        // Jobs of earlier tests finish first: an isolated fault is one with nothing in flight.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(byte(&mem, 6, 4321), content(6)[4321]);
+        // No thread hand-off to a worker: the thread that read the fault message fetched it.
+        assert_eq!(fetched_by(&source.threads, 6), ["outcore-faults"]);
+        if writable {
+            // A write that faults a block in is recorded with the install, as on a worker.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let at = 5 * (64 << 10) + 3;
+            // SAFETY (test): mapped writable memory; the write faults the block in first.
+            unsafe { std::ptr::write_volatile(mem.block_ptr(2).add(at), 0x5A) };
+            assert_eq!(fetched_by(&source.threads, 2), ["outcore-faults"]);
+            assert_eq!(byte(&mem, 2, at), 0x5A);
+            assert_eq!(byte(&mem, 2, at + 1), content(2)[at + 1]);
+            let w = mem.written_pages().unwrap();
+            assert_eq!(w[&2], vec![5 * (64 << 10)..6 * (64 << 10)]);
+        }
+    }
+}
+
+#[test]
+fn a_local_fetch_failing_on_the_fault_thread_is_retried_by_a_worker() {
+    let _serial = BUDGET_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+    if !available() {
+        return;
+    }
+    let source = LocalSource {
+        threads: Arc::default(),
+        failures: Arc::new(AtomicUsize::new(1)),
+    };
+    let mem = BlockMemory::new(BLK, 4, false).unwrap();
+    mem.ensure_mapped(0..4, &source).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // Without the hand-over the reading thread would wait forever: read on another thread.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let addr = mem.block_ptr(3) as usize;
+    std::thread::spawn(move || {
+        // SAFETY (test): the memory stays mapped until the receive below returns or fails.
+        let x = unsafe { std::ptr::read_volatile((addr + 777) as *const u8) };
+        let _ = tx.send(x);
+    });
+    let x = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the read finished");
+    assert_eq!(x, content(3)[777]);
+    let by = fetched_by(&source.threads, 3);
+    assert_eq!(by.len(), 2, "{by:?}");
+    assert_eq!(by[0], "outcore-faults");
+    assert!(by[1].starts_with("outcore-fetch-"), "{by:?}");
+}

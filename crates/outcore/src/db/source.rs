@@ -137,6 +137,10 @@ impl Fetch for StoredBlock {
     fn describe(&self) -> String {
         format!("{} at {} in {}", self.key, self.at, self.storage.describe())
     }
+
+    fn is_local(&self) -> bool {
+        !self.storage.is_remote()
+    }
 }
 
 impl SnapshotSource<'_> {

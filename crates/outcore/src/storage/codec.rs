@@ -69,7 +69,7 @@ pub const MAX_PAYLOAD: u64 = 1 << 30;
 
 /// The checksum of raw (uncompressed) payload bytes.
 pub(crate) fn checksum(raw: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(raw)
+    twox_hash::XxHash3_64::oneshot(raw)
 }
 
 /// A payload ready to store: its bytes as stored plus what is needed to read them back.

@@ -43,7 +43,8 @@ fn identity(url: &str, endpoint: Option<&str>) -> String {
         })
         .take(40)
         .collect();
-    let hash = xxhash_rust::xxh3::xxh3_64(format!("{}\n{url}", endpoint.unwrap_or("")).as_bytes());
+    let hash =
+        twox_hash::XxHash3_64::oneshot(format!("{}\n{url}", endpoint.unwrap_or("")).as_bytes());
     format!("{bucket}-{hash:016x}")
 }
 

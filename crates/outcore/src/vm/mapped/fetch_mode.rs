@@ -36,6 +36,10 @@ impl Fetch for FileExtent {
     fn describe(&self) -> String {
         format!("{} bytes at offset {} of a segment", self.len, self.offset)
     }
+
+    fn is_local(&self) -> bool {
+        true
+    }
 }
 
 /// A block made of file pieces, read when first touched (fetch mode).
@@ -69,6 +73,10 @@ impl Fetch for FilePieces {
     fn describe(&self) -> String {
         format!("a block of {} pieces of segments", self.0.len())
     }
+
+    fn is_local(&self) -> bool {
+        true
+    }
 }
 
 /// A hole, fetched on touch as zeros (fetch mode: holes then share the mappings of fetched
@@ -82,6 +90,10 @@ impl Fetch for Zeros {
 
     fn describe(&self) -> String {
         "a hole".into()
+    }
+
+    fn is_local(&self) -> bool {
+        true
     }
 }
 

@@ -22,7 +22,7 @@
 //! element) reports 64 KiB instead of the whole block. Since the protection of a granule is
 //! lifted only after it is recorded, and the protection of the rest of the block only after
 //! the whole block is, every write lands in a recorded range; faults are handled one at a
-//! time by the handler thread under the region's lock, so two threads writing two granules
+//! time by the fault thread under the region's lock, so two threads writing two granules
 //! at once both fault, and the second one escalates to the whole block.
 //!
 //! Being *queued* for a worker is not a state of the block: the fault server keeps that set,

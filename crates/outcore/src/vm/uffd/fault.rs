@@ -1,8 +1,8 @@
 //! The fault path of this process, in the order a fault travels (the steps of the module
-//! docs): the handler's [`FaultServer::fault`] (step 3) and [`FaultServer::write_fault`]
-//! (step 5) run on the handler thread; [`FaultServer::worker`] and
-//! [`FaultServer::fetch_and_install`] (step 4) on the workers, which also evict (step 6, in
-//! `budget.rs`). Explicit loads and prefetches enter at step 4 and step 3.
+//! docs): [`FaultServer::fault`] (step 3) and [`FaultServer::write_fault`] (step 5) run on
+//! the fault thread; [`FaultServer::worker`] and [`FaultServer::fetch_and_install`] (step 4)
+//! on the workers, which also evict (step 6, in `budget.rs`), and on the fault thread for an
+//! isolated fault on local data. Explicit loads and prefetches enter at step 4 and step 3.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
@@ -20,8 +20,9 @@ pub(super) const FAULT_RETRY_MS: [u64; 4] = [0, 100, 500, 2000];
 
 impl FaultServer {
     /// Step 3: a missing page, touched by a write if `write`. Queues its block (and
-    /// read-ahead) for the workers.
-    pub(super) fn fault(&'static self, addr: usize, write: bool) {
+    /// read-ahead) for the workers, or fetches the block right here (`scratch` is this
+    /// thread's fetch buffer).
+    pub(super) fn fault(&'static self, addr: usize, write: bool, scratch: &mut Vec<u8>) {
         // 3a. Find the region and block.
         let Some((region, block)) = self.locate(addr) else {
             // Not ours (any more): let the thread retry against whatever is mapped now.
@@ -33,29 +34,74 @@ impl FaultServer {
         let last = region.last_fault.swap(block, Ordering::Relaxed);
         let sequential = last == u64::MAX || (block > last && block - last <= READ_AHEAD + 1);
         let ahead = if sequential { READ_AHEAD } else { 0 };
-        // 3c. Queue every block that still wants fetching, once.
+        // 3c. A writer of a writable region gets its granule unprotected with the install
+        // (step 4g); read-only regions never see a write fault.
+        let write_at =
+            (write && !region.moves()).then(|| addr - region.block_range(block).start as usize);
+        // 3d. With no other fetch in flight, a block whose fetch is local (a file, memory) is
+        // fetched on this thread: two thread hand-offs fewer for an isolated fault. Remote
+        // fetches can stall for as long as a server does, and would hold up every other
+        // fault meanwhile.
+        let here = match self.fetch_wanted(&region, block) {
+            None => {
+                // Loaded meanwhile, or gone: the thread retries its access.
+                self.uffd.wake(region.block_range(block));
+                false
+            }
+            Some(fetch) => fetch.is_local() && self.claim_if_idle(&region, block),
+        };
+        // 3e. Queue every other block that still wants fetching, once.
         for b in block..block + 1 + ahead {
-            if !self.wants_fetch(&region, b) {
-                if b == block {
-                    // Loaded meanwhile, or gone: the thread retries its access.
-                    self.uffd.wake(region.block_range(b));
-                }
+            if (here && b == block) || self.fetch_wanted(&region, b).is_none() {
                 continue;
             }
-            // 3d. A writer of a writable region gets its granule unprotected with the
-            // install (step 4g); read-only regions never see a write fault.
-            let write_at = (write && b == block && !region.moves())
-                .then(|| addr - region.block_range(b).start as usize);
+            let write_at = write_at.filter(|_| b == block);
             self.queue(Arc::downgrade(&region), &region, b, write_at);
+        }
+        if here {
+            self.fetch_here(&region, block, write_at, scratch);
         }
     }
 
-    /// True if `block` of `region` is registered, not loaded, and the region open. A busy
-    /// block counts: it is being loaded or dropped, and a job queued now waits for that to
-    /// end (in `fetch_and_install`), then loads it or finds it loaded.
-    fn wants_fetch(&self, region: &FetchedRegion, block: u64) -> bool {
+    /// The fetch of `block` of `region` if it is registered, not loaded, and the region
+    /// open. A busy block counts: it is being loaded or dropped, and a job queued now waits
+    /// for that to end (in `fetch_and_install`), then loads it or finds it loaded.
+    fn fetch_wanted(&self, region: &FetchedRegion, block: u64) -> Option<Arc<dyn Fetch>> {
         let state = region.lock();
-        !state.closed && state.blocks.get(&block).is_some_and(|b| !b.is_loaded())
+        if state.closed {
+            return None;
+        }
+        let b = state.blocks.get(&block).filter(|b| !b.is_loaded())?;
+        Some(b.fetch.clone())
+    }
+
+    /// Marks `block` as having a fetch in flight if no fetch is (not even another block's):
+    /// true if the caller may fetch it now.
+    fn claim_if_idle(&self, region: &FetchedRegion, block: u64) -> bool {
+        let mut queued = lock(&self.queued);
+        queued.is_empty()
+            && queued.insert(BlockKey {
+                region: region.id,
+                block,
+            })
+    }
+
+    /// Step 4 on the fault thread, for a block [`FaultServer::claim_if_idle`] claimed: one
+    /// attempt; if it fails, the workers take over (retrying, then poisoning). Eviction and
+    /// spare frames are left to a worker too.
+    fn fetch_here(
+        &self,
+        region: &Arc<FetchedRegion>,
+        block: u64,
+        write_at: Option<usize>,
+        scratch: &mut Vec<u8>,
+    ) {
+        match self.fetch_and_install(region, block, &[0], write_at, scratch) {
+            Ok(()) => self.send(Job::Tidy),
+            Err(_) => {
+                self.queue(Arc::downgrade(region), region, block, write_at);
+            }
+        }
     }
 
     /// Queues a job for `block` unless one is pending; true if queued.
@@ -137,6 +183,11 @@ impl FaultServer {
                     self.load_for_child(&child, start, &mut scratch);
                     continue;
                 }
+                Ok(Job::Tidy) => {
+                    self.evict_over_budget();
+                    self.refill_spares();
+                    continue;
+                }
                 Err(_) => return,
             };
             match weak.upgrade() {
@@ -189,7 +240,7 @@ impl FaultServer {
             if room < region.blksize as u64 {
                 return;
             }
-            if self.wants_fetch(region, b) && self.queue(weak.clone(), region, b, None) {
+            if self.fetch_wanted(region, b).is_some() && self.queue(weak.clone(), region, b, None) {
                 room -= region.blksize as u64;
             }
         }

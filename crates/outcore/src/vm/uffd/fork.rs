@@ -13,8 +13,8 @@ use super::{lock, read, FaultServer, Fetch, Job};
 /// Most forked children served at once.
 pub(super) const CHILD_SLOTS: usize = 256;
 
-/// The descriptors of the children's address spaces the reader polls: -1 free, `fd` in use,
-/// `-fd - 2` to be closed by the reader.
+/// The descriptors of the children's address spaces the fault thread polls: -1 free, `fd`
+/// in use.
 pub(super) static CHILDREN: [AtomicI32; CHILD_SLOTS] = [const { AtomicI32::new(-1) }; CHILD_SLOTS];
 
 /// The address space of a forked child (or grandchild), whose faults this process serves.
@@ -88,16 +88,19 @@ fn snapshot_block(snapshot: &Snapshot, addr: usize) -> Option<SnapshotBlock<'_>>
     })
 }
 
-/// Marks the slot of the dead child `fd` for the reader to close.
+/// Frees the slot of the dead child `fd` and closes the descriptor (on the fault thread,
+/// the only one polling it, so the number is never polled after its reuse).
 pub(super) fn release_slot(fd: i32) {
     if let Some(slot) = CHILDREN.iter().find(|s| s.load(Ordering::Acquire) == fd) {
-        slot.store(-fd - 2, Ordering::Release);
+        // SAFETY: the descriptor was received by the fault thread and is closed once, here.
+        unsafe { libc::close(fd) };
+        slot.store(-1, Ordering::Release);
     }
 }
 
 impl Child {
-    /// The child whose userfaultfd is `fd` (received by the reader, which owns and closes
-    /// it), seeing `snapshot`.
+    /// The child whose userfaultfd is `fd` (received by the fault thread, which owns and
+    /// closes it), seeing `snapshot`.
     pub fn new(fd: i32, snapshot: Arc<Snapshot>) -> Option<Arc<Child>> {
         let uffd = Uffd::duplicate(fd)?;
         Some(Arc::new(Child {

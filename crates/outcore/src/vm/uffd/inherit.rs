@@ -16,14 +16,14 @@
 //!    `vm::fork_gate` has waited out every mapping change in flight, so nothing below races
 //!    one): takes the [`Snapshot`] of every registered block and its version, and makes the
 //!    *control socket* pair of this child.
-//! 2. [`after_fork_in_parent`]: passes the server's end and the snapshot to the handler
-//!    thread and the reader (`CONTROLS`, `NEW_CONTROLS`); closes the child's end.
+//! 2. [`after_fork_in_parent`]: passes the server's end and the snapshot to the fault
+//!    thread (`CONTROLS`, `NEW_CONTROLS`); closes the child's end.
 //! 3. [`after_fork_in_child`] (the child's only thread, before the fork returns there):
 //!    closes the server's descriptors it inherited; registers the snapshot's blocks with a new
 //!    userfaultfd (missing pages only: the child's writes are its own); sends it over the
 //!    control socket; starts the watcher thread.
-//! 4. The server's reader receives the descriptor, polls it from then on, and tells the
-//!    handler, which serves the child's faults from the snapshot of that control socket.
+//! 4. The server's fault thread receives the descriptor, polls it from then on, and serves
+//!    the child's faults from the snapshot of that control socket.
 //! 5. Grandchildren: a child forking runs step 3 with the control socket and snapshot it
 //!    inherited, so the server serves them as it serves their parent (the snapshot is what
 //!    the server had at the first fork; what the child changed since is in its own pages,
@@ -49,13 +49,12 @@ use super::{lock, FORKED, SERVER, THREADS};
 /// Most control sockets (children of the server, with their descendants) served at once.
 pub(super) const CONTROL_SLOTS: usize = 256;
 
-/// The server's ends of the control sockets the reader polls: -1 free, `fd` polled,
-/// `-fd - 2` hung up and waiting for the handler to forget and close it.
+/// The server's ends of the control sockets the fault thread polls: -1 free, `fd` polled.
 pub(super) static CONTROLS: [AtomicI32; CONTROL_SLOTS] =
     [const { AtomicI32::new(-1) }; CONTROL_SLOTS];
 
 /// Control sockets made by [`after_fork_in_parent`] and their snapshots, not yet seen by the
-/// handler.
+/// fault thread.
 pub(super) static NEW_CONTROLS: Mutex<Vec<(RawFd, Arc<Snapshot>)>> = Mutex::new(Vec::new());
 
 /// Held from [`before_fork`] to [`after_fork_in_parent`]: one fork of a server at a time,
@@ -163,7 +162,6 @@ pub(in crate::vm) fn after_fork_in_child() {
     // other children from seeing the server hang up.
     for slot in CONTROLS.iter().chain(CHILDREN.iter()) {
         let fd = slot.swap(-1, Ordering::Relaxed);
-        let fd = if fd < -1 { -fd - 2 } else { fd };
         if fd >= 0 {
             // SAFETY: a descriptor of the server's tables, inherited, closed once here.
             unsafe { libc::close(fd) };
@@ -420,7 +418,7 @@ impl Buffers {
     }
 }
 
-/// Step 4 in the server's reader: receives a child's descriptor from control socket
+/// Step 4 in the server's fault thread: receives a child's descriptor from control socket
 /// `control`, without blocking and without allocating. `Ok(Some(fd))`: a descriptor;
 /// `Ok(None)`: nothing (yet); `Err(())`: the socket hung up (every holder of the child's end
 /// is gone).
@@ -478,7 +476,7 @@ fn send_fd(sock: RawFd, fd: RawFd) {
     }
 }
 
-/// The handler's table of control sockets: their snapshots, by the server's end.
+/// The fault thread's table of control sockets: their snapshots, by the server's end.
 #[derive(Default)]
 pub(super) struct Controls(HashMap<RawFd, Arc<Snapshot>>);
 
@@ -489,17 +487,15 @@ impl Controls {
         self.0.get(&fd).cloned()
     }
 
-    /// Control socket `fd` hung up: forgets and closes it, and frees its slot.
-    pub fn hung_up(&mut self, fd: RawFd) {
+    /// Control socket `fd`, polled from `slot`, hung up: forgets and closes it, and frees
+    /// the slot (on the fault thread, the only one polling it, so the number is never polled
+    /// after its reuse).
+    pub fn hung_up(&mut self, fd: RawFd, slot: &AtomicI32) {
         self.0.extend(lock(&NEW_CONTROLS).drain(..));
         self.0.remove(&fd);
-        if let Some(slot) = CONTROLS
-            .iter()
-            .find(|s| s.load(Ordering::Acquire) == -fd - 2)
-        {
-            // SAFETY: the server's end of a control socket, no longer polled; closed once.
-            unsafe { libc::close(fd) };
-            slot.store(-1, Ordering::Release);
-        }
+        // SAFETY: the server's end of a control socket, polled only by the calling thread,
+        // which stops now; closed once.
+        unsafe { libc::close(fd) };
+        slot.store(-1, Ordering::Release);
     }
 }

@@ -1,73 +1,41 @@
-//! The two threads that receive fault messages: the reader (from the kernel into a pipe,
-//! never allocating) and the handler (from the pipe to [`FaultServer::fault`],
-//! [`FaultServer::write_fault`] and the forked children's faults).
+//! The fault thread: receives the fault messages of this process's userfaultfd and of the
+//! forked children's, and the children's descriptors arriving on control sockets, and
+//! dispatches each ([`FaultServer::fault`], [`FaultServer::write_fault`],
+//! [`FaultServer::child_fault`]).
+//!
+//! One thread both reads and handles: a fault costs one thread wake-up to get here. (Reading
+//! was a thread of its own while kernel fork events were used, which must be read even while
+//! the handling waits for a lock; `inherit.rs` needs none.) Messages that arrive while a
+//! fault is being handled wait in the kernel's queue meanwhile.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::fork::{release_slot, Child, CHILDREN, CHILD_SLOTS};
 use super::inherit::{self, Controls, CONTROLS, CONTROL_SLOTS};
 use super::sys::{UffdMsg, EVENT_PAGEFAULT};
 use super::FaultServer;
 
-/// What a [`Tagged`] record carries.
-#[repr(u8)]
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// A message of a userfaultfd.
-    Message,
-    /// A forked child's userfaultfd (in `msg.flags`), received on control socket `from`.
-    Adopt,
-    /// Control socket `from` hung up.
-    HungUp,
-}
-
-/// A record passed from reader to handler: a message and the descriptor it was read from.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Tagged {
-    kind: Kind,
-    from: RawFd,
-    msg: UffdMsg,
-}
-
-/// Starts the reader and handler threads of `server`, joined by a pipe.
+/// Starts the fault thread of `server`.
 pub(super) fn spawn(server: &'static FaultServer) {
-    let mut ends = [-1; 2];
-    // SAFETY: creates a pipe into the two descriptors of `ends`.
-    let rc = unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) };
-    assert_eq!(rc, 0, "a pipe for fault messages");
-    // SAFETY: fresh descriptors owned by nobody else.
-    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
-    // SAFETY: fcntl on our own pipe: non-blocking reads, and room for many messages.
-    unsafe {
-        libc::fcntl(rd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK);
-        libc::fcntl(wr.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
-    }
     std::thread::Builder::new()
         .name("outcore-faults".into())
-        .spawn(move || server.handle_faults(rd))
-        .expect("spawn the fault handler");
-    std::thread::Builder::new()
-        .name("outcore-uffd-read".into())
-        .spawn(move || server.read_messages(wr))
-        .expect("spawn the fault reader");
+        .spawn(move || server.serve_messages())
+        .expect("spawn the fault thread");
 }
 
-/// Writes `rec` to the handler's pipe (atomic: smaller than PIPE_BUF; the pipe holds
-/// thousands of records, and each faulting thread has one message outstanding at most).
-fn pass(pipe: &OwnedFd, rec: Tagged) {
-    // SAFETY: writes one plain struct to our pipe.
-    unsafe {
-        libc::write(
-            pipe.as_raw_fd(),
-            (&rec as *const Tagged).cast(),
-            std::mem::size_of::<Tagged>(),
-        )
-    };
+/// What the fault thread knows of the forked children it serves.
+#[derive(Default)]
+struct Children {
+    /// By descriptor (the one in a `CHILDREN` slot).
+    served: HashMap<RawFd, Arc<Child>>,
+    /// The control sockets and their snapshots.
+    controls: Controls,
+    /// When the children were last asked whether they are alive.
+    last_probe: Option<Instant>,
 }
 
 /// Takes the descriptors to poll from `slots` (-1 free, below -1 not polled) into `pfds`.
@@ -80,13 +48,9 @@ fn poll_slots(slots: &[AtomicI32], pfds: &mut [libc::pollfd]) {
 }
 
 impl FaultServer {
-    /// The reader: moves every message of this process's descriptor and of the children's
-    /// into `pipe`, each tagged with the descriptor it came from, and the children's
-    /// descriptors arriving on control sockets (`inherit.rs`).
-    ///
-    /// It never allocates nor takes a lock after it starts: the handler may wait for
-    /// anything, and the messages must keep flowing meanwhile.
-    fn read_messages(&'static self, pipe: OwnedFd) {
+    /// The fault thread's loop: polls this process's descriptor, the children's and the
+    /// control sockets, and dispatches what arrives.
+    fn serve_messages(&'static self) {
         let mut msgs = [UffdMsg::EMPTY; 64];
         let empty = libc::pollfd {
             fd: -1,
@@ -94,22 +58,15 @@ impl FaultServer {
             revents: 0,
         };
         let mut pfds = [empty; 1 + CHILD_SLOTS + CONTROL_SLOTS];
+        let mut children = Children::default();
+        // The fetch buffer of faults fetched on this thread (writable regions copy from it).
+        let mut scratch = Vec::new();
         loop {
             pfds[0].fd = self.uffd.raw();
             pfds[0].revents = 0;
-            for slot in &CHILDREN {
-                let fd = slot.load(Ordering::Acquire);
-                if fd < -1 {
-                    // The handler is done with this child: close its descriptor here, where
-                    // it is polled, so the number is never polled after its reuse.
-                    // SAFETY: the descriptor was received by this thread and is closed once.
-                    unsafe { libc::close(-fd - 2) };
-                    slot.store(-1, Ordering::Release);
-                }
-            }
-            let (children, controls) = pfds[1..].split_at_mut(CHILD_SLOTS);
-            poll_slots(&CHILDREN, children);
-            poll_slots(&CONTROLS, controls);
+            let (child_fds, control_fds) = pfds[1..].split_at_mut(CHILD_SLOTS);
+            poll_slots(&CHILDREN, child_fds);
+            poll_slots(&CONTROLS, control_fds);
             // SAFETY: valid pollfds for the duration of the call.
             unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 1000) };
             for (i, pfd) in pfds.iter().enumerate() {
@@ -117,7 +74,8 @@ impl FaultServer {
                     continue;
                 }
                 if i > CHILD_SLOTS {
-                    self.receive_children(pfd.fd, &CONTROLS[i - 1 - CHILD_SLOTS], &pipe);
+                    let slot = &CONTROLS[i - 1 - CHILD_SLOTS];
+                    self.receive_children(pfd.fd, slot, &mut children);
                     continue;
                 }
                 loop {
@@ -133,27 +91,41 @@ impl FaultServer {
                         break; // EAGAIN: no more messages for now
                     }
                     for msg in &msgs[..n as usize / std::mem::size_of::<UffdMsg>()] {
-                        let kind = Kind::Message;
-                        let (from, msg) = (pfd.fd, *msg);
-                        pass(&pipe, Tagged { kind, from, msg });
+                        self.dispatch(pfd.fd, msg, &children, &mut scratch);
                     }
                 }
             }
+            children.forget_dead();
+        }
+    }
+
+    /// Hands one message read from descriptor `from` to the fault path.
+    fn dispatch(
+        &'static self,
+        from: RawFd,
+        msg: &UffdMsg,
+        children: &Children,
+        scratch: &mut Vec<u8>,
+    ) {
+        if msg.event != EVENT_PAGEFAULT {
+            return;
+        }
+        let addr = msg.address as usize;
+        if from == self.uffd.raw() {
+            if msg.is_write_protect() {
+                self.write_fault(addr)
+            } else {
+                self.fault(addr, msg.is_write(), scratch)
+            }
+        } else if let Some(child) = children.served.get(&from) {
+            self.child_fault(child, addr);
         }
     }
 
     /// Step 4 of `inherit.rs`: takes the descriptors of forked children arriving on control
-    /// socket `control` (held in `slot`), polls them from now on, and tells the handler.
-    fn receive_children(&self, control: RawFd, slot: &AtomicI32, pipe: &OwnedFd) {
-        let record = |kind, fd: RawFd| {
-            let mut msg = UffdMsg::EMPTY;
-            msg.flags = fd as u32 as u64;
-            Tagged {
-                kind,
-                from: control,
-                msg,
-            }
-        };
+    /// socket `control` (held in `slot`) and serves them from now on (polled from the next
+    /// round, so no fault of a child is read before it is known here).
+    fn receive_children(&self, control: RawFd, slot: &AtomicI32, children: &mut Children) {
         loop {
             match inherit::receive(control) {
                 Ok(Some(fd)) => {
@@ -162,109 +134,56 @@ impl FaultServer {
                             .is_ok()
                     });
                     if free.is_some() {
-                        // Polled from the next round on: the handler sees this record
-                        // before any fault of the child.
-                        pass(pipe, record(Kind::Adopt, fd));
-                    } else {
-                        const FULL: &[u8] = b"outcore: too many forked children to serve; the \
-newest cannot read fetched memory it has not read before\n";
-                        // SAFETY: writes a static buffer to stderr; closes the descriptor
-                        // received just now.
-                        unsafe {
-                            libc::write(2, FULL.as_ptr().cast(), FULL.len());
-                            libc::close(fd);
+                        let child = children
+                            .controls
+                            .snapshot(control)
+                            .and_then(|s| Child::new(fd, s));
+                        match child {
+                            Some(c) => {
+                                children.served.insert(fd, c);
+                            }
+                            None => release_slot(fd),
                         }
+                    } else {
+                        // SAFETY: closes the descriptor received just now.
+                        unsafe { libc::close(fd) };
+                        eprintln!(
+                            "outcore: too many forked children to serve; the newest cannot \
+                             read fetched memory it has not read before"
+                        );
                         // Hang up on the child, so that it answers its faults itself (fails
                         // them loudly) instead of waiting for this process.
-                        slot.store(-control - 2, Ordering::Release);
-                        pass(pipe, record(Kind::HungUp, -1));
+                        children.controls.hung_up(control, slot);
                         return;
                     }
                 }
                 Ok(None) => return,
                 Err(()) => {
-                    // Stop polling it; the handler forgets and closes it.
-                    slot.store(-control - 2, Ordering::Release);
-                    pass(pipe, record(Kind::HungUp, -1));
+                    children.controls.hung_up(control, slot);
                     return;
                 }
             }
         }
     }
+}
 
-    /// The handler: dispatches fault messages (from [`FaultServer::read_messages`]) for
-    /// this process (steps 3 and 5 of the fault path) and for the forked children it serves.
-    fn handle_faults(&'static self, pipe: OwnedFd) {
-        let own = self.uffd.raw();
-        let mut children: HashMap<RawFd, Arc<Child>> = HashMap::new();
-        let mut controls = Controls::default();
-        let mut last_probe = std::time::Instant::now();
-        let mut rec = Tagged {
-            kind: Kind::Message,
-            from: -1,
-            msg: UffdMsg::EMPTY,
-        };
-        loop {
-            let mut pfd = libc::pollfd {
-                fd: pipe.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd for the duration of the call.
-            unsafe { libc::poll(&mut pfd, 1, 1000) };
-            loop {
-                // SAFETY: reads one plain struct from our pipe (non-blocking); only the
-                // reader writes there, whole records with a valid `kind`.
-                let n = unsafe {
-                    libc::read(
-                        pipe.as_raw_fd(),
-                        (&mut rec as *mut Tagged).cast(),
-                        std::mem::size_of::<Tagged>(),
-                    )
-                };
-                if n != std::mem::size_of::<Tagged>() as isize {
-                    break;
-                }
-                let msg = rec.msg;
-                let addr = msg.address as usize;
-                match rec.kind {
-                    Kind::Adopt => {
-                        let fd = msg.flags as u32 as RawFd;
-                        match controls.snapshot(rec.from).and_then(|s| Child::new(fd, s)) {
-                            Some(c) => {
-                                children.insert(fd, c);
-                            }
-                            None => release_slot(fd),
-                        }
-                    }
-                    Kind::HungUp => controls.hung_up(rec.from),
-                    Kind::Message if msg.event != EVENT_PAGEFAULT => {}
-                    Kind::Message if rec.from == own => {
-                        if msg.is_write_protect() {
-                            self.write_fault(addr)
-                        } else {
-                            self.fault(addr, msg.is_write())
-                        }
-                    }
-                    Kind::Message => {
-                        if let Some(child) = children.get(&rec.from).cloned() {
-                            self.child_fault(&child, addr);
-                        }
-                    }
-                }
-            }
-            // An exited child sends nothing: ask the kernel now and then; the reader closes
-            // the descriptor of a dead one.
-            if last_probe.elapsed() >= Duration::from_secs(1) {
-                children.retain(|&fd, c| {
-                    let alive = c.alive();
-                    if !alive {
-                        release_slot(fd);
-                    }
-                    alive
-                });
-                last_probe = std::time::Instant::now();
-            }
+impl Children {
+    /// An exited child sends nothing: asks the kernel about every child now and then, and
+    /// stops serving (and closes the descriptors of) the dead ones.
+    fn forget_dead(&mut self) {
+        if self
+            .last_probe
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
         }
+        self.served.retain(|&fd, c| {
+            let alive = c.alive();
+            if !alive {
+                release_slot(fd);
+            }
+            alive
+        });
+        self.last_probe = Some(Instant::now());
     }
 }

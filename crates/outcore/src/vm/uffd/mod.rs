@@ -8,8 +8,8 @@
 //!   transitions, and the granules that written ranges are tracked in; `region.rs`: one reservation's blocks ([`FetchedRegion`]).
 //! * `lifecycle.rs`: what `vm::mapped` calls: register, retire and drop blocks, add and
 //!   remove regions.
-//! * `messages.rs`: the reader and handler threads, dispatching each fault message.
-//! * `fault.rs`: the fault path proper, steps 3 to 5 below (the handler's `fault` and
+//! * `messages.rs`: the fault thread, reading and dispatching each fault message.
+//! * `fault.rs`: the fault path proper, steps 3 to 5 below (the fault thread's `fault` and
 //!   `write_fault`, the workers' `fetch_and_install`).
 //! * `budget.rs`: the RAM budget, the LRU of loaded blocks, eviction (step 6), spare frames;
 //!   `frames.rs`: the frame pool.
@@ -24,14 +24,16 @@
 //!    its [`Fetch`] (how to get its bytes) is recorded in the array's [`FetchedRegion`].
 //! 2. A thread touches the block (user code, or the kernel in `read(2)`): the kernel suspends
 //!    it and queues a fault message.
-//! 3. The handler thread reads the message, finds the region and block, and queues the block
+//! 3. The fault thread reads the message, finds the region and block, and queues the block
 //!    for a worker (several blocks load in parallel; a block already queued is not queued
 //!    twice; when the faults look sequential, the next two blocks are queued too, as
-//!    read-ahead).
+//!    read-ahead). With no fetch in flight and a local fetch (a file, memory), it fetches
+//!    the block itself instead (step 4 on the fault thread): one thread wake-up per
+//!    isolated fault instead of three.
 //! 4. A worker fetches the bytes (no lock held), marks the block *busy* if it still wants this
 //!    version, and copies it in with `UFFDIO_COPY` in write-protect mode (no lock held either,
 //!    so workers copy in parallel), which also wakes the suspended threads.
-//! 5. The first write to a loaded block raises a write-protect message: the handler records
+//! 5. The first write to a loaded block raises a write-protect message: the fault thread records
 //!    the 64 KiB granule written and lifts the protection of that granule only; a write to
 //!    another granule of the block records and unprotects the whole block. So a bulk write
 //!    costs two round trips per block and transaction, and a sparse write reports 64 KiB
@@ -49,13 +51,13 @@
 //! cannot be reported to the faulting instruction: after retries
 //! the block is poisoned (`UFFDIO_POISON`: the thread gets SIGBUS) after logging an error naming
 //! the array and block. `BigArray::load` fetches under the caller's control and returns
-//! errors normally. The handler and workers never call Python or need the GIL.
+//! errors normally. The fault thread and workers never call Python or need the GIL.
 //!
 //! # Forked children
 //!
 //! A child inherits fetched memory. At the fork this process snapshots which version every
 //! registered block has; the child registers those blocks with a userfaultfd of its own and
-//! hands it over a socket; the handler then serves the child's missing pages from the
+//! hands it over a socket; the fault thread then serves the child's missing pages from the
 //! snapshot (fetched here, copied into the child, writable: the child's writes are its own).
 //! A child that outlives this process fails its faults loudly. Steps in `inherit.rs`. With
 //! `OUTCORE_NO_UFFD_FORK` fetched memory is not inherited (`MADV_DONTFORK`, in `mapped.rs`).
@@ -82,7 +84,7 @@
 //! another thread could have held (only `try_lock`).
 //!
 //! Apart from `regions` → a region's state, every lock is released before the next is taken.
-//! The handler's `write_fault` holds a region's state across the `UFFDIO_WRITEPROTECT` ioctl.
+//! The fault thread's `write_fault` holds a region's state across the `UFFDIO_WRITEPROTECT` ioctl.
 //!
 //! *Busy* works like a per-block lock below level 2: it is taken and given back under the
 //! region's state ([`FetchedRegion::lock_idle`], [`FetchedRegion::end_busy`]). While a block
@@ -94,7 +96,7 @@
 //! # Poisoned locks
 //!
 //! Every lock here is taken through [`lock`], [`wait`], [`read`] or [`write`], which take a
-//! poisoned lock anyway: the handler and workers must keep serving faults after a panic
+//! poisoned lock anyway: the fault thread and workers must keep serving faults after a panic
 //! elsewhere (a thread they stop serving stays suspended forever), and no critical section
 //! leaves its data inconsistent when it unwinds (each changes a block's state or a table in
 //! one assignment; fetches, which may panic, run outside any lock and their panics are
@@ -147,6 +149,12 @@ pub trait Fetch: Send + Sync {
     }
     /// What this is, for error messages ("block 3 of array 'A' at tid ...").
     fn describe(&self) -> String;
+    /// True if fetching reads only this machine's files or memory: it cannot stall on a
+    /// server, so the fault thread may fetch it itself (an isolated fault then waits for
+    /// fewer thread hand-offs). A fetch that may wait for anything else must say false.
+    fn is_local(&self) -> bool {
+        false
+    }
 }
 
 /// Locks `m`, poisoned or not (see "Poisoned locks" in the module docs).
@@ -190,6 +198,9 @@ enum Job {
         /// round trip (step 5) right after the first.
         write_at: Option<usize>,
     },
+    /// Eviction over the budget and spare frames, after a block was loaded on the fault
+    /// thread (which leaves that work to a worker).
+    Tidy,
     /// For a forked child.
     Child {
         /// The child's address space.
@@ -199,7 +210,7 @@ enum Job {
     },
 }
 
-/// The process-wide userfaultfd, its handler thread and workers.
+/// The process-wide userfaultfd, its fault thread and workers.
 pub(crate) struct FaultServer {
     uffd: Uffd,
     /// The kernel has `UFFDIO_POISON`.
@@ -289,7 +300,7 @@ static THREADS: OnceLock<()> = OnceLock::new();
 /// The fault server, started on first use; an error says why userfaultfd is unusable here.
 ///
 /// In a forked child there is none: the inherited descriptor still acts on the *parent's*
-/// address space, and the handler threads were not forked. Memory the child inherited is
+/// address space, and its threads were not forked. Memory the child inherited is
 /// served by the parent (see `fork.rs`); new arrays fetch at once.
 pub(crate) fn server() -> std::result::Result<&'static FaultServer, String> {
     if FORKED.load(Ordering::Relaxed) {
@@ -365,7 +376,7 @@ impl FaultServer {
         Ok(server)
     }
 
-    /// Starts the handler thread and workers (called once, with the 'static server).
+    /// Starts the fault thread and workers (called once, with the 'static server).
     fn spawn_threads(&'static self) {
         let rx = lock(&PENDING_RX).take().expect("jobs receiver");
         let rx = Arc::new(Mutex::new(rx));
