@@ -789,3 +789,45 @@ fn a_local_fetch_failing_on_the_fault_thread_is_retried_by_a_worker() {
     assert_eq!(by[0], "outcore-faults");
     assert!(by[1].starts_with("outcore-fetch-"), "{by:?}");
 }
+
+#[test]
+fn a_strided_pass_is_read_ahead_by_its_stride() {
+    let _serial = BUDGET_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+    if !available() {
+        return;
+    }
+    let source = LocalSource {
+        threads: Arc::default(),
+        failures: Arc::default(),
+    };
+    let mem = BlockMemory::new(BLK, 40, false).unwrap();
+    mem.ensure_mapped(0..40, &source).unwrap();
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(150));
+    // Every 7th block, as a column of tiles would be read.
+    for b in [0, 7, 14] {
+        pause();
+        assert_eq!(byte(&mem, b, 99), content(b)[99]);
+    }
+    pause();
+    // The stride was seen twice (0 → 7 → 14): the next two blocks of it were fetched ahead,
+    // untouched; nothing in between.
+    let fetched = |b| fetched_by(&source.threads, b).len();
+    assert_eq!((fetched(21), fetched(28)), (1, 1));
+    assert_eq!(fetched(35), 0, "two blocks ahead, not three");
+    assert!((15..21).all(|b| fetched(b) == 0));
+    // The pass goes on: block 21 and 28 are loaded, the next fault is at 35 (3 strides on),
+    // and the stride holds.
+    for b in [21, 28, 35] {
+        assert_eq!(byte(&mem, b, 5), content(b)[5]);
+    }
+    pause();
+    assert_eq!(fetched(35), 1);
+    // 42 and 49 lie past the region: nothing more to read.
+    // Random access after it reads nothing ahead.
+    for b in [3, 30, 11] {
+        pause();
+        assert_eq!(byte(&mem, b, 1), content(b)[1]);
+    }
+    pause();
+    assert!([4, 5, 31, 32, 12, 13, 19].iter().all(|&b| fetched(b) == 0));
+}

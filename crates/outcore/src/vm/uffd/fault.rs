@@ -9,8 +9,8 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use super::budget::READ_AHEAD;
 use super::frames;
+use super::pattern::AccessPattern;
 use super::sys::page_range;
 use super::{lock, BlockKey, FaultServer, Fetch, FetchedRegion, Job};
 use crate::{Error, Result};
@@ -29,11 +29,9 @@ impl FaultServer {
             self.uffd.wake(page_range(addr));
             return;
         };
-        // 3b. Sequential or random? A sequential pass faults every READ_AHEAD + 1 blocks
-        // (the others were read ahead).
-        let last = region.last_fault.swap(block, Ordering::Relaxed);
-        let sequential = last == u64::MAX || (block > last && block - last <= READ_AHEAD + 1);
-        let ahead = if sequential { READ_AHEAD } else { 0 };
+        // 3b. Sequential, strided or random? (`pattern.rs`)
+        let step = lock(&region.pattern).fault(block);
+        let blocks = (region.len / region.blksize) as u64;
         // 3c. A writer of a writable region gets its granule unprotected with the install
         // (step 4g); read-only regions never see a write fault.
         let write_at =
@@ -51,7 +49,7 @@ impl FaultServer {
             Some(fetch) => fetch.is_local() && self.claim_if_idle(&region, block),
         };
         // 3e. Queue every other block that still wants fetching, once.
-        for b in block..block + 1 + ahead {
+        for b in std::iter::once(block).chain(AccessPattern::ahead(block, step, blocks)) {
             if (here && b == block) || self.fetch_wanted(&region, b).is_none() {
                 continue;
             }

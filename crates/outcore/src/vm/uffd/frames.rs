@@ -29,7 +29,8 @@ struct SizeClass {
     /// Frames holding pages (zeroed or an old block's bytes): decoding into them allocates
     /// nothing.
     full: Vec<Frame>,
-    /// Frames whose pages were moved out (or never faulted in).
+    /// Frames whose pages were moved out, freed or never faulted in: they hold no pages, so
+    /// an evicted block can be moved into them (a move onto present pages fails).
     empty: Vec<Frame>,
 }
 
@@ -97,14 +98,20 @@ impl FramePool {
                 libc::MADV_POPULATE_WRITE,
             )
         };
-        self.with(size, |s| {
-            if rc == 0 && s.full.len() < MIN_SPARES {
+        let kept = self.with(size, |s| {
+            let keep = rc == 0 && s.full.len() < MIN_SPARES;
+            if keep {
                 s.full.push(frame);
-            } else {
-                s.empty.push(frame);
             }
+            keep
         });
-        rc == 0
+        if !kept {
+            // Another thread refilled meanwhile (or populating failed part way): an empty
+            // frame must hold no pages, or a move into it fails.
+            release_pages(frame, size);
+            self.put_empty(size, frame);
+        }
+        kept
     }
 
     /// Gives back a frame whose pages are (at least partly) still there: kept as a spare if

@@ -11,6 +11,7 @@
 //! * `messages.rs`: the fault thread, reading and dispatching each fault message.
 //! * `fault.rs`: the fault path proper, steps 3 to 5 below (the fault thread's `fault` and
 //!   `write_fault`, the workers' `fetch_and_install`).
+//! * `pattern.rs`: which blocks to read ahead after a fault (sequential, backwards, strided).
 //! * `budget.rs`: the RAM budget, the LRU of loaded blocks, eviction (step 6), spare frames;
 //!   `frames.rs`: the frame pool.
 //! * `inherit.rs`: what happens at a fork, in the parent and in the child (which registers
@@ -26,8 +27,8 @@
 //!    it and queues a fault message.
 //! 3. The fault thread reads the message, finds the region and block, and queues the block
 //!    for a worker (several blocks load in parallel; a block already queued is not queued
-//!    twice; when the faults look sequential, the next two blocks are queued too, as
-//!    read-ahead). With no fetch in flight and a local fetch (a file, memory), it fetches
+//!    twice; when the faults look sequential or strided, the next two blocks of the pattern
+//!    are queued too, as read-ahead: `pattern.rs`). With no fetch in flight and a local fetch (a file, memory), it fetches
 //!    the block itself instead (step 4 on the fault thread): one thread wake-up per
 //!    isolated fault instead of three.
 //! 4. A worker fetches the bytes (no lock held), marks the block *busy* if it still wants this
@@ -72,7 +73,8 @@
 //!                            locking each region's state only by fork.rs's snapshot()
 //!  2. FetchedRegion.state    per region, with its `idle` Condvar (waiting for a block's busy
 //!                            state to end, see below)
-//!  3. leaves, never held while taking another lock: FaultServer.lru, FaultServer.queued,
+//!  3. leaves, never held while taking another lock: FetchedRegion.pattern,
+//!     FaultServer.lru, FaultServer.queued,
 //!     FaultServer.jobs, the job receiver (an idle worker waits in `recv` holding it),
 //!     Child.queued, FramePool.sizes, PENDING_RX, and inherit.rs's NEW_CONTROLS,
 //!     PENDING_SNAPSHOT and INHERITED
@@ -110,6 +112,7 @@ pub(super) mod frames;
 mod inherit;
 mod lifecycle;
 mod messages;
+mod pattern;
 mod region;
 mod sys;
 
@@ -262,6 +265,8 @@ pub struct FaultStats {
     pub freed: u64,
     /// Bytes held by spare frames now (pages kept for the next loads, within the budget).
     pub spare_bytes: u64,
+    /// Bytes of loaded blocks now (clean or dirty), counted against the budget.
+    pub loaded_bytes: u64,
     /// Forked children can read fetched memory (this process serves their faults); without
     /// it, fetched memory is not inherited and touching it in a child is a segfault.
     pub serves_forks: bool,
@@ -284,6 +289,7 @@ pub fn stats() -> FaultStats {
         moved_out: get(&s.stats.moved_out),
         freed: get(&s.stats.freed),
         spare_bytes: s.frames.spare_bytes() as u64,
+        loaded_bytes: get(&s.loaded_bytes),
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use super::block::Block;
+use super::pattern::AccessPattern;
 use super::sys::UffdioRange;
 use super::{lock, wait};
 
@@ -21,9 +22,9 @@ pub(crate) struct FetchedRegion {
     pub(super) what: String,
     /// Blocks are loaded by moving frames in (read-only memory with huge-page-sized blocks).
     pub(super) moves: bool,
-    /// The block of the last missing-page fault (`u64::MAX`: none yet), to tell a sequential
-    /// pass (read ahead) from random access (don't).
-    pub(super) last_fault: AtomicU64,
+    /// The missing-page faults so far, to tell sequential and strided passes (read ahead)
+    /// from random access (don't). A leaf lock.
+    pub(super) pattern: Mutex<AccessPattern>,
     state: Mutex<RegionState>,
     /// Signalled whenever a block stops being busy.
     idle: Condvar,
@@ -50,7 +51,7 @@ impl FetchedRegion {
             blksize,
             what,
             moves,
-            last_fault: AtomicU64::new(u64::MAX),
+            pattern: Mutex::new(AccessPattern::default()),
             state: Mutex::new(RegionState::default()),
             idle: Condvar::new(),
         }
