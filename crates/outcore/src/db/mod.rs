@@ -23,6 +23,7 @@ mod describe;
 mod handle;
 pub(crate) mod root;
 mod scratch;
+mod shared;
 mod source;
 mod stats;
 mod views;

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::storage::{Key, Oid};
+use crate::storage::{Key, Oid, Tid};
 use crate::{Error, Result};
 
 /// The key of the root record (oid 0 is never handed out by `new_oids`).
@@ -17,9 +17,14 @@ pub(crate) fn encode(names: &BTreeMap<String, Oid>) -> Vec<u8> {
     out.into_bytes()
 }
 
-/// Parses [`encode`]'s output.
-pub(crate) fn decode(bytes: &[u8]) -> Result<BTreeMap<String, Oid>> {
-    let bad = || Error::InvalidArgument("bad root record".into());
+/// Parses [`encode`]'s output: the root record version `tid`. Bytes it cannot parse are
+/// damaged data ([`Error::Corrupt`]), not a caller's mistake.
+pub(crate) fn decode(bytes: &[u8], tid: Tid) -> Result<BTreeMap<String, Oid>> {
+    let bad = || Error::Corrupt {
+        key: ROOT_KEY,
+        tid,
+        reason: "unreadable root record (not `outcore-root 1` lines of name<TAB>oid)".into(),
+    };
     let text = std::str::from_utf8(bytes).map_err(|_| bad())?;
     let mut lines = text.lines();
     if lines.next() != Some("outcore-root 1") {

@@ -58,13 +58,13 @@ impl Names {
         let Some(record) = storage.load(ROOT_KEY, at)? else {
             return Ok(Names { arrays: Vec::new() });
         };
-        let names = root::decode(&record.data)?;
+        let names = root::decode(&record.data, record.tid)?;
         let keys: Vec<Key> = names.values().map(|&o| Key::Meta(o)).collect();
         let metas = storage.load_many(&keys, at)?;
         let mut arrays = Vec::new();
         for ((name, &oid), version) in names.iter().zip(metas) {
             if let Some(v) = version {
-                arrays.push((name.clone(), oid, ArrayMeta::decode(&v.data)?));
+                arrays.push((name.clone(), oid, ArrayMeta::decode_stored(oid, &v)?));
             }
         }
         Ok(Names { arrays })
