@@ -78,3 +78,43 @@ pub(super) fn explain_full(e: Error, index: &Path) -> Error {
         _ => e,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_errors_keep_what_callers_act_on() {
+        let full = Error::from(heed::Error::Mdb(MdbError::MapFull));
+        let Error::Index(ie) = &full else {
+            panic!("{full:?}")
+        };
+        assert!(ie.is_map_full() && ie.os_error_kind().is_none());
+        // The original stays reachable as the source, and the text is LMDB's.
+        let source = std::error::Error::source(ie).expect("a source");
+        assert!(source.downcast_ref::<heed::Error>().is_some());
+        assert_eq!(full.to_string(), format!("index error: {source}"));
+
+        let disk = Error::from(heed::Error::Io(std::io::Error::from_raw_os_error(
+            libc::ENOSPC,
+        )));
+        let Error::Index(ie) = &disk else {
+            panic!("{disk:?}")
+        };
+        assert!(!ie.is_map_full());
+        assert_eq!(ie.os_error_kind(), Some(std::io::ErrorKind::StorageFull));
+        assert!(cannot_write(&disk));
+
+        // Explained: both name the index and say StorageFull.
+        let index = Path::new("/nowhere/index");
+        for e in [full, disk] {
+            match explain_full(e, index) {
+                Error::Io { context, source } => {
+                    assert!(context.contains("/nowhere/index"), "{context}");
+                    assert_eq!(source.kind(), std::io::ErrorKind::StorageFull);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}

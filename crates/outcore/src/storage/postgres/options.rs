@@ -134,6 +134,11 @@ mod tests {
         );
         let err = PgStorage::open("postgresql://me:secret@127.0.0.1:1/x").unwrap_err();
         assert!(!err.to_string().contains("secret"), "{err}");
+        // Nobody listens there: a refused connection, which a retry later may cure.
+        match &err {
+            Error::Postgres(pe) => assert!(pe.is_connection_error() && pe.code().is_none()),
+            other => panic!("{other:?}"),
+        }
         let mut o = PgOptions::default();
         let url = PgStorage::split_options(
             "postgresql://h/x?a=1&outcore_schema=s&lease_timeout=2.5&b=2&pool_size=1",
