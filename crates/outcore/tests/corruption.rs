@@ -193,4 +193,9 @@ fn damaged_root_and_array_records_are_corrupt() {
         }
         other => panic!("{other:?}"),
     }
+    // Tools reading the names without a connection see the same.
+    match outcore::db::named_arrays(&*store, conn.tid().unwrap()) {
+        Err(Error::Corrupt { key, .. }) => assert_eq!(key, Key::Meta(Oid(5))),
+        other => panic!("{other:?}"),
+    }
 }

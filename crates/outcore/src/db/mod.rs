@@ -34,6 +34,7 @@ pub use bigarray::{BigArray, RawView};
 pub use views::{View, ViewMut};
 
 pub use connection::{Connection, Savepoint};
+pub use root::{named_arrays, NamedArray};
 pub use stats::{reader_leases, LeaseInfo, StoreStats, ROOT_CHANGED};
 
 use crate::storage::{
