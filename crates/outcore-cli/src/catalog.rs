@@ -1,29 +1,13 @@
-//! The arrays of a store at one snapshot: names, metadata record oids and metadata.
-//!
-//! The core's public API names arrays ([`Connection::names`](outcore::db::Connection::names))
-//! but does not tell their metadata record oids, which `info` (last change) needs. So the
-//! catalog reads the root record (`Key::Meta(Oid(0))`) itself. Its format is the core's
-//! (`crates/outcore/src/db/root.rs`): a line `outcore-root 1`, then one `name<TAB>oid` line
-//! per array.
+//! The arrays of a store at one snapshot: names, metadata record oids (which `info` needs for
+//! the last change) and metadata, as the core reads them
+//! ([`outcore::db::named_arrays`]).
 
-use outcore::array::ArrayMeta;
-use outcore::storage::{Key, Oid, Storage, Tid};
+use outcore::storage::{Storage, Tid};
 
 use crate::error::{CliError, Result};
 
-/// The key of the root record.
-pub const ROOT_KEY: Key = Key::Meta(Oid(0));
-
 /// One named array.
-#[derive(Clone, Debug)]
-pub struct Entry {
-    /// Its name in the root namespace.
-    pub name: String,
-    /// The oid of its metadata record.
-    pub meta_oid: Oid,
-    /// Its metadata.
-    pub meta: ArrayMeta,
-}
+pub type Entry = outcore::db::NamedArray;
 
 /// The named arrays of a store at one snapshot, sorted by name.
 #[derive(Clone, Debug, Default)]
@@ -35,22 +19,7 @@ pub struct Catalog {
 impl Catalog {
     /// Reads the root and every array's metadata at `at`.
     pub fn load(storage: &dyn Storage, at: Tid) -> Result<Catalog> {
-        let mut entries = Vec::new();
-        if let Some(root) = storage.load(ROOT_KEY, at)? {
-            for (name, meta_oid) in parse_root(&root.data)? {
-                let record = storage.load(Key::Meta(meta_oid), at)?.ok_or_else(|| {
-                    CliError::runtime(format!(
-                        "array {name:?} has no metadata record at tid {at:?}"
-                    ))
-                })?;
-                entries.push(Entry {
-                    name,
-                    meta_oid,
-                    meta: ArrayMeta::decode(&record.data)?,
-                });
-            }
-        }
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        let entries = outcore::db::named_arrays(storage, at)?;
         Ok(Catalog { entries })
     }
 
@@ -61,22 +30,6 @@ impl Catalog {
             .find(|e| e.name == name)
             .ok_or_else(|| CliError::runtime(format!("no array named {name:?} in {url}")))
     }
-}
-
-/// Parses the root record.
-fn parse_root(bytes: &[u8]) -> Result<Vec<(String, Oid)>> {
-    let bad = || CliError::runtime("unreadable root record (unknown format)");
-    let text = std::str::from_utf8(bytes).map_err(|_| bad())?;
-    let mut lines = text.lines();
-    if lines.next() != Some("outcore-root 1") {
-        return Err(bad());
-    }
-    lines
-        .map(|line| {
-            let (name, oid) = line.rsplit_once('\t').ok_or_else(bad)?;
-            Ok((name.to_string(), Oid(oid.parse().map_err(|_| bad())?)))
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -102,6 +55,5 @@ mod tests {
             .unwrap()
             .entries
             .is_empty());
-        assert!(parse_root(b"garbage").is_err());
     }
 }

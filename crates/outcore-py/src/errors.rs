@@ -74,7 +74,7 @@ impl Class {
             E::AddressSpace(_) => Class::AddressSpace,
             E::Corrupt { .. } => Class::Corruption,
             E::Format { .. } => Class::StoreFormat,
-            E::Lmdb(_) | E::Io { .. } | E::Postgres(_) => Class::Storage,
+            E::Index(_) | E::Io { .. } | E::Postgres(_) => Class::Storage,
             E::InvalidShape(_) | E::InvalidArgument(_) => Class::BadValue,
             E::IndexOutOfBounds(_) => Class::BadIndex,
             // `Error` is non-exhaustive: a kind added later is an `OSError` subclass until it

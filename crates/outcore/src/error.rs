@@ -3,10 +3,24 @@
 //! Every fallible public function returns [`Result<T>`]. Variants are meant to be matched on:
 //! [`Error::Conflict`] and [`Error::SnapshotTooOld`] are the retryable ones (abort, then redo the
 //! transaction).
+//!
+//! **Dependencies.** This module imports nothing of the crate but the leaf module `ids`
+//! (keys and tids, which [`Error::Conflict`] and [`Error::Corrupt`] name): the storage layer
+//! imports it, not the other way round. One error type for every layer (rather than a
+//! storage-owned error wrapped here) because the storage kinds are the ones users match on:
+//! a conflict, a snapshot too old or corrupt data must read the same whether the storage layer
+//! or the database layer found them.
+//!
+//! **No foreign types in the API.** The PostgreSQL client's and LMDB's errors reach users as
+//! [`PostgresError`] and [`IndexError`], which keep what a caller may act on (the SQLSTATE
+//! code, a lost connection, a full index or disk) and the original as their
+//! [`source`](std::error::Error::source). The backends build them and classify the original
+//! there (`storage/postgres/errors.rs`, `storage/local/errors.rs`), so this module knows
+//! neither client library.
 
 use std::path::PathBuf;
 
-use crate::storage::{Key, Tid};
+use crate::ids::{Key, Tid};
 
 /// Everything that can go wrong in outcore. New kinds may be added: match with a wildcard arm.
 #[derive(Debug, thiserror::Error)]
@@ -98,14 +112,13 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
-    /// An error from PostgreSQL (connection or server); never shows credentials. Its text is
-    /// the server's own message for server errors, the chain of causes for the others.
+    /// An error from PostgreSQL (connection or server); never shows credentials.
     #[cfg(feature = "postgres")]
-    #[error("PostgreSQL: {}", postgres_text(.0))]
-    Postgres(#[from] postgres::Error),
-    /// An error from the LMDB index.
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[source] PostgresError),
+    /// An error from the embedded store's index (LMDB).
     #[error("index error: {0}")]
-    Lmdb(#[from] heed::Error),
+    Index(#[source] IndexError),
     /// An operating-system error, with what we were doing.
     #[error("{context}: {source}")]
     Io {
@@ -146,7 +159,7 @@ impl Error {
             | Error::Corrupt { .. }
             | Error::SnapshotTooOld { .. }
             | Error::CommitOutcomeUnknown { .. }
-            | Error::Lmdb(_)
+            | Error::Index(_)
             | Error::Io { .. } => self.to_string(),
             #[cfg(feature = "postgres")]
             Error::Postgres(_) => self.to_string(),
@@ -162,29 +175,98 @@ impl Error {
     }
 }
 
-/// The text of a PostgreSQL error. The client's own text says too little ("db error",
-/// "error connecting to server", "invalid connection string"): server errors give the
-/// server's message, detail, hint and SQLSTATE; the others their chain of causes (the refused
-/// connection, the unknown url option).
+/// An error from PostgreSQL: the connection failed or the server refused a statement.
+///
+/// Its text never shows credentials: for errors the server reports, the server's message,
+/// detail, hint and SQLSTATE; for the others (a refused connection, a bad url option) the
+/// client's chain of causes. The client's error is its [`source`](std::error::Error::source).
 #[cfg(feature = "postgres")]
-pub(crate) fn postgres_text(e: &postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        let mut text = db.message().to_string();
-        for extra in [db.detail(), db.hint()].into_iter().flatten() {
-            text.push_str("; ");
-            text.push_str(extra);
+#[derive(Debug, thiserror::Error)]
+#[error("{text}")]
+pub struct PostgresError {
+    text: String,
+    code: Option<String>,
+    connection: bool,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+#[cfg(feature = "postgres")]
+impl PostgresError {
+    /// Built by the PostgreSQL store, which knows how to read the client's error.
+    pub(crate) fn new(
+        text: String,
+        code: Option<String>,
+        connection: bool,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    ) -> Self {
+        PostgresError {
+            text,
+            code,
+            connection,
+            source,
         }
-        text.push_str(&format!(" (SQLSTATE {})", db.code().code()));
-        return text;
     }
-    let mut text = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
+
+    /// The SQLSTATE code the server gave (`"40001"`, `"53300"`...), if it answered at all.
+    pub fn code(&self) -> Option<&str> {
+        self.code.as_deref()
     }
-    text
+
+    /// True if the connection to the server failed — lost, refused, or the server shutting
+    /// down, starting or out of connection slots — rather than the server refusing the
+    /// statement: the same work may succeed on a new connection later. outcore has already
+    /// retried work that is safe to repeat (see `PgOptions::outage_window`).
+    pub fn is_connection_error(&self) -> bool {
+        self.connection
+    }
+}
+
+/// An error from the embedded store's index (LMDB). A full disk and a full index map are
+/// usually reported as [`Error::Io`] with `StorageFull` instead, naming the index file;
+/// this says so too for the cases that reach the caller unexplained. The index library's error
+/// is its [`source`](std::error::Error::source).
+#[derive(Debug, thiserror::Error)]
+#[error("{text}")]
+pub struct IndexError {
+    text: String,
+    map_full: bool,
+    os_error: Option<std::io::ErrorKind>,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl IndexError {
+    /// Built by the embedded store, which knows how to read the index library's error.
+    pub(crate) fn new(
+        map_full: bool,
+        os_error: Option<std::io::ErrorKind>,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    ) -> Self {
+        IndexError {
+            text: source.to_string(),
+            map_full,
+            os_error,
+            source,
+        }
+    }
+
+    /// True if the index reached its map size (`MDB_MAP_FULL`): open the store with a larger
+    /// `LocalOptions::map_size` (or `OUTCORE_LMDB_MAP_BYTES`).
+    pub fn is_map_full(&self) -> bool {
+        self.map_full
+    }
+
+    /// The kind of the operating-system error the index reported, if it was one (for
+    /// example `StorageFull` for a full disk, `PermissionDenied`).
+    pub fn os_error_kind(&self) -> Option<std::io::ErrorKind> {
+        self.os_error
+    }
+
+    /// The index library's own error, for the embedded store's classification of errors.
+    pub(crate) fn original<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        self.source.downcast_ref()
+    }
 }
 
 /// Shorthand for `std::result::Result<T, outcore::Error>`.

@@ -97,7 +97,7 @@ fn decoders_never_panic_on_damaged_bytes() {
         crate::fuzzing::record(&g.input(&delta));
         let _ = decode_log(&g.input(&log), Tid(1));
         let _ = Key::decode(&g.input(&key.encode()));
-        let _ = crate::db::root::decode(&g.input(&root));
+        let _ = crate::db::root::decode(&g.input(&root), crate::storage::Tid::ZERO);
         for e in [&lz4, &zstd] {
             let r = codec::decode(
                 g.input(&e.stored),

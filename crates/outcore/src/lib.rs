@@ -32,10 +32,13 @@ pub mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+mod ids;
 pub mod storage;
 pub mod vm;
 
-pub use error::{Error, Result};
+#[cfg(feature = "postgres")]
+pub use error::PostgresError;
+pub use error::{Error, IndexError, Result};
 
 #[cfg(test)]
 mod fuzz_smoke;

@@ -147,3 +147,55 @@ fn truncated_segments_are_errors_not_crashes() {
     let first = a.slice::<u64, _>(ndarray::s![0..10]).unwrap();
     assert_eq!(first[9], 10);
 }
+
+/// Damaged metadata records are damaged data, never a missing name or a bad argument: a root
+/// record that does not parse, a name whose metadata record is gone, a metadata record that
+/// does not parse. Each error names the record.
+#[test]
+fn damaged_root_and_array_records_are_corrupt() {
+    use outcore::storage::{CommitRequest, MemStorage, TxnMeta, Write};
+    let root = Key::Meta(Oid(0));
+    let store = std::sync::Arc::new(MemStorage::new());
+    let put = |key: Key, bytes: &[u8]| {
+        store
+            .commit(CommitRequest {
+                base: store.head().unwrap(),
+                writes: vec![(key, Write::Store(bytes.to_vec()))],
+                meta: TxnMeta::new("test", "damage"),
+            })
+            .unwrap()
+    };
+    let db = Database::from_storage(store.clone());
+
+    let damaged = put(root, b"not a root record");
+    match db.connect() {
+        Err(Error::Corrupt { key, tid, .. }) => assert_eq!((key, tid), (root, damaged)),
+        other => panic!("{other:?}"),
+    }
+
+    // The root format of docs/FORMAT.md: "a" names a record that was never written, "b" one
+    // that holds no array metadata.
+    put(root, b"outcore-root 1\na\t5\nb\t7\n");
+    let garbage = put(Key::Meta(Oid(7)), b"outcore-array 1\nitemsize=x\n");
+    let conn = db.connect().unwrap();
+    assert_eq!(conn.names().unwrap(), ["a", "b"]);
+    match conn.array("a") {
+        Err(Error::Corrupt { key, reason, .. }) => {
+            assert_eq!(key, Key::Meta(Oid(5)));
+            assert!(reason.contains("\"a\""), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    match conn.array("b") {
+        Err(Error::Corrupt { key, tid, reason }) => {
+            assert_eq!((key, tid), (Key::Meta(Oid(7)), garbage));
+            assert!(reason.contains("bad array metadata"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Tools reading the names without a connection see the same.
+    match outcore::db::named_arrays(&*store, conn.tid().unwrap()) {
+        Err(Error::Corrupt { key, .. }) => assert_eq!(key, Key::Meta(Oid(5))),
+        other => panic!("{other:?}"),
+    }
+}

@@ -131,7 +131,10 @@ fn touches_survive_an_outage_and_load_fails_promptly() {
         .load(n / 3..2 * n / 3)
         .expect_err("load() while the server is down");
     let prompt = started.elapsed();
-    assert!(matches!(err, Error::Postgres(_)), "{err}");
+    assert!(
+        matches!(&err, Error::Postgres(pe) if pe.is_connection_error()),
+        "{err}"
+    );
     std::thread::scope(|s| {
         // Blocks on first touch until the server is back (or dies with SIGBUS).
         let touch = s.spawn(|| view[n as usize - 1]);

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::storage::Oid;
+use crate::storage::{Key, Oid, Version};
 use crate::{Error, Result};
 
 /// Memory order of an N-d array.
@@ -252,6 +252,17 @@ impl ArrayMeta {
         };
         meta.validate()?;
         Ok(meta)
+    }
+
+    /// [`ArrayMeta::decode`] of `version`, the stored metadata record of array `oid`: a
+    /// stored record that does not decode is damaged data ([`Error::Corrupt`]), not a bad
+    /// argument.
+    pub(crate) fn decode_stored(oid: Oid, version: &Version) -> Result<Self> {
+        Self::decode(&version.data).map_err(|e| Error::Corrupt {
+            key: Key::Meta(oid),
+            tid: version.tid,
+            reason: e.message(),
+        })
     }
 }
 

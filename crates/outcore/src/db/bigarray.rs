@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use ndarray::{ArrayView, ArrayViewD, ArrayViewMut, IxDyn, ShapeBuilder, SliceArg};
 
-use super::connection::ConnShared;
 use super::handle::ArrayHandle;
+use super::shared::ConnShared;
 use super::views::{Hold, Scope, View, ViewMut};
 use crate::array::slicing::touched_ranges;
 use crate::array::{ArrayMeta, Element, Order};

@@ -1,14 +1,17 @@
 //! [`Connection`]: one snapshot of the database, one transaction at a time.
 
+mod commit;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use super::bigarray::BigArray;
 use super::handle::{ArrayHandle, ArraySavepoint};
 use super::root::{self, ROOT_KEY};
+use super::shared::{ConnShared, ConnState};
 use super::views::{Scope, ViewBook};
 use crate::array::{ArrayMeta, Element, Order, DEFAULT_BLKSIZE};
-use crate::storage::{CommitRequest, Key, Oid, ReaderLease, Storage, Tid, TxnMeta, Write};
+use crate::storage::{Key, Oid, ReaderLease, Storage, Tid};
 use crate::{Error, Result};
 
 /// A view of the database at one snapshot, with one transaction in progress.
@@ -29,37 +32,6 @@ pub struct Connection {
     pub(crate) shared: Arc<ConnShared>,
 }
 
-#[derive(Debug)]
-pub(crate) struct ConnShared {
-    pub storage: Arc<dyn Storage>,
-    /// False for read-only and historical connections.
-    pub writable: bool,
-    /// Address space to reserve per array (None: the default rule).
-    reserve: Option<u64>,
-    /// True for a connection pinned at an old tid.
-    historical: bool,
-    /// The live views of the connection's arrays: memory changes wait for them.
-    pub views: ViewBook,
-    state: Mutex<ConnState>,
-}
-
-#[derive(Debug)]
-struct ConnState {
-    lease: ReaderLease,
-    closed: bool,
-    root_committed: BTreeMap<String, Oid>,
-    root: BTreeMap<String, Oid>,
-    /// Open arrays by metadata oid.
-    arrays: BTreeMap<Oid, Arc<ArrayHandle>>,
-    /// Arrays created in this transaction.
-    created: BTreeSet<Oid>,
-    /// Incremented at every transaction boundary; savepoints of older transactions are void.
-    serial: u64,
-    /// Why the last boundary could not move to the newest snapshot (then commits are
-    /// refused: the snapshot may miss this connection's own last commit).
-    behind: Option<String>,
-}
-
 /// A point inside a transaction to roll back to ([`Connection::rollback`]).
 #[derive(Debug)]
 pub struct Savepoint {
@@ -67,51 +39,6 @@ pub struct Savepoint {
     root: BTreeMap<String, Oid>,
     created: BTreeSet<Oid>,
     arrays: Vec<(Arc<ArrayHandle>, ArraySavepoint)>,
-}
-
-impl ConnShared {
-    fn lock(&self) -> Result<MutexGuard<'_, ConnState>> {
-        let g = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if g.closed {
-            return Err(Error::Closed("the connection is closed".into()));
-        }
-        Ok(g)
-    }
-
-    /// The snapshot tid (for mapping blocks).
-    pub fn snapshot(&self) -> Result<Tid> {
-        Ok(self.lock()?.lease.tid())
-    }
-
-    /// Releases the idle windows (no view, no uncommitted write) of every open array, so
-    /// that kernel mappings and address space are available for new views.
-    pub fn release_idle_windows(&self) -> Result<usize> {
-        let st = self.lock()?;
-        let mut released = 0;
-        for h in st.arrays.values() {
-            released += h.release_idle_windows()?;
-        }
-        Ok(released)
-    }
-
-    /// Holds every array of the connection for `what` (a transaction boundary): waits
-    /// until the views of other threads are dropped; an error if this thread has one.
-    fn boundary(&self, what: &str) -> Result<super::views::Hold<'_>> {
-        self.views
-            .hold(Scope::Connection, true, || what.to_string())
-    }
-
-    pub fn check_writable(&self) -> Result<()> {
-        if self.writable {
-            Ok(())
-        } else if self.historical {
-            Err(Error::ReadOnly(
-                "a historical connection cannot change data".into(),
-            ))
-        } else {
-            Err(Error::ReadOnly("the database was opened read-only".into()))
-        }
-    }
 }
 
 impl Connection {
@@ -126,7 +53,7 @@ impl Connection {
             None => ReaderLease::at_head(storage.clone())?,
         };
         let root_committed = match storage.load(ROOT_KEY, lease.tid())? {
-            Some(v) => root::decode(&v.data)?,
+            Some(v) => root::decode(&v.data, v.tid)?,
             None => BTreeMap::new(),
         };
         Ok(Connection {
@@ -225,8 +152,12 @@ impl Connection {
             .shared
             .storage
             .load(Key::Meta(oid), at)?
-            .ok_or_else(|| Error::NotFound(format!("array {name:?} has no metadata at {at}")))?;
-        let meta = ArrayMeta::decode(&v.data)?;
+            .ok_or_else(|| Error::Corrupt {
+                key: Key::Meta(oid),
+                tid: at,
+                reason: format!("array {name:?} is named in the root but has no metadata record"),
+            })?;
+        let meta = ArrayMeta::decode_stored(oid, &v)?;
         let handle = Arc::new(ArrayHandle::new(
             oid,
             meta.clone(),
@@ -277,190 +208,6 @@ impl Connection {
             }
         }
         Ok(false)
-    }
-
-    /// Commits every change of the transaction atomically and durably, then moves to the
-    /// newest snapshot. On [`Error::Conflict`] nothing is written and the changes are kept:
-    /// call [`abort`](Connection::abort) and redo the transaction.
-    pub fn commit(&self) -> Result<Tid> {
-        self.commit_with(TxnMeta::default())
-    }
-
-    /// [`commit`](Connection::commit) with a user and description for the log.
-    pub fn commit_with(&self, meta: TxnMeta) -> Result<Tid> {
-        let _views = self.shared.boundary("commit")?;
-        let mut st = self.shared.lock()?;
-        let mut writes: Vec<(Key, Write)> = Vec::new();
-        // Arrays no longer named in the root are gone: nothing of theirs is written, and
-        // what was stored of them is deleted (so pack can reclaim it).
-        let live: BTreeSet<Oid> = st.root.values().copied().collect();
-        for h in st.arrays.values().filter(|h| !live.contains(&h.oid)) {
-            h.detach()?;
-        }
-        let mut dropped: Vec<Oid> = st
-            .root_committed
-            .values()
-            .copied()
-            .filter(|o| !live.contains(o))
-            .collect();
-        dropped.sort_unstable();
-        dropped.dedup();
-        let base = st.lease.tid();
-        for oid in dropped {
-            let storage = &self.shared.storage;
-            if let Some(v) = storage.load(Key::Meta(oid), base)? {
-                let file = ArrayMeta::decode(&v.data)?.file;
-                for index in storage.block_indices(file, base)? {
-                    writes.push((Key::Block { file, index }, Write::Delete));
-                }
-            }
-            writes.push((Key::Meta(oid), Write::Delete));
-        }
-        for h in st.arrays.values().filter(|h| !h.is_detached()) {
-            h.collect_writes(&self.shared.storage, base, &mut writes)?;
-        }
-        if st.root != st.root_committed {
-            writes.push((ROOT_KEY, Write::Store(root::encode(&st.root))));
-        }
-        if writes.is_empty() {
-            self.sync(&mut st)?;
-            return Ok(st.lease.tid());
-        }
-        self.shared.check_writable()?;
-        if let Some(why) = &st.behind {
-            return Err(Error::SnapshotStale(format!(
-                "this connection could not move to the newest snapshot at its last transaction \
-                 boundary ({why}), so its changes cannot be committed safely: abort and redo \
-                 the transaction"
-            )));
-        }
-        let tid = self.commit_merging_root(&mut st, writes, meta)?;
-        // The commit is durable: what follows must not make the caller think otherwise (a
-        // retry would apply it twice). A failure here leaves the snapshot where it was; the
-        // next transaction boundary catches up from the log.
-        for h in st.arrays.values().filter(|h| !h.is_detached()) {
-            if let Err(e) = h.committed() {
-                tracing::warn!("after commit {tid}: {e}");
-            }
-        }
-        st.root_committed = st.root.clone();
-        st.created.clear();
-        if let Err(e) = self.sync(&mut st) {
-            tracing::warn!("after commit {tid}, moving to the newest snapshot failed: {e}");
-        }
-        Ok(tid)
-    }
-
-    /// Commits `writes` on this connection's snapshot. When the only conflict is the root
-    /// record (another transaction added, removed or renamed *other* names since this
-    /// snapshot), the root changes are merged by name onto the newest root and the commit is
-    /// retried on the newest snapshot — provided nothing else this transaction writes (or
-    /// the arrays it writes) changed meanwhile. The same name changed by both is a conflict.
-    fn commit_merging_root(
-        &self,
-        st: &mut ConnState,
-        mut writes: Vec<(Key, Write)>,
-        meta: TxnMeta,
-    ) -> Result<Tid> {
-        let storage = &self.shared.storage;
-        let snapshot = st.lease.tid();
-        let mut base = snapshot;
-        // The root as of `base`, and as this transaction wants it on top of that.
-        let mut base_root = st.root_committed.clone();
-        let mut ours = st.root.clone();
-        // Root merges retried before giving up (each retry follows a newer commit).
-        const ROOT_MERGES: usize = 8;
-        for _ in 0..ROOT_MERGES {
-            let request = CommitRequest {
-                base,
-                writes: writes.clone(),
-                meta: meta.clone(),
-            };
-            let head = match storage.commit(request) {
-                Ok(tid) => {
-                    st.root = ours;
-                    return Ok(tid);
-                }
-                Err(Error::Conflict { key: ROOT_KEY, .. }) if ours != base_root => {
-                    storage.head()?
-                }
-                Err(e) => return Err(e),
-            };
-            self.check_only_root_changed(st, &writes, base, head)?;
-            let theirs = match storage.load(ROOT_KEY, head)? {
-                Some(v) => root::decode(&v.data)?,
-                None => BTreeMap::new(),
-            };
-            let merged = merge_roots(&base_root, &ours, &theirs).map_err(|name| {
-                tracing::debug!("root name {name:?} changed by this transaction and another");
-                Error::Conflict {
-                    key: ROOT_KEY,
-                    base,
-                    committed: head,
-                }
-            })?;
-            for (key, write) in writes.iter_mut() {
-                if *key == ROOT_KEY {
-                    *write = Write::Store(root::encode(&merged));
-                }
-            }
-            ours = merged;
-            base_root = theirs;
-            base = head;
-        }
-        Err(Error::Conflict {
-            key: ROOT_KEY,
-            base: snapshot,
-            committed: base,
-        })
-    }
-
-    /// Fails with [`Error::Conflict`] if a commit in `(base, head]` changed a key other than
-    /// the root that `writes` write, or any key of an array they change or delete.
-    fn check_only_root_changed(
-        &self,
-        st: &ConnState,
-        writes: &[(Key, Write)],
-        base: Tid,
-        head: Tid,
-    ) -> Result<()> {
-        let mut files: BTreeSet<Oid> = BTreeSet::new();
-        let mut metas: BTreeSet<Oid> = BTreeSet::new();
-        for (key, _) in writes {
-            match *key {
-                Key::Block { file, .. } => {
-                    files.insert(file);
-                }
-                Key::Meta(oid) => {
-                    metas.insert(oid);
-                }
-            }
-        }
-        // The arrays whose blocks are written: their metadata matters too (a deletion).
-        for h in st.arrays.values() {
-            if let Ok(meta) = h.meta() {
-                if files.contains(&meta.file) {
-                    metas.insert(h.oid);
-                }
-            }
-        }
-        for (tid, keys) in self.shared.storage.changes(base, head)? {
-            for key in keys {
-                let clash = match key {
-                    ROOT_KEY => false,
-                    Key::Meta(oid) => metas.contains(&oid),
-                    Key::Block { file, .. } => files.contains(&file),
-                };
-                if clash {
-                    return Err(Error::Conflict {
-                        key,
-                        base,
-                        committed: tid,
-                    });
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Discards every change of the transaction, then moves to the newest snapshot.
@@ -539,7 +286,7 @@ impl Connection {
         let storage = &self.shared.storage;
         let head = storage.head()?;
         st.root_committed = match storage.load(ROOT_KEY, head)? {
-            Some(v) => root::decode(&v.data)?,
+            Some(v) => root::decode(&v.data, v.tid)?,
             None => BTreeMap::new(),
         };
         st.root = st.root_committed.clone();
@@ -577,7 +324,7 @@ impl Connection {
         }
         if root_changed {
             st.root_committed = match storage.load(ROOT_KEY, head)? {
-                Some(v) => root::decode(&v.data)?,
+                Some(v) => root::decode(&v.data, v.tid)?,
                 None => BTreeMap::new(),
             };
             st.root = st.root_committed.clone();
@@ -682,30 +429,4 @@ impl Drop for Connection {
     fn drop(&mut self) {
         let _ = self.close();
     }
-}
-
-/// The root `ours` made from `base`, applied onto `theirs` (a newer root): names this
-/// transaction added, removed or re-pointed take its value; the others keep `theirs`. A name
-/// both changed differently is returned as the error.
-fn merge_roots(
-    base: &BTreeMap<String, Oid>,
-    ours: &BTreeMap<String, Oid>,
-    theirs: &BTreeMap<String, Oid>,
-) -> std::result::Result<BTreeMap<String, Oid>, String> {
-    let mut merged = theirs.clone();
-    let names: BTreeSet<&String> = base.keys().chain(ours.keys()).collect();
-    for name in names {
-        let (b, o, t) = (base.get(name), ours.get(name), theirs.get(name));
-        if o == b {
-            continue; // not ours to change
-        }
-        if t != b && t != o {
-            return Err(name.clone());
-        }
-        match o {
-            Some(oid) => merged.insert(name.clone(), *oid),
-            None => merged.remove(name),
-        };
-    }
-    Ok(merged)
 }

@@ -39,7 +39,8 @@ impl Connection {
             return Some("the root (the names of the arrays)".into());
         }
         let storage = &self.shared.storage;
-        let names = root::decode(&storage.load(ROOT_KEY, at).ok()??.data).ok()?;
+        let root = storage.load(ROOT_KEY, at).ok()??;
+        let names = root::decode(&root.data, root.tid).ok()?;
         match key {
             Key::Meta(oid) => names
                 .iter()

@@ -250,7 +250,7 @@ impl ArrayHandle {
         if meta_changed {
             match storage.load(Key::Meta(self.oid), at)? {
                 Some(v) => {
-                    let meta = ArrayMeta::decode(&v.data)?;
+                    let meta = ArrayMeta::decode_stored(self.oid, &v)?;
                     g.committed = Some(meta.clone());
                     g.meta = meta;
                 }

@@ -23,6 +23,7 @@ mod describe;
 mod handle;
 pub(crate) mod root;
 mod scratch;
+mod shared;
 mod source;
 mod stats;
 mod views;
@@ -33,6 +34,7 @@ pub use bigarray::{BigArray, RawView};
 pub use views::{View, ViewMut};
 
 pub use connection::{Connection, Savepoint};
+pub use root::{named_arrays, NamedArray};
 pub use stats::{reader_leases, LeaseInfo, StoreStats, ROOT_CHANGED};
 
 use crate::storage::{

@@ -119,19 +119,31 @@ struct StoredBlock {
     at: Tid,
 }
 
+impl StoredBlock {
+    /// The version the store located is not there: the store lost data (a pack that removed it
+    /// would have made the read fail with [`Error::SnapshotTooOld`] instead).
+    fn vanished(&self) -> Error {
+        Error::Corrupt {
+            key: self.key,
+            tid: self.at,
+            reason: "the block version the store located at this snapshot has vanished".into(),
+        }
+    }
+}
+
 impl Fetch for StoredBlock {
     fn fetch(&self) -> Result<Vec<u8>> {
         let v = self
             .storage
             .load(self.key, self.at)?
-            .ok_or_else(|| Error::NotFound(format!("{} vanished at {}", self.key, self.at)))?;
+            .ok_or_else(|| self.vanished())?;
         Ok(v.data)
     }
 
     fn fetch_into(&self, out: &mut [u8]) -> Result<usize> {
         self.storage
             .load_into(self.key, self.at, out)?
-            .ok_or_else(|| Error::NotFound(format!("{} vanished at {}", self.key, self.at)))
+            .ok_or_else(|| self.vanished())
     }
 
     fn describe(&self) -> String {

@@ -55,18 +55,10 @@ struct Names {
 
 impl Names {
     fn load(storage: &dyn Storage, at: Tid) -> Result<Names> {
-        let Some(record) = storage.load(ROOT_KEY, at)? else {
-            return Ok(Names { arrays: Vec::new() });
-        };
-        let names = root::decode(&record.data)?;
-        let keys: Vec<Key> = names.values().map(|&o| Key::Meta(o)).collect();
-        let metas = storage.load_many(&keys, at)?;
-        let mut arrays = Vec::new();
-        for ((name, &oid), version) in names.iter().zip(metas) {
-            if let Some(v) = version {
-                arrays.push((name.clone(), oid, ArrayMeta::decode(&v.data)?));
-            }
-        }
+        let arrays = root::named_arrays(storage, at)?
+            .into_iter()
+            .map(|a| (a.name, a.meta_oid, a.meta))
+            .collect();
         Ok(Names { arrays })
     }
 

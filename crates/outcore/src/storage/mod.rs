@@ -28,15 +28,15 @@
 //! * **Mapping**: [`Storage::locate`] tells where an uncompressed block version lies in a file
 //!   (page-aligned, immutable while referenced), so the memory layer can `mmap` it directly.
 
-pub mod blobs;
+pub(crate) mod blobs;
 mod closable;
 pub(crate) mod codec;
 pub(crate) mod delta;
 mod lease;
-pub mod local;
+mod local;
 mod mem;
 #[cfg(feature = "postgres")]
-pub mod postgres;
+mod postgres;
 pub(crate) mod record;
 mod segment;
 mod staged;

@@ -55,8 +55,8 @@ impl Default for BlobOptions {
 }
 
 /// A store whose block bodies are immutable objects in an S3-compatible object store, and
-/// whose index (versions, log, leases, metadata records) is another store. See the
-/// [module documentation](super).
+/// whose index (versions, log, leases, metadata records) is another store. How commits,
+/// reads and pack work: the module docs of `storage/blobs/mod.rs`.
 #[derive(Debug)]
 pub struct BlobStorage {
     index: Arc<dyn Storage>,

@@ -30,6 +30,7 @@
 //! "no space left on device" (`Shared::explain_full`).
 
 mod commit;
+mod errors;
 mod files;
 mod leases;
 mod open;
@@ -48,7 +49,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
 use heed::types::{Bytes, Str};
-use heed::{Database, Env, EnvFlags, EnvOpenOptions, MdbError, RoTxn, RwTxn, WithoutTls};
+use heed::{Database, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
 
 use super::codec::{self, Compression};
 use super::delta::Tip;
@@ -58,7 +59,7 @@ use super::{
     Version, Write,
 };
 use crate::{Error, Result};
-use files::{nearly_full, SegmentDir, Uncommitted};
+use files::{SegmentDir, Uncommitted};
 use leases::LeaseDir;
 
 /// The on-disk format version this code writes (format 1 stores are read as they are and
@@ -244,7 +245,7 @@ impl LocalStorage {
             return Ok(LocalStorage { shared });
         }
         let shared = match Shared::open(canonical.clone(), &options) {
-            Err(e) if !options.create && cannot_write(&e) => {
+            Err(e) if !options.create && errors::cannot_write(&e) => {
                 Shared::open_readonly(canonical.clone(), &options)?
             }
             other => other?,
@@ -264,20 +265,6 @@ impl LocalStorage {
     pub fn compression(&self) -> Compression {
         self.shared.compression
     }
-}
-
-/// True for errors that say this process cannot write the store's files (read-only media,
-/// permissions, a full disk), after which a read-only open may still work.
-fn cannot_write(e: &Error) -> bool {
-    let io = match e {
-        Error::Lmdb(heed::Error::Io(io)) | Error::Io { source: io, .. } => io,
-        _ => return false,
-    };
-    use std::io::ErrorKind as K;
-    matches!(
-        io.kind(),
-        K::ReadOnlyFilesystem | K::PermissionDenied | K::StorageFull | K::QuotaExceeded
-    )
 }
 
 /// The store's compression setting as recorded in its index.
@@ -317,41 +304,9 @@ impl Shared {
         )))
     }
 
-    /// Says "no space left on device" for the index errors a full disk causes: ENOSPC or
-    /// EDQUOT, and EIO — LMDB's report of a write cut short — when the disk is indeed full;
-    /// and "the index is full" when LMDB's map size is reached.
+    /// [`errors::explain_full`] for this store's index.
     fn explain_full(&self, e: Error) -> Error {
-        let index = self.dir.join("index");
-        let no_space = |what: &str| Error::Io {
-            context: format!("{what}: the disk holding {} is full", index.display()),
-            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
-        };
-        match e {
-            Error::Lmdb(heed::Error::Io(io))
-                if matches!(
-                    io.kind(),
-                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-                ) || (io.raw_os_error() == Some(libc::EIO) && nearly_full(&index)) =>
-            {
-                no_space("writing the index")
-            }
-            Error::Lmdb(heed::Error::Mdb(MdbError::Panic)) if nearly_full(&index) => no_space(
-                "an earlier index write failed (close every handle of the store and open it \
-                 again)",
-            ),
-            Error::Lmdb(heed::Error::Mdb(MdbError::MapFull)) => Error::Io {
-                context: format!(
-                    "the index {} is full: its map size is reached (open it with a larger \
-                     LocalOptions::map_size or OUTCORE_LMDB_MAP_BYTES)",
-                    index.display()
-                ),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::StorageFull,
-                    "no space left in the index",
-                ),
-            },
-            e => e,
-        }
+        errors::explain_full(e, &self.dir.join("index"))
     }
 
     /// Fails if snapshot `at` is older than the pack horizon (a lease-less reader, or a read at

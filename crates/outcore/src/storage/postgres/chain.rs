@@ -201,12 +201,11 @@ fn decode_runs(bytes: &[u8]) -> Option<Vec<Range<u32>>> {
 }
 
 /// Fetches the chains of `keys` at `at`, in one statement (parse them with [`parse`]).
-/// Database errors stay `postgres::Error`s, so the pool can tell a lost connection.
 pub(super) fn query(
     client: &mut impl GenericClient,
     keys: &[Key],
     at: Tid,
-) -> std::result::Result<Vec<postgres::Row>, postgres::Error> {
+) -> Result<Vec<postgres::Row>> {
     let mut unique: Vec<Key> = keys.to_vec();
     unique.sort();
     unique.dedup();
@@ -215,7 +214,7 @@ pub(super) fn query(
     let oids: Vec<i64> = cols.iter().map(|c| c.1).collect();
     let idxs: Vec<i64> = cols.iter().map(|c| c.2).collect();
     let limit = i64::from(delta::MAX_DEPTH) + 1;
-    client.query(CHAINS_SQL, &[&tags, &oids, &idxs, &db_tid(at), &limit])
+    Ok(client.query(CHAINS_SQL, &[&tags, &oids, &idxs, &db_tid(at), &limit])?)
 }
 
 /// The chains [`query`] fetched for `keys` at `at`: per key, its versions newest first, from

@@ -2,6 +2,7 @@
 //! the written keys, writing bodies and index rows, and resolving a commit whose connection
 //! failed at `COMMIT`.
 
+use super::errors::is_connection_lost;
 use super::*;
 
 impl Inner {
@@ -43,7 +44,7 @@ impl Inner {
         // Bodies staged ahead (`Write::Adopt`): published once the sequencer row is held.
         let adopted = req.adopted()?;
 
-        let outcome = self.with_fresh_client(|c| -> Result<Result<Tid>> {
+        let outcome = self.with_fresh_client(|c| -> Result<Tid> {
             let mut t = c.transaction()?;
             // 1. Lock the written keys in key order, check them against the base, and read
             //    the chain their current version ends (to plan deltas over it).
@@ -67,11 +68,11 @@ impl Inner {
                 let cols: (i16, i64, i64) = (h.get(0), h.get(1), h.get(2));
                 let committed: i64 = h.get(3);
                 if committed > base {
-                    return Ok(Err(Error::Conflict {
+                    return Err(Error::Conflict {
                         key: key_from_cols(cols.0, cols.1, cols.2),
                         base: req.base,
                         committed: Tid(committed as u64),
-                    }));
+                    });
                 }
                 existing.insert(cols);
                 let has_body = h.get::<_, Option<i64>>(4).is_some();
@@ -99,13 +100,9 @@ impl Inner {
                     rows.push(ObjRow::default());
                     continue;
                 }
-                let plan = match delta::plan(*key, write, tips.get(&p.key).copied()) {
-                    Ok(Some(plan)) => plan,
-                    Ok(None) => {
-                        rows.push(ObjRow::default());
-                        continue;
-                    }
-                    Err(e) => return Ok(Err(e)),
+                let Some(plan) = delta::plan(*key, write, tips.get(&p.key).copied())? else {
+                    rows.push(ObjRow::default());
+                    continue;
                 };
                 let (raw, delta) = match plan {
                     delta::Plan::Whole(bytes) => (std::borrow::Cow::Borrowed(bytes), None),
@@ -140,10 +137,7 @@ impl Inner {
             if !adopted.is_empty() {
                 let refs: Vec<crate::storage::StagedRef> =
                     adopted.iter().map(|(_, r)| *r).collect();
-                let published = match staging::publish(&mut t, &refs)? {
-                    Ok(p) => p,
-                    Err(e) => return Ok(Err(e)),
-                };
+                let published = staging::publish(&mut t, &refs)?;
                 for ((i, _), (data_id, codec, checksum, raw_len)) in adopted.iter().zip(published) {
                     rows[*i] = ObjRow {
                         data_id: Some(data_id),
@@ -206,11 +200,11 @@ impl Inner {
                     // Another commit created one of these keys first.
                     if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) {
                         let (tag, oid, idx) = prepared[which[0]].key;
-                        return Ok(Err(Error::Conflict {
+                        return Err(Error::Conflict {
                             key: key_from_cols(tag, oid, idx),
                             base: req.base,
                             committed: Tid(tid as u64),
-                        }));
+                        });
                     }
                     return Err(e.into());
                 }
@@ -228,13 +222,12 @@ impl Inner {
             )?;
             t.execute("SELECT pg_notify('outcore', $1)", &[&tid.to_string()])?;
             t.commit()?;
-            Ok(Ok(Tid(tid as u64)))
+            Ok(Tid(tid as u64))
         });
         match outcome {
-            Ok(result) => result,
             // The connection died somewhere in the transaction: did COMMIT happen?
-            Err(e) if pool::is_connection_error(&e) => self.commit_outcome(token, e),
-            Err(e) => Err(e),
+            Err(e) if is_connection_lost(&e) => self.commit_outcome(token, e),
+            other => other,
         }
     }
 }
@@ -278,7 +271,7 @@ impl Inner {
                 Ok(Some(tid)) => return Ok(Tid(tid as u64)),
                 // Not in the log, and no transaction of it can still commit: it failed.
                 Ok(None) => return Err(last),
-                Err(e) if pool::is_connection_error(&e) && start.elapsed() < window => {
+                Err(e) if is_connection_lost(&e) && start.elapsed() < window => {
                     tracing::warn!(
                         "looking up commit token {token} after a lost connection: {e}; \
                          still trying"

@@ -26,7 +26,7 @@
 //!
 //! **Leases** are rows with a heartbeat, renewed by a background thread every sixth of the
 //! lease timeout; pack ignores leases whose heartbeat is older than the lease timeout (url
-//! option `lease_timeout=SECONDS`, default [`LEASE_TIMEOUT`]), so a crashed node stops pinning
+//! option `lease_timeout=SECONDS`, default 120 s), so a crashed node stops pinning
 //! history. A reader paused for longer loses that protection: every read checks the pack
 //! horizon in the same statement as the version it reads, and fails with
 //! [`Error::SnapshotTooOld`] rather than return what pack left.
@@ -39,6 +39,9 @@
 
 mod chain;
 mod commit;
+mod errors;
+mod leases;
+mod options;
 mod pack;
 mod pool;
 mod schema;
@@ -59,49 +62,10 @@ use super::{
     CommitRequest, Key, Located, Oid, PackStats, Storage, Tid, TxnInfo, VerifyReport, Version,
 };
 use crate::{Error, Result};
+use leases::spawn_heartbeat;
+use options::url_for_messages;
+pub use options::PgOptions;
 use pool::Pool;
-
-/// A lease whose heartbeat is older than this no longer protects history from pack (the
-/// default of [`PgOptions::lease_timeout`]).
-pub const LEASE_TIMEOUT: Duration = Duration::from_secs(120);
-/// The default of [`PgOptions::outage_window`].
-pub const OUTAGE_WINDOW: Duration = Duration::from_secs(60);
-/// The default of [`PgOptions::pool_size`].
-pub const POOL_SIZE: usize = 2;
-
-/// How to open a [`PgStorage`].
-#[derive(Clone, Debug)]
-pub struct PgOptions {
-    /// The PostgreSQL schema holding the store's tables (default `outcore`).
-    pub schema: String,
-    /// Block compression for a new store.
-    pub compression: Compression,
-    /// At most this many connections per process to this url, shared by every store opened
-    /// on it (the first open sets it); parallel fetches use them all. Url option `pool_size`;
-    /// default [`POOL_SIZE`].
-    pub pool_size: usize,
-    /// A reader lease whose heartbeat is older than this no longer protects history from
-    /// pack; heartbeats run every sixth of it. Url option `lease_timeout=SECONDS`; default
-    /// [`LEASE_TIMEOUT`]. All nodes should use the same value: pack uses its own.
-    pub lease_timeout: Duration,
-    /// How long memory filled on first touch waits out an unreachable server before the
-    /// touch fails (SIGBUS), and how long a commit whose reply was lost is looked up before
-    /// [`Error::CommitOutcomeUnknown`]. Url option `outage_window=SECONDS` (the first open
-    /// of a url sets it); default [`OUTAGE_WINDOW`].
-    pub outage_window: Duration,
-}
-
-impl Default for PgOptions {
-    fn default() -> Self {
-        PgOptions {
-            schema: "outcore".into(),
-            compression: Compression::None,
-            pool_size: POOL_SIZE,
-            lease_timeout: LEASE_TIMEOUT,
-            outage_window: OUTAGE_WINDOW,
-        }
-    }
-}
 
 /// The shared store on PostgreSQL. Cheap to clone.
 #[derive(Clone)]
@@ -169,61 +133,6 @@ impl PgStorage {
         Self::open_with(url, PgOptions::default())
     }
 
-    /// Splits outcore's own parameters off `url`: the url libpq accepts, and the schema that
-    /// `outcore_schema` names, if any. A url whose options are invalid comes back unchanged
-    /// (opening it reports the error).
-    pub fn split_schema(url: &str) -> (String, Option<String>) {
-        let mut o = PgOptions {
-            schema: String::new(),
-            ..PgOptions::default()
-        };
-        match Self::split_options(url, &mut o) {
-            Ok(base) => (base, Some(o.schema).filter(|s| !s.is_empty())),
-            Err(_) => (url.to_string(), None),
-        }
-    }
-
-    /// Splits outcore's own parameters off `url` (libpq does not know them) into `options`:
-    /// `outcore_schema=NAME`, `lease_timeout=SECONDS`, `pool_size=N`, `outage_window=SECONDS`.
-    /// Returns the url left for libpq.
-    pub fn split_options(url: &str, options: &mut PgOptions) -> Result<String> {
-        let Some((base, query)) = url.split_once('?') else {
-            return Ok(url.to_string());
-        };
-        let seconds = |name: &str, v: &str| -> Result<Duration> {
-            v.parse::<f64>()
-                .ok()
-                .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
-                .map(Duration::from_secs_f64)
-                .ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "url option {name}={v:?} must be a positive number of seconds"
-                    ))
-                })
-        };
-        let mut rest = Vec::new();
-        for p in query.split('&').filter(|p| !p.is_empty()) {
-            match p.split_once('=') {
-                Some(("outcore_schema", v)) => options.schema = v.to_string(),
-                Some(("lease_timeout", v)) => options.lease_timeout = seconds("lease_timeout", v)?,
-                Some(("outage_window", v)) => options.outage_window = seconds("outage_window", v)?,
-                Some(("pool_size", v)) => {
-                    options.pool_size = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                        Error::InvalidArgument(format!(
-                            "url option pool_size={v:?} must be a positive integer"
-                        ))
-                    })?
-                }
-                _ => rest.push(p),
-            }
-        }
-        Ok(if rest.is_empty() {
-            base.to_string()
-        } else {
-            format!("{base}?{}", rest.join("&"))
-        })
-    }
-
     /// Opens the store at `url` with `options` (url options override them).
     pub fn open_with(url: &str, mut options: PgOptions) -> Result<Self> {
         let url = Self::split_options(url, &mut options)?;
@@ -267,13 +176,13 @@ impl PgStorage {
                     )?;
                 }
                 Some(v) if v > schema::VERSION => {
-                    return Ok(Err(Error::Format {
+                    return Err(Error::Format {
                         path: url_for_messages(url).into(),
                         reason: format!(
                             "schema version {v} is newer than this build's {}; upgrade outcore",
                             schema::VERSION
                         ),
-                    }));
+                    });
                 }
                 Some(v) if v < schema::VERSION => {
                     // Every version-1 row is a whole version: only columns are added.
@@ -296,8 +205,8 @@ impl PgStorage {
                 .query_one("SELECT compression FROM outcore_head", &[])?
                 .get(0);
             t.commit()?;
-            Ok(Ok(code))
-        })??;
+            Ok(code)
+        })?;
         let compression =
             Compression::from_code(compression as u8).ok_or_else(|| Error::Format {
                 path: url_for_messages(url).into(),
@@ -323,58 +232,9 @@ impl PgStorage {
     }
 }
 
-/// The url without its password, for messages.
-fn url_for_messages(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            let user = creds.split(':').next().unwrap_or("");
-            format!("{}{user}@{}", &url[..s + 3], &url[at + 1..])
-        }
-        _ => url.to_string(),
-    }
-}
-
-/// Renews this process's leases until the store is dropped.
-fn spawn_heartbeat(inner: Weak<Inner>) {
-    std::thread::Builder::new()
-        .name("outcore-pg-heartbeat".into())
-        .spawn(move || loop {
-            let Some(period) = inner.upgrade().map(|i| i.lease_timeout / 6) else {
-                return;
-            };
-            std::thread::sleep(period);
-            let Some(inner) = inner.upgrade() else {
-                return;
-            };
-            let ids: Vec<i64> = inner
-                .leases
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .copied()
-                .collect();
-            if !ids.is_empty() {
-                let r = inner.with_client(|c| {
-                    c.execute(
-                        "UPDATE outcore_lease SET heartbeat = now() WHERE id = ANY($1)",
-                        &[&ids],
-                    )
-                });
-                if let Err(e) = r {
-                    tracing::warn!("renewing outcore leases failed (will retry): {e}");
-                }
-            }
-        })
-        .ok();
-}
-
 impl Inner {
     /// [`Pool::with_client`] in this store's schema.
-    fn with_client<T>(
-        &self,
-        f: impl FnMut(&mut postgres::Client) -> std::result::Result<T, postgres::Error>,
-    ) -> Result<T> {
+    fn with_client<T>(&self, f: impl FnMut(&mut postgres::Client) -> Result<T>) -> Result<T> {
         self.pool.with_client(&self.schema, f)
     }
 
@@ -388,28 +248,6 @@ impl Inner {
 }
 
 impl Inner {
-    /// This process's staging lease (a lease at the newest tid, pinning no history, renewed
-    /// by the heartbeat like every lease), registered on first use.
-    fn staging_lease(&self) -> Result<i64> {
-        let mut lease = self.staging_lease.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(id) = *lease {
-            return Ok(id);
-        }
-        let id: i64 = self.with_client(|c| {
-            Ok(c.query_one(
-                "INSERT INTO outcore_lease (tid) VALUES ($1) RETURNING id",
-                &[&db_tid(Tid::MAX)],
-            )?
-            .get(0))
-        })?;
-        self.leases
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id);
-        *lease = Some(id);
-        Ok(id)
-    }
-
     /// The versions `<= at` of `keys` (composed from their chains), fetched in one query.
     fn load_batch(&self, keys: &[Key], at: Tid) -> Result<Vec<Option<Version>>> {
         let rows = self.with_client(|c| chain::query(c, keys, at))?;
@@ -525,13 +363,13 @@ impl Storage for PgStorage {
     fn locate(&self, key: Key, at: Tid) -> Result<Located> {
         let (tag, oid, idx) = key_cols(key);
         let r = self.inner.with_client(|c| {
-            c.query_one(
+            Ok(c.query_one(
                 "SELECT h.pack_horizon, v.* FROM outcore_head h LEFT JOIN LATERAL (
                      SELECT tid, data_id, inline IS NOT NULL AS inline FROM outcore_obj
                      WHERE tag = $1 AND oid = $2 AND idx = $3 AND tid <= $4
                      ORDER BY tid DESC LIMIT 1) v ON true",
                 &[&tag, &oid, &idx, &db_tid(at)],
-            )
+            )?)
         })?;
         check_horizon(&r, at)?;
         let tid: Option<i64> = r.get("tid");
@@ -567,17 +405,17 @@ impl Storage for PgStorage {
                 .query_one("SELECT pack_horizon FROM outcore_head", &[])?
                 .get(0);
             if db_tid(after) < packed {
-                return Ok(Err(Error::SnapshotTooOld {
+                return Err(Error::SnapshotTooOld {
                     horizon: Tid(packed as u64),
                     requested: after,
-                }));
+                });
             }
-            Ok(Ok(c.query(
+            Ok(c.query(
                 "SELECT tid, user_name, description, keys FROM outcore_log
                  WHERE tid > $1 AND tid <= $2 ORDER BY tid",
                 &[&db_tid(after), &db_tid(upto)],
-            )?))
-        })??;
+            )?)
+        })?;
         rows.iter()
             .map(|r| {
                 let tid = Tid(r.get::<_, i64>(0) as u64);
@@ -603,14 +441,14 @@ impl Storage for PgStorage {
     fn block_indices(&self, file: Oid, at: Tid) -> Result<Vec<u64>> {
         let oid = file.0 as i64;
         let rows = self.inner.with_client(|c| {
-            c.query(
+            Ok(c.query(
                 "SELECT h.pack_horizon, v.idx FROM outcore_head h LEFT JOIN (
                      SELECT DISTINCT ON (idx) idx, data_id FROM outcore_obj
                      WHERE tag = 1 AND oid = $1 AND tid <= $2
                      ORDER BY idx, tid DESC) v ON v.data_id IS NOT NULL
                  ORDER BY v.idx",
                 &[&oid, &db_tid(at)],
-            )
+            )?)
         })?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
@@ -621,65 +459,15 @@ impl Storage for PgStorage {
     }
 
     fn acquire_lease(&self, at: Tid) -> Result<u64> {
-        let id: i64 = self.inner.with_client(|c| {
-            Ok(c.query_one(
-                "INSERT INTO outcore_lease (tid) VALUES ($1) RETURNING id",
-                &[&db_tid(at)],
-            )?
-            .get(0))
-        })?;
-        self.inner
-            .leases
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id);
-        Ok(id as u64)
+        self.inner.acquire_lease(at)
     }
 
     fn renew_lease(&self, id: u64, at: Tid) -> Result<()> {
-        let id = id as i64;
-        let held = self
-            .inner
-            .leases
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&id);
-        // A held lease that expired (its process paused past the lease timeout) and was
-        // deleted by pack is registered again: the reader moves on to a new snapshot. Safe
-        // even if a pack slips in first: reads below its horizon fail, never show other data.
-        let n = self.inner.with_client(|c| {
-            if held {
-                c.execute(
-                    "INSERT INTO outcore_lease (id, tid) VALUES ($1, $2)
-                     ON CONFLICT (id) DO UPDATE SET tid = $2, heartbeat = now()",
-                    &[&id, &db_tid(at)],
-                )
-            } else {
-                c.execute(
-                    "UPDATE outcore_lease SET tid = $2, heartbeat = now() WHERE id = $1",
-                    &[&id, &db_tid(at)],
-                )
-            }
-        })?;
-        if n == 0 {
-            return Err(Error::NotFound(format!(
-                "lease {id} (expired after {:?} without heartbeat?)",
-                self.inner.lease_timeout
-            )));
-        }
-        Ok(())
+        self.inner.renew_lease(id, at)
     }
 
     fn release_lease(&self, id: u64) {
-        self.inner
-            .leases
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(id as i64));
-        let id = id as i64;
-        let _ = self
-            .inner
-            .with_client(|c| c.execute("DELETE FROM outcore_lease WHERE id = $1", &[&id]));
+        self.inner.release_lease(id)
     }
 
     fn fence(&self) -> Result<()> {
@@ -687,7 +475,7 @@ impl Storage for PgStorage {
         self.inner.with_client(|c| {
             let mut t = c.transaction()?;
             t.query_one("SELECT tid FROM outcore_head FOR UPDATE", &[])?;
-            t.rollback()
+            Ok(t.rollback()?)
         })
     }
 
@@ -706,12 +494,12 @@ impl Storage for PgStorage {
 
     fn verify(&self) -> Result<VerifyReport> {
         let rows = self.inner.with_client(|c| {
-            c.query(
+            Ok(c.query(
                 "SELECT o.*, d.bytes
                  FROM outcore_obj o LEFT JOIN outcore_data d ON d.id = o.data_id
                  ORDER BY o.tag, o.oid, o.idx, o.tid",
                 &[],
-            )
+            )?)
         })?;
         let mut report = VerifyReport::default();
         // The key and whether it had a payload, of the row before.
@@ -744,46 +532,5 @@ impl Storage for PgStorage {
             }
         }
         Ok(report)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn messages_never_show_passwords() {
-        assert_eq!(
-            url_for_messages("postgresql://me:secret@db.example:5432/x?sslmode=disable"),
-            "postgresql://me@db.example:5432/x?sslmode=disable"
-        );
-        assert_eq!(
-            url_for_messages("postgresql://me@h/x"),
-            "postgresql://me@h/x"
-        );
-        let err = PgStorage::open("postgresql://me:secret@127.0.0.1:1/x").unwrap_err();
-        assert!(!err.to_string().contains("secret"), "{err}");
-        let mut o = PgOptions::default();
-        let url = PgStorage::split_options(
-            "postgresql://h/x?a=1&outcore_schema=s&lease_timeout=2.5&b=2&pool_size=1",
-            &mut o,
-        )
-        .unwrap();
-        assert_eq!(url, "postgresql://h/x?a=1&b=2");
-        assert_eq!(
-            (o.schema.as_str(), o.lease_timeout, o.pool_size),
-            ("s", Duration::from_millis(2500), 1)
-        );
-        assert_eq!(
-            PgStorage::split_schema("postgresql://h/x?a=1&outcore_schema=s&pool_size=1"),
-            ("postgresql://h/x?a=1".to_string(), Some("s".to_string()))
-        );
-        for bad in ["lease_timeout=0", "outage_window=x", "pool_size=0"] {
-            let e = PgStorage::split_options(&format!("postgresql://h/x?{bad}"), &mut o);
-            assert!(e
-                .unwrap_err()
-                .to_string()
-                .contains(bad.split('=').next().unwrap()));
-        }
     }
 }

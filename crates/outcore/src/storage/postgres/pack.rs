@@ -34,9 +34,7 @@ impl Inner {
                     &[],
                 )?
                 .get(0);
-            if let Err(e) = fold_deltas(&mut t, horizon, compression)? {
-                return Ok(Err(e));
-            }
+            fold_deltas(&mut t, horizon, compression)?;
             staging::reclaim(&mut t, timeout)?;
             let removed = t.execute(
                 "DELETE FROM outcore_obj o USING (
@@ -68,14 +66,14 @@ impl Inner {
                 .get(0);
             let kept: i64 = t.query_one("SELECT count(*) FROM outcore_obj", &[])?.get(0);
             t.commit()?;
-            Ok(Ok(PackStats {
+            Ok(PackStats {
                 horizon: Tid(horizon as u64),
                 versions_removed: removed,
                 versions_kept: kept as u64,
                 body_bytes_before: before as u64,
                 body_bytes_after: after as u64,
-            }))
-        })?
+            })
+        })
     }
 }
 
@@ -88,7 +86,7 @@ fn fold_deltas(
     t: &mut postgres::Transaction<'_>,
     horizon: i64,
     compression: Compression,
-) -> std::result::Result<Result<()>, postgres::Error> {
+) -> Result<()> {
     let fold = t.query(
         "SELECT o.tag, o.oid, o.idx, o.tid FROM outcore_obj o JOIN (
              SELECT tag, oid, idx, max(tid) AS keep FROM outcore_obj
@@ -102,7 +100,7 @@ fn fold_deltas(
         &[&horizon],
     )?;
     if fold.is_empty() {
-        return Ok(Ok(()));
+        return Ok(());
     }
     let insert_body = t.prepare("INSERT INTO outcore_data (bytes) VALUES ($1) RETURNING id")?;
     let rewrite = t.prepare(
@@ -115,12 +113,10 @@ fn fold_deltas(
         let key = key_from_cols(tag, oid, idx);
         let at = Tid(tid as u64);
         let rows = chain::query(t, &[key], at)?;
-        let composed = chain::parse(&[key], at, &rows)
-            .and_then(|mut c| chain::compose(key, c.remove(&key).unwrap_or_default()));
-        let data = match composed {
-            Ok(version) => version.map(|v| v.data).unwrap_or_default(),
-            Err(e) => return Ok(Err(e)),
-        };
+        let mut chains = chain::parse(&[key], at, &rows)?;
+        let data = chain::compose(key, chains.remove(&key).unwrap_or_default())?
+            .map(|v| v.data)
+            .unwrap_or_default();
         let e = codec::encode(&data[..delta::used_len(&data)], compression);
         let id: i64 = t.query_one(&insert_body, &[&&*e.stored])?.get(0);
         let (codec, checksum, raw_len) = (
@@ -133,5 +129,5 @@ fn fold_deltas(
             &[&tag, &oid, &idx, &tid, &id, &codec, &checksum, &raw_len],
         )?;
     }
-    Ok(Ok(()))
+    Ok(())
 }

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use postgres::{Client, Config};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::errors::{is_connection_lost, is_too_many_clients};
 use super::tls;
 
 use crate::{Error, Result};
@@ -100,59 +101,13 @@ pub(super) fn shared(url: &str, pool_size: usize, outage_window: Duration) -> Re
     Ok(pool)
 }
 
-/// True if `e` means the connection (or the server) went away, so the work may be retried on
-/// a new connection.
-pub(super) fn is_connection_error(e: &Error) -> bool {
-    let Error::Postgres(pe) = e else {
-        return false;
-    };
-    if pe.is_closed() {
-        return true;
-    }
-    use postgres::error::SqlState;
-    if let Some(code) = pe.code() {
-        return [
-            SqlState::ADMIN_SHUTDOWN,
-            SqlState::CRASH_SHUTDOWN,
-            SqlState::CANNOT_CONNECT_NOW,
-            SqlState::CONNECTION_FAILURE,
-            SqlState::CONNECTION_EXCEPTION,
-            // No connection slot free: others will finish (see `Pool::take`).
-            SqlState::TOO_MANY_CONNECTIONS,
-        ]
-        .contains(code);
-    }
-    // A dropped or refused connection, not (say) a TLS certificate the client rejected.
-    use std::io::ErrorKind as K;
-    let mut source = std::error::Error::source(pe);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                K::ConnectionRefused
-                    | K::ConnectionReset
-                    | K::ConnectionAborted
-                    | K::NotConnected
-                    | K::BrokenPipe
-                    | K::UnexpectedEof
-                    | K::TimedOut
-            );
-        }
-        source = s.source();
-    }
-    false
-}
-
 impl Pool {
     /// A pool for `url` holding at most `size` connections.
     fn new(url: &str, size: usize, outage_window: Duration) -> Result<Self> {
         let (url, verify) = tls::split_tls_params(url)?;
         let tls = tls::connector(&verify)?;
         let mut config = Config::from_str(&url).map_err(|e| {
-            Error::InvalidArgument(format!(
-                "bad PostgreSQL url: {}",
-                crate::error::postgres_text(&e)
-            ))
+            Error::InvalidArgument(format!("bad PostgreSQL url: {}", super::errors::text(&e)))
         })?;
         if config.get_application_name().is_none() {
             config.application_name("outcore");
@@ -283,19 +238,19 @@ impl Pool {
     pub fn with_client<T>(
         &self,
         schema: &str,
-        mut f: impl FnMut(&mut Client) -> std::result::Result<T, postgres::Error>,
+        mut f: impl FnMut(&mut Client) -> Result<T>,
     ) -> Result<T> {
         let fault_path = on_fault_path();
         let mut since = None;
         let mut attempt = 0;
         loop {
             let result = self.take(schema).and_then(|mut c| {
-                let r = f(&mut c.client).map_err(Into::into);
+                let r = f(&mut c.client);
                 self.put(c);
                 r
             });
             let e = match result {
-                Err(e) if is_connection_error(&e) => e,
+                Err(e) if is_connection_lost(&e) => e,
                 other => {
                     if fault_path {
                         OUTAGE_SINCE.set(None);
@@ -395,10 +350,4 @@ impl Pool {
     pub fn outage_window(&self) -> Duration {
         self.outage_window
     }
-}
-
-/// True if the server refused a connection because all its slots are taken.
-fn is_too_many_clients(e: &Error) -> bool {
-    matches!(e, Error::Postgres(pe)
-        if pe.code() == Some(&postgres::error::SqlState::TOO_MANY_CONNECTIONS))
 }

@@ -156,13 +156,13 @@ impl std::fmt::Debug for RowHold {
 impl Drop for RowHold {
     fn drop(&mut self) {
         let r = self.inner.with_client(|c| {
-            c.execute(
+            Ok(c.execute(
                 "UPDATE outcore_staged
                  SET holders = holders[:array_position(holders, $2::bigint) - 1]
                                || holders[array_position(holders, $2::bigint) + 1:]
                  WHERE data_id = $1 AND $2::bigint = ANY(holders)",
                 &[&self.id, &self.lease],
-            )
+            )?)
         });
         if let Err(e) = r {
             tracing::warn!(
@@ -181,14 +181,8 @@ pub(super) type Published = (i64, i16, i64, i64);
 pub(super) fn publish(
     t: &mut postgres::Transaction<'_>,
     adopted: &[StagedRef],
-) -> std::result::Result<Result<Vec<Published>>, postgres::Error> {
-    let mut ids = Vec::with_capacity(adopted.len());
-    for r in adopted {
-        match row_of(r) {
-            Ok(id) => ids.push(id),
-            Err(e) => return Ok(Err(e)),
-        }
-    }
+) -> Result<Vec<Published>> {
+    let ids = adopted.iter().map(row_of).collect::<Result<Vec<i64>>>()?;
     let rows = t.query(
         "DELETE FROM outcore_staged s USING outcore_data d
          WHERE s.data_id = d.id AND s.data_id = ANY($1)
@@ -204,16 +198,16 @@ pub(super) fn publish(
         match found.get(id) {
             Some(p) if p.2 == r.checksum as i64 && p.3 == r.len as i64 => out.push(*p),
             Some(_) => {
-                return Ok(Err(Error::InvalidArgument(format!(
+                return Err(Error::InvalidArgument(format!(
                     "{}: {r:?} does not match the staged body (checksum or length); nothing \
                      was committed",
                     r.key
-                ))))
+                )))
             }
-            None => return Ok(Err(gone(r))),
+            None => return Err(gone(r)),
         }
     }
-    Ok(Ok(out))
+    Ok(out)
 }
 
 /// In pack's transaction `t` (holding the sequencer row), before it deletes unreferenced
