@@ -19,6 +19,8 @@
 //! Which object store a store uses is recorded in its index at creation (`setting.rs`).
 
 #[cfg(feature = "s3")]
+mod body;
+#[cfg(feature = "s3")]
 mod cache;
 #[cfg(feature = "s3")]
 mod cache_home;

@@ -13,6 +13,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{BackoffConfig, ObjectStore, ObjectStoreExt, RetryConfig};
 
+use super::body::Body;
 use crate::storage::{Key, Oid};
 use crate::{Error, Result};
 
@@ -176,7 +177,7 @@ impl Objects {
 
     /// Fetches the bodies of every `(block, path, expected length)` in parallel, in the order
     /// given (large ones in parallel ranges, `fetch.rs`). A missing object is `Ok(None)`.
-    pub fn get_all(&self, paths: &[(Key, Path, u64)]) -> Result<Vec<Result<Option<Vec<u8>>>>> {
+    pub fn get_all(&self, paths: &[(Key, Path, u64)]) -> Result<Vec<Result<Option<Body>>>> {
         let client = &self.client;
         let url = &self.url;
         self.run(
@@ -215,7 +216,7 @@ impl Objects {
         key: Key,
         path: Path,
         len: u64,
-        done: impl FnOnce(Result<Option<Vec<u8>>>) + Send + 'static,
+        done: impl FnOnce(Result<Option<Body>>) + Send + 'static,
     ) {
         if let Err(e) = self.same_process() {
             return done(Err(e));
@@ -305,7 +306,7 @@ async fn get_one(
     key: Key,
     path: &Path,
     len: u64,
-) -> Result<Option<Vec<u8>>> {
+) -> Result<Option<Body>> {
     match super::fetch::get_body(client, path, len).await {
         Ok(bytes) => Ok(Some(bytes)),
         Err(object_store::Error::NotFound { .. }) => Ok(None),
