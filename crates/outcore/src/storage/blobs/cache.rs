@@ -1,7 +1,8 @@
 //! The local disk cache of fetched bodies: one immutable file per object, named by the
 //! object's random id, so a cached body can be *mapped* (`Located::Mapped`) — zero copy, one
 //! page-cache copy shared by every process of the node using the same directory. Bounded by a
-//! byte budget, least recently used first out (a hit renews the file's mtime). Files are
+//! byte budget, least recently used first out (a hit renews the file's mtime if older than
+//! [`TOUCH_AFTER`]). Files are
 //! written under a temporary name, synced, then renamed: a reader sees a whole body or none.
 //! Deleting a file another process has mapped is safe (the mapping keeps the inode).
 //!
@@ -17,14 +18,18 @@ use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::SystemTime;
+use std::sync::{Mutex, Once};
+use std::time::{Duration, SystemTime};
 
 use super::body::Body;
 use crate::{Error, Result};
 
 /// Temporary files start with this; never taken for bodies, removed when found stale.
 const TEMP_PREFIX: &str = ".tmp-";
+
+/// A hit renews a body's mtime only when it is older than this: least recently used at a
+/// minute's resolution, and a scan of cached blocks (which opens every body) writes no inode.
+const TOUCH_AFTER: Duration = Duration::from_secs(60);
 
 /// A directory of cached bodies with a byte budget.
 #[derive(Debug)]
@@ -42,6 +47,9 @@ pub(crate) struct DiskCache {
     /// Cleared once the directory's file system refuses `O_DIRECT`: then bodies are written
     /// through the page cache.
     direct: AtomicBool,
+    /// Done once the bytes already in the directory are added to `used`: at the first write,
+    /// so that opening the cache (every open of the store) lists nothing.
+    counted: Once,
 }
 
 impl DiskCache {
@@ -56,10 +64,22 @@ impl DiskCache {
             pending: AtomicU64::new(0),
             evicting: Mutex::new(()),
             direct: AtomicBool::new(true),
+            counted: Once::new(),
         };
-        let used = cache.entries()?.iter().map(|e| e.size).sum();
-        cache.used.store(used, Ordering::Relaxed);
         Ok(cache)
+    }
+
+    /// Adds the bytes already in the directory to `used`, once (stale temporary files are
+    /// removed on the way). A body this process names meanwhile may be counted twice: an
+    /// over-estimate, corrected by the next eviction's recount.
+    fn count_existing(&self) {
+        self.counted.call_once(|| match self.entries() {
+            Ok(entries) => {
+                let bytes = entries.iter().map(|e| e.size).sum();
+                self.used.fetch_add(bytes, Ordering::SeqCst);
+            }
+            Err(e) => tracing::warn!("{e}; its size is counted at the next eviction"),
+        });
     }
 
     fn path(&self, id: u128) -> PathBuf {
@@ -70,12 +90,19 @@ impl DiskCache {
     /// file is not that long: not ours, left alone).
     pub fn get(&self, id: u128, len: u64) -> Option<File> {
         let file = File::open(self.path(id)).ok()?;
-        if file.metadata().ok()?.len() != len {
+        let meta = file.metadata().ok()?;
+        if meta.len() != len {
             return None;
         }
         // Recently used: eviction takes the oldest mtime first. Best effort (a read-only
-        // cache directory still serves hits).
-        let _ = file.set_modified(SystemTime::now());
+        // cache directory still serves hits). An mtime ahead of the clock counts as recent.
+        let now = SystemTime::now();
+        let stale = meta
+            .modified()
+            .is_ok_and(|m| now.duration_since(m).is_ok_and(|age| age > TOUCH_AFTER));
+        if stale {
+            let _ = file.set_modified(now);
+        }
         Some(file)
     }
 
@@ -115,6 +142,7 @@ impl DiskCache {
 
     /// [`DiskCache::put_all`] of `bodies`, `total` bytes, each within the budget.
     fn put_group(&self, bodies: &[(u128, &Body)], total: u64) {
+        self.count_existing();
         // Pending before used: a body an eviction's count of `used` includes is pending or
         // in the directory when the eviction looks (see `evict`).
         self.pending.fetch_add(total, Ordering::SeqCst);
@@ -308,9 +336,42 @@ mod tests {
         // Bodies larger than the whole budget are not cached.
         cache.put(5, &vec![5; 40_000]);
         assert!(cache.get(5, 40_000).is_none());
-        // A new cache on the directory counts what is there.
+        // A new cache on the directory counts what is there (once it writes).
         let again = DiskCache::open(dir.path(), 30_000).unwrap();
+        again.count_existing();
         assert_eq!(again.used.load(Ordering::Relaxed), 20_000);
+        // Another makes room for what it writes, counting the directory first: 4 (the least
+        // recently used) goes.
+        File::open(cache.path(4))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let third = DiskCache::open(dir.path(), 30_000).unwrap();
+        third.put(6, &[6; 10_001]);
+        assert!(third.get(4, 10_000).is_none(), "evicted for body 6");
+        assert!(third.get(1, 10_000).is_some() && third.get(6, 10_001).is_some());
+    }
+
+    #[test]
+    fn a_hit_renews_only_a_stale_mtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), 30_000).unwrap();
+        cache.put(1, &[1; 100]);
+        let mtime = |id| {
+            std::fs::metadata(cache.path(id))
+                .unwrap()
+                .modified()
+                .unwrap()
+        };
+        let set = |id, t| File::open(cache.path(id)).unwrap().set_modified(t).unwrap();
+        let recent = SystemTime::now() - Duration::from_secs(10);
+        set(1, recent);
+        assert!(cache.get(1, 100).is_some());
+        assert_eq!(mtime(1), recent, "used 10 s ago: left alone");
+        let stale = SystemTime::now() - TOUCH_AFTER - Duration::from_secs(10);
+        set(1, stale);
+        assert!(cache.get(1, 100).is_some());
+        assert!(mtime(1) > recent, "renewed");
     }
 
     /// Bodies of any length come back exactly, written with `O_DIRECT` (whole pages, then cut

@@ -27,6 +27,8 @@ mod cache_home;
 #[cfg(feature = "s3")]
 mod cache_writer;
 #[cfg(feature = "s3")]
+mod client;
+#[cfg(feature = "s3")]
 mod fetch;
 #[cfg(feature = "s3")]
 mod objects;
