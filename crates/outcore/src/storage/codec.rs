@@ -72,6 +72,25 @@ pub(crate) fn checksum(raw: &[u8]) -> u64 {
     twox_hash::XxHash3_64::oneshot(raw)
 }
 
+/// [`checksum`] of bytes that arrive in pieces (hashed while they are still in the CPU's
+/// caches, as they are copied out of a network buffer).
+#[cfg(feature = "s3")]
+#[derive(Default)]
+pub(crate) struct Checksummer(twox_hash::XxHash3_64);
+
+#[cfg(feature = "s3")]
+impl Checksummer {
+    /// Adds the next piece.
+    pub fn update(&mut self, bytes: &[u8]) {
+        std::hash::Hasher::write(&mut self.0, bytes);
+    }
+
+    /// The checksum of all pieces so far, in order.
+    pub fn checksum(&self) -> u64 {
+        std::hash::Hasher::finish(&self.0)
+    }
+}
+
 /// A payload ready to store: its bytes as stored plus what is needed to read them back.
 pub(crate) struct Encoded<'a> {
     pub codec: Compression,
@@ -199,6 +218,18 @@ pub(crate) fn verify(raw: &[u8], raw_len: usize, expected: u64, key: Key, tid: T
 mod tests {
     use super::*;
     use crate::storage::Oid;
+
+    #[cfg(feature = "s3")]
+    #[test]
+    fn a_checksum_of_pieces_is_the_checksum_of_the_whole() {
+        let raw: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        for piece in [1, 7, 240, 1024, 16 << 10, 300_000] {
+            let mut sum = Checksummer::default();
+            raw.chunks(piece).for_each(|p| sum.update(p));
+            assert_eq!(sum.checksum(), checksum(&raw), "pieces of {piece}");
+        }
+        assert_eq!(Checksummer::default().checksum(), checksum(&[]));
+    }
 
     #[test]
     fn roundtrip_every_codec_and_detect_damage() {

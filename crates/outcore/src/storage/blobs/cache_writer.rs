@@ -1,8 +1,9 @@
 //! The disk cache as the store uses it: hits are answered at once, fetched bodies are written
 //! by a background thread. Writing and syncing a body costs more than fetching it over a
 //! fast network (a cold scan from the test server ran at half the speed with the writes on
-//! the fetch path), and whoever fetched it needs the bytes, not the file. A body that finds
-//! [`MAX_QUEUED`] bytes already waiting is not cached (it is fetched again next time).
+//! the fetch path), and whoever fetched it needs the bytes, not the file. The queue shares
+//! each body with its fetcher (no copy). A body that finds [`MAX_QUEUED`] bytes already
+//! waiting is not cached (it is fetched again next time).
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -10,6 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
+use super::body::Body;
 use super::cache::DiskCache;
 use crate::{Error, Result};
 
@@ -38,7 +40,7 @@ struct Shared {
 
 #[derive(Debug, Default)]
 struct Queue {
-    bodies: VecDeque<(u128, Vec<u8>)>,
+    bodies: VecDeque<(u128, Arc<Body>)>,
     /// Bytes queued or being written.
     bytes: u64,
     /// Bodies being written (taken off the queue, not yet in the cache).
@@ -77,17 +79,17 @@ impl CachedBodies {
         self.cache.get(id, len)
     }
 
-    /// Queues body `id` for the cache (a copy of `bytes`), unless too much is waiting (or
-    /// this is a forked child, without the writer thread).
-    pub fn put(&self, id: u128, bytes: &[u8]) {
-        let len = bytes.len() as u64;
+    /// Queues body `id` for the cache, unless too much is waiting (or this is a forked
+    /// child, without the writer thread).
+    pub fn put(&self, id: u128, body: Arc<Body>) {
+        let len = body.len() as u64;
         let mut queue = self.shared.lock();
         let forked = std::process::id() != self.pid;
         if forked || queue.closed || queue.bytes + len > MAX_QUEUED {
             return;
         }
         queue.bytes += len;
-        queue.bodies.push_back((id, bytes.to_vec()));
+        queue.bodies.push_back((id, body));
         drop(queue);
         self.shared.changed.notify_all();
     }
@@ -116,10 +118,10 @@ fn write_queued(cache: &DiskCache, shared: &Shared) {
     loop {
         if !queue.bodies.is_empty() {
             let n = queue.bodies.len().min(BATCH);
-            let batch: Vec<(u128, Vec<u8>)> = queue.bodies.drain(..n).collect();
+            let batch: Vec<(u128, Arc<Body>)> = queue.bodies.drain(..n).collect();
             queue.writing += n;
             drop(queue);
-            let bodies: Vec<(u128, &[u8])> = batch.iter().map(|(id, b)| (*id, &b[..])).collect();
+            let bodies: Vec<(u128, &Body)> = batch.iter().map(|(id, b)| (*id, &**b)).collect();
             cache.put_all(&bodies);
             queue = shared.lock();
             queue.writing -= n;

@@ -19,11 +19,15 @@
 //! Which object store a store uses is recorded in its index at creation (`setting.rs`).
 
 #[cfg(feature = "s3")]
+mod body;
+#[cfg(feature = "s3")]
 mod cache;
 #[cfg(feature = "s3")]
 mod cache_home;
 #[cfg(feature = "s3")]
 mod cache_writer;
+#[cfg(feature = "s3")]
+mod client;
 #[cfg(feature = "s3")]
 mod fetch;
 #[cfg(feature = "s3")]

@@ -1,6 +1,7 @@
-//! The object-store side of the blob layer: one bucket prefix, a small tokio runtime owned by
-//! the store, and the batched requests the store makes (parallel PUTs and GETs, a listing,
-//! deletions; one body's PUT or GET is `upload.rs`'s or `fetch.rs`'s). Synchronous callers
+//! The object-store side of the blob layer: one bucket prefix, the client and small tokio
+//! runtime the process shares for its bucket (`client.rs`), and the batched requests the
+//! store makes (parallel PUTs and GETs, a listing, deletions; one body's PUT or GET is
+//! `upload.rs`'s or `fetch.rs`'s). Synchronous callers
 //! block on the runtime; retries with backoff are the client's (`object_store`'s
 //! `RetryConfig`). Endpoint, region and credentials come from the `AWS_*`
 //! environment variables only, and no message built here contains them.
@@ -9,10 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::stream::{self, StreamExt, TryStreamExt};
-use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
-use object_store::{BackoffConfig, ObjectStore, ObjectStoreExt, RetryConfig};
+use object_store::{ObjectStore, ObjectStoreExt};
 
+use super::body::Body;
+use super::client::Client;
 use crate::storage::{Key, Oid};
 use crate::{Error, Result};
 
@@ -40,9 +42,10 @@ pub(crate) struct Objects {
     url: String,
     /// Every object of the store lies under it: `<prefix>/<file oid>/<block>/<id>`.
     prefix: Path,
-    client: Arc<dyn ObjectStore>,
-    runtime: tokio::runtime::Runtime,
-    /// The process that started `runtime`: a forked child has none of its threads, and
+    /// The client and runtime shared by every store of the process on the same bucket and
+    /// environment (`client.rs`).
+    client: Arc<Client>,
+    /// The process that started the runtime: a forked child has none of its threads, and
     /// waiting on it there would hang.
     pid: u32,
 }
@@ -75,32 +78,11 @@ impl Objects {
         if bucket.is_empty() {
             return Err(bad());
         }
-        let retry = RetryConfig {
-            backoff: BackoffConfig {
-                init_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(5),
-                base: 2.0,
-            },
-            // The window decides, not a count: a server restart takes as long as it takes.
-            max_retries: usize::MAX,
-            retry_timeout: retry_window,
-        };
-        let client = AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .with_retry(retry)
-            .build()
-            .map_err(|e| failed(format!("configuring the object store for {url}"), e))?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("outcore-s3")
-            .enable_all()
-            .build()
-            .map_err(|e| Error::io("starting the object-store runtime", e))?;
+        let client = super::client::client(url, bucket, retry_window)?;
         Ok(Objects {
             url: url.to_owned(),
             prefix: Path::from(prefix),
-            client: Arc::new(client),
-            runtime,
+            client,
             pid: std::process::id(),
         })
     }
@@ -108,7 +90,7 @@ impl Objects {
     /// Runs `work` on the store's runtime until it completes; refused in a forked child.
     fn run<F: std::future::Future>(&self, work: F) -> Result<F::Output> {
         self.same_process()?;
-        Ok(self.runtime.block_on(work))
+        Ok(self.client.runtime.block_on(work))
     }
 
     /// Refuses a forked child, which has none of the runtime's threads (waiting on them
@@ -145,7 +127,7 @@ impl Objects {
     /// Uploads every `(path, bytes)` in parallel; on failure deletes what did upload (best
     /// effort: pack removes what is left) and says which failed.
     pub fn put_all(&self, uploads: Vec<(Path, bytes::Bytes)>) -> Result<()> {
-        let client = &self.client;
+        let client = &self.client.store;
         let results: Vec<(Path, object_store::Result<()>)> = self.run(
             stream::iter(uploads)
                 .map(|(path, bytes)| async move {
@@ -176,8 +158,8 @@ impl Objects {
 
     /// Fetches the bodies of every `(block, path, expected length)` in parallel, in the order
     /// given (large ones in parallel ranges, `fetch.rs`). A missing object is `Ok(None)`.
-    pub fn get_all(&self, paths: &[(Key, Path, u64)]) -> Result<Vec<Result<Option<Vec<u8>>>>> {
-        let client = &self.client;
+    pub fn get_all(&self, paths: &[(Key, Path, u64)]) -> Result<Vec<Result<Option<Body>>>> {
+        let client = &self.client.store;
         let url = &self.url;
         self.run(
             stream::iter(paths)
@@ -190,7 +172,7 @@ impl Objects {
     /// The size and write time of every object of `paths`, in parallel, in the order given;
     /// `None` for a missing object.
     pub fn head_all(&self, paths: &[Path]) -> Result<Vec<Option<(u64, SystemTime)>>> {
-        let client = &self.client;
+        let client = &self.client.store;
         let url = &self.url;
         let results: Vec<Result<Option<(u64, SystemTime)>>> = self.run(
             stream::iter(paths)
@@ -215,13 +197,13 @@ impl Objects {
         key: Key,
         path: Path,
         len: u64,
-        done: impl FnOnce(Result<Option<Vec<u8>>>) + Send + 'static,
+        done: impl FnOnce(Result<Option<Body>>) + Send + 'static,
     ) {
         if let Err(e) = self.same_process() {
             return done(Err(e));
         }
-        let (client, url) = (self.client.clone(), self.url.clone());
-        self.runtime.spawn(async move {
+        let (client, url) = (self.client.store.clone(), self.url.clone());
+        self.client.runtime.spawn(async move {
             done(get_one(&client, &url, key, &path, len).await);
         });
     }
@@ -230,7 +212,7 @@ impl Objects {
     /// (never deleted).
     pub fn list(&self) -> Result<Vec<Listed>> {
         let metas: Vec<object_store::ObjectMeta> = self
-            .run(self.client.list(Some(&self.prefix)).try_collect())?
+            .run(self.client.store.list(Some(&self.prefix)).try_collect())?
             .map_err(|e| failed(format!("listing {}", self.url), e))?;
         Ok(metas
             .into_iter()
@@ -269,7 +251,7 @@ impl Objects {
 
     /// Deletes `paths` in parallel; an object already gone counts as deleted.
     pub fn delete_all(&self, paths: Vec<Path>) -> Result<()> {
-        let client = &self.client;
+        let client = &self.client.store;
         let url = &self.url;
         let results: Vec<Result<()>> = self.run(
             stream::iter(paths)
@@ -305,7 +287,7 @@ async fn get_one(
     key: Key,
     path: &Path,
     len: u64,
-) -> Result<Option<Vec<u8>>> {
+) -> Result<Option<Body>> {
     match super::fetch::get_body(client, path, len).await {
         Ok(bytes) => Ok(Some(bytes)),
         Err(object_store::Error::NotFound { .. }) => Ok(None),

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
+use super::body::Body;
 use super::cache_writer::CachedBodies;
 use super::objects::Objects;
 use super::pointer::Pointer;
@@ -134,16 +135,17 @@ impl BlobStorage {
     }
 
     /// The bodies of the versions `(key, tid, record)`: from the disk cache where
-    /// `use_cache` and it has them, else fetched in parallel (and then cached); all checked.
-    /// Fails as a whole only where no request could be made.
+    /// `use_cache` and it has them, else fetched in parallel (and then handed to the disk
+    /// cache, which shares them); all checked. Fails as a whole only where no request could
+    /// be made.
     fn fetch(
         &self,
         versions: &[(Key, Tid, &[u8])],
         use_cache: bool,
-    ) -> Result<Vec<Result<Vec<u8>>>> {
+    ) -> Result<Vec<Result<Arc<Body>>>> {
         /// What a version needs: nothing more, or a GET of the object a pointer names.
         enum Step {
-            Done(Result<Vec<u8>>),
+            Done(Result<Body>),
             Get(Pointer),
         }
         let steps: Vec<Step> = versions
@@ -154,10 +156,10 @@ impl BlobStorage {
                     Err(e) => return Step::Done(Err(e)),
                 };
                 if !p.has_object() {
-                    return Step::Done(Ok(Vec::new()));
+                    return Step::Done(Ok(Body::default()));
                 }
                 match use_cache.then(|| self.cached(&p)).flatten() {
-                    Some(data) => Step::Done(Ok(data)),
+                    Some(body) => Step::Done(Ok(body)),
                     None => Step::Get(p),
                 }
             })
@@ -175,30 +177,37 @@ impl BlobStorage {
             .iter()
             .zip(steps)
             .map(|(&(key, tid, _), step)| match step {
-                Step::Done(r) => r,
+                Step::Done(r) => r.map(Arc::new),
                 Step::Get(p) => {
                     let got = fetched.next().expect("one fetch per object")?;
-                    let data = self.check(key, tid, &p, got)?;
-                    if let (Some(cache), true) = (&self.cache, use_cache) {
-                        cache.put(p.id, &data);
+                    let body = Arc::new(self.check(key, tid, &p, got)?);
+                    if use_cache {
+                        self.keep(p.id, &body);
                     }
-                    Ok(data)
+                    Ok(body)
                 }
             })
             .collect())
     }
 
+    /// Hands a fetched, checked body to the disk cache (if there is one), which shares it.
+    fn keep(&self, id: u128, body: &Arc<Body>) {
+        if let Some(cache) = &self.cache {
+            cache.put(id, body.clone());
+        }
+    }
+
     /// The body `p` points at from the disk cache, if there and intact (a damaged copy is
     /// ignored: the object store's is fetched and cached over it).
-    fn cached(&self, p: &Pointer) -> Option<Vec<u8>> {
+    fn cached(&self, p: &Pointer) -> Option<Body> {
         let mut file = self.cache.as_ref()?.get(p.id, p.len)?;
-        let mut data = Vec::with_capacity(p.len as usize);
-        std::io::Read::read_to_end(&mut file, &mut data).ok()?;
-        (data.len() as u64 == p.len && checksum(&data) == p.checksum).then_some(data)
+        let mut body = Body::zeroed(usize::try_from(p.len).ok()?);
+        std::io::Read::read_exact(&mut file, body.as_mut_slice()).ok()?;
+        (body.checksum() == p.checksum).then_some(body)
     }
 
     /// `got`, the object `p` points at, if it is there and intact.
-    fn check(&self, key: Key, tid: Tid, p: &Pointer, got: Option<Vec<u8>>) -> Result<Vec<u8>> {
+    fn check(&self, key: Key, tid: Tid, p: &Pointer, got: Option<Body>) -> Result<Body> {
         let path = self.objects.path(key, p.id);
         let corrupt = |reason: String| Error::Corrupt { key, tid, reason };
         let data = got.ok_or_else(|| {
@@ -214,7 +223,7 @@ impl BlobStorage {
                 p.len
             )));
         }
-        let sum = checksum(&data);
+        let sum = data.checksum();
         if sum != p.checksum {
             return Err(corrupt(format!(
                 "object {path}: checksum {sum:016x}, expected {:016x}",
@@ -279,9 +288,40 @@ impl Storage for BlobStorage {
     /// A block is loaded with read-ahead (`store/readahead.rs`).
     fn load(&self, key: Key, at: Tid) -> Result<Option<Version>> {
         if key.is_block() {
-            return self.load_block(key, at);
+            return Ok(self.load_block(key, at)?.map(|(tid, body)| Version {
+                tid,
+                data: body.to_vec(),
+            }));
         }
         Ok(self.load_many(&[key], at)?.pop().flatten())
+    }
+
+    /// As `load`, the body copied from the fetched bytes straight into `out` (the disk cache
+    /// shares those bytes rather than copying them too).
+    fn load_into(&self, key: Key, at: Tid, out: &mut [u8]) -> Result<Option<usize>> {
+        let mut copy = |tid: Tid, bytes: &[u8]| {
+            let room = out.len();
+            let target = out.get_mut(..bytes.len()).ok_or_else(|| Error::Corrupt {
+                key,
+                tid,
+                reason: format!(
+                    "length {} exceeds the {room} bytes it must fit in",
+                    bytes.len()
+                ),
+            })?;
+            target.copy_from_slice(bytes);
+            Ok(Some(bytes.len()))
+        };
+        if !key.is_block() {
+            return match self.load(key, at)? {
+                Some(v) => copy(v.tid, &v.data),
+                None => Ok(None),
+            };
+        }
+        match self.load_block(key, at)? {
+            Some((tid, body)) => copy(tid, body.as_slice()),
+            None => Ok(None),
+        }
     }
 
     /// Blocks whose body is in the disk cache are mapped from there; the others are
@@ -435,7 +475,7 @@ impl Storage for BlobStorage {
                 .collect();
             for got in self.fetch(&versions, false)? {
                 match got {
-                    Ok(data) => report.bytes_checked += data.len() as u64,
+                    Ok(body) => report.bytes_checked += body.len() as u64,
                     Err(e @ Error::Corrupt { .. }) => report.problems.push(e),
                     Err(e) => return Err(e),
                 }
@@ -469,7 +509,7 @@ impl Storage for BlobStorage {
             out.push(match v {
                 Some(v) if key.is_block() => Some(Version {
                     tid: v.tid,
-                    data: bodies.next().expect("one body per block version")?,
+                    data: bodies.next().expect("one body per block version")?.to_vec(),
                 }),
                 other => other.clone(),
             });

@@ -9,8 +9,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use super::BlobStorage;
-use crate::storage::{Key, Oid, Tid, Version};
+use super::{BlobStorage, Body};
+use crate::storage::{Key, Oid, Tid};
 use crate::Result;
 
 /// Blocks read ahead of a sequential load.
@@ -51,7 +51,7 @@ enum Slot {
     /// The fetch is on its way.
     Coming,
     /// What the fetch found: the body, `None` for a missing object, or why it failed.
-    Arrived(Result<Option<Vec<u8>>>),
+    Arrived(Result<Option<Body>>),
 }
 
 impl Shared {
@@ -92,7 +92,7 @@ impl ReadAhead {
 
     /// What the fetch ahead of object `id` found, if there was one (waiting while it is on
     /// its way).
-    fn take(&self, id: u128) -> Option<Result<Option<Vec<u8>>>> {
+    fn take(&self, id: u128) -> Option<Result<Option<Body>>> {
         let mut state = self.shared.lock();
         loop {
             match state.bodies.get(&id) {
@@ -116,7 +116,7 @@ impl ReadAhead {
     }
 
     /// What a fetch ahead of object `id` delivers (stored unless dropped meanwhile).
-    fn arrived(shared: &Shared, id: u128, got: Result<Option<Vec<u8>>>) {
+    fn arrived(shared: &Shared, id: u128, got: Result<Option<Body>>) {
         let mut state = shared.lock();
         if let Some((_, slot @ Slot::Coming)) = state.bodies.get_mut(&id) {
             *slot = Slot::Arrived(got);
@@ -127,10 +127,10 @@ impl ReadAhead {
 }
 
 impl BlobStorage {
-    /// `load` of one block: from the bodies fetched ahead if there, else as `load_many`
-    /// does; then, for a load close behind the previous one of the same array, the next
-    /// blocks' bodies are fetched ahead.
-    pub(super) fn load_block(&self, key: Key, at: Tid) -> Result<Option<Version>> {
+    /// The version of one block (its tid and body): from the bodies fetched ahead if
+    /// there, else as `load_many` does; then, for a load close behind the previous one of the
+    /// same array, the next blocks' bodies are fetched ahead.
+    pub(super) fn load_block(&self, key: Key, at: Tid) -> Result<Option<(Tid, Arc<Body>)>> {
         let Some(v) = self.index.load(key, at)? else {
             return Ok(None);
         };
@@ -140,16 +140,14 @@ impl BlobStorage {
         }
         if p.has_object() {
             if let Some(got) = self.read_ahead.take(p.id) {
-                let data = self.check(key, v.tid, &p, got?)?;
-                if let Some(cache) = &self.cache {
-                    cache.put(p.id, &data);
-                }
-                return Ok(Some(Version { tid: v.tid, data }));
+                let body = Arc::new(self.check(key, v.tid, &p, got?)?);
+                self.keep(p.id, &body);
+                return Ok(Some((v.tid, body)));
             }
         }
         let mut got = self.fetch(&[(key, v.tid, &v.data)], true)?;
-        let data = got.pop().expect("one body per version")?;
-        Ok(Some(Version { tid: v.tid, data }))
+        let body = got.pop().expect("one body per version")?;
+        Ok(Some((v.tid, body)))
     }
 
     /// Starts fetching ahead of block `index` of `file` if the previous single load was of
