@@ -130,6 +130,17 @@ pub fn percentile<T: Copy + PartialOrd>(xs: impl AsRef<[T]>, p: f64) -> T {
     xs[rank - 1]
 }
 
+/// How outcore serves the memory of views in this process, for a report: whether faults are
+/// filled through userfaultfd, and the cache budget from `OUTCORE_CACHE_BYTES`.
+pub fn outcore_memory() -> String {
+    let uffd = match outcore::vm::fault_filling_unavailable() {
+        None => "available (blocks fetched on first touch)".to_string(),
+        Some(why) => format!("unavailable ({why}): blocks fetched when views are made"),
+    };
+    let budget = std::env::var("OUTCORE_CACHE_BYTES").unwrap_or_else(|_| "default".into());
+    format!("outcore fault-filled memory (userfaultfd): {uffd}; OUTCORE_CACHE_BYTES: {budget}")
+}
+
 /// The machine a report was made on: cores, kernel, CPU, memory, transparent huge pages,
 /// and with `dir` the file system holding it.
 pub fn machine(dir: Option<&std::path::Path>) -> Vec<String> {

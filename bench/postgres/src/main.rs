@@ -89,8 +89,8 @@ use outcore::storage::{
     Version,
 };
 use outcore_bench_common::{
-    add_one, as_bytes, expected_sum, fill, median, percentile, secs, sum1, utc_now, value, verdict,
-    view1, BoxResult, BLOCK_ELEMS, PERIOD,
+    add_one, as_bytes, expected_sum, fill, machine, median, outcore_memory, percentile, secs, sum1,
+    utc_now, value, verdict, view1, BoxResult, BLOCK_ELEMS, PERIOD,
 };
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
@@ -1371,20 +1371,6 @@ fn inval_part(args: &Args, base: &str, schema: &str) -> BoxResult<InvalResults> 
 // ---------------------------------------------------------------------------------------------
 // Report.
 
-/// Machine description lines: cores, kernel, CPU model, memory.
-fn machine() -> Vec<String> {
-    let uffd = match outcore::vm::fault_filling_unavailable() {
-        None => "available (blocks fetched on first touch)".to_string(),
-        Some(why) => format!("unavailable ({why}): blocks fetched when views are made"),
-    };
-    let budget = std::env::var("OUTCORE_CACHE_BYTES").unwrap_or_else(|_| "default".into());
-    let mut lines = vec![format!(
-        "outcore fault-filled memory (userfaultfd): {uffd}; OUTCORE_CACHE_BYTES: {budget}"
-    )];
-    lines.extend(outcore_bench_common::machine(None));
-    lines
-}
-
 /// The server's version and the settings that matter here.
 fn server_info(base: &str) -> BoxResult<Vec<String>> {
     let mut c = Client::connect(base, NoTls)?;
@@ -1712,7 +1698,8 @@ fn report(
     let mut out = String::new();
     let _ = writeln!(out, "# PostgreSQL benchmark results\n");
     let _ = writeln!(out, "{}, machine:\n", utc_now());
-    for l in machine().into_iter().chain(server_info(base)?) {
+    let lines = std::iter::once(outcore_memory()).chain(machine(None));
+    for l in lines.chain(server_info(base)?) {
         let _ = writeln!(out, "* {l}");
     }
     let _ = writeln!(
