@@ -332,7 +332,7 @@ fn wake_round_trips() -> BoxResult<Vec<Duration>> {
 }
 
 pub(crate) fn fault_part(gib: f64, rounds: usize) -> BoxResult<FaultResults> {
-    let n = elems_for(gib);
+    let n = elems_for(gib * f64::from(1u32 << 30));
     let bytes = n * 8;
     let blocks = n / BLOCK_ELEMS;
     println!(
