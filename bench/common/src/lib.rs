@@ -35,6 +35,37 @@ pub fn expected_sum(n: u64, plus: u64) -> BoxResult<f64> {
     Ok(s as f64)
 }
 
+/// Elements of an array of `bytes` bytes (a size from the command line, hence f64), rounded
+/// down to whole 2 MiB blocks (at least one).
+pub fn elems_for(bytes: f64) -> u64 {
+    ((bytes as u64) / 8 / BLOCK_ELEMS).max(1) * BLOCK_ELEMS
+}
+
+/// The offset (in elements) checked in block `b`: varies from block to block.
+pub fn probe(b: u64) -> u64 {
+    (b * 7919) % BLOCK_ELEMS
+}
+
+/// Checks a view of the data after `plus` rewrites: its `sum` is exact, and one element per
+/// block (at [`probe`]'s offset) holds its [`value`].
+pub fn verify(v: ArrayView1<'_, f64>, sum: f64, plus: u64, what: &str) -> BoxResult<()> {
+    let n = v.len() as u64;
+    let expected = expected_sum(n, plus)?;
+    if sum != expected {
+        return Err(format!("{what}: sum {sum}, expected {expected}").into());
+    }
+    for b in 0..n.div_ceil(BLOCK_ELEMS) {
+        let i = (b * BLOCK_ELEMS + probe(b)).min(n - 1);
+        let got = v[i as usize];
+        if got != value(i, plus) {
+            return Err(
+                format!("{what}: element {i} is {got}, expected {}", value(i, plus)).into(),
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The sum every scan uses: ndarray's `sum` over a contiguous 1-d view (an unrolled loop over
 /// the slice). Not inlined, so that every variant runs the same machine code.
 #[inline(never)]
@@ -128,6 +159,17 @@ pub fn percentile<T: Copy + PartialOrd>(xs: impl AsRef<[T]>, p: f64) -> T {
     xs.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
     let rank = ((p * xs.len() as f64).ceil() as usize).clamp(1, xs.len());
     xs[rank - 1]
+}
+
+/// How outcore serves the memory of views in this process, for a report: whether faults are
+/// filled through userfaultfd, and the cache budget from `OUTCORE_CACHE_BYTES`.
+pub fn outcore_memory() -> String {
+    let uffd = match outcore::vm::fault_filling_unavailable() {
+        None => "available (blocks fetched on first touch)".to_string(),
+        Some(why) => format!("unavailable ({why}): blocks fetched when views are made"),
+    };
+    let budget = std::env::var("OUTCORE_CACHE_BYTES").unwrap_or_else(|_| "default".into());
+    format!("outcore fault-filled memory (userfaultfd): {uffd}; OUTCORE_CACHE_BYTES: {budget}")
 }
 
 /// The machine a report was made on: cores, kernel, CPU, memory, transparent huge pages,

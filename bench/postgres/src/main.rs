@@ -89,8 +89,8 @@ use outcore::storage::{
     Version,
 };
 use outcore_bench_common::{
-    add_one, as_bytes, expected_sum, fill, median, percentile, secs, sum1, utc_now, value, verdict,
-    view1, BoxResult, BLOCK_ELEMS, PERIOD,
+    add_one, as_bytes, elems_for, expected_sum, fill, machine, median, outcore_memory, percentile,
+    probe, secs, sum1, utc_now, value, verdict, verify, view1, BoxResult, BLOCK_ELEMS, PERIOD,
 };
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
@@ -191,16 +191,6 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> BoxResult<Args> {
 // ---------------------------------------------------------------------------------------------
 // Data, checks, statistics.
 
-/// Elements of an array of `bytes` bytes, rounded down to whole 2 MiB blocks (at least one).
-fn elems_for(bytes: f64) -> u64 {
-    ((bytes as u64) / 8 / BLOCK_ELEMS).max(1) * BLOCK_ELEMS
-}
-
-/// The offset (in elements) checked in block `b`: varies from block to block.
-fn probe(b: u64) -> u64 {
-    (b * 7919) % BLOCK_ELEMS
-}
-
 /// The sum the raw scans use: little-endian f64s of a byte slice (rows of the `postgres` crate
 /// are not 8-byte aligned), eight accumulators like ndarray's unrolled sum.
 #[inline(never)]
@@ -222,25 +212,6 @@ fn sum_bytes(b: &[u8]) -> f64 {
 /// The f64 at element `i` of a byte slice.
 fn f64_at(b: &[u8], i: usize) -> f64 {
     f64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
-}
-
-/// Checks a view: the exact sum, and one element per block at a varying offset.
-fn verify(v: ArrayView1<'_, f64>, sum: f64, plus: u64, what: &str) -> BoxResult<()> {
-    let n = v.len() as u64;
-    let expected = expected_sum(n, plus)?;
-    if sum != expected {
-        return Err(format!("{what}: sum {sum}, expected {expected}").into());
-    }
-    for b in 0..n.div_ceil(BLOCK_ELEMS) {
-        let i = (b * BLOCK_ELEMS + probe(b)).min(n - 1);
-        let got = v[i as usize];
-        if got != value(i, plus) {
-            return Err(
-                format!("{what}: element {i} is {got}, expected {}", value(i, plus)).into(),
-            );
-        }
-    }
-    Ok(())
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: one clock for every process of the machine.
@@ -1371,20 +1342,6 @@ fn inval_part(args: &Args, base: &str, schema: &str) -> BoxResult<InvalResults> 
 // ---------------------------------------------------------------------------------------------
 // Report.
 
-/// Machine description lines: cores, kernel, CPU model, memory.
-fn machine() -> Vec<String> {
-    let uffd = match outcore::vm::fault_filling_unavailable() {
-        None => "available (blocks fetched on first touch)".to_string(),
-        Some(why) => format!("unavailable ({why}): blocks fetched when views are made"),
-    };
-    let budget = std::env::var("OUTCORE_CACHE_BYTES").unwrap_or_else(|_| "default".into());
-    let mut lines = vec![format!(
-        "outcore fault-filled memory (userfaultfd): {uffd}; OUTCORE_CACHE_BYTES: {budget}"
-    )];
-    lines.extend(outcore_bench_common::machine(None));
-    lines
-}
-
 /// The server's version and the settings that matter here.
 fn server_info(base: &str) -> BoxResult<Vec<String>> {
     let mut c = Client::connect(base, NoTls)?;
@@ -1712,7 +1669,8 @@ fn report(
     let mut out = String::new();
     let _ = writeln!(out, "# PostgreSQL benchmark results\n");
     let _ = writeln!(out, "{}, machine:\n", utc_now());
-    for l in machine().into_iter().chain(server_info(base)?) {
+    let lines = std::iter::once(outcore_memory()).chain(machine(None));
+    for l in lines.chain(server_info(base)?) {
         let _ = writeln!(out, "* {l}");
     }
     let _ = writeln!(

@@ -30,6 +30,7 @@ use ndarray::ArrayView1;
 use outcore::array::Order;
 use outcore::db::{Database, DbOptions};
 use outcore::storage::{Compression, Key, Located};
+use outcore_bench_common::percentile;
 
 use super::{
     as_bytes, elems_for, expected_sum, fill, median, secs, sum1, usage, value, verdict, view1,
@@ -122,17 +123,6 @@ fn status_bytes(field: &str) -> u64 {
 /// Resets VmHWM to the current RSS (`clear_refs` value 5); false if the kernel refused.
 fn reset_hwm() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
-/// The `p`-th percentile (nearest rank) of `xs`.
-fn percentile(xs: &[Duration], p: f64) -> Duration {
-    let mut v = xs.to_vec();
-    v.sort();
-    if v.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
-    v[rank.clamp(1, v.len()) - 1]
 }
 
 fn us(d: Duration) -> f64 {
@@ -342,7 +332,7 @@ fn wake_round_trips() -> BoxResult<Vec<Duration>> {
 }
 
 pub(crate) fn fault_part(gib: f64, rounds: usize) -> BoxResult<FaultResults> {
-    let n = elems_for(gib);
+    let n = elems_for(gib * f64::from(1u32 << 30));
     let bytes = n * 8;
     let blocks = n / BLOCK_ELEMS;
     println!(
@@ -534,11 +524,11 @@ pub(crate) fn fault_part(gib: f64, rounds: usize) -> BoxResult<FaultResults> {
         "  touch one f64 per block: sequential median {:.0} µs (p99 {:.0}), strided {:.0} µs \
          (p99 {:.0}), alone {:.0} µs (p99 {:.0})",
         us(median(seq_touch.clone())),
-        us(percentile(&seq_touch, 99.0)),
+        us(percentile(&seq_touch, 0.99)),
         us(median(iso_touch.clone())),
-        us(percentile(&iso_touch, 99.0)),
+        us(percentile(&iso_touch, 0.99)),
         us(median(alone_touch.clone())),
-        us(percentile(&alone_touch, 99.0))
+        us(percentile(&alone_touch, 0.99))
     );
     let wake = wake_round_trips()?;
 
@@ -734,7 +724,7 @@ pub(crate) fn fault_section(f: &FaultResults) -> (String, String) {
             out,
             "| {name} | {:.0} | {:.0} | {} |",
             us(median(xs.clone())),
-            us(percentile(xs, 99.0)),
+            us(percentile(xs, 0.99)),
             xs.len()
         );
     }
@@ -835,9 +825,9 @@ pub(crate) fn fault_section(f: &FaultResults) -> (String, String) {
         if iso_ro <= allowed_ro { "PASS" } else { "FAIL" },
     );
     let iso = us(median(f.alone_touch.clone()));
-    let iso99 = us(percentile(&f.alone_touch, 99.0));
+    let iso99 = us(percentile(&f.alone_touch, 0.99));
     let fetch = us(median(f.load_block.clone()));
-    let fetch99 = us(percentile(&f.load_block, 99.0));
+    let fetch99 = us(percentile(&f.load_block, 0.99));
     let allowed = LATENCY_TARGET_US + fetch;
     let fresh = us(median(f.copy_fresh.clone()));
     let lenient = allowed + fresh;
@@ -865,7 +855,7 @@ pub(crate) fn fault_section(f: &FaultResults) -> (String, String) {
          stride), median {:.0} µs; sequential touches, median {:.0} µs, p99 {:.0} µs",
         us(median(f.iso_touch.clone())),
         us(median(f.seq_touch.clone())),
-        us(percentile(&f.seq_touch, 99.0)),
+        us(percentile(&f.seq_touch, 0.99)),
     );
     let _ = writeln!(
         targets,

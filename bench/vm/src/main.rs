@@ -75,8 +75,8 @@ use ndarray::{s, ArrayView1, ArrayViewMut1};
 use outcore::array::Order;
 use outcore::db::{BigArray, Connection, Database};
 use outcore_bench_common::{
-    add_one, as_bytes, expected_sum, fill, machine, median, secs, sum1, utc_now, value, verdict,
-    view1, BoxResult, BLOCK_ELEMS,
+    add_one, as_bytes, elems_for, expected_sum, fill, machine, median, secs, sum1, utc_now, value,
+    verdict, verify, view1, BoxResult, BLOCK_ELEMS,
 };
 
 mod fault;
@@ -207,31 +207,6 @@ fn parse_args() -> BoxResult<Args> {
         }
     }
     Ok(args)
-}
-
-/// Elements of an array of `gib` GiB, rounded down to whole 2 MiB blocks (at least one).
-fn elems_for(gib: f64) -> u64 {
-    let bytes = (gib * f64::from(1u32 << 30)) as u64;
-    (bytes / 8 / BLOCK_ELEMS).max(1) * BLOCK_ELEMS
-}
-
-/// Checks a pass: the exact sum, and one element per block at a varying offset.
-fn verify(v: ArrayView1<'_, f64>, sum: f64, plus: u64, what: &str) -> BoxResult<()> {
-    let n = v.len() as u64;
-    let expected = expected_sum(n, plus)?;
-    if sum != expected {
-        return Err(format!("{what}: sum {sum}, expected {expected}").into());
-    }
-    for b in 0..n.div_ceil(BLOCK_ELEMS) {
-        let i = (b * BLOCK_ELEMS + (b * 7919) % BLOCK_ELEMS).min(n - 1);
-        let got = v[i as usize];
-        if got != value(i, plus) {
-            return Err(
-                format!("{what}: element {i} is {got}, expected {}", value(i, plus)).into(),
-            );
-        }
-    }
-    Ok(())
 }
 
 /// This process's resource use so far: minor page faults and CPU time (user + system).
@@ -405,7 +380,7 @@ struct ScanResults {
 }
 
 fn scan_part(root: &Path, gib: f64, rounds: usize) -> BoxResult<ScanResults> {
-    let n = elems_for(gib);
+    let n = elems_for(gib * f64::from(1u32 << 30));
     let bytes = n * 8;
     println!(
         "scan: {n} f64 ({:.2} GiB)",
@@ -692,7 +667,7 @@ impl OutcoreVariant {
 }
 
 fn commit_part(root: &Path, gib: f64, rounds: usize, prewarm_gib: f64) -> BoxResult<CommitResults> {
-    let n = elems_for(gib);
+    let n = elems_for(gib * f64::from(1u32 << 30));
     let bytes = n * 8;
     println!(
         "commit: {n} f64 ({:.2} GiB)",

@@ -972,91 +972,42 @@ fn concurrent_threads_commit(s: Arc<dyn Storage>) {
     }
 }
 
+/// One module of `#[test]`s per backend, named `$backend`, each taking a fresh store from
+/// `$fixture` (skipping when it is `None`). `compressed`: the backend compresses blocks.
 macro_rules! conformance {
     ($backend:ident, $fixture:expr, compressed = $compressed:expr) => {
         mod $backend {
             use super::*;
-            #[test]
-            fn empty_store() {
-                let Some(fx) = $fixture else { return };
-                super::empty_store(&*fx.store)
-            }
-            #[test]
-            fn snapshot_reads() {
-                let Some(fx) = $fixture else { return };
-                super::snapshot_reads(&*fx.store)
-            }
-            #[test]
-            fn holes_and_deletes() {
-                let Some(fx) = $fixture else { return };
-                super::holes_and_deletes(&*fx.store)
-            }
-            #[test]
-            fn conflict_on_same_key() {
-                let Some(fx) = $fixture else { return };
-                super::conflict_on_same_key(&*fx.store)
-            }
-            #[test]
-            fn disjoint_keys_never_conflict() {
-                let Some(fx) = $fixture else { return };
-                super::disjoint_keys_never_conflict(&*fx.store)
-            }
-            #[test]
-            fn tids_increase_and_track_time() {
-                let Some(fx) = $fixture else { return };
-                super::tids_increase_and_track_time(&*fx.store)
-            }
-            #[test]
-            fn commit_log_is_complete() {
-                let Some(fx) = $fixture else { return };
-                super::commit_log_is_complete(&*fx.store)
-            }
-            #[test]
-            fn load_many_matches_load() {
-                let Some(fx) = $fixture else { return };
-                super::load_many_matches_load(&*fx.store)
-            }
-            #[test]
-            fn new_oids_are_unique() {
-                let Some(fx) = $fixture else { return };
-                super::new_oids_are_unique(&*fx.store)
-            }
-            #[test]
-            fn located_extents_hold_the_bytes() {
-                let Some(fx) = $fixture else { return };
-                super::located_extents_hold_the_bytes(&fx)
-            }
-            #[test]
-            fn compressible_blocks() {
-                let Some(fx) = $fixture else { return };
-                super::compressible_blocks(&fx, $compressed)
-            }
-            #[test]
-            fn page_deltas() {
-                let Some(fx) = $fixture else { return };
-                super::page_deltas(&fx)
-            }
-            #[test]
-            fn staged_versions() {
-                let Some(fx) = $fixture else { return };
-                super::staged_versions(&fx)
-            }
-            #[test]
-            fn pack_respects_leases() {
-                let Some(fx) = $fixture else { return };
-                super::pack_respects_leases(fx.store.clone())
-            }
-            #[test]
-            fn checksum_mismatch_detected() {
-                let Some(fx) = $fixture else { return };
-                super::checksum_mismatch_detected(&fx)
-            }
-            #[test]
-            fn concurrent_threads_commit() {
-                let Some(fx) = $fixture else { return };
-                super::concurrent_threads_commit(fx.store.clone())
-            }
+            // Each entry is a generic test and its arguments, from the fixture `fx`.
+            conformance!(@tests $fixture, fx;
+                empty_store(&*fx.store),
+                snapshot_reads(&*fx.store),
+                holes_and_deletes(&*fx.store),
+                conflict_on_same_key(&*fx.store),
+                disjoint_keys_never_conflict(&*fx.store),
+                tids_increase_and_track_time(&*fx.store),
+                commit_log_is_complete(&*fx.store),
+                load_many_matches_load(&*fx.store),
+                new_oids_are_unique(&*fx.store),
+                located_extents_hold_the_bytes(&fx),
+                compressible_blocks(&fx, $compressed),
+                page_deltas(&fx),
+                staged_versions(&fx),
+                pack_respects_leases(fx.store.clone()),
+                checksum_mismatch_detected(&fx),
+                concurrent_threads_commit(fx.store.clone()),
+            );
         }
+    };
+    // `$fx` is passed in so that the binding here and the arguments above are the same name.
+    (@tests $fixture:expr, $fx:ident; $( $name:ident ( $( $arg:expr ),* ) ),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let Some($fx) = $fixture else { return };
+                super::$name($( $arg ),*)
+            }
+        )*
     };
 }
 

@@ -97,6 +97,8 @@ fn check(what: &str, got: f64, n: u64) -> Result<()> {
     }
 }
 
+/// The median of `xs` (upper middle). Not `outcore_bench_common::median`: the CLI ships to
+/// users and must not depend on the bench crates, which are not published.
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]

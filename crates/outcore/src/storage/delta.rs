@@ -173,6 +173,24 @@ pub(crate) fn check_runs(key: Key, runs: &[Range<u32>], len: usize) -> Result<()
     Ok(())
 }
 
+/// The front of `out` that the version composed from a chain ending in `newest` fills:
+/// `newest.block_len` bytes. [`Error::Corrupt`] (of `key` at `tid`, the version read) when
+/// `out` is shorter; every backend's `load_into` of a delta starts here.
+pub(crate) fn composed_front<'a>(
+    newest: &Delta,
+    out: &'a mut [u8],
+    key: Key,
+    tid: Tid,
+) -> Result<&'a mut [u8]> {
+    let len = newest.block_len as usize;
+    let room = out.len();
+    out.get_mut(..len).ok_or_else(|| Error::Corrupt {
+        key,
+        tid,
+        reason: format!("composed length {len} exceeds the {room} bytes it must fit in"),
+    })
+}
+
 /// Copies a delta's `payload` over `out`, the composed bytes of its base (at least
 /// `delta.block_len` long, zeros past the base's length).
 pub(crate) fn apply(
@@ -439,5 +457,27 @@ mod tests {
         assert_eq!(out[0], 0);
         assert!(apply(&delta, &payload[..PAGE], &mut out, KEY, Tid(1)).is_err());
         assert!(apply(&delta, &payload, &mut out[..2 * PAGE], KEY, Tid(1)).is_err());
+    }
+
+    #[test]
+    fn the_composed_front_is_block_len_long_or_corrupt() {
+        let delta = Delta {
+            runs: vec![1..2],
+            depth: 1,
+            chain_bytes: PAGE as u64,
+            block_len: 3 * PAGE as u64,
+        };
+        let mut out = vec![0u8; 4 * PAGE];
+        assert_eq!(
+            composed_front(&delta, &mut out, KEY, Tid(7)).unwrap().len(),
+            3 * PAGE
+        );
+        match composed_front(&delta, &mut out[..2 * PAGE], KEY, Tid(7)) {
+            Err(Error::Corrupt { key, tid, reason }) => {
+                assert_eq!((key, tid), (KEY, Tid(7)));
+                assert!(reason.contains("exceeds the 8192 bytes"), "{reason}");
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
     }
 }

@@ -335,13 +335,8 @@ fn compose_chain(key: Key, mut rows: Vec<StoredRow>, out: &mut [u8]) -> Result<u
             out,
         );
     };
-    let len = newest.block_len as usize;
-    let room = out.len();
-    let out = out.get_mut(..len).ok_or_else(|| Error::Corrupt {
-        key,
-        tid,
-        reason: format!("composed length {len} exceeds the {room} bytes it must fit in"),
-    })?;
+    let out = delta::composed_front(newest, out, key, tid)?;
+    let len = out.len();
     let n = codec::decode_into(
         stored,
         base.codec,

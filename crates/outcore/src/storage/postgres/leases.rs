@@ -47,23 +47,18 @@ impl Inner {
         if let Some(id) = *lease {
             return Ok(id);
         }
-        let id: i64 = self.with_client(|c| {
-            Ok(c.query_one(
-                "INSERT INTO outcore_lease (tid) VALUES ($1) RETURNING id",
-                &[&db_tid(Tid::MAX)],
-            )?
-            .get(0))
-        })?;
-        self.leases
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id);
+        let id = self.insert_lease(Tid::MAX)?;
         *lease = Some(id);
         Ok(id)
     }
 
     /// [`Storage::acquire_lease`]: a new lease row at `at`, renewed until released.
     pub(super) fn acquire_lease(&self, at: Tid) -> Result<u64> {
+        Ok(self.insert_lease(at)? as u64)
+    }
+
+    /// A new lease row at `at`, registered for the heartbeat to renew: its id.
+    fn insert_lease(&self, at: Tid) -> Result<i64> {
         let id: i64 = self.with_client(|c| {
             Ok(c.query_one(
                 "INSERT INTO outcore_lease (tid) VALUES ($1) RETURNING id",
@@ -75,7 +70,7 @@ impl Inner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id);
-        Ok(id as u64)
+        Ok(id)
     }
 
     /// [`Storage::renew_lease`].

@@ -138,13 +138,8 @@ impl Chain {
         let Some(newest) = rec.delta() else {
             return rec.load_into(key, tid, segment_file, out);
         };
-        let len = newest.block_len as usize;
-        let room = out.len();
-        let out = out.get_mut(..len).ok_or_else(|| Error::Corrupt {
-            key,
-            tid,
-            reason: format!("composed length {len} exceeds the {room} bytes it must fit in"),
-        })?;
+        let out = delta::composed_front(newest, out, key, tid)?;
+        let len = out.len();
         let (base_tid, base) = &self.0[0];
         let n = base
             .load_into(key, *base_tid, segment_file, out)?
