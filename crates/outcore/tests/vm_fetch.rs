@@ -706,6 +706,16 @@ struct LocalSource {
     failures: Arc<AtomicUsize>,
 }
 
+impl LocalSource {
+    /// Local blocks whose first `failures` fetch attempts (of any block) fail.
+    fn failing(failures: usize) -> LocalSource {
+        LocalSource {
+            threads: Arc::default(),
+            failures: Arc::new(AtomicUsize::new(failures)),
+        }
+    }
+}
+
 impl BlockSource for LocalSource {
     fn backing(&self, block: u64) -> Result<Backing> {
         Ok(Backing::Fetch(Arc::new(Local {
@@ -733,10 +743,7 @@ fn an_isolated_fault_on_local_data_is_fetched_by_the_fault_thread() {
         return;
     }
     for writable in [false, true] {
-        let source = LocalSource {
-            threads: Arc::default(),
-            failures: Arc::default(),
-        };
+        let source = LocalSource::failing(0);
         let mem = BlockMemory::new(BLK, 8, writable).unwrap();
         mem.ensure_mapped(0..8, &source).unwrap();
         // Jobs of earlier tests finish first: an isolated fault is one with nothing in flight.
@@ -765,10 +772,7 @@ fn a_local_fetch_failing_on_the_fault_thread_is_retried_by_a_worker() {
     if !available() {
         return;
     }
-    let source = LocalSource {
-        threads: Arc::default(),
-        failures: Arc::new(AtomicUsize::new(1)),
-    };
+    let source = LocalSource::failing(1);
     let mem = BlockMemory::new(BLK, 4, false).unwrap();
     mem.ensure_mapped(0..4, &source).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(200));
@@ -796,10 +800,7 @@ fn a_strided_pass_is_read_ahead_by_its_stride() {
     if !available() {
         return;
     }
-    let source = LocalSource {
-        threads: Arc::default(),
-        failures: Arc::default(),
-    };
+    let source = LocalSource::failing(0);
     let mem = BlockMemory::new(BLK, 40, false).unwrap();
     mem.ensure_mapped(0..40, &source).unwrap();
     let pause = || std::thread::sleep(std::time::Duration::from_millis(150));

@@ -46,15 +46,17 @@ impl FaultServer {
                 self.uffd.wake(region.block_range(block));
                 false
             }
-            Some(fetch) => fetch.is_local() && self.claim_if_idle(&region, block),
-        };
-        // 3e. Queue every other block that still wants fetching, once.
-        for b in std::iter::once(block).chain(AccessPattern::ahead(block, step, blocks)) {
-            if (here && b == block) || self.fetch_wanted(&region, b).is_none() {
-                continue;
+            Some(fetch) if fetch.is_local() && self.claim_if_idle(&region, block) => true,
+            Some(_) => {
+                self.queue(Arc::downgrade(&region), &region, block, write_at);
+                false
             }
-            let write_at = write_at.filter(|_| b == block);
-            self.queue(Arc::downgrade(&region), &region, b, write_at);
+        };
+        // 3e. Queue the read-ahead blocks that still want fetching, once.
+        for b in AccessPattern::ahead(block, step, blocks) {
+            if self.fetch_wanted(&region, b).is_some() {
+                self.queue(Arc::downgrade(&region), &region, b, None);
+            }
         }
         if here {
             self.fetch_here(&region, block, write_at, scratch);
